@@ -1,0 +1,221 @@
+//! Delivery targets: where the queue hands messages on.
+//!
+//! An attempt is `start` → `add_rcpt` for each pending recipient → `body` →
+//! `commit`, or `abort` when nothing is left to commit. Every failure is a
+//! [`DeliveryError`] that says whether trying again later can help.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::address::{Address, ReversePath};
+use crate::envelope::{MailParams, Recipient};
+use crate::queue::MessageId;
+use crate::smtp::reply::SmtpReply;
+
+/// Whether a failure may go away by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Try again later (SMTP 4xx, network, DNS, TLS, timeouts).
+    Temporary,
+    /// Give up on the recipient (SMTP 5xx).
+    Permanent,
+}
+
+/// A failed delivery step, classified where it happened.
+///
+/// ```
+/// use mailqueue::{DeliveryError, SmtpReply};
+/// let e = DeliveryError::from_reply(SmtpReply::parse_line("550 5.1.1 no such user").unwrap());
+/// assert!(e.is_permanent());
+/// let e = DeliveryError::temporary(451, (4, 4, 1), "connection refused");
+/// assert!(!e.is_permanent());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryError {
+    pub severity: Severity,
+    /// The reply that explains the failure: the server's own, or one made
+    /// up for a local failure (network, DNS, TLS).
+    pub reply: SmtpReply,
+    /// The server that gave the reply, as `dns; host` for DSNs.
+    pub remote_mta: Option<String>,
+}
+
+impl DeliveryError {
+    /// Classifies a server's reply: 5xx is permanent, anything else temporary.
+    pub fn from_reply(reply: SmtpReply) -> Self {
+        let severity = if reply.is_permanent() {
+            Severity::Permanent
+        } else {
+            Severity::Temporary
+        };
+        DeliveryError {
+            severity,
+            reply,
+            remote_mta: None,
+        }
+    }
+
+    /// A temporary local failure.
+    pub fn temporary(code: u16, enhanced: (u8, u16, u16), text: &str) -> Self {
+        DeliveryError {
+            severity: Severity::Temporary,
+            reply: SmtpReply::with_code(code, enhanced, text),
+            remote_mta: None,
+        }
+    }
+
+    /// A permanent local failure.
+    pub fn permanent(code: u16, enhanced: (u8, u16, u16), text: &str) -> Self {
+        DeliveryError {
+            severity: Severity::Permanent,
+            reply: SmtpReply::with_code(code, enhanced, text),
+            remote_mta: None,
+        }
+    }
+
+    /// A network failure: temporary, `451 4.4.1` unless it was a timeout (`4.4.2`).
+    pub fn network(what: &str, err: &io::Error) -> Self {
+        let detail = match err.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => 2,
+            _ => 1,
+        };
+        Self::temporary(451, (4, 4, detail), &format!("{what}: {err}"))
+    }
+
+    /// Names the server that produced this error.
+    pub fn at(mut self, remote_mta: impl Into<String>) -> Self {
+        self.remote_mta = Some(remote_mta.into());
+        self
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.severity == Severity::Permanent
+    }
+}
+
+impl fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.reply.fmt(f)
+    }
+}
+
+impl std::error::Error for DeliveryError {}
+
+/// What a target needs to know to start a transaction.
+#[derive(Debug, Clone)]
+pub struct MessageInfo {
+    pub id: MessageId,
+    pub sender: ReversePath,
+    pub params: MailParams,
+    /// Size of the message in bytes, for SIZE=.
+    pub size: u64,
+}
+
+/// The message content, which can be read as many times as needed
+/// (one read per transaction, e.g. one per destination domain).
+#[derive(Debug, Clone)]
+pub struct Body {
+    source: BodySource,
+    len: u64,
+}
+
+#[derive(Debug, Clone)]
+enum BodySource {
+    File(PathBuf),
+    Memory(Arc<[u8]>),
+}
+
+impl Body {
+    /// A body read from a spool file.
+    pub fn from_file(path: PathBuf, len: u64) -> Self {
+        Body {
+            source: BodySource::File(path),
+            len,
+        }
+    }
+
+    /// A body held in memory.
+    pub fn from_bytes(bytes: impl Into<Arc<[u8]>>) -> Self {
+        let bytes = bytes.into();
+        Body {
+            len: bytes.len() as u64,
+            source: BodySource::Memory(bytes),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A fresh reader positioned at the start.
+    pub fn open(&self) -> io::Result<Box<dyn Read + Send + '_>> {
+        Ok(match &self.source {
+            BodySource::File(p) => {
+                Box::new(io::BufReader::with_capacity(64 * 1024, File::open(p)?))
+            }
+            BodySource::Memory(b) => Box::new(&b[..]),
+        })
+    }
+
+    /// Reads the whole body into memory.
+    pub fn to_vec(&self) -> io::Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(self.len as usize);
+        self.open()?.read_to_end(&mut v)?;
+        Ok(v)
+    }
+}
+
+/// Somewhere messages can be delivered: a smarthost, MX hosts, an LMTP
+/// server, or the queue itself.
+pub trait DeliveryTarget: Send + Sync {
+    /// Opens a transaction for one message. An error here fails every
+    /// pending recipient.
+    fn start(&self, msg: &MessageInfo) -> Result<Box<dyn Delivery + '_>, DeliveryError>;
+}
+
+/// One transaction in progress.
+pub trait Delivery {
+    /// Offers one recipient; an error fails only this recipient.
+    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), DeliveryError>;
+
+    /// Sends the message to every accepted recipient; an error fails them all.
+    fn body(&mut self, body: &Body) -> Result<(), DeliveryError>;
+
+    /// Targets that learn one result per recipient after the body (LMTP)
+    /// return themselves here; the queue then calls
+    /// [`PartialDelivery::body_per_recipient`] instead of [`Delivery::body`].
+    fn as_partial(&mut self) -> Option<&mut dyn PartialDelivery> {
+        None
+    }
+
+    /// Makes the delivery final; an error fails every accepted recipient.
+    fn commit(self: Box<Self>) -> Result<(), DeliveryError>;
+
+    /// Gives up the transaction; nothing is delivered.
+    fn abort(self: Box<Self>);
+
+    /// The host that took (or will take) the message for `rcpt`, for logs
+    /// and notices, as `host[ip]:port`.
+    fn relay(&self, _rcpt: &Address) -> Option<String> {
+        None
+    }
+}
+
+/// A delivery that reports a result per recipient after the body.
+pub trait PartialDelivery {
+    /// Sends the body, reporting each recipient's result to `status`.
+    /// Recipients it does not report count as delivered.
+    fn body_per_recipient(&mut self, body: &Body, status: &mut dyn StatusCollector);
+}
+
+/// Receives per-recipient results from a [`PartialDelivery`].
+pub trait StatusCollector {
+    fn set_status(&mut self, rcpt: &Address, result: Result<(), DeliveryError>);
+}

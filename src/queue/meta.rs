@@ -1,0 +1,215 @@
+//! The per-message metadata file: envelope, per-recipient state and
+//! schedule, as versioned JSON.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::{Address, ReversePath};
+use crate::envelope::{Envelope, MailParams, Notify, Recipient};
+use crate::queue::MessageId;
+use crate::smtp::reply::SmtpReply;
+
+/// The metadata format written by this version.
+pub const META_VERSION: u32 = 1;
+
+/// Wall-clock time as milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp::from_system(SystemTime::now())
+    }
+
+    pub fn from_system(t: SystemTime) -> Timestamp {
+        Timestamp(
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        )
+    }
+
+    pub fn to_system(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+
+    pub fn unix_seconds(self) -> u64 {
+        self.0 / 1000
+    }
+
+    pub fn plus(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(u64::MAX as u128) as u64),
+        )
+    }
+
+    /// How long after `earlier` this is; zero if it is not later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// Where a recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptStatus {
+    /// Not yet delivered; will be tried (again).
+    Pending,
+    Delivered,
+    /// Failed for good; never tried again.
+    Failed,
+}
+
+/// One recipient's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientMeta {
+    pub address: Address,
+    /// The address before internal rewriting, when it differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Address>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    pub status: RcptStatus,
+    pub tries: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<SmtpReply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_mta: Option<String>,
+    #[serde(default)]
+    pub delay_warned: bool,
+}
+
+impl RecipientMeta {
+    /// The address notices name: the one before any rewriting.
+    pub fn reported_address(&self) -> &Address {
+        self.original.as_ref().unwrap_or(&self.address)
+    }
+
+    pub fn notify(&self) -> Notify {
+        self.notify.unwrap_or_default()
+    }
+
+    /// The recipient as handed to a delivery target.
+    pub fn to_recipient(&self) -> Recipient {
+        Recipient {
+            address: self.address.clone(),
+            original: self.original.clone(),
+            orcpt: self.orcpt.clone(),
+            notify: self.notify,
+        }
+    }
+}
+
+/// Everything the queue knows about a message besides its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    pub version: u32,
+    pub id: MessageId,
+    /// `null` is the null reverse-path `<>`.
+    pub sender: ReversePath,
+    pub arrival: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt: Option<Timestamp>,
+    pub next_attempt: Timestamp,
+    /// Size of the message file in bytes.
+    pub size: u64,
+    #[serde(flatten)]
+    pub params: MailParams,
+    #[serde(default)]
+    pub hold: bool,
+    /// This message is a delivery status notification made by the queue.
+    #[serde(default)]
+    pub is_dsn: bool,
+    pub recipients: Vec<RecipientMeta>,
+}
+
+impl MessageMeta {
+    /// Metadata for a message arriving now, due at once.
+    pub fn new(id: MessageId, envelope: &Envelope, size: u64) -> MessageMeta {
+        let now = Timestamp::now();
+        MessageMeta {
+            version: META_VERSION,
+            id,
+            sender: envelope.sender.clone(),
+            arrival: now,
+            last_attempt: None,
+            next_attempt: now,
+            size,
+            params: envelope.params.clone(),
+            hold: false,
+            is_dsn: false,
+            recipients: envelope
+                .recipients
+                .iter()
+                .map(|r| RecipientMeta {
+                    address: r.address.clone(),
+                    original: r.original.clone().filter(|o| *o != r.address),
+                    orcpt: r.orcpt.clone(),
+                    notify: r.notify,
+                    status: RcptStatus::Pending,
+                    tries: 0,
+                    last_error: None,
+                    remote_mta: None,
+                    delay_warned: false,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &RecipientMeta> {
+        self.recipients
+            .iter()
+            .filter(|r| r.status == RcptStatus::Pending)
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.pending().next().is_some()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a metadata file, refusing versions this code does not know
+    /// and files whose content contradicts itself.
+    pub fn from_json(bytes: &[u8]) -> Result<MessageMeta, String> {
+        let meta: MessageMeta = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if meta.version != META_VERSION {
+            return Err(format!("unknown metadata version {}", meta.version));
+        }
+        if meta.recipients.is_empty() {
+            return Err("no recipients".into());
+        }
+        Ok(meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_and_rejects_bad_versions() {
+        let mut env = Envelope::new(None, vec!["a@b.c".parse().unwrap()]);
+        env.params.envid = Some("x".into());
+        env.recipients[0].notify = Some("SUCCESS".parse().unwrap());
+        let meta = MessageMeta::new(MessageId::generate(), &env, 10);
+        let json = meta.to_json();
+        assert_eq!(MessageMeta::from_json(&json).unwrap(), meta);
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(text.contains("\"version\":1"), "{text}");
+        assert!(text.contains("\"notify\":\"SUCCESS\""), "{text}");
+        let newer = text.replace("\"version\":1", "\"version\":99");
+        assert!(MessageMeta::from_json(newer.as_bytes())
+            .unwrap_err()
+            .contains("version"));
+        assert!(MessageMeta::from_json(b"{").is_err());
+        assert!(MessageMeta::from_json(&json[..json.len() / 2]).is_err());
+    }
+}

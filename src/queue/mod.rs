@@ -1,0 +1,383 @@
+//! The queue engine: spool, time wheel, worker pool and the rules that
+//! decide what happens to each recipient after an attempt.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mailqueue::{Config, Envelope, Queue};
+//! use mailqueue::delivery::DeliveryTarget;
+//!
+//! fn run(target: Arc<dyn DeliveryTarget>) -> Result<(), mailqueue::QueueError> {
+//!     let mut config = Config::default();
+//!     config.spool = "/tmp/mailqueue-example".into();
+//!     let queue = Queue::open(config, target)?;
+//!     let envelope = Envelope::new(Some("me@example.org".parse().unwrap()),
+//!                                  vec!["you@example.net".parse().unwrap()]);
+//!     // Returns once the message is on disk, fsynced.
+//!     let id = queue.enqueue(&envelope, b"Subject: hi\r\n\r\nHello.\r\n")?;
+//!     println!("queued as {id}");
+//!     queue.close();
+//!     Ok(())
+//! }
+//! ```
+
+pub mod dsn;
+mod id;
+pub mod meta;
+pub mod retry;
+pub mod spool;
+pub mod timer;
+mod worker;
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use crate::address::ReversePath;
+use crate::config::Config;
+use crate::delivery::{Body, Delivery, DeliveryError, DeliveryTarget, MessageInfo};
+use crate::envelope::{Envelope, MailParams, Recipient};
+
+pub use id::{BadMessageId, MessageId};
+use meta::{MessageMeta, Timestamp};
+use retry::RetryPolicy;
+use spool::{MessageWriter, Spool, SpoolLock};
+use timer::{Command, Timer};
+
+/// A queue operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("spool {spool} is in use by another mailqueue process (pid {holder})")]
+    Locked { spool: PathBuf, holder: String },
+    #[error("{path}: corrupt metadata: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("a message needs at least one recipient")]
+    NoRecipients,
+    #[error("no message {0} in the queue")]
+    UnknownId(MessageId),
+    #[error("the queue is closing")]
+    Closed,
+}
+
+impl QueueError {
+    /// True when the failure may go away by itself (a full disk, a lock).
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self,
+            QueueError::Io { .. } | QueueError::Locked { .. } | QueueError::Closed
+        )
+    }
+}
+
+/// State shared by the queue handle and its worker threads.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub spool: Spool,
+    pub policy: RetryPolicy,
+    pub target: Arc<dyn DeliveryTarget>,
+    pub bounce_target: Arc<dyn DeliveryTarget>,
+    pub timer: Sender<Command>,
+    pub stopping: AtomicBool,
+}
+
+impl Shared {
+    /// Hands a message to the time wheel for `when` (wall-clock).
+    pub fn schedule(&self, id: MessageId, when: Timestamp) {
+        let wait = when.since(Timestamp::now());
+        let _ = self.timer.send(Command::Add(id, Instant::now() + wait));
+    }
+
+    /// Stores a message durably and schedules it at once.
+    pub fn store(
+        &self,
+        writer: MessageWriter,
+        envelope: &Envelope,
+        is_dsn: bool,
+    ) -> Result<MessageId, QueueError> {
+        if envelope.recipients.is_empty() {
+            return Err(QueueError::NoRecipients);
+        }
+        let id = writer.id();
+        let mut meta = MessageMeta::new(id, envelope, writer.size());
+        meta.is_dsn = is_dsn;
+        self.spool.commit_message(writer, &meta)?;
+        log::info!(
+            "{id}: from=<{}>, size={}, nrcpt={}{}",
+            envelope.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
+            meta.size,
+            meta.recipients.len(),
+            if is_dsn { ", notice" } else { "" }
+        );
+        self.schedule(id, meta.next_attempt);
+        Ok(id)
+    }
+}
+
+/// A durable mail queue with its own worker threads.
+pub struct Queue {
+    shared: Arc<Shared>,
+    timer: Timer,
+    workers: Vec<JoinHandle<()>>,
+    _lock: SpoolLock,
+}
+
+impl Queue {
+    /// Opens the spool named in `config`, takes its lock, reads back every
+    /// queued message and starts delivering to `target`. Notices go to
+    /// `target` too.
+    pub fn open(config: Config, target: Arc<dyn DeliveryTarget>) -> Result<Queue, QueueError> {
+        let bounce = Arc::clone(&target);
+        Self::open_with_bounce_target(config, target, bounce)
+    }
+
+    /// Like [`Queue::open`], with a separate target for notices.
+    pub fn open_with_bounce_target(
+        config: Config,
+        target: Arc<dyn DeliveryTarget>,
+        bounce_target: Arc<dyn DeliveryTarget>,
+    ) -> Result<Queue, QueueError> {
+        let spool = Spool::open(&config.spool)?;
+        let lock = spool.lock_exclusive()?;
+        let started = Instant::now();
+        let report = spool.load()?;
+        log::info!(
+            "spool {}: {} messages queued, {} quarantined, {} unfinished writes removed ({} ms)",
+            config.spool.display(),
+            report.messages.len(),
+            report.quarantined,
+            report.removed,
+            started.elapsed().as_millis()
+        );
+
+        let workers = config.queue.workers;
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(workers);
+        let timer = Timer::start(jobs_tx);
+        let shared = Arc::new(Shared {
+            policy: RetryPolicy::from_config(&config.queue),
+            config,
+            spool,
+            target,
+            bounce_target,
+            timer: timer.sender(),
+            stopping: AtomicBool::new(false),
+        });
+        for meta in &report.messages {
+            if !meta.hold {
+                shared.schedule(meta.id, meta.next_attempt);
+            }
+        }
+        let workers = (0..workers)
+            .map(|n| {
+                let shared = Arc::clone(&shared);
+                let jobs = jobs_rx.clone();
+                thread::Builder::new()
+                    .name(format!("mailqueue-worker-{n}"))
+                    .spawn(move || worker::run(&shared, &jobs))
+                    .map_err(|source| QueueError::Io {
+                        path: PathBuf::from("<thread>"),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Queue {
+            shared,
+            timer,
+            workers,
+            _lock: lock,
+        })
+    }
+
+    /// The configuration the queue runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Queues a message held in memory. Returns its id once the message
+    /// and its metadata are durable on disk.
+    pub fn enqueue(&self, envelope: &Envelope, message: &[u8]) -> Result<MessageId, QueueError> {
+        let mut reader = message;
+        self.enqueue_from(envelope, &mut reader)
+    }
+
+    /// Queues a message read from `message` to its end.
+    pub fn enqueue_from(
+        &self,
+        envelope: &Envelope,
+        message: &mut dyn Read,
+    ) -> Result<MessageId, QueueError> {
+        let mut incoming = self.begin()?;
+        incoming.writer.copy_from(message)?;
+        incoming.commit(envelope)
+    }
+
+    /// Starts writing a message to the spool, for callers that produce it
+    /// piece by piece (the SMTP listener writes DATA into it). Dropping the
+    /// result without [`IncomingMessage::commit`] leaves nothing behind.
+    pub fn begin(&self) -> Result<IncomingMessage<'_>, QueueError> {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return Err(QueueError::Closed);
+        }
+        Ok(IncomingMessage {
+            shared: &self.shared,
+            writer: self.shared.spool.create_message()?,
+        })
+    }
+
+    /// Makes one message (or every message) due now. Held messages stay held.
+    pub fn flush(&self, id: Option<MessageId>) {
+        self.timer.send(Command::Flush(id));
+    }
+
+    /// Every queued message, read from the spool.
+    pub fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
+        let spool = &self.shared.spool;
+        let dir = spool.root().join("queue");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(spool::io_error(&dir))? {
+            let name = entry.map_err(spool::io_error(&dir))?.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
+                continue;
+            };
+            let Ok(id) = stem.parse::<MessageId>() else {
+                continue;
+            };
+            // Gone meanwhile (delivered): not an error.
+            if let Ok(meta) = spool.read_meta(&id) {
+                out.push(meta);
+            }
+        }
+        out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
+    /// Stops the queue: no new attempts start, running attempts finish and
+    /// write their results, and the spool lock is released.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.timer.stop();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A message being written into the queue; see [`Queue::begin`].
+pub struct IncomingMessage<'a> {
+    shared: &'a Shared,
+    writer: MessageWriter,
+}
+
+impl IncomingMessage<'_> {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.writer.size()
+    }
+
+    /// Makes the message durable and schedules it; returns its id.
+    pub fn commit(self, envelope: &Envelope) -> Result<MessageId, QueueError> {
+        self.shared.store(self.writer, envelope, false)
+    }
+}
+
+impl Write for IncomingMessage<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// The queue is itself a delivery target: a transaction with it queues the
+/// message, and `commit` returns once it is durable.
+impl DeliveryTarget for Queue {
+    fn start(&self, msg: &MessageInfo) -> Result<Box<dyn Delivery + '_>, DeliveryError> {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return Err(DeliveryError::temporary(
+                421,
+                (4, 3, 2),
+                "queue is shutting down",
+            ));
+        }
+        Ok(Box::new(QueueDelivery {
+            queue: self,
+            sender: msg.sender.clone(),
+            params: msg.params.clone(),
+            recipients: Vec::new(),
+            incoming: None,
+        }))
+    }
+}
+
+struct QueueDelivery<'a> {
+    queue: &'a Queue,
+    sender: ReversePath,
+    params: MailParams,
+    recipients: Vec<Recipient>,
+    incoming: Option<IncomingMessage<'a>>,
+}
+
+fn local_error(e: &QueueError) -> DeliveryError {
+    if e.is_temporary() {
+        DeliveryError::temporary(451, (4, 3, 0), &format!("queue: {e}"))
+    } else {
+        DeliveryError::permanent(554, (5, 3, 0), &format!("queue: {e}"))
+    }
+}
+
+impl Delivery for QueueDelivery<'_> {
+    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), DeliveryError> {
+        self.recipients.push(rcpt.clone());
+        Ok(())
+    }
+
+    fn body(&mut self, body: &Body) -> Result<(), DeliveryError> {
+        let mut incoming = self.queue.begin().map_err(|e| local_error(&e))?;
+        let mut reader = body
+            .open()
+            .map_err(|e| DeliveryError::temporary(451, (4, 3, 0), &format!("reading body: {e}")))?;
+        incoming
+            .writer
+            .copy_from(&mut reader)
+            .map_err(|e| local_error(&e))?;
+        self.incoming = Some(incoming);
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), DeliveryError> {
+        let this = *self;
+        let incoming = this
+            .incoming
+            .ok_or_else(|| DeliveryError::permanent(503, (5, 5, 1), "commit without body"))?;
+        let envelope = Envelope {
+            sender: this.sender,
+            recipients: this.recipients,
+            params: this.params,
+        };
+        incoming
+            .commit(&envelope)
+            .map(|_| ())
+            .map_err(|e| local_error(&e))
+    }
+
+    fn abort(self: Box<Self>) {
+        // Dropping the unfinished message removes its file.
+    }
+}
