@@ -80,6 +80,12 @@ pub struct ListenConfig {
     pub max_connections: usize,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// How long a client may stay silent between commands.
+    #[serde(deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// How long a client may stay silent while sending DATA.
+    #[serde(deserialize_with = "duration")]
+    pub data_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +197,8 @@ impl Default for ListenConfig {
             max_connections: 64,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            command_timeout: Duration::from_secs(5 * 60),
+            data_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -295,6 +303,8 @@ impl Config {
             ("queue.initial_retry", q.initial_retry),
             ("queue.max_retry_interval", q.max_retry_interval),
             ("queue.max_lifetime", q.max_lifetime),
+            ("listen.command_timeout", self.listen.command_timeout),
+            ("listen.data_timeout", self.listen.data_timeout),
             ("delivery.connect_timeout", self.delivery.connect_timeout),
             ("delivery.command_timeout", self.delivery.command_timeout),
             ("delivery.data_timeout", self.delivery.data_timeout),
@@ -685,5 +695,28 @@ target = "smtp://127.0.0.1:25"
         ] {
             assert!(bad.parse::<TargetSpec>().is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod shipped_file {
+    use super::*;
+
+    /// conf/mailqueue.toml documents the defaults: it must parse and agree.
+    #[test]
+    fn the_example_file_parses_and_states_the_defaults() {
+        let text = include_str!("../conf/mailqueue.toml");
+        let c = Config::from_toml(text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.queue.workers, d.queue.workers);
+        assert_eq!(c.queue.initial_retry, d.queue.initial_retry);
+        assert_eq!(c.queue.max_lifetime, d.queue.max_lifetime);
+        assert_eq!(c.queue.max_bytes, d.queue.max_bytes);
+        assert_eq!(c.listen.smtp, d.listen.smtp);
+        assert_eq!(c.listen.relay_networks, d.listen.relay_networks);
+        assert_eq!(c.listen.command_timeout, d.listen.command_timeout);
+        assert_eq!(c.delivery.target, d.delivery.target);
+        assert_eq!(c.delivery.data_timeout, d.delivery.data_timeout);
+        assert_eq!(c.bounce.target, d.bounce.target);
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod address;
 pub mod config;
+pub mod daemon;
 pub mod date;
 pub mod delivery;
 pub mod envelope;

@@ -4,6 +4,10 @@
 //! `commit`, or `abort` when nothing is left to commit. Every failure is a
 //! [`DeliveryError`] that says whether trying again later can help.
 
+pub mod relay;
+pub mod smtp_client;
+pub mod transport;
+
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -218,4 +222,64 @@ pub trait PartialDelivery {
 /// Receives per-recipient results from a [`PartialDelivery`].
 pub trait StatusCollector {
     fn set_status(&mut self, rcpt: &Address, result: Result<(), DeliveryError>);
+}
+
+/// Builds the target a configuration names.
+pub fn build_target(
+    spec: &crate::config::TargetSpec,
+    config: &crate::config::Config,
+) -> Result<Arc<dyn DeliveryTarget>, String> {
+    use crate::config::{TargetSpec, TlsPolicy};
+    use smtp_client::{ClientSettings, Credentials, Endpoint};
+
+    let d = &config.delivery;
+    let ca = Some(d.ca_file.as_path()).filter(|p| !p.as_os_str().is_empty());
+    let implicit_tls = matches!(spec, TargetSpec::Smtps { .. });
+    // SMTPS needs TLS whatever the STARTTLS policy says.
+    let policy = if implicit_tls && d.tls == TlsPolicy::None {
+        TlsPolicy::Encrypt
+    } else {
+        d.tls
+    };
+    let auth = if d.username.is_empty() {
+        None
+    } else {
+        let text = std::fs::read_to_string(&d.password_file).map_err(|e| {
+            format!(
+                "cannot read password_file {}: {e}",
+                d.password_file.display()
+            )
+        })?;
+        Some(Credentials {
+            username: d.username.clone(),
+            password: text.trim_end_matches(['\r', '\n']).to_string(),
+        })
+    };
+    let settings = ClientSettings {
+        helo_name: config.hostname.clone(),
+        lmtp: matches!(spec, TargetSpec::Lmtp { .. } | TargetSpec::LmtpUnix { .. }),
+        tls: policy,
+        tls_connector: smtp_client::tls_connector(policy, ca)?.map(Arc::new),
+        auth,
+        connect_timeout: d.connect_timeout,
+        command_timeout: d.command_timeout,
+        data_timeout: d.data_timeout,
+    };
+    let endpoint = match spec {
+        TargetSpec::Remote => {
+            return Err("target \"remote\" (MX delivery) is not available in this build".into())
+        }
+        TargetSpec::Smtp { host, port }
+        | TargetSpec::Smtps { host, port }
+        | TargetSpec::Lmtp { host, port } => Endpoint::Tcp {
+            host: host.clone(),
+            port: *port,
+        },
+        TargetSpec::LmtpUnix { path } => Endpoint::Unix(path.clone()),
+    };
+    Ok(Arc::new(relay::RelayTarget::new(
+        settings,
+        endpoint,
+        implicit_tls,
+    )))
 }

@@ -2,7 +2,7 @@
 //! decide what happens to each recipient after an attempt.
 //!
 //! ```no_run
-//! use std::sync::Arc;
+//! use std::sync::{Arc, Mutex};
 //! use mailqueue::{Config, Envelope, Queue};
 //! use mailqueue::delivery::DeliveryTarget;
 //!
@@ -31,7 +31,7 @@ mod worker;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
@@ -122,8 +122,8 @@ impl Shared {
 /// A durable mail queue with its own worker threads.
 pub struct Queue {
     shared: Arc<Shared>,
-    timer: Timer,
-    workers: Vec<JoinHandle<()>>,
+    timer: Mutex<Timer>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
     _lock: SpoolLock,
 }
 
@@ -187,8 +187,8 @@ impl Queue {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Queue {
             shared,
-            timer,
-            workers,
+            timer: Mutex::new(timer),
+            workers: Mutex::new(workers),
             _lock: lock,
         })
     }
@@ -231,7 +231,7 @@ impl Queue {
 
     /// Makes one message (or every message) due now. Held messages stay held.
     pub fn flush(&self, id: Option<MessageId>) {
-        self.timer.send(Command::Flush(id));
+        let _ = self.shared.timer.send(Command::Flush(id));
     }
 
     /// Every queued message, read from the spool.
@@ -258,14 +258,22 @@ impl Queue {
 
     /// Stops the queue: no new attempts start, running attempts finish and
     /// write their results, and the spool lock is released.
-    pub fn close(mut self) {
+    pub fn close(self) {
         self.shutdown();
     }
 
-    fn shutdown(&mut self) {
+    /// [`Queue::close`] for a queue shared between threads: after it,
+    /// enqueueing fails with [`QueueError::Closed`].
+    pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        self.timer.stop();
-        for w in self.workers.drain(..) {
+        self.timer.lock().unwrap_or_else(|p| p.into_inner()).stop();
+        let workers: Vec<_> = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for w in workers {
             let _ = w.join();
         }
     }
@@ -284,6 +292,11 @@ pub struct IncomingMessage<'a> {
 }
 
 impl IncomingMessage<'_> {
+    /// The id the message will have once committed.
+    pub fn id(&self) -> MessageId {
+        self.writer.id()
+    }
+
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.writer.size()

@@ -1,3 +1,7 @@
-//! The SMTP protocol pieces shared by the listener and the client.
+//! The SMTP protocol pieces: replies, command parsing, xtext, and the
+//! ingest listener.
 
+pub mod command;
 pub mod reply;
+pub mod server;
+pub mod xtext;

@@ -1,0 +1,90 @@
+//! `mailqueue serve`: wires the queue, the delivery target and the SMTP
+//! listener together, and shuts them down in order on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::config::Config;
+use crate::delivery::{build_target, DeliveryTarget};
+use crate::queue::Queue;
+use crate::smtp::server::{self, Server, ServerSettings};
+
+/// How long running attempts may take to finish after a stop signal.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// The delivery target and the target for notices.
+pub type Targets = (Arc<dyn DeliveryTarget>, Arc<dyn DeliveryTarget>);
+
+/// Builds the delivery and notice targets a configuration names.
+pub fn targets(config: &Config) -> Result<Targets, String> {
+    let target = build_target(&config.delivery.target, config)?;
+    let bounce = match &config.bounce.target {
+        Some(spec) => build_target(spec, config)?,
+        None => Arc::clone(&target),
+    };
+    Ok((target, bounce))
+}
+
+/// The listener settings of a configuration, loading the TLS identity.
+pub fn server_settings(config: &Config) -> Result<ServerSettings, String> {
+    let l = &config.listen;
+    let tls = if l.tls_cert.as_os_str().is_empty() {
+        None
+    } else {
+        Some(Arc::new(server::tls_acceptor(&l.tls_cert, &l.tls_key)?))
+    };
+    Ok(ServerSettings {
+        hostname: config.hostname.clone(),
+        relay_networks: l.relay_networks.clone(),
+        max_message_size: l.max_message_size,
+        max_recipients: l.max_recipients,
+        max_connections: l.max_connections,
+        tls,
+        command_timeout: l.command_timeout,
+        data_timeout: l.data_timeout,
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn serve(config: Config) -> Result<(), String> {
+    let (target, bounce) = targets(&config)?;
+    let settings = server_settings(&config)?;
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let queue = Arc::new(
+        Queue::open_with_bounce_target(config.clone(), target, bounce)
+            .map_err(|e| e.to_string())?,
+    );
+    let listeners = server::bind(&config.listen.smtp)?;
+    let mut server = Server::start(listeners, Arc::clone(&queue), settings);
+    log::info!(
+        "mailqueue {} running: spool {}, target {}, {} workers",
+        env!("CARGO_PKG_VERSION"),
+        config.spool.display(),
+        config.delivery.target,
+        config.queue.workers
+    );
+
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    log::info!("signal {signal}: no longer accepting mail; finishing running attempts");
+    server.stop();
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let closing = Arc::clone(&queue);
+    std::thread::spawn(move || {
+        closing.shutdown();
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(GRACE) {
+        Ok(()) => log::info!("stopped"),
+        // The metadata on disk is consistent (every rewrite is atomic):
+        // attempts cut short now are simply tried again after a restart.
+        Err(_) => log::warn!(
+            "attempts still running after {}s; exiting anyway",
+            GRACE.as_secs()
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,766 @@
+//! A blocking SMTP and LMTP client session: greeting, EHLO/LHLO,
+//! STARTTLS, AUTH, the envelope (pipelined when offered), DATA and QUIT.
+//! Every failure comes back as a classified [`DeliveryError`].
+
+use std::fmt;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::address::ReversePath;
+use crate::config::TlsPolicy;
+use crate::delivery::transport::{read_line_limited, write_dot_stuffed, Transport};
+use crate::delivery::{Body, DeliveryError};
+use crate::envelope::{BodyType, MailParams, Recipient, Ret};
+use crate::smtp::reply::{split_enhanced, SmtpReply};
+use crate::smtp::xtext;
+
+/// Longest reply line accepted (RFC 5321 allows 512; servers send more).
+const MAX_REPLY_LINE: usize = 4096;
+/// Most lines in one multi-line reply.
+const MAX_REPLY_LINES: usize = 200;
+
+/// A user name and password for AUTH. Debug output hides the password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({}, <hidden>)", self.username)
+    }
+}
+
+/// How sessions behave; shared by every session of a target.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Our name in EHLO/LHLO.
+    pub helo_name: String,
+    /// Speak LMTP (LHLO, one reply per recipient after DATA).
+    pub lmtp: bool,
+    pub tls: TlsPolicy,
+    /// Used for STARTTLS and implicit TLS; built from the policy.
+    pub tls_connector: Option<Arc<native_tls::TlsConnector>>,
+    pub auth: Option<Credentials>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+}
+
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+/// What the server said it supports after EHLO/LHLO.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    pub pipelining: bool,
+    /// SIZE limit; `Some(0)` means SIZE without a limit.
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub dsn: bool,
+    pub starttls: bool,
+    pub auth: Vec<String>,
+}
+
+impl Extensions {
+    fn parse(reply_lines: &[String]) -> Extensions {
+        let mut ext = Extensions::default();
+        // The first line is the greeting part of the EHLO reply.
+        for line in reply_lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => ext.pipelining = true,
+                "SIZE" => ext.size = Some(words.next().and_then(|w| w.parse().ok()).unwrap_or(0)),
+                "8BITMIME" => ext.eight_bit_mime = true,
+                "SMTPUTF8" => ext.smtputf8 = true,
+                "DSN" => ext.dsn = true,
+                "STARTTLS" => ext.starttls = true,
+                "AUTH" => ext.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
+                _ => {}
+            }
+        }
+        ext
+    }
+}
+
+/// A reply together with all its lines' texts.
+struct FullReply {
+    reply: SmtpReply,
+    lines: Vec<String>,
+}
+
+/// One connected session.
+pub struct Session {
+    io: BufReader<Transport>,
+    settings: Arc<ClientSettings>,
+    /// Host name as configured or found in DNS, for TLS checks and DSNs.
+    host: String,
+    /// `host[ip]:port` for logs.
+    relay: String,
+    pub ext: Extensions,
+}
+
+fn protocol_error(what: &str) -> DeliveryError {
+    DeliveryError::temporary(451, (4, 5, 0), what)
+}
+
+impl Session {
+    /// Connects, reads the greeting, says EHLO/LHLO, upgrades to TLS as
+    /// the policy says and authenticates when credentials are set.
+    pub fn open(
+        settings: &Arc<ClientSettings>,
+        endpoint: &Endpoint,
+        implicit_tls: bool,
+    ) -> Result<Session, DeliveryError> {
+        let (transport, host, relay) = match endpoint {
+            Endpoint::Tcp { host, port } => {
+                let addrs: Vec<SocketAddr> = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| {
+                        DeliveryError::temporary(
+                            451,
+                            (4, 4, 3),
+                            &format!("cannot resolve {host}: {e}"),
+                        )
+                    })?
+                    .collect();
+                let mut last = None;
+                let mut found = None;
+                for addr in addrs {
+                    match TcpStream::connect_timeout(&addr, settings.connect_timeout) {
+                        Ok(s) => {
+                            found = Some((s, addr));
+                            break;
+                        }
+                        Err(e) => last = Some((addr, e)),
+                    }
+                }
+                let (stream, addr) = match (found, last) {
+                    (Some(f), _) => f,
+                    (None, Some((addr, e))) => {
+                        return Err(DeliveryError::network(
+                            &format!("connect to {host}[{}]:{port}", addr.ip()),
+                            &e,
+                        )
+                        .at(host))
+                    }
+                    (None, None) => {
+                        return Err(DeliveryError::temporary(
+                            451,
+                            (4, 4, 3),
+                            &format!("{host} has no address"),
+                        ))
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                (
+                    Transport::Tcp(stream),
+                    host.clone(),
+                    format!("{host}[{}]:{port}", addr.ip()),
+                )
+            }
+            Endpoint::Unix(path) => {
+                let stream = UnixStream::connect(path).map_err(|e| {
+                    DeliveryError::network(&format!("connect to {}", path.display()), &e)
+                })?;
+                (
+                    Transport::Unix(stream),
+                    "localhost".to_string(),
+                    path.display().to_string(),
+                )
+            }
+        };
+        Self::open_on(settings, transport, host, relay, implicit_tls)
+    }
+
+    /// Runs the session set-up on an already connected TCP stream (the
+    /// MX client connects itself, address by address).
+    pub fn open_stream(
+        settings: &Arc<ClientSettings>,
+        stream: TcpStream,
+        host: &str,
+        relay: String,
+    ) -> Result<Session, DeliveryError> {
+        let _ = stream.set_nodelay(true);
+        Self::open_on(
+            settings,
+            Transport::Tcp(stream),
+            host.to_string(),
+            relay,
+            false,
+        )
+    }
+
+    fn open_on(
+        settings: &Arc<ClientSettings>,
+        transport: Transport,
+        host: String,
+        relay: String,
+        implicit_tls: bool,
+    ) -> Result<Session, DeliveryError> {
+        transport
+            .set_timeout(settings.command_timeout)
+            .map_err(|e| DeliveryError::network("socket", &e))?;
+        let transport = if implicit_tls {
+            tls_handshake(settings, transport, &host)?
+        } else {
+            transport
+        };
+        let mut session = Session {
+            io: BufReader::new(transport),
+            settings: Arc::clone(settings),
+            host,
+            relay,
+            ext: Extensions::default(),
+        };
+        let greeting = session.read_reply(settings.command_timeout)?;
+        if greeting.reply.code != 220 {
+            return Err(session.rejected(greeting.reply));
+        }
+        session.hello()?;
+        let must_encrypt = matches!(settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify);
+        // A Unix socket never leaves the machine: nothing to encrypt.
+        let local = matches!(session.io.get_ref(), Transport::Unix(_));
+        if !session.is_tls() && !local {
+            if session.ext.starttls && settings.tls != TlsPolicy::None {
+                session = session.starttls()?;
+            } else if must_encrypt {
+                let _ = session.command("QUIT");
+                return Err(DeliveryError::temporary(
+                    451,
+                    (4, 7, 10),
+                    &format!(
+                        "TLS is required but {} does not offer STARTTLS",
+                        session.host
+                    ),
+                )
+                .at(session.host.clone()));
+            }
+        }
+        if let Some(creds) = settings.auth.clone() {
+            session.authenticate(&creds)?;
+        }
+        Ok(session)
+    }
+
+    /// `host[ip]:port` of the server.
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.io.get_ref().is_tls()
+    }
+
+    /// An error from a reply of this server.
+    fn rejected(&self, reply: SmtpReply) -> DeliveryError {
+        DeliveryError::from_reply(reply).at(self.host.clone())
+    }
+
+    fn io_failed(&self, what: &str, e: &io::Error) -> DeliveryError {
+        DeliveryError::network(&format!("{what} {}", self.relay), e).at(self.host.clone())
+    }
+
+    fn send(&mut self, text: &str) -> Result<(), DeliveryError> {
+        let t = self.io.get_mut();
+        t.write_all(text.as_bytes())
+            .and_then(|_| t.flush())
+            .map_err(|e| DeliveryError::network(&format!("write to {}", self.relay), &e))
+    }
+
+    fn read_reply(&mut self, timeout: Duration) -> Result<FullReply, DeliveryError> {
+        let _ = self.io.get_ref().set_timeout(timeout);
+        let mut lines = Vec::new();
+        let mut line = Vec::new();
+        let mut code: Option<String> = None;
+        loop {
+            let n = read_line_limited(&mut self.io, &mut line, MAX_REPLY_LINE)
+                .map_err(|e| self.io_failed("reading reply from", &e))?;
+            if n == 0 {
+                let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed");
+                return Err(self.io_failed("reading reply from", &eof));
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\r', '\n']);
+            let bytes = text.as_bytes();
+            let ok = bytes.len() >= 3
+                && bytes[..3].iter().all(u8::is_ascii_digit)
+                && (bytes.len() == 3 || bytes[3] == b' ' || bytes[3] == b'-');
+            if !ok || code.as_deref().is_some_and(|c| c != &text[..3]) {
+                return Err(protocol_error(&format!(
+                    "malformed reply from {}: {:?}",
+                    self.relay, text
+                ))
+                .at(self.host.clone()));
+            }
+            code.get_or_insert_with(|| text[..3].to_string());
+            lines.push(text.get(4..).unwrap_or("").to_string());
+            if bytes.len() == 3 || bytes[3] == b' ' {
+                break;
+            }
+            if lines.len() > MAX_REPLY_LINES {
+                return Err(
+                    protocol_error(&format!("endless reply from {}", self.relay))
+                        .at(self.host.clone()),
+                );
+            }
+        }
+        let code: u16 = code.and_then(|c| c.parse().ok()).unwrap_or(0);
+        if !(200..=599).contains(&code) {
+            return Err(
+                protocol_error(&format!("reply code {code} from {}", self.relay))
+                    .at(self.host.clone()),
+            );
+        }
+        // The enhanced code of the first line; every line's text after it.
+        let (enhanced, _) = split_enhanced(code, &lines[0]);
+        let texts: Vec<&str> = lines
+            .iter()
+            .map(|l| {
+                if enhanced.is_some() {
+                    split_enhanced(code, l).1
+                } else {
+                    l.as_str()
+                }
+            })
+            .collect();
+        Ok(FullReply {
+            reply: SmtpReply::new(code, enhanced, &texts.join(" ")),
+            lines,
+        })
+    }
+
+    fn command(&mut self, line: &str) -> Result<FullReply, DeliveryError> {
+        self.send(&format!("{line}\r\n"))?;
+        self.read_reply(self.settings.command_timeout)
+    }
+
+    fn hello(&mut self) -> Result<(), DeliveryError> {
+        let verb = if self.settings.lmtp { "LHLO" } else { "EHLO" };
+        let r = self.command(&format!("{verb} {}", self.settings.helo_name))?;
+        if r.reply.code == 250 {
+            self.ext = Extensions::parse(&r.lines);
+            return Ok(());
+        }
+        if self.settings.lmtp || r.reply.code == 421 {
+            return Err(self.rejected(r.reply));
+        }
+        let r = self.command(&format!("HELO {}", self.settings.helo_name))?;
+        if r.reply.code != 250 {
+            return Err(self.rejected(r.reply));
+        }
+        self.ext = Extensions::default();
+        Ok(())
+    }
+
+    fn starttls(mut self) -> Result<Session, DeliveryError> {
+        let r = self.command("STARTTLS")?;
+        if r.reply.code != 220 {
+            if self.settings.tls == TlsPolicy::May {
+                // Offered but refused: go on in clear, as the policy allows.
+                return Ok(self);
+            }
+            return Err(self.rejected(r.reply));
+        }
+        if !self.io.buffer().is_empty() {
+            // Bytes sent before the handshake would be trusted as if they
+            // came over TLS (CVE-2011-0411 style injection).
+            return Err(protocol_error("data after STARTTLS reply").at(self.host.clone()));
+        }
+        let Session {
+            io,
+            settings,
+            host,
+            relay,
+            ..
+        } = self;
+        let transport = tls_handshake(&settings, io.into_inner(), &host)?;
+        let mut session = Session {
+            io: BufReader::new(transport),
+            settings,
+            host,
+            relay,
+            ext: Extensions::default(),
+        };
+        session.hello()?;
+        Ok(session)
+    }
+
+    fn authenticate(&mut self, creds: &Credentials) -> Result<(), DeliveryError> {
+        if self.ext.auth.is_empty() {
+            log::warn!(
+                "{}: AUTH is configured but not offered; sending without it",
+                self.relay
+            );
+            return Ok(());
+        }
+        if !self.is_tls() && !self.is_loopback() {
+            return Err(DeliveryError::temporary(
+                451,
+                (4, 7, 10),
+                &format!("refusing to send the password to {} without TLS", self.host),
+            ));
+        }
+        // Authentication failures are our configuration's fault, not the
+        // recipient's: keep them temporary so mail waits for a fix.
+        let soft = |r: SmtpReply| {
+            DeliveryError::temporary(451, (4, 7, 8), &format!("authentication failed: {r}"))
+        };
+        let r = if self.ext.auth.iter().any(|m| m == "PLAIN") {
+            let token = base64(format!("\0{}\0{}", creds.username, creds.password).as_bytes());
+            self.command(&format!("AUTH PLAIN {token}"))?
+        } else if self.ext.auth.iter().any(|m| m == "LOGIN") {
+            let r = self.command("AUTH LOGIN")?;
+            if r.reply.code != 334 {
+                return Err(soft(r.reply));
+            }
+            let r = self.command(&base64(creds.username.as_bytes()))?;
+            if r.reply.code != 334 {
+                return Err(soft(r.reply));
+            }
+            self.command(&base64(creds.password.as_bytes()))?
+        } else {
+            return Err(DeliveryError::temporary(
+                451,
+                (4, 7, 8),
+                &format!(
+                    "{} offers no AUTH mechanism we speak (PLAIN, LOGIN)",
+                    self.host
+                ),
+            ));
+        };
+        if r.reply.code != 235 {
+            return Err(soft(r.reply));
+        }
+        Ok(())
+    }
+
+    fn is_loopback(&self) -> bool {
+        match self.io.get_ref() {
+            Transport::Tcp(s) => s.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false),
+            Transport::Unix(_) => true,
+            Transport::Tls(_) => false,
+        }
+    }
+
+    /// Checks what the message needs against what the server offers.
+    pub fn check_message(
+        &self,
+        sender: &ReversePath,
+        params: &MailParams,
+        size: u64,
+    ) -> Result<(), DeliveryError> {
+        if let Some(limit) = self.ext.size.filter(|l| *l > 0) {
+            if size > limit {
+                return Err(DeliveryError::permanent(
+                    552,
+                    (5, 3, 4),
+                    &format!(
+                        "message size {size} exceeds the limit of {} ({limit})",
+                        self.host
+                    ),
+                )
+                .at(self.host.clone()));
+            }
+        }
+        let needs_utf8 = params.smtputf8 || sender.as_ref().is_some_and(|s| s.needs_smtputf8());
+        if needs_utf8 && !self.ext.smtputf8 {
+            return Err(self.no_smtputf8());
+        }
+        Ok(())
+    }
+
+    fn no_smtputf8(&self) -> DeliveryError {
+        DeliveryError::permanent(
+            553,
+            (5, 6, 7),
+            &format!(
+                "the message needs SMTPUTF8, which {} does not support",
+                self.host
+            ),
+        )
+        .at(self.host.clone())
+    }
+
+    /// Sends MAIL and the RCPTs; returns one result per recipient, or an
+    /// error for all of them when MAIL fails.
+    pub fn envelope(
+        &mut self,
+        sender: &ReversePath,
+        params: &MailParams,
+        size: u64,
+        rcpts: &[&Recipient],
+    ) -> Result<Vec<Result<(), DeliveryError>>, DeliveryError> {
+        let mut mail = format!(
+            "MAIL FROM:<{}>",
+            sender.as_ref().map(|a| a.as_str()).unwrap_or("")
+        );
+        if self.ext.size.is_some() {
+            mail.push_str(&format!(" SIZE={size}"));
+        }
+        if params.body == BodyType::EightBitMime && self.ext.eight_bit_mime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if params.smtputf8 && self.ext.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if self.ext.dsn {
+            match params.ret {
+                Some(Ret::Full) => mail.push_str(" RET=FULL"),
+                Some(Ret::Hdrs) => mail.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(envid) = &params.envid {
+                mail.push_str(&format!(" ENVID={}", xtext::encode(envid)));
+            }
+        }
+        let rcpt_lines: Vec<String> = rcpts.iter().map(|r| self.rcpt_line(r)).collect();
+
+        if self.ext.pipelining {
+            let mut batch = format!("{mail}\r\n");
+            for l in &rcpt_lines {
+                batch.push_str(l);
+                batch.push_str("\r\n");
+            }
+            self.send(&batch)?;
+            let mail_reply = self.read_reply(self.settings.command_timeout)?;
+            let mut results = Vec::with_capacity(rcpts.len());
+            for _ in rcpts {
+                let r = self.read_reply(self.settings.command_timeout)?;
+                results.push(if r.reply.code == 250 || r.reply.code == 251 {
+                    Ok(())
+                } else {
+                    Err(self.rejected(r.reply))
+                });
+            }
+            if mail_reply.reply.code != 250 {
+                return Err(self.rejected(mail_reply.reply));
+            }
+            Ok(results)
+        } else {
+            let r = self.command(&mail)?;
+            if r.reply.code != 250 {
+                return Err(self.rejected(r.reply));
+            }
+            let mut results = Vec::with_capacity(rcpts.len());
+            for l in &rcpt_lines {
+                let r = self.command(l)?;
+                results.push(if r.reply.code == 250 || r.reply.code == 251 {
+                    Ok(())
+                } else {
+                    Err(self.rejected(r.reply))
+                });
+            }
+            Ok(results)
+        }
+    }
+
+    fn rcpt_line(&self, r: &Recipient) -> String {
+        let mut line = format!("RCPT TO:<{}>", r.address);
+        if self.ext.dsn {
+            if let Some(n) = r.notify {
+                line.push_str(&format!(" NOTIFY={n}"));
+            }
+            if let Some(orcpt) = &r.orcpt {
+                let (kind, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+                line.push_str(&format!(" ORCPT={};{}", kind, xtext::encode(addr)));
+            }
+        }
+        line
+    }
+
+    /// Whether this server can take mail for `r` (SMTPUTF8 addresses).
+    pub fn check_recipient(&self, r: &Recipient) -> Result<(), DeliveryError> {
+        if r.address.needs_smtputf8() && !self.ext.smtputf8 {
+            return Err(self.no_smtputf8());
+        }
+        Ok(())
+    }
+
+    /// Sends DATA and the body; returns the final replies: one for SMTP,
+    /// one per accepted recipient for LMTP. An error means no recipient
+    /// got the message.
+    pub fn data(&mut self, body: &Body, accepted: usize) -> Result<Vec<SmtpReply>, DeliveryError> {
+        let r = self.command("DATA")?;
+        if r.reply.code != 354 {
+            return Err(self.rejected(r.reply));
+        }
+        let _ = self.io.get_ref().set_timeout(self.settings.data_timeout);
+        let mut reader = body.open().map_err(|e| {
+            DeliveryError::temporary(
+                451,
+                (4, 3, 0),
+                &format!("cannot read the queued message: {e}"),
+            )
+        })?;
+        {
+            let mut out = BufWriter::with_capacity(64 * 1024, self.io.get_mut());
+            write_dot_stuffed(&mut reader, &mut out).map_err(|e| {
+                DeliveryError::network(&format!("sending data to {}", self.relay), &e)
+                    .at(self.host.clone())
+            })?;
+        }
+        let replies = if self.settings.lmtp { accepted } else { 1 };
+        let mut out = Vec::with_capacity(replies);
+        for _ in 0..replies {
+            out.push(self.read_reply(self.settings.data_timeout)?.reply);
+        }
+        Ok(out)
+    }
+
+    /// Clears the transaction so the session can carry another.
+    pub fn reset(&mut self) -> Result<(), DeliveryError> {
+        let r = self.command("RSET")?;
+        if r.reply.code != 250 {
+            return Err(self.rejected(r.reply));
+        }
+        Ok(())
+    }
+
+    /// Ends the session politely; errors are of no interest any more.
+    pub fn quit(mut self) {
+        let _ = self.io.get_ref().set_timeout(Duration::from_secs(5));
+        let _ = self.command("QUIT");
+    }
+
+    /// The error of a final reply, or `None` when it is a success.
+    pub fn final_error(&self, reply: &SmtpReply) -> Option<DeliveryError> {
+        if reply.code == 250 {
+            None
+        } else {
+            Some(self.rejected(reply.clone()))
+        }
+    }
+}
+
+fn tls_handshake(
+    settings: &ClientSettings,
+    transport: Transport,
+    host: &str,
+) -> Result<Transport, DeliveryError> {
+    let Transport::Tcp(tcp) = transport else {
+        return Ok(transport);
+    };
+    let connector = settings
+        .tls_connector
+        .as_ref()
+        .ok_or_else(|| DeliveryError::temporary(451, (4, 7, 0), "TLS is not configured"))?;
+    let name = host.trim_end_matches('.');
+    match connector.connect(name, tcp) {
+        Ok(s) => Ok(Transport::Tls(Box::new(s))),
+        Err(e) => Err(DeliveryError::temporary(
+            451,
+            (4, 7, 0),
+            &format!("TLS handshake with {name} failed: {e}"),
+        )
+        .at(host)),
+    }
+}
+
+/// Builds the TLS client for a policy: `verify` checks the chain (system
+/// roots plus `ca_file`) and the host name; `may` and `encrypt` only encrypt.
+pub fn tls_connector(
+    policy: TlsPolicy,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Option<native_tls::TlsConnector>, String> {
+    if policy == TlsPolicy::None {
+        return Ok(None);
+    }
+    let mut b = native_tls::TlsConnector::builder();
+    if policy == TlsPolicy::Verify {
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+            let cert = native_tls::Certificate::from_pem(&pem)
+                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            b.add_root_certificate(cert);
+        }
+    } else {
+        b.danger_accept_invalid_certs(true);
+        b.danger_accept_invalid_hostnames(true);
+    }
+    b.build()
+        .map(Some)
+        .map_err(|e| format!("cannot set up TLS: {e}"))
+}
+
+/// Standard base64 with padding, for AUTH.
+pub(crate) fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn extensions_are_read_from_the_ehlo_reply() {
+        let lines: Vec<String> = [
+            "mx.example greets you",
+            "PIPELINING",
+            "SIZE 1000",
+            "8BITMIME",
+            "auth plain login",
+            "DSN",
+            "STARTTLS",
+            "SMTPUTF8",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let e = Extensions::parse(&lines);
+        assert!(e.pipelining && e.eight_bit_mime && e.dsn && e.starttls && e.smtputf8);
+        assert_eq!(e.size, Some(1000));
+        assert_eq!(e.auth, vec!["PLAIN", "LOGIN"]);
+        assert_eq!(Extensions::parse(&lines[..1]), Extensions::default());
+    }
+}

@@ -1,0 +1,161 @@
+//! The byte stream under an SMTP or LMTP session: TCP, TLS over TCP, or a
+//! Unix socket, with one place to set timeouts.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// A connected stream.
+#[derive(Debug)]
+pub enum Transport {
+    Tcp(TcpStream),
+    Tls(Box<native_tls::TlsStream<TcpStream>>),
+    Unix(UnixStream),
+}
+
+impl Transport {
+    /// Sets the read and write timeout of the underlying socket.
+    pub fn set_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => {
+                s.set_read_timeout(Some(t))?;
+                s.set_write_timeout(Some(t))
+            }
+            Transport::Tls(s) => {
+                s.get_ref().set_read_timeout(Some(t))?;
+                s.get_ref().set_write_timeout(Some(t))
+            }
+            Transport::Unix(s) => {
+                s.set_read_timeout(Some(t))?;
+                s.set_write_timeout(Some(t))
+            }
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
+            Transport::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(s) => s.write(buf),
+            Transport::Tls(s) => s.write(buf),
+            Transport::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.flush(),
+            Transport::Tls(s) => s.flush(),
+            Transport::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// Reads one line ending in LF, of at most `max` bytes; longer lines are
+/// an error rather than unbounded memory.
+pub fn read_line_limited<R: io::BufRead>(
+    r: &mut R,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    out.clear();
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(out.len());
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if out.len() + take > max {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+        }
+        out.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if done {
+            return Ok(out.len());
+        }
+    }
+}
+
+/// Copies a message into `out` as SMTP DATA: lines starting with `.` get
+/// another `.`, bare LF becomes CRLF, and the terminating `.` line is added.
+pub fn write_dot_stuffed(reader: &mut dyn Read, out: &mut dyn Write) -> io::Result<()> {
+    let mut input = vec![0u8; 64 * 1024];
+    let mut output = Vec::with_capacity(70 * 1024);
+    let mut line_start = true;
+    let mut last_cr = false;
+    loop {
+        let n = match reader.read(&mut input) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        output.clear();
+        for &b in &input[..n] {
+            if line_start && b == b'.' {
+                output.push(b'.');
+            }
+            if b == b'\n' && !last_cr {
+                output.push(b'\r');
+            }
+            output.push(b);
+            last_cr = b == b'\r';
+            line_start = b == b'\n';
+        }
+        out.write_all(&output)?;
+    }
+    if !line_start {
+        out.write_all(if last_cr { b"\n" } else { b"\r\n" })?;
+    }
+    out.write_all(b".\r\n")?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stuffed(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_dot_stuffed(&mut &input[..], &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn dots_are_stuffed_and_lines_end_in_crlf() {
+        assert_eq!(stuffed(b".a\r\nb\r\n..c\r\n"), b"..a\r\nb\r\n...c\r\n.\r\n");
+        assert_eq!(stuffed(b"a\nb"), b"a\r\nb\r\n.\r\n");
+        assert_eq!(stuffed(b""), b".\r\n");
+        assert_eq!(stuffed(b"x.\r\n.\r\n"), b"x.\r\n..\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r"), b"a\r\n.\r\n");
+    }
+
+    #[test]
+    fn long_lines_are_refused() {
+        let mut r = io::BufReader::new(&b"0123456789\nab\n"[..]);
+        let mut line = Vec::new();
+        assert!(read_line_limited(&mut r, &mut line, 5).is_err());
+        let mut r = io::BufReader::new(&b"ab\ncd"[..]);
+        assert_eq!(read_line_limited(&mut r, &mut line, 5).unwrap(), 3);
+        assert_eq!(read_line_limited(&mut r, &mut line, 5).unwrap(), 2);
+        assert_eq!(read_line_limited(&mut r, &mut line, 5).unwrap(), 0);
+    }
+}

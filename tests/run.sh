@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the test peers (Postfix's smtp-sink/smtp-source, dnsmasq,
+# Python's aiosmtpd, OpenSSL headers for native-tls), then runs the tests.
+# Safe to run again: installed pieces are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_apt=()
+command -v smtp-sink >/dev/null 2>&1 || need_apt+=(postfix)
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq)
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  as_root apt-get update -qq
+  # Postfix's installer asks what kind of mail system this is; the tests
+  # only use its smtp-sink and smtp-source tools, never the Postfix daemon.
+  echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  echo "installing: aiosmtpd"
+  python3 -m pip install -q aiosmtpd
+fi
+
+export PATH="$PATH:/usr/sbin:/sbin"
+cargo test --locked "$@"
