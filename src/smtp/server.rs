@@ -181,6 +181,14 @@ fn accept_loop(
     }
 }
 
+/// A socket read timeout shows up as `WouldBlock` on Unix.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 /// A transaction being built.
 struct Transaction {
     sender: ReversePath,
@@ -272,15 +280,8 @@ impl<'a> Session<'a> {
             let line = match self.read_line() {
                 Ok(l) => l,
                 Err(e) => {
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) {
-                        self.send(&reply(
-                            421,
-                            (4, 4, 2),
-                            &format!("{} Error: timeout exceeded", self.s.hostname),
-                        ));
+                    if is_timeout(&e) {
+                        self.send(&self.timeout_reply());
                         let _ = self.flush(true);
                     }
                     return;
@@ -316,6 +317,14 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    fn timeout_reply(&self) -> SmtpReply {
+        reply(
+            421,
+            (4, 4, 2),
+            &format!("{} Error: timeout exceeded", self.s.hostname),
+        )
     }
 
     /// Counts a bad command; true when the client has had too many.
@@ -603,6 +612,14 @@ impl<'a> Session<'a> {
         let result = read_data(&mut self.io, &mut incoming, self.s.max_message_size);
         let _ = self.io.get_ref().set_timeout(self.s.command_timeout);
         let r = match result {
+            Err(e) if is_timeout(&e) => {
+                // A client silent in DATA is told why it is dropped, as
+                // one silent between commands is (RFC 5321 4.5.3.2).
+                log::info!("{}: timeout during DATA", self.peer);
+                self.send(&self.timeout_reply());
+                let _ = self.flush(true);
+                return false;
+            }
             Err(e) => {
                 log::info!("{}: connection lost during DATA: {e}", self.peer);
                 return false;

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod peers;
 pub mod scripted;
 
 use std::path::Path;
