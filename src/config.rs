@@ -98,6 +98,15 @@ pub struct DeliveryConfig {
     pub password_file: PathBuf,
     pub mx_port: u16,
     pub dns_servers: Vec<String>,
+    /// How long one DNS query waits for an answer from one server.
+    #[serde(deserialize_with = "duration")]
+    pub dns_timeout: Duration,
+    /// Most connections open to one destination domain at once.
+    pub destination_concurrency: usize,
+    /// How long an idle connection to an MX host is kept for the next
+    /// message to the same destination; "0s" turns reuse off.
+    #[serde(deserialize_with = "duration")]
+    pub connection_cache_time: Duration,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
     #[serde(deserialize_with = "duration")]
@@ -213,6 +222,9 @@ impl Default for DeliveryConfig {
             password_file: PathBuf::new(),
             mx_port: 25,
             dns_servers: Vec::new(),
+            dns_timeout: Duration::from_secs(5),
+            destination_concurrency: 20,
+            connection_cache_time: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),
@@ -305,6 +317,7 @@ impl Config {
             ("queue.max_lifetime", q.max_lifetime),
             ("listen.command_timeout", self.listen.command_timeout),
             ("listen.data_timeout", self.listen.data_timeout),
+            ("delivery.dns_timeout", self.delivery.dns_timeout),
             ("delivery.connect_timeout", self.delivery.connect_timeout),
             ("delivery.command_timeout", self.delivery.command_timeout),
             ("delivery.data_timeout", self.delivery.data_timeout),
@@ -351,6 +364,13 @@ impl Config {
             ));
         }
         let d = &self.delivery;
+        if d.destination_concurrency == 0 {
+            return Err(invalid(
+                "delivery.destination_concurrency",
+                0,
+                "must be at least 1",
+            ));
+        }
         if d.mx_port == 0 {
             return Err(invalid("delivery.mx_port", 0, "must be a port number"));
         }

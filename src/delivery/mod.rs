@@ -4,7 +4,9 @@
 //! `commit`, or `abort` when nothing is left to commit. Every failure is a
 //! [`DeliveryError`] that says whether trying again later can help.
 
+pub mod dns;
 pub mod relay;
+pub mod remote;
 pub mod smtp_client;
 pub mod transport;
 
@@ -26,6 +28,9 @@ pub enum Severity {
     Temporary,
     /// Give up on the recipient (SMTP 5xx).
     Permanent,
+    /// Nothing was tried: the destination is busy (at its connection
+    /// limit). Try again soon, without counting a try.
+    Throttled,
 }
 
 /// A failed delivery step, classified where it happened.
@@ -87,6 +92,15 @@ impl DeliveryError {
             _ => 1,
         };
         Self::temporary(451, (4, 4, detail), &format!("{what}: {err}"))
+    }
+
+    /// The destination is at its connection limit; nothing was tried.
+    pub fn throttled(text: &str) -> Self {
+        DeliveryError {
+            severity: Severity::Throttled,
+            reply: SmtpReply::with_code(451, (4, 4, 5), text),
+            remote_mta: None,
+        }
     }
 
     /// Names the server that produced this error.
@@ -267,7 +281,14 @@ pub fn build_target(
     };
     let endpoint = match spec {
         TargetSpec::Remote => {
-            return Err("target \"remote\" (MX delivery) is not available in this build".into())
+            let resolver = dns::Resolver::new(&d.dns_servers, d.dns_timeout)?;
+            let remote = remote::RemoteSettings {
+                client: Arc::new(settings),
+                mx_port: d.mx_port,
+                destination_concurrency: d.destination_concurrency,
+                connection_cache_time: d.connection_cache_time,
+            };
+            return Ok(Arc::new(remote::RemoteTarget::new(resolver, remote)));
         }
         TargetSpec::Smtp { host, port }
         | TargetSpec::Smtps { host, port }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 
 use crate::address::Address;
-use crate::delivery::{Body, DeliveryError, DeliveryTarget, MessageInfo, StatusCollector};
+use crate::delivery::{
+    Body, DeliveryError, DeliveryTarget, MessageInfo, Severity, StatusCollector,
+};
 use crate::envelope::Recipient;
 use crate::queue::dsn::{self, Action, Notice, Reported};
 use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
@@ -94,8 +96,17 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
     meta.last_attempt = Some(now);
     let age = now.since(meta.arrival);
     let mut failed = Vec::new();
+    let mut throttled = false;
     for (&i, outcome) in pending.iter().zip(outcomes) {
         let r = &mut meta.recipients[i];
+        if let Err(e) = &outcome {
+            if e.severity == Severity::Throttled {
+                // Not tried: no try counted, no error recorded.
+                log::debug!("{id}: to=<{}>, waiting: {}", r.address, e.reply);
+                throttled = true;
+                continue;
+            }
+        }
         r.tries += 1;
         let (status, relay, reply) = match outcome {
             Ok(relay) => {
@@ -136,6 +147,12 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
     if meta.has_pending() {
         let tries = meta.pending().map(|r| r.tries).min().unwrap_or(1);
         meta.next_attempt = now.plus(shared.policy.delay(tries));
+        if throttled {
+            // Back soon, spread out so the waiting messages do not all
+            // come back at the same instant.
+            let soon = now.plus(Duration::from_millis(500 + fastrand::u64(..1000)));
+            meta.next_attempt = meta.next_attempt.min(soon);
+        }
         spool.write_meta(&meta)?;
         Ok(Some(meta.next_attempt))
     } else {

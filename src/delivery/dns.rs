@@ -1,0 +1,489 @@
+//! A small blocking DNS stub resolver for MX delivery: MX, A and AAAA
+//! over UDP (TCP when the answer is truncated), against the servers of the
+//! configuration or `/etc/resolv.conf`, with a TTL-honouring cache.
+//!
+//! The wire format is simple-dns's; the sockets are std's.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use simple_dns::rdata::RData;
+use simple_dns::{Name, Packet, PacketFlag, Question, CLASS, QCLASS, QTYPE, RCODE, TYPE};
+
+/// Record types this resolver asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordType {
+    Mx,
+    A,
+    Aaaa,
+}
+
+impl RecordType {
+    fn wire(self) -> TYPE {
+        match self {
+            RecordType::Mx => TYPE::MX,
+            RecordType::A => TYPE::A,
+            RecordType::Aaaa => TYPE::AAAA,
+        }
+    }
+}
+
+/// One answer record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// Preference and exchange host (without a trailing dot; empty for
+    /// the root, as in a null MX).
+    Mx(u16, String),
+    Ip(IpAddr),
+}
+
+/// Why a lookup failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// The name does not exist: permanent.
+    #[error("{0}: domain not found (NXDOMAIN)")]
+    NxDomain(String),
+    /// No server gave a usable answer: temporary.
+    #[error("{name}: DNS lookup failed: {why}")]
+    Failed { name: String, why: String },
+    /// The name cannot be put into a query.
+    #[error("{0}: not a valid domain name")]
+    BadName(String),
+}
+
+impl DnsError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DnsError::NxDomain(_) | DnsError::BadName(_))
+    }
+}
+
+/// What the wire gave for one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub rcode: u16,
+    pub truncated: bool,
+    pub records: Vec<Record>,
+    /// Smallest TTL of the records used, in seconds.
+    pub ttl: u32,
+}
+
+/// A reply that does not belong to the question or cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unusable DNS reply: {0}")]
+pub struct WireError(pub String);
+
+/// Builds a recursive query.
+pub fn build_query(id: u16, name: &str, qtype: RecordType) -> Result<Vec<u8>, WireError> {
+    let mut p = Packet::new_query(id);
+    p.set_flags(PacketFlag::RECURSION_DESIRED);
+    let qname = Name::new(name).map_err(|e| WireError(e.to_string()))?;
+    p.questions.push(Question::new(
+        qname,
+        QTYPE::TYPE(qtype.wire()),
+        QCLASS::CLASS(CLASS::IN),
+        false,
+    ));
+    p.build_bytes_vec().map_err(|e| WireError(e.to_string()))
+}
+
+fn same_name(a: &str, b: &str) -> bool {
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
+}
+
+/// Reads a reply, checking that it answers exactly the query `id` asked
+/// about `name`/`qtype`. Records are those of the asked type owned by the
+/// name or by a CNAME it leads to.
+pub fn parse_response(
+    bytes: &[u8],
+    id: u16,
+    name: &str,
+    qtype: RecordType,
+) -> Result<Response, WireError> {
+    let p = Packet::parse(bytes).map_err(|e| WireError(e.to_string()))?;
+    if p.id() != id {
+        return Err(WireError(format!("id {} instead of {id}", p.id())));
+    }
+    if !p.has_flags(PacketFlag::RESPONSE) {
+        return Err(WireError("not a response".into()));
+    }
+    let [q] = p.questions.as_slice() else {
+        return Err(WireError(format!(
+            "{} questions in the reply",
+            p.questions.len()
+        )));
+    };
+    if !same_name(&q.qname.to_string(), name) || q.qtype != QTYPE::TYPE(qtype.wire()) {
+        return Err(WireError(format!(
+            "reply is about {} {:?}",
+            q.qname, q.qtype
+        )));
+    }
+    let truncated = p.has_flags(PacketFlag::TRUNCATION);
+    let rcode = p.rcode() as u16;
+
+    // Follow CNAMEs from the asked name, a bounded number of steps.
+    let mut owners = vec![name.trim_end_matches('.').to_ascii_lowercase()];
+    for _ in 0..8 {
+        let mut grew = false;
+        for rr in &p.answers {
+            if let RData::CNAME(c) = &rr.rdata {
+                let owner = rr.name.to_string();
+                let target = c.0.to_string().to_ascii_lowercase();
+                if owners.iter().any(|o| same_name(o, &owner)) && !owners.contains(&target) {
+                    owners.push(target);
+                    grew = true;
+                }
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    let mut records = Vec::new();
+    let mut ttl = u32::MAX;
+    for rr in &p.answers {
+        if !owners.iter().any(|o| same_name(o, &rr.name.to_string())) {
+            continue;
+        }
+        let record = match (&rr.rdata, qtype) {
+            (RData::MX(mx), RecordType::Mx) => Record::Mx(
+                mx.preference,
+                mx.exchange.to_string().trim_end_matches('.').to_string(),
+            ),
+            (RData::A(a), RecordType::A) => Record::Ip(IpAddr::V4(Ipv4Addr::from(a.address))),
+            (RData::AAAA(a), RecordType::Aaaa) => Record::Ip(IpAddr::V6(Ipv6Addr::from(a.address))),
+            _ => continue,
+        };
+        ttl = ttl.min(rr.ttl);
+        records.push(record);
+    }
+    Ok(Response {
+        rcode,
+        truncated,
+        records,
+        ttl: if ttl == u32::MAX { 0 } else { ttl },
+    })
+}
+
+/// What a cached lookup gave.
+#[derive(Clone)]
+struct Cached {
+    expires: Instant,
+    result: Result<Vec<Record>, DnsError>,
+}
+
+/// Most names kept in the cache; past it the cache starts over.
+const CACHE_LIMIT: usize = 10_000;
+/// How long "no such name" and "no such record" are remembered.
+const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+/// Longest any answer is remembered, whatever its TTL.
+const MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// The resolver. Shared by all workers.
+pub struct Resolver {
+    servers: Vec<SocketAddr>,
+    timeout: Duration,
+    cache: Mutex<HashMap<(String, RecordType), Cached>>,
+}
+
+impl Resolver {
+    /// A resolver asking `servers` (as `ip` or `ip:port`), or the ones in
+    /// `/etc/resolv.conf` when the list is empty.
+    pub fn new(servers: &[String], timeout: Duration) -> Result<Resolver, String> {
+        let mut addrs = Vec::new();
+        for s in servers {
+            let addr = s
+                .parse::<SocketAddr>()
+                .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| format!("DNS server {s:?} is not ip or ip:port"))?;
+            addrs.push(addr);
+        }
+        if addrs.is_empty() {
+            let text = std::fs::read("/etc/resolv.conf")
+                .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
+            let (conf, errors) = resolv_conf::Config::parse_with_errors(&text);
+            for e in errors {
+                log::warn!("/etc/resolv.conf: {e}");
+            }
+            addrs = conf
+                .nameservers
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip.into(), 53))
+                .collect();
+        }
+        if addrs.is_empty() {
+            return Err(
+                "no DNS servers: set [delivery] dns_servers or fill /etc/resolv.conf".into(),
+            );
+        }
+        Ok(Resolver {
+            servers: addrs,
+            timeout,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Records of one type for a name; an empty list when the name exists
+    /// without such records.
+    pub fn lookup(&self, name: &str, qtype: RecordType) -> Result<Vec<Record>, DnsError> {
+        let name = to_ascii(name)?;
+        let key = (name.clone(), qtype);
+        let now = Instant::now();
+        if let Some(c) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            if c.expires > now {
+                return c.result.clone();
+            }
+        }
+        let result = self.query_servers(&name, qtype);
+        let keep = match &result {
+            Ok((records, ttl)) if !records.is_empty() => {
+                Some(Duration::from_secs(u64::from(*ttl)).min(MAX_TTL))
+            }
+            Ok(_) | Err(DnsError::NxDomain(_)) => Some(NEGATIVE_TTL),
+            Err(_) => None,
+        };
+        let result = result.map(|(r, _)| r);
+        if let Some(keep) = keep.filter(|k| !k.is_zero()) {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(
+                key,
+                Cached {
+                    expires: now + keep,
+                    result: result.clone(),
+                },
+            );
+        }
+        result
+    }
+
+    /// The addresses of a host, IPv6 first.
+    pub fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let v6 = self.lookup(host, RecordType::Aaaa);
+        let v4 = self.lookup(host, RecordType::A);
+        let ips = |r: Vec<Record>| {
+            r.into_iter().filter_map(|r| match r {
+                Record::Ip(ip) => Some(ip),
+                Record::Mx(..) => None,
+            })
+        };
+        match (v6, v4) {
+            (Ok(a), Ok(b)) => Ok(ips(a).chain(ips(b)).collect()),
+            (Ok(a), Err(_)) => Ok(ips(a).collect()),
+            (Err(_), Ok(b)) => Ok(ips(b).collect()),
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+
+    fn query_servers(&self, name: &str, qtype: RecordType) -> Result<(Vec<Record>, u32), DnsError> {
+        let mut why = String::new();
+        // Two rounds over the servers: a lost UDP packet is common.
+        for _round in 0..2 {
+            for server in &self.servers {
+                match self.query_one(*server, name, qtype) {
+                    Ok(r) if r.rcode == RCODE::NoError as u16 => return Ok((r.records, r.ttl)),
+                    Ok(r) if r.rcode == RCODE::NameError as u16 => {
+                        return Err(DnsError::NxDomain(name.into()))
+                    }
+                    Ok(r) => why = format!("{server} answered rcode {}", r.rcode),
+                    Err(e) => why = format!("{server}: {e}"),
+                }
+            }
+        }
+        Err(DnsError::Failed {
+            name: name.into(),
+            why,
+        })
+    }
+
+    fn query_one(&self, server: SocketAddr, name: &str, qtype: RecordType) -> io::Result<Response> {
+        let id = fastrand::u16(..);
+        let query = build_query(id, name, qtype)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let bind: SocketAddr = if server.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(bind)?;
+        socket.connect(server)?;
+        socket.send(&query)?;
+        let deadline = Instant::now() + self.timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply"));
+            }
+            socket.set_read_timeout(Some(left))?;
+            let n = match socket.recv(&mut buf) {
+                Ok(n) => n,
+                // A UDP read timeout shows up as WouldBlock.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply"))
+                }
+                Err(e) => return Err(e),
+            };
+            // Replies for another query (or forged ones) are ignored, not
+            // trusted: keep waiting for ours until the deadline.
+            match parse_response(&buf[..n], id, name, qtype) {
+                Ok(r) if r.truncated => return self.query_tcp(server, name, qtype),
+                Ok(r) => return Ok(r),
+                Err(e) => log::debug!("{server}: ignoring reply: {e}"),
+            }
+        }
+    }
+
+    fn query_tcp(&self, server: SocketAddr, name: &str, qtype: RecordType) -> io::Result<Response> {
+        let id = fastrand::u16(..);
+        let query = build_query(id, name, qtype)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut s = TcpStream::connect_timeout(&server, self.timeout)?;
+        s.set_read_timeout(Some(self.timeout))?;
+        s.set_write_timeout(Some(self.timeout))?;
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&query);
+        s.write_all(&framed)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut reply)?;
+        parse_response(&reply, id, name, qtype)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// Puts a domain into A-label (punycode) form, lower case, without a
+/// trailing dot.
+pub fn to_ascii(domain: &str) -> Result<String, DnsError> {
+    let d = domain.trim_end_matches('.');
+    if d.is_empty() {
+        return Err(DnsError::BadName(domain.into()));
+    }
+    idna::domain_to_ascii(d).map_err(|_| DnsError::BadName(domain.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simple_dns::rdata::{A, MX};
+    use simple_dns::ResourceRecord;
+
+    fn reply(id: u16, qname: &str, qtype: TYPE, answers: Vec<ResourceRecord<'static>>) -> Vec<u8> {
+        let mut p = Packet::new_reply(id);
+        p.questions.push(Question::new(
+            Name::new_unchecked(qname).into_owned(),
+            QTYPE::TYPE(qtype),
+            QCLASS::CLASS(CLASS::IN),
+            false,
+        ));
+        p.answers = answers;
+        p.build_bytes_vec().unwrap()
+    }
+
+    fn mx(owner: &'static str, pref: u16, host: &'static str) -> ResourceRecord<'static> {
+        ResourceRecord::new(
+            Name::new_unchecked(owner),
+            CLASS::IN,
+            300,
+            RData::MX(MX {
+                preference: pref,
+                exchange: Name::new_unchecked(host),
+            }),
+        )
+    }
+
+    #[test]
+    fn answers_are_matched_to_the_question() {
+        let bytes = reply(
+            7,
+            "d.test",
+            TYPE::MX,
+            vec![
+                mx("d.test", 10, "mx.d.test"),
+                mx("other.test", 5, "evil.test"),
+            ],
+        );
+        let r = parse_response(&bytes, 7, "d.test.", RecordType::Mx).unwrap();
+        assert_eq!(r.records, vec![Record::Mx(10, "mx.d.test".into())]);
+        assert_eq!(r.ttl, 300);
+        assert!(
+            parse_response(&bytes, 8, "d.test", RecordType::Mx).is_err(),
+            "wrong id accepted"
+        );
+        assert!(
+            parse_response(&bytes, 7, "e.test", RecordType::Mx).is_err(),
+            "wrong name accepted"
+        );
+        assert!(
+            parse_response(&bytes, 7, "d.test", RecordType::A).is_err(),
+            "wrong type accepted"
+        );
+        let query = build_query(7, "d.test", RecordType::Mx).unwrap();
+        assert!(
+            parse_response(&query, 7, "d.test", RecordType::Mx).is_err(),
+            "a query is not a reply"
+        );
+    }
+
+    #[test]
+    fn cnames_are_followed() {
+        let cname = ResourceRecord::new(
+            Name::new_unchecked("www.d.test"),
+            CLASS::IN,
+            60,
+            RData::CNAME(simple_dns::rdata::CNAME(Name::new_unchecked("host.d.test"))),
+        );
+        let a = ResourceRecord::new(
+            Name::new_unchecked("host.d.test"),
+            CLASS::IN,
+            30,
+            RData::A(A {
+                address: 0x7f000001,
+            }),
+        );
+        let bytes = reply(1, "www.d.test", TYPE::A, vec![cname, a]);
+        let r = parse_response(&bytes, 1, "www.d.test", RecordType::A).unwrap();
+        assert_eq!(r.records, vec![Record::Ip("127.0.0.1".parse().unwrap())]);
+        assert_eq!(r.ttl, 30);
+    }
+
+    #[test]
+    fn truncated_and_garbage_packets_do_not_panic() {
+        let bytes = reply(3, "d.test", TYPE::MX, vec![mx("d.test", 10, "mx.d.test")]);
+        for cut in 0..bytes.len() {
+            let _ = parse_response(&bytes[..cut], 3, "d.test", RecordType::Mx);
+        }
+        let mut rng = fastrand::Rng::with_seed(42);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..200);
+            let junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            let _ = parse_response(&junk, 3, "d.test", RecordType::Mx);
+            let mut flipped = bytes.clone();
+            let i = rng.usize(..flipped.len());
+            flipped[i] = rng.u8(..);
+            let _ = parse_response(&flipped, 3, "d.test", RecordType::Mx);
+        }
+    }
+
+    #[test]
+    fn names_become_a_labels() {
+        assert_eq!(
+            to_ascii("Bücher.Example.").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(to_ascii("MX.d.test").unwrap(), "mx.d.test");
+        assert!(to_ascii("").is_err());
+    }
+}

@@ -1,0 +1,542 @@
+//! Direct delivery to the recipients' MX hosts (`target = "remote"`).
+//!
+//! Recipients are grouped by domain; each domain is its own SMTP
+//! transaction with its own per-recipient results, run in parallel with
+//! the message's other domains. A destination at its connection limit is
+//! not tried (the recipients wait a moment without using up a try), and an
+//! idle connection is kept a few seconds for the next message to the same
+//! domain.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::address::Address;
+use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
+use crate::delivery::relay::HopDelivery;
+use crate::delivery::smtp_client::{ClientSettings, Session};
+use crate::delivery::{
+    Body, Delivery, DeliveryError, DeliveryTarget, MessageInfo, PartialDelivery, StatusCollector,
+};
+use crate::envelope::Recipient;
+
+/// Most addresses tried for one domain in one attempt (RFC 5321 §4.5.4.1
+/// suggests trying at least two; Postfix tries five).
+const MAX_ADDRESSES: usize = 5;
+/// Most messages carried by one connection before it is closed.
+const MAX_REUSE: u32 = 100;
+/// Most idle connections kept per destination.
+const MAX_IDLE_PER_DESTINATION: usize = 8;
+/// Most domains of one message delivered at the same time.
+const MAX_PARALLEL_DOMAINS: usize = 8;
+
+/// Settings of the MX client.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    pub client: Arc<ClientSettings>,
+    pub mx_port: u16,
+    pub destination_concurrency: usize,
+    /// Zero turns connection reuse off.
+    pub connection_cache_time: Duration,
+}
+
+/// Delivers to each recipient domain's mail servers.
+pub struct RemoteTarget {
+    resolver: Arc<Resolver>,
+    settings: RemoteSettings,
+    limiter: Limiter,
+    pool: Arc<Pool>,
+}
+
+impl RemoteTarget {
+    pub fn new(resolver: Resolver, settings: RemoteSettings) -> RemoteTarget {
+        let pool = Arc::new(Pool::default());
+        if !settings.connection_cache_time.is_zero() {
+            start_reaper(Arc::downgrade(&pool), settings.connection_cache_time);
+        }
+        RemoteTarget {
+            resolver: Arc::new(resolver),
+            limiter: Limiter::new(settings.destination_concurrency),
+            settings,
+            pool,
+        }
+    }
+
+    /// Connections currently open to `domain` for deliveries.
+    pub fn active_connections(&self, domain: &str) -> usize {
+        self.limiter.count(domain)
+    }
+}
+
+impl DeliveryTarget for RemoteTarget {
+    fn start(&self, msg: &MessageInfo) -> Result<Box<dyn Delivery + '_>, DeliveryError> {
+        Ok(Box::new(RemoteDelivery {
+            target: self,
+            info: msg.clone(),
+            domains: BTreeMap::new(),
+            relays: HashMap::new(),
+        }))
+    }
+}
+
+/// One message's delivery to all its domains.
+struct RemoteDelivery<'a> {
+    target: &'a RemoteTarget,
+    info: MessageInfo,
+    /// Recipients by A-label domain (or address literal).
+    domains: BTreeMap<String, Vec<Recipient>>,
+    relays: HashMap<Address, String>,
+}
+
+impl Delivery for RemoteDelivery<'_> {
+    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), DeliveryError> {
+        let domain = rcpt.address.domain();
+        let key = if domain.starts_with('[') {
+            domain.to_string()
+        } else {
+            dns::to_ascii(domain)
+                .map_err(|e| DeliveryError::permanent(553, (5, 1, 2), &e.to_string()))?
+        };
+        self.domains.entry(key).or_default().push(rcpt.clone());
+        Ok(())
+    }
+
+    fn body(&mut self, body: &Body) -> Result<(), DeliveryError> {
+        let mut first = FirstError(None);
+        self.body_per_recipient(body, &mut first);
+        first.0.map_or(Ok(()), Err)
+    }
+
+    fn as_partial(&mut self) -> Option<&mut dyn PartialDelivery> {
+        Some(self)
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), DeliveryError> {
+        // Each domain's server took the message at its reply to the dot.
+        Ok(())
+    }
+
+    fn abort(self: Box<Self>) {}
+
+    fn relay(&self, rcpt: &Address) -> Option<String> {
+        self.relays.get(rcpt).cloned()
+    }
+}
+
+impl PartialDelivery for RemoteDelivery<'_> {
+    fn body_per_recipient(&mut self, body: &Body, status: &mut dyn StatusCollector) {
+        let domains: Vec<(&String, &Vec<Recipient>)> = self.domains.iter().collect();
+        let mut results: Vec<DomainResult> = Vec::new();
+        if domains.len() == 1 {
+            let (d, r) = domains[0];
+            results.push(self.target.deliver_domain(&self.info, d, r, body));
+        } else {
+            for chunk in domains.chunks(MAX_PARALLEL_DOMAINS) {
+                thread::scope(|s| {
+                    let handles: Vec<_> = chunk
+                        .iter()
+                        .map(|(d, r)| {
+                            let (target, info) = (self.target, &self.info);
+                            s.spawn(move || target.deliver_domain(info, d, r, body))
+                        })
+                        .collect();
+                    for (h, (_, rcpts)) in handles.into_iter().zip(chunk) {
+                        results.push(h.join().unwrap_or_else(|_| {
+                            let e = DeliveryError::temporary(
+                                451,
+                                (4, 3, 0),
+                                "internal error in delivery",
+                            );
+                            DomainResult::all(rcpts, Err(e), None)
+                        }));
+                    }
+                });
+            }
+        }
+        for result in results {
+            for (addr, outcome) in result.outcomes {
+                if let Some(relay) = &result.relay {
+                    self.relays.insert(addr.clone(), relay.clone());
+                }
+                status.set_status(&addr, outcome);
+            }
+        }
+    }
+}
+
+struct FirstError(Option<DeliveryError>);
+
+impl StatusCollector for FirstError {
+    fn set_status(&mut self, _: &Address, result: Result<(), DeliveryError>) {
+        if let Err(e) = result {
+            self.0.get_or_insert(e);
+        }
+    }
+}
+
+/// The outcome of one domain's transaction.
+struct DomainResult {
+    outcomes: Vec<(Address, Result<(), DeliveryError>)>,
+    relay: Option<String>,
+}
+
+impl DomainResult {
+    fn all(
+        rcpts: &[Recipient],
+        r: Result<(), DeliveryError>,
+        relay: Option<String>,
+    ) -> DomainResult {
+        DomainResult {
+            outcomes: rcpts
+                .iter()
+                .map(|x| (x.address.clone(), r.clone()))
+                .collect(),
+            relay,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Collect(Vec<(Address, Result<(), DeliveryError>)>);
+
+impl StatusCollector for Collect {
+    fn set_status(&mut self, rcpt: &Address, result: Result<(), DeliveryError>) {
+        self.0.push((rcpt.clone(), result));
+    }
+}
+
+impl RemoteTarget {
+    fn deliver_domain(
+        &self,
+        info: &MessageInfo,
+        domain: &str,
+        rcpts: &[Recipient],
+        body: &Body,
+    ) -> DomainResult {
+        let Some(_permit) = self.limiter.try_acquire(domain) else {
+            let e = DeliveryError::throttled(&format!("{domain}: too many connections, waiting"));
+            return DomainResult::all(rcpts, Err(e), None);
+        };
+        let session = match self.pool.take(domain, self.settings.connection_cache_time) {
+            Some(s) => s,
+            None => match self.connect(domain) {
+                Ok(s) => PooledSession {
+                    session: s,
+                    uses: 0,
+                    idle_since: Instant::now(),
+                },
+                Err(e) => return DomainResult::all(rcpts, Err(e), None),
+            },
+        };
+        let PooledSession { session, uses, .. } = session;
+        let relay = Some(session.relay().to_string());
+        if let Err(e) = session.check_message(&info.sender, &info.params, info.size) {
+            self.pool.put(
+                domain,
+                PooledSession {
+                    session,
+                    uses,
+                    idle_since: Instant::now(),
+                },
+                &self.settings,
+            );
+            return DomainResult::all(rcpts, Err(e), relay);
+        }
+
+        let mut hop = HopDelivery::new(session, info.clone(), false);
+        let mut collect = Collect::default();
+        let mut offered = Vec::new();
+        for r in rcpts {
+            match hop.add_rcpt(r) {
+                Ok(()) => offered.push(r.address.clone()),
+                Err(e) => collect.0.push((r.address.clone(), Err(e))),
+            }
+        }
+        if !offered.is_empty() {
+            hop.transfer(body, &mut collect);
+        }
+        if let Some(mut session) = hop.into_session() {
+            // A clean RSET proves the session is still in step for reuse.
+            if !self.settings.connection_cache_time.is_zero()
+                && uses + 1 < MAX_REUSE
+                && session.reset().is_ok()
+            {
+                self.pool.put(
+                    domain,
+                    PooledSession {
+                        session,
+                        uses: uses + 1,
+                        idle_since: Instant::now(),
+                    },
+                    &self.settings,
+                );
+            } else {
+                session.quit();
+            }
+        }
+        // Recipients not reported were delivered.
+        let reported: Vec<Address> = collect.0.iter().map(|(a, _)| a.clone()).collect();
+        for a in offered {
+            if !reported.contains(&a) {
+                collect.0.push((a, Ok(())));
+            }
+        }
+        DomainResult {
+            outcomes: collect.0,
+            relay,
+        }
+    }
+
+    /// Finds the domain's servers and connects to the first that greets.
+    fn connect(&self, domain: &str) -> Result<Session, DeliveryError> {
+        let targets = self.addresses(domain)?;
+        let mut last: Option<DeliveryError> = None;
+        for (host, ip) in targets {
+            let addr = SocketAddr::new(ip, self.settings.mx_port);
+            let relay = format!("{host}[{ip}]:{}", self.settings.mx_port);
+            let stream =
+                match TcpStream::connect_timeout(&addr, self.settings.client.connect_timeout) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::debug!("{domain}: cannot connect to {relay}: {e}");
+                        last = Some(
+                            DeliveryError::network(&format!("connect to {relay}"), &e)
+                                .at(host.clone()),
+                        );
+                        continue;
+                    }
+                };
+            match Session::open_stream(&self.settings.client, stream, &host, relay.clone()) {
+                Ok(s) => return Ok(s),
+                // A refusing greeting, a failed EHLO or TLS: try the next.
+                Err(e) => {
+                    log::debug!("{domain}: {relay}: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            DeliveryError::temporary(451, (4, 4, 1), &format!("{domain}: no server reachable"))
+        }))
+    }
+
+    /// Up to five (host, address) pairs in the order to try them.
+    fn addresses(&self, domain: &str) -> Result<Vec<(String, IpAddr)>, DeliveryError> {
+        if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+            let ip: IpAddr = lit
+                .strip_prefix("IPv6:")
+                .unwrap_or(lit)
+                .parse()
+                .map_err(|_| {
+                    DeliveryError::permanent(
+                        553,
+                        (5, 1, 2),
+                        &format!("bad address literal {domain}"),
+                    )
+                })?;
+            return Ok(vec![(domain.to_string(), ip)]);
+        }
+        let hosts = self.mx_hosts(domain)?;
+        let mut out = Vec::new();
+        let mut definitive = true;
+        let mut last_err = None;
+        for host in hosts {
+            match self.resolver.addresses(&host) {
+                Ok(ips) => out.extend(ips.into_iter().map(|ip| (host.clone(), ip))),
+                Err(e) => {
+                    definitive &= e.is_permanent();
+                    last_err = Some(e);
+                }
+            }
+            if out.len() >= MAX_ADDRESSES {
+                break;
+            }
+        }
+        out.truncate(MAX_ADDRESSES);
+        if out.is_empty() {
+            let why = last_err
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no address records".into());
+            let text = format!("{domain}: no address for any mail server: {why}");
+            return Err(if definitive {
+                DeliveryError::permanent(550, (5, 4, 4), &text)
+            } else {
+                DeliveryError::temporary(451, (4, 4, 3), &text)
+            });
+        }
+        Ok(out)
+    }
+
+    /// MX hosts by preference, equal preferences shuffled; the domain
+    /// itself when it has no MX records (implicit MX).
+    fn mx_hosts(&self, domain: &str) -> Result<Vec<String>, DeliveryError> {
+        let records = match self.resolver.lookup(domain, RecordType::Mx) {
+            Ok(r) => r,
+            Err(DnsError::NxDomain(_)) => {
+                return Err(DeliveryError::permanent(
+                    550,
+                    (5, 1, 2),
+                    &format!("{domain}: domain not found"),
+                ))
+            }
+            Err(e) if e.is_permanent() => {
+                return Err(DeliveryError::permanent(553, (5, 1, 2), &e.to_string()))
+            }
+            Err(e) => return Err(DeliveryError::temporary(451, (4, 4, 3), &e.to_string())),
+        };
+        let mut mx: Vec<(u16, String)> = records
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Mx(p, h) => Some((p, h)),
+                Record::Ip(_) => None,
+            })
+            .collect();
+        if mx.is_empty() {
+            return Ok(vec![domain.to_string()]);
+        }
+        // RFC 7505: a lone MX "." says the domain takes no mail.
+        if mx.iter().all(|(_, h)| h.is_empty()) {
+            return Err(DeliveryError::permanent(
+                556,
+                (5, 1, 10),
+                &format!("{domain}: domain does not accept mail (null MX)"),
+            ));
+        }
+        mx.retain(|(_, h)| !h.is_empty());
+        fastrand::shuffle(&mut mx);
+        mx.sort_by_key(|(p, _)| *p);
+        Ok(mx.into_iter().map(|(_, h)| h).collect())
+    }
+}
+
+/// Counts connections per destination.
+struct Limiter {
+    limit: usize,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+struct Permit {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Limiter {
+    fn new(limit: usize) -> Limiter {
+        Limiter {
+            limit,
+            counts: Arc::default(),
+        }
+    }
+
+    fn try_acquire(&self, key: &str) -> Option<Permit> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.to_string()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Permit {
+            counts: Arc::clone(&self.counts),
+            key: key.to_string(),
+        })
+    }
+
+    fn count(&self, key: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// An idle session kept for reuse.
+struct PooledSession {
+    session: Session,
+    uses: u32,
+    idle_since: Instant,
+}
+
+/// Idle sessions by destination domain.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<String, Vec<PooledSession>>>,
+}
+
+impl Pool {
+    fn take(&self, domain: &str, max_idle: Duration) -> Option<PooledSession> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(domain)?;
+        while let Some(s) = list.pop() {
+            if s.idle_since.elapsed() < max_idle {
+                return Some(s);
+            }
+            s.session.quit();
+        }
+        None
+    }
+
+    fn put(&self, domain: &str, s: PooledSession, settings: &RemoteSettings) {
+        if settings.connection_cache_time.is_zero() {
+            s.session.quit();
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(domain.to_string()).or_default();
+        if list.len() >= MAX_IDLE_PER_DESTINATION {
+            drop(idle);
+            s.session.quit();
+            return;
+        }
+        list.push(s);
+    }
+
+    /// Closes sessions idle for longer than `max_idle`.
+    fn reap(&self, max_idle: Duration) {
+        let stale: Vec<PooledSession> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stale = Vec::new();
+            for list in idle.values_mut() {
+                let (old, fresh): (Vec<_>, Vec<_>) = list
+                    .drain(..)
+                    .partition(|s| s.idle_since.elapsed() >= max_idle);
+                *list = fresh;
+                stale.extend(old);
+            }
+            idle.retain(|_, l| !l.is_empty());
+            stale
+        };
+        for s in stale {
+            s.session.quit();
+        }
+    }
+}
+
+/// Closes idle connections in the background until the target is gone.
+fn start_reaper(pool: Weak<Pool>, max_idle: Duration) {
+    let tick = (max_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let _ = thread::Builder::new()
+        .name("mailqueue-conn-reaper".into())
+        .spawn(move || loop {
+            thread::sleep(tick);
+            match pool.upgrade() {
+                Some(p) => p.reap(max_idle),
+                None => return,
+            }
+        });
+}
