@@ -212,3 +212,62 @@ fn push_crlf_lines(out: &mut Vec<u8>, text: &[u8]) {
         out.extend_from_slice(b"\r\n");
     }
 }
+
+/// Largest original header a notice quotes.
+const MAX_QUOTED_HEADER: usize = 64 * 1024;
+
+/// The failure notice for the recipients of `meta` at `failed`, if one is
+/// due: not for a null sender, not for a notice, not when notices are off,
+/// and only for recipients whose NOTIFY asks for failures.
+pub(crate) fn failure_notice(
+    config: &crate::config::Config,
+    spool: &crate::queue::spool::Spool,
+    meta: &MessageMeta,
+    failed: &[usize],
+) -> Option<(Envelope, Vec<u8>)> {
+    if meta.is_dsn {
+        for &i in failed {
+            log::warn!(
+                "{}: notice to <{}> could not be delivered; dropped",
+                meta.id,
+                meta.recipients[i].address
+            );
+        }
+        return None;
+    }
+    if meta.sender.is_none() || !config.bounce.enabled {
+        return None;
+    }
+    let last_attempt = meta.last_attempt.map(|t| t.to_system());
+    let recipients: Vec<Reported<'_>> = failed
+        .iter()
+        .map(|&i| &meta.recipients[i])
+        .filter(|r| r.notify().failure)
+        .map(|r| Reported {
+            rcpt: r,
+            action: Action::Failed,
+            reply: r.last_error.as_ref(),
+            last_attempt,
+        })
+        .collect();
+    if recipients.is_empty() {
+        return None;
+    }
+    let header = spool
+        .read_header(&meta.id, MAX_QUOTED_HEADER)
+        .unwrap_or_else(|e| {
+            log::warn!("{}: cannot read the header for the notice: {e}", meta.id);
+            Vec::new()
+        });
+    let from = config.bounce_from();
+    let unique = crate::queue::MessageId::generate().to_string();
+    build(&Notice {
+        reporting_mta: &config.hostname,
+        from: &from,
+        original: meta,
+        original_header: &header,
+        recipients,
+        now: SystemTime::now(),
+        unique: &unique,
+    })
+}

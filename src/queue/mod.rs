@@ -28,9 +28,10 @@ pub mod spool;
 pub mod timer;
 mod worker;
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
@@ -63,6 +64,8 @@ pub enum QueueError {
     UnknownId(MessageId),
     #[error("the queue is closing")]
     Closed,
+    #[error("queue full: {0}")]
+    Quota(String),
 }
 
 impl QueueError {
@@ -84,6 +87,13 @@ pub(crate) struct Shared {
     pub bounce_target: Arc<dyn DeliveryTarget>,
     pub timer: Sender<Command>,
     pub stopping: AtomicBool,
+    /// Messages and bytes in the queue, kept up to date without rescanning.
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Messages with an attempt running; a second attempt of the same
+    /// message never starts (a release or flush during an attempt could
+    /// otherwise hand it to a second worker).
+    pub inflight: Mutex<HashSet<MessageId>>,
 }
 
 impl Shared {
@@ -93,29 +103,74 @@ impl Shared {
         let _ = self.timer.send(Command::Add(id, Instant::now() + wait));
     }
 
-    /// Stores a message durably and schedules it at once.
+    /// Stores a message durably and schedules it at once. Notices are
+    /// never refused for quota: refusing one would lose the bounce.
     pub fn store(
         &self,
         writer: MessageWriter,
         envelope: &Envelope,
         is_dsn: bool,
     ) -> Result<MessageId, QueueError> {
-        if envelope.recipients.is_empty() {
-            return Err(QueueError::NoRecipients);
+        if !is_dsn {
+            self.check_quota(0)?;
         }
-        let id = writer.id();
-        let mut meta = MessageMeta::new(id, envelope, writer.size());
-        meta.is_dsn = is_dsn;
-        self.spool.commit_message(writer, &meta)?;
-        log::info!(
-            "{id}: from=<{}>, size={}, nrcpt={}{}",
-            envelope.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
-            meta.size,
-            meta.recipients.len(),
-            if is_dsn { ", notice" } else { "" }
-        );
-        self.schedule(id, meta.next_attempt);
-        Ok(id)
+        let meta = self.spool.store(writer, envelope, is_dsn)?;
+        self.messages.fetch_add(1, Ordering::SeqCst);
+        self.bytes.fetch_add(meta.size, Ordering::SeqCst);
+        self.schedule(meta.id, meta.next_attempt);
+        Ok(meta.id)
+    }
+
+    /// Stores a notice made in memory.
+    pub fn store_notice(&self, envelope: &Envelope, bytes: &[u8]) -> Result<MessageId, QueueError> {
+        let mut w = self.spool.create_message()?;
+        w.copy_from(&mut &bytes[..])?;
+        self.store(w, envelope, true)
+    }
+
+    /// Accounts for a message that left the queue.
+    pub fn forget(&self, size: u64) {
+        let _ = self
+            .messages
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            });
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(size))
+            });
+    }
+
+    /// Refuses new mail past `max_messages`, `max_bytes` (counting
+    /// `incoming` more bytes) or below `min_free_bytes` of free disk.
+    pub fn check_quota(&self, incoming: u64) -> Result<(), QueueError> {
+        let q = &self.config.queue;
+        let messages = self.messages.load(Ordering::SeqCst);
+        if messages >= q.max_messages {
+            return Err(QueueError::Quota(format!(
+                "{messages} messages queued, the limit is {}",
+                q.max_messages
+            )));
+        }
+        let bytes = self.bytes.load(Ordering::SeqCst);
+        if bytes.saturating_add(incoming) > q.max_bytes {
+            return Err(QueueError::Quota(format!(
+                "{bytes} bytes queued, the limit is {}",
+                q.max_bytes
+            )));
+        }
+        if q.min_free_bytes > 0 {
+            if let Ok(free) = fs2::available_space(self.spool.root()) {
+                if free < q.min_free_bytes.saturating_add(incoming) {
+                    return Err(QueueError::Quota(format!(
+                        "{free} bytes free on the spool's disk, {} must stay free",
+                        q.min_free_bytes
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -166,6 +221,9 @@ impl Queue {
             bounce_target,
             timer: timer.sender(),
             stopping: AtomicBool::new(false),
+            messages: AtomicU64::new(report.messages.len() as u64),
+            bytes: AtomicU64::new(report.messages.iter().map(|m| m.size).sum()),
+            inflight: Mutex::new(HashSet::new()),
         });
         for meta in &report.messages {
             if !meta.hold {
@@ -227,6 +285,20 @@ impl Queue {
             shared: &self.shared,
             writer: self.shared.spool.create_message()?,
         })
+    }
+
+    /// Refuses new mail when the queue is over one of its quotas; `size`
+    /// is the size announced for the coming message (0 if unknown).
+    pub fn check_quota(&self, size: u64) -> Result<(), QueueError> {
+        self.shared.check_quota(size)
+    }
+
+    /// Messages and bytes queued now.
+    pub fn usage(&self) -> (u64, u64) {
+        (
+            self.shared.messages.load(Ordering::SeqCst),
+            self.shared.bytes.load(Ordering::SeqCst),
+        )
     }
 
     /// Makes one message (or every message) due now. Held messages stay held.

@@ -181,6 +181,31 @@ impl Spool {
         Ok(())
     }
 
+    /// Makes a written message durable with metadata for `envelope`;
+    /// returns the metadata.
+    pub fn store(
+        &self,
+        writer: MessageWriter,
+        envelope: &crate::envelope::Envelope,
+        is_dsn: bool,
+    ) -> Result<MessageMeta, QueueError> {
+        if envelope.recipients.is_empty() {
+            return Err(QueueError::NoRecipients);
+        }
+        let mut meta = MessageMeta::new(writer.id(), envelope, writer.size());
+        meta.is_dsn = is_dsn;
+        self.commit_message(writer, &meta)?;
+        log::info!(
+            "{}: from=<{}>, size={}, nrcpt={}{}",
+            meta.id,
+            envelope.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
+            meta.size,
+            meta.recipients.len(),
+            if is_dsn { ", notice" } else { "" }
+        );
+        Ok(meta)
+    }
+
     /// Replaces a message's metadata atomically and durably.
     pub fn write_meta(&self, meta: &MessageMeta) -> Result<(), QueueError> {
         self.write_meta_file(meta)?;

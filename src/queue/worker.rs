@@ -1,6 +1,12 @@
-//! One delivery attempt of one message: lock it, run the transaction
-//! against the target, record each recipient's outcome, send notices, and
-//! either reschedule the message or remove it.
+//! One delivery attempt of one message: read its state, run the
+//! transaction against the target, then record each recipient's outcome,
+//! send notices, and either reschedule the message or remove it.
+//!
+//! The message lock is held only while reading and while recording, not
+//! during the network transaction, so an operator's hold, delete or expire
+//! never waits for a slow server. Recording re-reads the metadata: a
+//! message deleted meanwhile stays deleted, and a hold set meanwhile stays
+//! set.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,12 +19,9 @@ use crate::delivery::{
     Body, DeliveryError, DeliveryTarget, MessageInfo, Severity, StatusCollector,
 };
 use crate::envelope::Recipient;
-use crate::queue::dsn::{self, Action, Notice, Reported};
+use crate::queue::dsn;
 use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
 use crate::queue::{MessageId, QueueError, Shared};
-
-/// Largest original header a notice quotes.
-const MAX_QUOTED_HEADER: usize = 64 * 1024;
 
 /// Worker thread body: attempts messages until the job channel closes.
 pub(crate) fn run(shared: &Shared, jobs: &Receiver<MessageId>) {
@@ -48,20 +51,59 @@ pub(crate) fn run(shared: &Shared, jobs: &Receiver<MessageId>) {
 /// relay, when known) or an error.
 type Outcome = Result<Option<String>, DeliveryError>;
 
-/// Runs one attempt; returns when to try again, or `None` when the
-/// message is finished (or held, or gone).
-fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueError> {
-    let spool = &shared.spool;
-    let Some(_lock) = spool.lock_message(&id)? else {
+/// Marks a message as having an attempt running, for as long as it lives.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    id: MessageId,
+}
+
+impl<'a> InFlight<'a> {
+    fn claim(shared: &'a Shared, id: MessageId) -> Option<Self> {
+        let mut set = shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(id).then_some(InFlight { shared, id })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Reads the metadata under the lock; `None` when the message is gone.
+fn read(
+    shared: &Shared,
+    id: &MessageId,
+) -> Result<Option<(MessageMeta, crate::queue::spool::MessageLock)>, QueueError> {
+    let Some(lock) = shared.spool.lock_message(id)? else {
         return Ok(None);
     };
-    let mut meta = match spool.read_meta(&id) {
-        Ok(m) => m,
+    match shared.spool.read_meta(id) {
+        Ok(m) => Ok(Some((m, lock))),
         Err(QueueError::Corrupt { reason, .. }) => {
-            spool.quarantine(id.as_str(), &reason);
-            return Ok(None);
+            shared.spool.quarantine(id.as_str(), &reason);
+            Ok(None)
         }
-        Err(e) => return Err(e),
+        Err(QueueError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs one attempt; returns when to try again, or `None` when the
+/// message is finished (or held, or gone, or already being attempted).
+fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueError> {
+    let Some(_inflight) = InFlight::claim(shared, id) else {
+        // The running attempt reschedules the message when it ends.
+        return Ok(None);
+    };
+    let Some((meta, lock)) = read(shared, &id)? else {
+        return Ok(None);
     };
     if meta.hold {
         return Ok(None);
@@ -70,9 +112,11 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         .filter(|&i| meta.recipients[i].status == RcptStatus::Pending)
         .collect();
     if pending.is_empty() {
-        spool.remove(&id)?;
+        shared.spool.remove(&id)?;
+        shared.forget(meta.size);
         return Ok(None);
     }
+    drop(lock);
 
     let target: &dyn DeliveryTarget = if meta.is_dsn {
         &*shared.bounce_target
@@ -89,16 +133,38 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         .iter()
         .map(|&i| meta.recipients[i].to_recipient())
         .collect();
-    let body = Body::from_file(spool.message_path(&id), meta.size);
+    let body = Body::from_file(shared.spool.message_path(&id), meta.size);
     let outcomes = deliver(target, &info, &recipients, &body);
 
+    let Some((mut meta, _lock)) = read(shared, &id)? else {
+        log::info!("{id}: removed during the attempt; its results are dropped");
+        return Ok(None);
+    };
+    record(shared, &mut meta, &pending, outcomes)
+}
+
+/// Applies the outcomes to the metadata, sends the failure notice and
+/// writes (or removes) the message. Runs under the message lock.
+fn record(
+    shared: &Shared,
+    meta: &mut MessageMeta,
+    pending: &[usize],
+    outcomes: Vec<Outcome>,
+) -> Result<Option<Timestamp>, QueueError> {
+    let id = meta.id;
     let now = Timestamp::now();
     meta.last_attempt = Some(now);
     let age = now.since(meta.arrival);
     let mut failed = Vec::new();
     let mut throttled = false;
     for (&i, outcome) in pending.iter().zip(outcomes) {
-        let r = &mut meta.recipients[i];
+        let Some(r) = meta
+            .recipients
+            .get_mut(i)
+            .filter(|r| r.status == RcptStatus::Pending)
+        else {
+            continue;
+        };
         if let Err(e) = &outcome {
             if e.severity == Severity::Throttled {
                 // Not tried: no try counted, no error recorded.
@@ -141,24 +207,32 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
     // The notice is made durable before the failures are recorded: a
     // crash in between repeats the notice rather than losing it.
     if !failed.is_empty() {
-        notify_failures(shared, &meta, &failed);
+        if let Some((envelope, bytes)) =
+            dsn::failure_notice(&shared.config, &shared.spool, meta, &failed)
+        {
+            match shared.store_notice(&envelope, &bytes) {
+                Ok(dsn_id) => log::info!("{id}: sender non-delivery notification: {dsn_id}"),
+                Err(e) => log::error!("{id}: cannot queue the non-delivery notification: {e}"),
+            }
+        }
     }
 
-    if meta.has_pending() {
-        let tries = meta.pending().map(|r| r.tries).min().unwrap_or(1);
-        meta.next_attempt = now.plus(shared.policy.delay(tries));
-        if throttled {
-            // Back soon, spread out so the waiting messages do not all
-            // come back at the same instant.
-            let soon = now.plus(Duration::from_millis(500 + fastrand::u64(..1000)));
-            meta.next_attempt = meta.next_attempt.min(soon);
-        }
-        spool.write_meta(&meta)?;
-        Ok(Some(meta.next_attempt))
-    } else {
-        spool.remove(&id)?;
-        Ok(None)
+    if !meta.has_pending() {
+        shared.spool.remove(&id)?;
+        shared.forget(meta.size);
+        return Ok(None);
     }
+    let tries = meta.pending().map(|r| r.tries).min().unwrap_or(1);
+    meta.next_attempt = now.plus(shared.policy.delay(tries));
+    if throttled {
+        // Back soon, spread out so the waiting messages do not all come
+        // back at the same instant.
+        let soon = now.plus(Duration::from_millis(500 + fastrand::u64(..1000)));
+        meta.next_attempt = meta.next_attempt.min(soon);
+    }
+    shared.spool.write_meta(meta)?;
+    // Held while the attempt ran: stays out of the schedule until released.
+    Ok((!meta.hold).then_some(meta.next_attempt))
 }
 
 /// Runs the transaction; returns one outcome per recipient, in order.
@@ -249,70 +323,5 @@ struct Collector(HashMap<Address, Result<(), DeliveryError>>);
 impl StatusCollector for Collector {
     fn set_status(&mut self, rcpt: &Address, result: Result<(), DeliveryError>) {
         self.0.insert(rcpt.clone(), result);
-    }
-}
-
-/// Queues a failure notice for the recipients at `failed`, unless the
-/// sender is null, the message is itself a notice, or nobody asked for one.
-fn notify_failures(shared: &Shared, meta: &MessageMeta, failed: &[usize]) {
-    if meta.is_dsn {
-        for &i in failed {
-            log::warn!(
-                "{}: notice to <{}> could not be delivered; dropped",
-                meta.id,
-                meta.recipients[i].address
-            );
-        }
-        return;
-    }
-    if meta.sender.is_none() || !shared.config.bounce.enabled {
-        return;
-    }
-    let last_attempt = meta.last_attempt.map(Timestamp::to_system);
-    let reported: Vec<Reported<'_>> = failed
-        .iter()
-        .map(|&i| &meta.recipients[i])
-        .filter(|r| r.notify().failure)
-        .map(|r| Reported {
-            rcpt: r,
-            action: Action::Failed,
-            reply: r.last_error.as_ref(),
-            last_attempt,
-        })
-        .collect();
-    if reported.is_empty() {
-        return;
-    }
-    let header = shared
-        .spool
-        .read_header(&meta.id, MAX_QUOTED_HEADER)
-        .unwrap_or_else(|e| {
-            log::warn!("{}: cannot read the header for the notice: {e}", meta.id);
-            Vec::new()
-        });
-    let from = shared.config.bounce_from();
-    let unique = MessageId::generate().to_string();
-    let notice = Notice {
-        reporting_mta: &shared.config.hostname,
-        from: &from,
-        original: meta,
-        original_header: &header,
-        recipients: reported,
-        now: std::time::SystemTime::now(),
-        unique: &unique,
-    };
-    let Some((envelope, bytes)) = dsn::build(&notice) else {
-        return;
-    };
-    let stored = shared.spool.create_message().and_then(|mut w| {
-        w.copy_from(&mut &bytes[..])?;
-        shared.store(w, &envelope, true)
-    });
-    match stored {
-        Ok(dsn_id) => log::info!("{}: sender non-delivery notification: {dsn_id}", meta.id),
-        Err(e) => log::error!(
-            "{}: cannot queue the non-delivery notification: {e}",
-            meta.id
-        ),
     }
 }
