@@ -427,3 +427,19 @@ fn the_connection_ends_after_too_many_errors() {
     assert!(codes.len() < 30, "{codes:?}");
     let _ = c.io.get_mut().flush();
 }
+
+#[test]
+fn quotas_refuse_new_mail_with_452_4_3_1() {
+    let d = Daemon::start(&Setup::default().queue(
+        "initial_retry = \"1h\"\nmax_retry_interval = \"1h\"\nmax_messages = 1\nmax_bytes = 100000",
+    ));
+    let mut c = connect(&d);
+    // SIZE= beyond max_bytes is refused at MAIL.
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org> SIZE=200000")
+        .expect(452, "4.3.1");
+    queued_id(&c.mail("a@example.org", &["b@example.org"], MSG));
+    // One message queued: max_messages is reached.
+    c.cmd("MAIL FROM:<a@example.org>").expect(452, "4.3.1");
+    assert_eq!(d.queued().len(), 1);
+}

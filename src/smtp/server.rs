@@ -181,6 +181,11 @@ fn accept_loop(
     }
 }
 
+/// The queue is over `max_messages`, `max_bytes` or `min_free_bytes`.
+fn quota_reply() -> SmtpReply {
+    reply(452, (4, 3, 1), "Error: insufficient system storage")
+}
+
 /// A socket read timeout shows up as `WouldBlock` on Unix.
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
@@ -492,6 +497,7 @@ impl<'a> Session<'a> {
             return reply(503, (5, 5, 1), "Error: nested MAIL command");
         }
         let mut p = MailParams::default();
+        let mut announced: u64 = 0;
         for (key, value) in params {
             let bad = || reply(501, (5, 5, 4), &format!("Bad {key} parameter"));
             match (key.as_str(), value.as_deref()) {
@@ -499,7 +505,7 @@ impl<'a> Session<'a> {
                     Ok(n) if n > self.s.max_message_size => {
                         return reply(552, (5, 3, 4), "Message size exceeds fixed limit")
                     }
-                    Ok(_) => {}
+                    Ok(n) => announced = n,
                     Err(_) => return bad(),
                 },
                 ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => p.body = BodyType::SevenBit,
@@ -520,6 +526,11 @@ impl<'a> Session<'a> {
         }
         if sender.as_ref().is_some_and(|s| s.needs_smtputf8()) && !p.smtputf8 {
             return reply(553, (5, 6, 7), "Non-ASCII sender address needs SMTPUTF8");
+        }
+        // Refuse early, before the client sends a body we could not keep.
+        if let Err(QueueError::Quota(why)) = self.queue.check_quota(announced) {
+            log::warn!("{}: refusing mail: {why}", self.peer);
+            return quota_reply();
         }
         self.txn = Some(Transaction {
             sender,
@@ -643,6 +654,10 @@ impl<'a> Session<'a> {
         match inc.commit(&envelope) {
             Ok(id) => reply(250, (2, 0, 0), &format!("Ok: queued as {id}")),
             Err(QueueError::Closed) => reply(421, (4, 3, 2), "Error: shutting down"),
+            Err(QueueError::Quota(why)) => {
+                log::warn!("{}: refusing mail: {why}", self.peer);
+                quota_reply()
+            }
             Err(e) => {
                 log::error!("cannot queue a message: {e}");
                 reply(451, (4, 3, 0), "Error: queue file write error")

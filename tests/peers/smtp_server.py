@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """An SMTP or LMTP server for mailqueue's integration tests (aiosmtpd).
 
-It listens on 127.0.0.1 on a port the kernel picks, prints "PORT <n>" on
-stdout once it accepts connections, and records what it is told in the
-directory given with --dir:
+It listens on 127.0.0.1 on a port the kernel picks (or on a Unix socket),
+prints "PORT <n>" on stdout once it accepts connections (0 for a socket),
+and records what it is told in the directory given with --dir:
 
   events.jsonl     one JSON object per line and per step (ehlo, auth, mail,
                    rcpt, data), with the reply the server gave
@@ -60,7 +60,7 @@ class Recorder:
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        self.event(step="mail", sender=address, options=mail_options, tls=is_tls(server))
+        self.event(step="mail", sender=plain(address), options=mail_options, tls=is_tls(server))
         return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -100,7 +100,7 @@ class Recorder:
             self.write_atomically(f"{n}.eml", envelope.original_content)
             auth = session.auth_data
             meta = {
-                "sender": envelope.mail_from,
+                "sender": plain(envelope.mail_from),
                 "recipients": delivered,
                 "mail_options": envelope.mail_options,
                 "rcpt_options": envelope.rcpt_options,
@@ -120,6 +120,11 @@ class Recorder:
         return f"250 2.0.0 <{address}> delivered"
 
 
+def plain(sender):
+    """aiosmtpd gives the null sender as "<>" (and needs it so); record "" instead."""
+    return "" if sender == "<>" else sender
+
+
 def is_tls(server):
     return server.transport is not None and server.transport.get_extra_info("ssl_object") is not None
 
@@ -135,6 +140,8 @@ def main():
     p.add_argument("--auth-mechs", default="PLAIN,LOGIN", help="mechanisms to offer")
     p.add_argument("--auth-clear", action="store_true", help="offer AUTH without TLS")
     p.add_argument("--no-smtputf8", action="store_true", help="do not offer SMTPUTF8")
+    p.add_argument("--size", type=int, default=33554432, help="SIZE limit to announce")
+    p.add_argument("--unix", help="listen on this Unix socket instead of TCP")
     args = p.parse_args()
 
     recorder = Recorder(args.dir, args.lmtp)
@@ -147,6 +154,7 @@ def main():
         hostname="peer.test",
         decode_data=False,
         enable_SMTPUTF8=not args.no_smtputf8,
+        data_size_limit=args.size,
         timeout=30,
     )
     if context is not None and not args.implicit_tls:
@@ -174,16 +182,21 @@ def main():
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(
-        loop.create_server(
-            lambda: cls(recorder, loop=loop, **options),
-            host="127.0.0.1",
-            port=0,
-            ssl=context if args.implicit_tls else None,
+    factory = lambda: cls(recorder, loop=loop, **options)
+    if args.unix:
+        server = loop.run_until_complete(loop.create_unix_server(factory, path=args.unix))
+        print("PORT 0", flush=True)
+    else:
+        server = loop.run_until_complete(
+            loop.create_server(
+                factory,
+                host="127.0.0.1",
+                port=0,
+                ssl=context if args.implicit_tls else None,
+            )
         )
-    )
-    port = server.sockets[0].getsockname()[1]
-    print(f"PORT {port}", flush=True)
+        port = server.sockets[0].getsockname()[1]
+        print(f"PORT {port}", flush=True)
     try:
         loop.run_forever()
     except KeyboardInterrupt:

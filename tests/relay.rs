@@ -1,0 +1,365 @@
+//! The daemon's SMTP and LMTP client against real servers on loopback:
+//! aiosmtpd with fault injection by recipient address, and Postfix's
+//! smtp-sink.
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::{dot_stuff, queued_id, Client, Daemon, Setup};
+use common::peers::{PyServer, Received, SmtpSink};
+use common::wait_for;
+
+const LONG: Duration = Duration::from_secs(20);
+const MSG: &[u8] =
+    b"From: a@example.org\r\nTo: b@example.net\r\nSubject: relay test\r\n\r\nHello.\r\n";
+
+/// Queues one message through the daemon's listener; returns the id.
+fn submit(d: &Daemon, from: &str, to: &[&str]) -> String {
+    let mut c = Client::connect(d.addr()).expect("cannot connect to the daemon");
+    let id = queued_id(&c.mail(from, to, MSG));
+    c.quit();
+    id
+}
+
+/// The notices (null sender) a peer received.
+fn bounces(got: &[Received]) -> Vec<Received> {
+    got.iter()
+        .filter(|m| m.sender().is_empty())
+        .cloned()
+        .collect()
+}
+
+/// Waits for a notice at the peer and returns it.
+#[track_caller]
+fn wait_bounce(peer: &PyServer) -> Received {
+    assert!(
+        wait_for(LONG, || !bounces(&peer.messages()).is_empty()),
+        "no notice arrived; events: {:?}",
+        peer.events()
+    );
+    bounces(&peer.messages()).remove(0)
+}
+
+/// Checks a notice is an RFC 3464 report to `to` naming `rcpt` and `code`.
+#[track_caller]
+fn assert_report(notice: &Received, to: &str, rcpt: &str, code: &str) {
+    let text = notice.text();
+    assert_eq!(notice.recipients(), vec![to.to_string()]);
+    assert!(
+        text.contains("multipart/report; report-type=delivery-status"),
+        "{text}"
+    );
+    assert!(text.contains("Action: failed"), "{text}");
+    assert!(
+        text.contains(&format!("Final-Recipient: rfc822;{rcpt}"))
+            || text.contains(&format!("Final-Recipient: rfc822; {rcpt}")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("Status: {code}")), "{text}");
+}
+
+#[test]
+fn a_4xx_at_rcpt_is_retried_until_it_succeeds() {
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    submit(&d, "a@example.org", &["flaky-rcpt@example.net"]);
+    let got = peer.wait_messages(1, LONG);
+    assert_eq!(got[0].recipients(), vec!["flaky-rcpt@example.net"]);
+    assert_eq!(peer.rcpt_tries("flaky-rcpt@example.net"), 2);
+    assert!(d.wait_log("tries=2", LONG), "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("to=<flaky-rcpt@example.net>") && log.contains("status=deferred (450 4.2.1"),
+        "{log}"
+    );
+    assert!(bounces(&got).is_empty());
+    assert!(wait_for(LONG, || d.queued().is_empty()));
+}
+
+#[test]
+fn a_recipient_that_keeps_failing_with_4xx_bounces_after_max_tries() {
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")).queue("max_tries = 3"));
+    submit(&d, "a@example.org", &["tempfail-rcpt@example.net"]);
+    let notice = wait_bounce(&peer);
+    assert_eq!(peer.rcpt_tries("tempfail-rcpt@example.net"), 3);
+    assert_report(
+        &notice,
+        "a@example.org",
+        "tempfail-rcpt@example.net",
+        "4.2.1",
+    );
+    assert!(
+        notice.text().contains("Mailbox busy (test)"),
+        "{}",
+        notice.text()
+    );
+    assert!(d.log().contains("tries=3"), "{}", d.log());
+}
+
+#[test]
+fn a_5xx_at_rcpt_bounces_through_the_same_target_and_others_are_delivered() {
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    submit(
+        &d,
+        "a@example.org",
+        &["ok@example.net", "permfail-rcpt@example.net"],
+    );
+    let notice = wait_bounce(&peer);
+    assert_report(
+        &notice,
+        "a@example.org",
+        "permfail-rcpt@example.net",
+        "5.1.1",
+    );
+    assert!(
+        notice.text().contains("No such user (test)"),
+        "{}",
+        notice.text()
+    );
+    let got = peer.messages();
+    let delivered: Vec<_> = got.iter().filter(|m| !m.sender().is_empty()).collect();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].recipients(), vec!["ok@example.net"]);
+    assert!(wait_for(LONG, || d.queued().is_empty()));
+    // Permanent means never again.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(peer.rcpt_tries("permfail-rcpt@example.net"), 1);
+    assert!(d.log().contains("status=bounced (550 5.1.1"), "{}", d.log());
+}
+
+#[test]
+fn a_4xx_after_data_is_retried_for_every_recipient() {
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")).queue("max_tries = 2"));
+    submit(
+        &d,
+        "a@example.org",
+        &["tempfail-data@example.net", "x@example.net"],
+    );
+    let notice = wait_bounce(&peer);
+    // Both recipients shared the failed DATA: both were tried twice and both
+    // are in the notice.
+    assert_eq!(peer.rcpt_tries("tempfail-data@example.net"), 2);
+    assert_eq!(peer.rcpt_tries("x@example.net"), 2);
+    let text = notice.text();
+    assert!(
+        text.contains("tempfail-data@example.net") && text.contains("x@example.net"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 4.3.0"), "{text}");
+}
+
+#[test]
+fn a_5xx_after_data_bounces_at_once() {
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    submit(&d, "a@example.org", &["permfail-data@example.net"]);
+    let notice = wait_bounce(&peer);
+    assert_report(
+        &notice,
+        "a@example.org",
+        "permfail-data@example.net",
+        "5.6.0",
+    );
+    // The notice carries the original's header.
+    assert!(
+        notice.text().contains("Subject: relay test"),
+        "{}",
+        notice.text()
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(peer.rcpt_tries("permfail-data@example.net"), 1);
+}
+
+#[test]
+fn no_notice_is_sent_for_mail_from_the_null_sender() {
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    submit(&d, "", &["permfail-rcpt@example.net", "ok@example.net"]);
+    peer.wait_messages(1, LONG);
+    assert!(d.wait_log("status=bounced", LONG));
+    assert!(wait_for(LONG, || d.queued().is_empty()));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(peer.messages().len(), 1, "{:?}", peer.events());
+}
+
+#[test]
+fn lmtp_reports_each_recipient_after_data() {
+    let peer = PyServer::start(&["--lmtp"]);
+    let d = Daemon::start(&Setup::to(&peer.url("lmtp")).queue("max_tries = 3"));
+    submit(
+        &d,
+        "a@example.org",
+        &[
+            "ok@example.net",
+            "tempfail-data@example.net",
+            "permfail-data@example.net",
+        ],
+    );
+    // The permanent failure is reported at once, through LMTP too.
+    let notice = wait_bounce(&peer);
+    assert_report(
+        &notice,
+        "a@example.org",
+        "permfail-data@example.net",
+        "5.2.2",
+    );
+    assert!(
+        notice.text().contains("Over quota for good"),
+        "{}",
+        notice.text()
+    );
+    // The temporary one is retried alone until max_tries, then reported.
+    assert!(
+        wait_for(LONG, || bounces(&peer.messages()).len() == 2),
+        "{:?}",
+        peer.events()
+    );
+    let second = bounces(&peer.messages()).remove(1);
+    assert_report(
+        &second,
+        "a@example.org",
+        "tempfail-data@example.net",
+        "4.2.2",
+    );
+    assert_eq!(peer.rcpt_tries("tempfail-data@example.net"), 3);
+    assert_eq!(peer.rcpt_tries("ok@example.net"), 1, "delivered twice");
+    assert_eq!(peer.rcpt_tries("permfail-data@example.net"), 1);
+    let delivered: Vec<_> = peer
+        .messages()
+        .into_iter()
+        .filter(|m| !m.sender().is_empty())
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].recipients(), vec!["ok@example.net"]);
+    // LHLO, not EHLO.
+    assert!(peer
+        .events()
+        .iter()
+        .all(|e| e["step"] != "ehlo" || e["name"] == "mq.test"));
+}
+
+#[test]
+fn lmtp_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("lmtp.sock");
+    let peer = PyServer::start(&["--lmtp", "--unix", socket.to_str().unwrap()]);
+    let d = Daemon::start(&Setup::to(&format!("lmtp+unix://{}", socket.display())));
+    submit(&d, "a@example.org", &["ok@example.net"]);
+    let got = peer.wait_messages(1, LONG);
+    assert_eq!(got[0].recipients(), vec!["ok@example.net"]);
+    assert!(d.wait_log("status=sent", LONG));
+}
+
+#[test]
+fn a_message_over_the_servers_size_limit_bounces_with_5_3_4() {
+    let peer = PyServer::start(&["--size", "2000"]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    let mut c = Client::connect(d.addr()).unwrap();
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    big.resize(5000, b'x');
+    big.extend_from_slice(b"\r\n");
+    queued_id(&c.mail("a@example.org", &["b@example.net"], &big));
+    let notice = wait_bounce(&peer);
+    assert_report(&notice, "a@example.org", "b@example.net", "5.3.4");
+    // Refused before MAIL: the server never saw the big message's envelope.
+    assert_eq!(peer.rcpt_tries("b@example.net"), 0);
+}
+
+#[test]
+fn a_message_that_needs_smtputf8_fails_with_5_6_7_where_it_is_not_offered() {
+    let peer = PyServer::start(&["--no-smtputf8"]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org> SMTPUTF8")
+        .expect(250, "2.1.0");
+    c.cmd("RCPT TO:<jürgen@example.net>").expect(250, "2.1.5");
+    c.cmd("DATA").expect(354, "");
+    queued_id(&c.data_raw(&dot_stuff(MSG)));
+    assert!(d.wait_log("status=bounced", LONG), "{}", d.log());
+    assert!(d.log().contains("5.6.7"), "{}", d.log());
+    assert_eq!(peer.rcpt_tries("jürgen@example.net"), 0);
+}
+
+#[test]
+fn smtp_sink_receives_the_message_and_the_log_line_has_the_operator_shape() {
+    let sink = SmtpSink::start(&[]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let id = submit(&d, "a@example.org", &["b@example.net"]);
+    assert!(wait_for(LONG, || sink.count() == 1));
+    let dump = &sink.messages()[0];
+    assert!(dump.contains("X-Mail-Args: <a@example.org>"), "{dump}");
+    assert!(dump.contains("X-Rcpt-Args: <b@example.net>"), "{dump}");
+    assert!(dump.contains(&format!("with ESMTP id {id}")), "{dump}");
+    assert!(dump.contains("Subject: relay test\n\nHello.\n"), "{dump}");
+    let expected = format!(
+        "{id}: to=<b@example.net>, relay=127.0.0.1[127.0.0.1]:{}, tries=1, delay=",
+        sink.port
+    );
+    assert!(d.wait_log(&expected, LONG), "{}", d.log());
+    let line = d
+        .log()
+        .lines()
+        .find(|l| l.contains(&expected))
+        .unwrap()
+        .to_string();
+    assert!(line.ends_with("status=sent"), "{line}");
+}
+
+#[test]
+fn dsn_parameters_are_passed_to_a_next_hop_that_offers_dsn() {
+    // smtp-sink announces DSN and records the MAIL and RCPT arguments.
+    let sink = SmtpSink::start(&[]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org> RET=HDRS ENVID=abc+2Bdef")
+        .expect(250, "2.1.0");
+    c.cmd("RCPT TO:<b@example.net> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;orig+2Bb@example.net")
+        .expect(250, "2.1.5");
+    c.cmd("DATA").expect(354, "");
+    queued_id(&c.data_raw(&dot_stuff(MSG)));
+    assert!(wait_for(LONG, || sink.count() == 1));
+    let dump = &sink.messages()[0];
+    let mail = dump
+        .lines()
+        .find(|l| l.starts_with("X-Mail-Args:"))
+        .unwrap();
+    let rcpt = dump
+        .lines()
+        .find(|l| l.starts_with("X-Rcpt-Args:"))
+        .unwrap();
+    assert!(
+        mail.contains("RET=HDRS") && mail.contains("ENVID=abc+2Bdef"),
+        "{mail}"
+    );
+    assert!(rcpt.contains("NOTIFY=SUCCESS,DELAY"), "{rcpt}");
+    assert!(rcpt.contains("ORCPT=rfc822;orig+2Bb@example.net"), "{rcpt}");
+}
+
+#[test]
+fn several_messages_are_delivered_to_smtp_sink() {
+    let sink = SmtpSink::start(&[]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let mut c = Client::connect(d.addr()).unwrap();
+    for i in 0..20 {
+        let rcpt = format!("r{i}@example.net");
+        queued_id(&c.mail("a@example.org", &[&rcpt], MSG));
+        c.cmd("RSET").expect(250, "2.0.0");
+    }
+    assert!(wait_for(LONG, || sink.count() == 20), "{}", sink.count());
+    let dumps = sink.messages();
+    for i in 0..20 {
+        let needle = format!("X-Rcpt-Args: <r{i}@example.net>");
+        assert_eq!(
+            dumps.iter().filter(|m| m.contains(&needle)).count(),
+            1,
+            "{needle}"
+        );
+    }
+    assert!(wait_for(LONG, || d.queued().is_empty()));
+}
