@@ -8,12 +8,16 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::Config;
+use crate::control::ControlServer;
 use crate::delivery::{build_target, DeliveryTarget};
 use crate::queue::Queue;
+use crate::sendmail;
 use crate::smtp::server::{self, Server, ServerSettings};
 
 /// How long running attempts may take to finish after a stop signal.
 const GRACE: Duration = Duration::from_secs(30);
+/// How often `incoming/` is checked without being told.
+const PICKUP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The delivery target and the target for notices.
 pub type Targets = (Arc<dyn DeliveryTarget>, Arc<dyn DeliveryTarget>);
@@ -59,6 +63,28 @@ pub fn serve(config: Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     );
     let listeners = server::bind(&config.listen.smtp)?;
+    let (pickup_tx, pickup_rx) = crossbeam_channel::bounded(1);
+    let mut control = ControlServer::start(Arc::clone(&queue), pickup_tx).map_err(|e| {
+        format!(
+            "cannot open the control socket in {}: {e}",
+            config.spool.display()
+        )
+    })?;
+    let (stop_pickup, pickup_stopped) = crossbeam_channel::bounded::<()>(0);
+    let picker = {
+        let queue = Arc::clone(&queue);
+        std::thread::Builder::new()
+            .name("mailqueue-pickup".into())
+            .spawn(move || loop {
+                sendmail::pickup(&queue);
+                crossbeam_channel::select! {
+                    recv(pickup_rx) -> _ => {}
+                    recv(pickup_stopped) -> _ => return,
+                    default(PICKUP_INTERVAL) => {}
+                }
+            })
+            .map_err(|e| format!("cannot start the pickup thread: {e}"))?
+    };
     let mut server = Server::start(listeners, Arc::clone(&queue), settings);
     log::info!(
         "mailqueue {} running: spool {}, target {}, {} workers",
@@ -71,6 +97,9 @@ pub fn serve(config: Config) -> Result<(), String> {
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     log::info!("signal {signal}: no longer accepting mail; finishing running attempts");
     server.stop();
+    control.stop();
+    drop(stop_pickup);
+    let _ = picker.join();
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     let closing = Arc::clone(&queue);
     std::thread::spawn(move || {

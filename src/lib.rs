@@ -11,12 +11,15 @@
 //! I/O.
 
 pub mod address;
+pub mod commands;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod date;
 pub mod delivery;
 pub mod envelope;
 pub mod queue;
+pub mod sendmail;
 pub mod smtp;
 
 pub use address::{Address, AddressError, ReversePath};

@@ -1,15 +1,18 @@
-//! The `mailqueue` command: the daemon and the tools around it.
+//! The `mailqueue` command: the daemon and the tools around it. Invoked
+//! through a link named `sendmail` it is the sendmail command; through a
+//! link named `mailq`, it lists the queue.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mailqueue::commands::{self, AdminCommand};
+use mailqueue::sendmail::{self, exit, Mode};
 use mailqueue::Config;
 
 /// sysexits EX_CONFIG.
 const EX_CONFIG: u8 = 78;
-/// sysexits EX_SOFTWARE: the daemon could not run.
-const EX_SOFTWARE: u8 = 70;
 
 #[derive(Parser)]
 #[command(
@@ -32,44 +35,110 @@ struct Cli {
 enum Cmd {
     /// Run the daemon in the foreground.
     Serve,
+    /// Read a message on standard input and queue it (sendmail options).
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List the queue.
+    List {
+        /// One JSON object per message per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a message's envelope, per-recipient state and header.
+    Show { id: String },
+    /// Retry now: the given messages, or all.
+    Flush { ids: Vec<String> },
+    /// Stop delivering messages until released.
+    Hold {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Resume delivering held messages.
+    Release {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove messages without telling their senders.
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Give messages up now, telling their senders.
+    Expire {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Validate the configuration and exit.
     Check,
 }
 
 /// Finds and loads the configuration; `None` for the path means built-in defaults.
-fn load_config(cli: &Cli) -> Result<(Config, Option<PathBuf>), String> {
-    let path = cli
-        .config
-        .clone()
+fn load_config(
+    config: Option<PathBuf>,
+    spool: Option<PathBuf>,
+) -> Result<(Config, Option<PathBuf>), String> {
+    let path = config
         .or_else(|| std::env::var_os("MAILQUEUE_CONFIG").map(PathBuf::from))
         .or_else(|| Some(PathBuf::from("/etc/mailqueue.toml")).filter(|p| p.exists()));
     let mut config = match &path {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    if let Some(spool) = &cli.spool {
-        config.spool = spool.clone();
+    if let Some(spool) = spool {
+        config.spool = spool;
     }
     Ok((config, path))
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+fn init_logs() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let (config, path) = match load_config(&cli) {
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let program = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("mailqueue");
+    // Old programs run `sendmail` and `mailq` with options clap knows
+    // nothing of (-oi, -fsender): parse those by hand.
+    match program {
+        "sendmail" => return run_sendmail(None, None, &args[1..]),
+        "mailq" => {
+            let (config, _) = match load_config(None, None) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("mailq: {e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
+            return ExitCode::from(commands::run(&config, AdminCommand::List { json: false }));
+        }
+        _ => {}
+    }
+
+    let cli = Cli::parse();
+    if let Cmd::Sendmail { args } = &cli.command {
+        return run_sendmail(cli.config.clone(), cli.spool.clone(), args);
+    }
+    let (config, path) = match load_config(cli.config, cli.spool) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mailqueue: {e}");
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let source = path
-        .as_deref()
-        .map(Path::display)
-        .map(|d| d.to_string())
-        .unwrap_or_else(|| "built-in defaults".into());
+    let admin = |cmd| ExitCode::from(commands::run(&config, cmd));
     match cli.command {
         Cmd::Check => {
+            let source = path
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into());
             // Also load what the daemon would load: passwords, certificates.
             let checked = mailqueue::daemon::targets(&config)
                 .and_then(|_| mailqueue::daemon::server_settings(&config));
@@ -84,12 +153,58 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Serve => match mailqueue::daemon::serve(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("mailqueue: {e}");
-                ExitCode::from(EX_SOFTWARE)
+        Cmd::Serve => {
+            init_logs();
+            match mailqueue::daemon::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mailqueue: {e}");
+                    ExitCode::from(exit::SOFTWARE)
+                }
             }
-        },
+        }
+        Cmd::List { json } => admin(AdminCommand::List { json }),
+        Cmd::Show { id } => admin(AdminCommand::Show(id)),
+        Cmd::Flush { ids } => admin(AdminCommand::Flush(ids)),
+        Cmd::Hold { ids } => admin(AdminCommand::Hold(ids)),
+        Cmd::Release { ids } => admin(AdminCommand::Release(ids)),
+        Cmd::Delete { ids } => admin(AdminCommand::Delete(ids)),
+        Cmd::Expire { ids } => admin(AdminCommand::Expire(ids)),
+        Cmd::Sendmail { .. } => unreachable!("handled above"),
+    }
+}
+
+fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]) -> ExitCode {
+    let opts = match sendmail::parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let (config, _) = match load_config(config, spool) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    match opts.mode {
+        Mode::List => {
+            return ExitCode::from(commands::run(&config, AdminCommand::List { json: false }))
+        }
+        Mode::Flush => {
+            return ExitCode::from(commands::run(&config, AdminCommand::Flush(Vec::new())))
+        }
+        Mode::Send => {}
+    }
+    let stdin = std::io::stdin();
+    let mut input: Box<dyn BufRead> = Box::new(stdin.lock());
+    match sendmail::submit(&config, &opts, &mut input) {
+        Ok(_) => ExitCode::from(exit::OK),
+        Err(f) => {
+            eprintln!("sendmail: {}", f.message);
+            ExitCode::from(f.code)
+        }
     }
 }

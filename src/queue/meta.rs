@@ -52,6 +52,10 @@ impl Timestamp {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Where a recipient stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,6 +126,13 @@ pub struct MessageMeta {
     pub params: MailParams,
     #[serde(default)]
     pub hold: bool,
+    /// When the current hold began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<Timestamp>,
+    /// Time spent held before, in milliseconds; it does not count
+    /// towards the message's lifetime.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_ms: u64,
     /// This message is a delivery status notification made by the queue.
     #[serde(default)]
     pub is_dsn: bool,
@@ -142,6 +153,8 @@ impl MessageMeta {
             size,
             params: envelope.params.clone(),
             hold: false,
+            held_since: None,
+            held_ms: 0,
             is_dsn: false,
             recipients: envelope
                 .recipients
@@ -159,6 +172,12 @@ impl MessageMeta {
                 })
                 .collect(),
         }
+    }
+
+    /// How long the message has been queued, not counting time held.
+    pub fn age(&self, now: Timestamp) -> std::time::Duration {
+        now.since(self.arrival)
+            .saturating_sub(std::time::Duration::from_millis(self.held_ms))
     }
 
     pub fn pending(&self) -> impl Iterator<Item = &RecipientMeta> {

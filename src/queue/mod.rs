@@ -20,6 +20,7 @@
 //! }
 //! ```
 
+pub mod admin;
 pub mod dsn;
 mod id;
 pub mod meta;
@@ -308,24 +309,12 @@ impl Queue {
 
     /// Every queued message, read from the spool.
     pub fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
-        let spool = &self.shared.spool;
-        let dir = spool.root().join("queue");
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(spool::io_error(&dir))? {
-            let name = entry.map_err(spool::io_error(&dir))?.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
-                continue;
-            };
-            let Ok(id) = stem.parse::<MessageId>() else {
-                continue;
-            };
-            // Gone meanwhile (delivered): not an error.
-            if let Ok(meta) = spool.read_meta(&id) {
-                out.push(meta);
-            }
-        }
-        out.sort_by_key(|m| m.id);
-        Ok(out)
+        self.admin().list()
+    }
+
+    /// The operator's commands, applied through the running queue.
+    pub fn admin(&self) -> admin::Admin<'_> {
+        admin::Admin::daemon(&self.shared)
     }
 
     /// Stops the queue: no new attempts start, running attempts finish and

@@ -106,6 +106,10 @@ impl Spool {
         &self.root
     }
 
+    pub fn queue_dir(&self) -> &Path {
+        &self.queue
+    }
+
     pub fn incoming_dir(&self) -> &Path {
         &self.incoming
     }

@@ -154,7 +154,7 @@ fn record(
     let id = meta.id;
     let now = Timestamp::now();
     meta.last_attempt = Some(now);
-    let age = now.since(meta.arrival);
+    let age = meta.age(now);
     let mut failed = Vec::new();
     let mut throttled = false;
     for (&i, outcome) in pending.iter().zip(outcomes) {

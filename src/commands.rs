@@ -1,0 +1,350 @@
+//! The operator's commands (`list`, `show`, `flush`, `hold`, `release`,
+//! `delete`, `expire`): through the daemon's control socket when a daemon
+//! runs, directly on the spool under the same locks when none does.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::control::{self, ControlError, Request, Response};
+use crate::date::rfc5322;
+use crate::queue::admin::Admin;
+use crate::queue::meta::{MessageMeta, RcptStatus};
+use crate::queue::spool::Spool;
+use crate::queue::{MessageId, QueueError};
+
+/// Exit codes: success, a failed operation, bad usage, the spool or
+/// daemon unreachable.
+pub const OK: u8 = 0;
+pub const FAILED: u8 = 1;
+pub const USAGE: u8 = 64;
+pub const UNAVAILABLE: u8 = 69;
+
+/// One management command.
+#[derive(Debug, Clone)]
+pub enum AdminCommand {
+    List { json: bool },
+    Show(String),
+    Flush(Vec<String>),
+    Hold(Vec<String>),
+    Release(Vec<String>),
+    Delete(Vec<String>),
+    Expire(Vec<String>),
+}
+
+fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, String> {
+    ids.iter()
+        .map(|i| i.parse::<MessageId>().map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Runs a command; returns the process exit code.
+pub fn run(config: &Config, cmd: AdminCommand) -> u8 {
+    let request = match to_request(&cmd) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailqueue: {e}");
+            return USAGE;
+        }
+    };
+    let response = match control::request(&config.spool, &request) {
+        Ok(r) => r,
+        Err(ControlError::NoDaemon) => match direct(config, &request) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("mailqueue: {e}");
+                return UNAVAILABLE;
+            }
+        },
+        Err(e) => {
+            eprintln!("mailqueue: {e}");
+            return UNAVAILABLE;
+        }
+    };
+    report(config, &cmd, &response)
+}
+
+fn to_request(cmd: &AdminCommand) -> Result<Request, String> {
+    Ok(match cmd {
+        AdminCommand::List { .. } => Request::List,
+        AdminCommand::Show(id) => Request::Show {
+            id: id
+                .parse()
+                .map_err(|e: crate::queue::BadMessageId| e.to_string())?,
+        },
+        AdminCommand::Flush(ids) => Request::Flush {
+            ids: parse_ids(ids)?,
+        },
+        AdminCommand::Hold(ids) => Request::Hold {
+            ids: parse_ids(ids)?,
+        },
+        AdminCommand::Release(ids) => Request::Release {
+            ids: parse_ids(ids)?,
+        },
+        AdminCommand::Delete(ids) => Request::Delete {
+            ids: parse_ids(ids)?,
+        },
+        AdminCommand::Expire(ids) => Request::Expire {
+            ids: parse_ids(ids)?,
+        },
+    })
+}
+
+/// Carries out a request on the spool itself (no daemon running).
+fn direct(config: &Config, request: &Request) -> Result<Response, QueueError> {
+    if !config.spool.join("queue").exists() {
+        // No spool yet: an empty queue, and no message to act on.
+        let mut r = Response {
+            ok: true,
+            ..Response::default()
+        };
+        match request {
+            Request::List | Request::Flush { .. } => {}
+            Request::Show { id } => return Err(QueueError::UnknownId(*id)),
+            Request::Hold { ids }
+            | Request::Release { ids }
+            | Request::Delete { ids }
+            | Request::Expire { ids } => {
+                r.ok = ids.is_empty();
+                r.failures = ids
+                    .iter()
+                    .map(|id| (*id, QueueError::UnknownId(*id).to_string()))
+                    .collect();
+            }
+            Request::Pickup | Request::Quota { .. } => {}
+        }
+        return Ok(r);
+    }
+    let spool = Spool::open(&config.spool)?;
+    let admin = Admin::direct(&spool, config);
+    let each = |ids: &[MessageId], op: &dyn Fn(MessageId) -> Result<(), QueueError>| {
+        let failures: Vec<(MessageId, String)> = ids
+            .iter()
+            .filter_map(|&id| op(id).err().map(|e| (id, e.to_string())))
+            .collect();
+        Response {
+            ok: failures.is_empty(),
+            failures,
+            ..Response::default()
+        }
+    };
+    Ok(match request {
+        Request::List => Response {
+            ok: true,
+            messages: admin.list()?,
+            ..Response::default()
+        },
+        Request::Show { id } => {
+            let (meta, header) = admin.show(*id)?;
+            Response {
+                ok: true,
+                messages: vec![meta],
+                header: Some(String::from_utf8_lossy(&header).into_owned()),
+                ..Response::default()
+            }
+        }
+        Request::Flush { ids } if ids.is_empty() => {
+            admin.flush(&[])?;
+            Response {
+                ok: true,
+                ..Response::default()
+            }
+        }
+        Request::Flush { ids } => each(ids, &|id| admin.flush(&[id])),
+        Request::Hold { ids } => each(ids, &|id| admin.hold(id)),
+        Request::Release { ids } => each(ids, &|id| admin.release(id)),
+        Request::Delete { ids } => each(ids, &|id| admin.delete(id)),
+        Request::Expire { ids } => each(ids, &|id| admin.expire(id)),
+        Request::Pickup | Request::Quota { .. } => Response {
+            ok: true,
+            ..Response::default()
+        },
+    })
+}
+
+fn report(config: &Config, cmd: &AdminCommand, r: &Response) -> u8 {
+    if let Some(e) = &r.error {
+        eprintln!("mailqueue: {e}");
+        return FAILED;
+    }
+    for (id, why) in &r.failures {
+        eprintln!("mailqueue: {id}: {why}");
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cmd {
+        AdminCommand::List { json: true } => {
+            for m in &r.messages {
+                let _ = writeln!(out, "{}", list_json(m));
+            }
+        }
+        AdminCommand::List { json: false } => {
+            let _ = out.write_all(list_table(&r.messages).as_bytes());
+        }
+        AdminCommand::Show(_) => {
+            if let Some(m) = r.messages.first() {
+                let _ = out
+                    .write_all(show_text(config, m, r.header.as_deref().unwrap_or("")).as_bytes());
+            }
+        }
+        _ => {}
+    }
+    if r.ok {
+        OK
+    } else {
+        FAILED
+    }
+}
+
+/// `active`, `deferred` or `hold`, as Postfix names its queues.
+fn queue_name(m: &MessageMeta) -> &'static str {
+    if m.hold {
+        "hold"
+    } else if m.pending().any(|r| r.tries > 0) {
+        "deferred"
+    } else {
+        "active"
+    }
+}
+
+fn status_word(s: RcptStatus) -> &'static str {
+    match s {
+        RcptStatus::Pending => "pending",
+        RcptStatus::Delivered => "delivered",
+        RcptStatus::Failed => "failed",
+    }
+}
+
+/// One line of `list --json`, with `postqueue -j` field names.
+pub fn list_json(m: &MessageMeta) -> String {
+    let recipients: Vec<serde_json::Value> = m
+        .recipients
+        .iter()
+        .map(|r| {
+            json!({
+                "address": r.address.as_str(),
+                "delay_reason": r.last_error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                "status": status_word(r.status),
+                "tries": r.tries,
+            })
+        })
+        .collect();
+    json!({
+        "queue_id": m.id.as_str(),
+        "queue_name": queue_name(m),
+        "arrival_time": m.arrival.unix_seconds(),
+        "message_size": m.size,
+        "sender": m.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
+        "recipients": recipients,
+        "next_attempt": m.next_attempt.unix_seconds(),
+    })
+    .to_string()
+}
+
+/// The `mailq`-like table.
+pub fn list_table(messages: &[MessageMeta]) -> String {
+    if messages.is_empty() {
+        return "Mail queue is empty\n".into();
+    }
+    let mut s = String::from("-Queue ID-            --Size-- ----Arrival Time---------------- -Sender/Recipient-------\n");
+    let mut bytes = 0;
+    for m in messages {
+        bytes += m.size;
+        let mark = if m.hold { "!" } else { " " };
+        s.push_str(&format!(
+            "{}{mark} {:>8} {:<32} {}\n",
+            m.id,
+            m.size,
+            rfc5322(m.arrival.to_system()),
+            m.sender
+                .as_ref()
+                .map(|a| a.as_str())
+                .unwrap_or("MAILER-DAEMON")
+        ));
+        for r in &m.recipients {
+            s.push_str(&format!(
+                "{:>44} {:<9} tries={:<3} {}\n",
+                "",
+                status_word(r.status),
+                r.tries,
+                r.address
+            ));
+            if let Some(e) = &r.last_error {
+                s.push_str(&format!("{:>44} ({e})\n", ""));
+            }
+        }
+        s.push('\n');
+    }
+    let n = messages.len();
+    s.push_str(&format!(
+        "-- {} Kbytes in {n} Request{}.\n",
+        bytes.div_ceil(1024),
+        if n == 1 { "" } else { "s" }
+    ));
+    s
+}
+
+fn show_text(config: &Config, m: &MessageMeta, header: &str) -> String {
+    let when = |t: crate::queue::meta::Timestamp| {
+        format!("{} ({})", rfc5322(t.to_system()), t.unix_seconds())
+    };
+    let expires = m
+        .arrival
+        .plus(config.queue.max_lifetime)
+        .plus(std::time::Duration::from_millis(m.held_ms));
+    let mut s = format!(
+        "id: {}\nqueue: {}\nsender: <{}>\nsize: {}\narrival: {}\n",
+        m.id,
+        queue_name(m),
+        m.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
+        m.size,
+        when(m.arrival)
+    );
+    if let Some(t) = m.last_attempt {
+        s.push_str(&format!("last attempt: {}\n", when(t)));
+    }
+    if m.hold {
+        s.push_str("next attempt: none (held)\n");
+    } else {
+        s.push_str(&format!("next attempt: {}\n", when(m.next_attempt)));
+    }
+    s.push_str(&format!("expires: {}\n", when(expires)));
+    let p = &m.params;
+    if p.ret.is_some() || p.envid.is_some() || p.smtputf8 {
+        s.push_str(&format!(
+            "parameters: RET={:?} ENVID={} SMTPUTF8={}\n",
+            p.ret,
+            p.envid.as_deref().unwrap_or("-"),
+            p.smtputf8
+        ));
+    }
+    if m.is_dsn {
+        s.push_str("notice: yes (delivery status notification)\n");
+    }
+    s.push_str("recipients:\n");
+    for r in &m.recipients {
+        s.push_str(&format!(
+            "  <{}> {} tries={}",
+            r.address,
+            status_word(r.status),
+            r.tries
+        ));
+        if let Some(o) = &r.original {
+            s.push_str(&format!(" original=<{o}>"));
+        }
+        if let Some(o) = &r.orcpt {
+            s.push_str(&format!(" orcpt={o}"));
+        }
+        if let Some(n) = r.notify {
+            s.push_str(&format!(" notify={n}"));
+        }
+        s.push('\n');
+        if let Some(e) = &r.last_error {
+            s.push_str(&format!("    last error: {e}\n"));
+        }
+    }
+    s.push_str("header:\n");
+    s.push_str(header);
+    s
+}

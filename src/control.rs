@@ -1,0 +1,254 @@
+//! The control socket `<spool>/control.sock`: line-delimited JSON between
+//! the management commands (and `sendmail`) and the running daemon.
+//!
+//! One request line, one reply line, per connection. The socket is mode
+//! 0600: only the spool's owner (and root) may manage the queue.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use serde::{Deserialize, Serialize};
+
+use crate::queue::meta::MessageMeta;
+use crate::queue::{MessageId, Queue, QueueError};
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    List,
+    Show {
+        id: MessageId,
+    },
+    Flush {
+        ids: Vec<MessageId>,
+    },
+    Hold {
+        ids: Vec<MessageId>,
+    },
+    Release {
+        ids: Vec<MessageId>,
+    },
+    Delete {
+        ids: Vec<MessageId>,
+    },
+    Expire {
+        ids: Vec<MessageId>,
+    },
+    /// New files wait in `incoming/`.
+    Pickup,
+    /// May a message of `size` bytes be queued now?
+    Quota {
+        size: u64,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// For `list`, and `show` (one message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<MessageMeta>,
+    /// For `show`: the message header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// For commands on several ids: the ones that failed, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<(MessageId, String)>,
+}
+
+impl Response {
+    fn ok() -> Response {
+        Response {
+            ok: true,
+            ..Response::default()
+        }
+    }
+
+    fn error(e: impl ToString) -> Response {
+        Response {
+            ok: false,
+            error: Some(e.to_string()),
+            ..Response::default()
+        }
+    }
+}
+
+/// Why a request did not reach a daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no daemon is running on this spool")]
+    NoDaemon,
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("control socket {path}: bad reply: {why}")]
+    BadReply { path: PathBuf, why: String },
+}
+
+pub fn socket_path(spool: &Path) -> PathBuf {
+    spool.join("control.sock")
+}
+
+/// Sends one request to the daemon of `spool`.
+pub fn request(spool: &Path, req: &Request) -> Result<Response, ControlError> {
+    let path = socket_path(spool);
+    let io_err = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ControlError::NoDaemon)
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(io_err)?;
+    let mut line = serde_json::to_vec(req).unwrap_or_default();
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_err)?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(io_err)?;
+    serde_json::from_str(&reply).map_err(|e| ControlError::BadReply {
+        path: path.clone(),
+        why: e.to_string(),
+    })
+}
+
+/// The daemon's side of the socket.
+pub struct ControlServer {
+    path: PathBuf,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Listens on `<spool>/control.sock`. Call only while holding the
+    /// spool lock: a socket file left by a dead daemon is replaced.
+    pub fn start(queue: Arc<Queue>, pickup: Sender<()>) -> io::Result<ControlServer> {
+        let path = socket_path(&queue.config().spool);
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stopping);
+        let thread = thread::Builder::new()
+            .name("mailqueue-control".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (queue, pickup) = (Arc::clone(&queue), pickup.clone());
+                    let _ = thread::Builder::new()
+                        .name("mailqueue-control-conn".into())
+                        .spawn(move || serve_one(stream, &queue, &pickup));
+                }
+            })?;
+        Ok(ControlServer {
+            path,
+            stopping,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => handle(req, queue, pickup),
+        Err(e) => Response::error(format!("bad request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = (&stream).write_all(&out);
+}
+
+fn handle(req: Request, queue: &Queue, pickup: &Sender<()>) -> Response {
+    let admin = queue.admin();
+    let each = |ids: &[MessageId], op: &dyn Fn(MessageId) -> Result<(), QueueError>| {
+        let failures: Vec<(MessageId, String)> = ids
+            .iter()
+            .filter_map(|&id| op(id).err().map(|e| (id, e.to_string())))
+            .collect();
+        Response {
+            ok: failures.is_empty(),
+            failures,
+            ..Response::default()
+        }
+    };
+    match req {
+        Request::List => match admin.list() {
+            Ok(messages) => Response {
+                messages,
+                ..Response::ok()
+            },
+            Err(e) => Response::error(e),
+        },
+        Request::Show { id } => match admin.show(id) {
+            Ok((meta, header)) => Response {
+                messages: vec![meta],
+                header: Some(String::from_utf8_lossy(&header).into_owned()),
+                ..Response::ok()
+            },
+            Err(e) => Response::error(e),
+        },
+        Request::Flush { ids } if ids.is_empty() => match admin.flush(&[]) {
+            Ok(()) => Response::ok(),
+            Err(e) => Response::error(e),
+        },
+        Request::Flush { ids } => each(&ids, &|id| admin.flush(&[id])),
+        Request::Hold { ids } => each(&ids, &|id| admin.hold(id)),
+        Request::Release { ids } => each(&ids, &|id| admin.release(id)),
+        Request::Delete { ids } => each(&ids, &|id| admin.delete(id)),
+        Request::Expire { ids } => each(&ids, &|id| admin.expire(id)),
+        Request::Pickup => {
+            let _ = pickup.try_send(());
+            Response::ok()
+        }
+        Request::Quota { size } => match queue.check_quota(size) {
+            Ok(()) => Response::ok(),
+            Err(e) => Response::error(e),
+        },
+    }
+}

@@ -1,0 +1,218 @@
+//! The operator's commands on queued messages: list, show, flush, hold,
+//! release, delete and expire.
+//!
+//! Each works either inside the running daemon (it then also updates the
+//! schedule and the quota counters) or directly on a spool no daemon is
+//! running on. Either way it takes the message's lock, so it never races
+//! an attempt's bookkeeping: the worker re-reads the metadata after its
+//! transaction, so a delete or hold made meanwhile stands.
+
+use crate::config::Config;
+use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
+use crate::queue::spool::{io_error, MessageLock, Spool};
+use crate::queue::timer::Command;
+use crate::queue::{dsn, MessageId, QueueError, Shared};
+use crate::smtp::reply::SmtpReply;
+
+/// Largest header `show` prints.
+const MAX_SHOWN_HEADER: usize = 64 * 1024;
+
+/// Management operations on one spool.
+pub struct Admin<'a> {
+    spool: &'a Spool,
+    config: &'a Config,
+    shared: Option<&'a Shared>,
+}
+
+impl<'a> Admin<'a> {
+    pub(crate) fn daemon(shared: &'a Shared) -> Admin<'a> {
+        Admin {
+            spool: &shared.spool,
+            config: &shared.config,
+            shared: Some(shared),
+        }
+    }
+
+    /// Operations on a spool that no daemon is running on.
+    pub fn direct(spool: &'a Spool, config: &'a Config) -> Admin<'a> {
+        Admin {
+            spool,
+            config,
+            shared: None,
+        }
+    }
+
+    /// Every queued message, oldest first.
+    pub fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
+        let dir = self.spool.queue_dir();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+            let name = entry.map_err(io_error(dir))?.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
+                continue;
+            };
+            let Ok(id) = stem.parse::<MessageId>() else {
+                continue;
+            };
+            // Gone meanwhile (delivered): not an error.
+            if let Ok(meta) = self.spool.read_meta(&id) {
+                out.push(meta);
+            }
+        }
+        out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
+    /// A message's metadata and header.
+    pub fn show(&self, id: MessageId) -> Result<(MessageMeta, Vec<u8>), QueueError> {
+        let meta = self.read(id)?;
+        let header = self.spool.read_header(&id, MAX_SHOWN_HEADER)?;
+        Ok((meta, header))
+    }
+
+    /// Makes messages due now (all when `ids` is empty). Held ones stay held.
+    pub fn flush(&self, ids: &[MessageId]) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            match self.shared {
+                Some(s) => {
+                    let _ = s.timer.send(Command::Flush(None));
+                }
+                None => {
+                    for meta in self.list()? {
+                        // Gone meanwhile: nothing to flush.
+                        let _ = self.update(meta.id, |m| m.next_attempt = Timestamp::now());
+                    }
+                }
+            }
+            return Ok(());
+        }
+        for &id in ids {
+            self.update(id, |m| m.next_attempt = Timestamp::now())?;
+            if let Some(s) = self.shared {
+                let _ = s.timer.send(Command::Flush(Some(id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops delivery of a message until it is released.
+    pub fn hold(&self, id: MessageId) -> Result<(), QueueError> {
+        self.update(id, |m| {
+            if !m.hold {
+                m.hold = true;
+                m.held_since = Some(Timestamp::now());
+            }
+        })?;
+        if let Some(s) = self.shared {
+            let _ = s.timer.send(Command::Remove(id));
+        }
+        log::info!("{id}: held by the operator");
+        Ok(())
+    }
+
+    /// Resumes delivery of a held message, at once. Time spent held does
+    /// not count towards `max_lifetime`.
+    pub fn release(&self, id: MessageId) -> Result<(), QueueError> {
+        let now = Timestamp::now();
+        self.update(id, |m| {
+            if let Some(since) = m.held_since.take() {
+                m.held_ms = m
+                    .held_ms
+                    .saturating_add(now.since(since).as_millis() as u64);
+            }
+            m.hold = false;
+            m.next_attempt = now;
+        })?;
+        if let Some(s) = self.shared {
+            s.schedule(id, now);
+        }
+        log::info!("{id}: released by the operator");
+        Ok(())
+    }
+
+    /// Removes a message without telling the sender.
+    pub fn delete(&self, id: MessageId) -> Result<(), QueueError> {
+        let (meta, _lock) = self.lock(id)?;
+        self.spool.remove(&id)?;
+        self.forget(&meta);
+        log::info!("{id}: deleted by the operator");
+        Ok(())
+    }
+
+    /// Gives up a message now: every pending recipient fails and the
+    /// sender gets a failure notice.
+    pub fn expire(&self, id: MessageId) -> Result<(), QueueError> {
+        let (mut meta, _lock) = self.lock(id)?;
+        let now = Timestamp::now();
+        meta.last_attempt.get_or_insert(now);
+        let mut failed = Vec::new();
+        for (i, r) in meta.recipients.iter_mut().enumerate() {
+            if r.status == RcptStatus::Pending {
+                r.status = RcptStatus::Failed;
+                r.last_error.get_or_insert_with(|| {
+                    SmtpReply::with_code(
+                        554,
+                        (5, 4, 7),
+                        "delivery time expired: given up by the operator",
+                    )
+                });
+                failed.push(i);
+            }
+        }
+        if let Some((envelope, bytes)) =
+            dsn::failure_notice(self.config, self.spool, &meta, &failed)
+        {
+            let stored = match self.shared {
+                Some(s) => s.store_notice(&envelope, &bytes),
+                None => self.spool.create_message().and_then(|mut w| {
+                    w.copy_from(&mut &bytes[..])?;
+                    self.spool.store(w, &envelope, true).map(|m| m.id)
+                }),
+            };
+            // Without its notice the message must stay, or the sender
+            // would never hear of it.
+            let dsn_id = stored?;
+            log::info!("{id}: expired by the operator; notice {dsn_id}");
+        } else {
+            log::info!("{id}: expired by the operator");
+        }
+        self.spool.remove(&id)?;
+        self.forget(&meta);
+        Ok(())
+    }
+
+    fn forget(&self, meta: &MessageMeta) {
+        if let Some(s) = self.shared {
+            let _ = s.timer.send(Command::Remove(meta.id));
+            s.forget(meta.size);
+        }
+    }
+
+    fn read(&self, id: MessageId) -> Result<MessageMeta, QueueError> {
+        self.spool.read_meta(&id).map_err(|e| match e {
+            QueueError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                QueueError::UnknownId(id)
+            }
+            e => e,
+        })
+    }
+
+    fn lock(&self, id: MessageId) -> Result<(MessageMeta, MessageLock), QueueError> {
+        let lock = self
+            .spool
+            .lock_message(&id)?
+            .ok_or(QueueError::UnknownId(id))?;
+        Ok((self.read(id)?, lock))
+    }
+
+    /// Changes a message's metadata under its lock.
+    fn update(
+        &self,
+        id: MessageId,
+        change: impl FnOnce(&mut MessageMeta),
+    ) -> Result<(), QueueError> {
+        let (mut meta, _lock) = self.lock(id)?;
+        change(&mut meta);
+        self.spool.write_meta(&meta)
+    }
+}
