@@ -1,0 +1,456 @@
+//! Relay benchmark: the release daemon between Postfix's `smtp-source`
+//! (the load) and `smtp-sink` (a fast loopback sink), with its spool in a
+//! temporary directory on the project's disk and fsync on.
+//!
+//! ```sh
+//! cargo bench --bench relay                  # N=5000 messages, S=4096 bytes, K=20 connections
+//! N=20000 S=1024 K=50 cargo bench --bench relay
+//! ```
+//!
+//! Environment: `N`, `S`, `K` (load), `WORKERS` (the daemon's
+//! `[queue] workers`, default 20 like Postfix's
+//! `default_destination_concurrency_limit`), `RELAY_TIMEOUT` (seconds for
+//! the whole run, default 300), `MAILQUEUE_BIN` (another binary than the
+//! one `cargo bench` builds), `BENCH_TMPDIR` (where the spool goes).
+//!
+//! It reports the accept rate (N / time until `smtp-source` has finished),
+//! the drain time (from the start of `smtp-source` until the sink has
+//! received all N; the sink's `-c` counter is polled), messages/s over the
+//! drain time, and from `/proc/<daemon pid>`: CPU time (utime + stime of
+//! all its threads) per message, peak RSS (VmHWM) and bytes written to
+//! storage (`write_bytes`) per message. Every wait is bounded; the daemon
+//! and the sink are stopped at the end, also on failure.
+
+mod common;
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+const POLL: Duration = Duration::from_millis(5);
+
+/// Kills whatever is left of the processes it holds when dropped.
+struct Children(Vec<Child>);
+
+impl Children {
+    fn push(&mut self, child: Child) -> usize {
+        self.0.push(child);
+        self.0.len() - 1
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+fn env_num(name: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Finds one of Postfix's test tools.
+fn tool(name: &str) -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!("{name} not found: install Debian's postfix package (it brings smtp-sink and smtp-source)")
+        })
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Waits until a server on `port` greets with 220, while `child` lives.
+fn wait_for_banner(
+    port: u16,
+    child: &mut Child,
+    what: &str,
+    limit: Duration,
+) -> Result<(), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{what} exited at start: {status}"));
+        }
+        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut line = String::new();
+            let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+            if reader.read_line(&mut line).is_ok() && line.starts_with("220") {
+                let _ = stream.write_all(b"QUIT\r\n");
+                let _ = reader.read_line(&mut line);
+                return Ok(());
+            }
+        }
+        sleep(Duration::from_millis(20));
+    }
+    Err(format!(
+        "{what} did not greet on port {port} within {limit:?}"
+    ))
+}
+
+/// The sink's message counter: the last `mesg=N` its `-c` option printed.
+fn sink_count(out: &Path) -> u64 {
+    let Ok(mut file) = File::open(out) else {
+        return 0;
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(128)));
+    let mut tail = String::new();
+    let _ = file.read_to_string(&mut tail);
+    tail.rsplit_once("mesg=")
+        .map(|(_, rest)| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What `/proc` tells about a process.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProcStats {
+    /// utime + stime of all threads, in clock ticks.
+    cpu_ticks: u64,
+    write_bytes: u64,
+    cancelled_write_bytes: u64,
+    /// VmHWM in kB.
+    peak_rss_kb: u64,
+}
+
+fn proc_stats(pid: u32) -> Result<ProcStats, String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // Fields after the command name, which ends with the last ')': state is
+    // field 3, utime 14, stime 15.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or("bad /proc/PID/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let num = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut stats = ProcStats {
+        cpu_ticks: num(14) + num(15),
+        ..ProcStats::default()
+    };
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).map_err(|e| e.to_string())?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    for line in io.lines().chain(status.lines()) {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value: u64 = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        match key {
+            "write_bytes" => stats.write_bytes = value,
+            "cancelled_write_bytes" => stats.cancelled_write_bytes = value,
+            "VmHWM" => stats.peak_rss_kb = value,
+            _ => {}
+        }
+    }
+    Ok(stats)
+}
+
+fn count_entries(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(usize::MAX)
+}
+
+fn tail_of(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn main() {
+    if !common::bench_mode() {
+        println!("relay: skipped; run it with `cargo bench --bench relay`");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("relay: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let n = env_num("N", 5000)?;
+    let size = env_num("S", 4096)?;
+    let sessions = env_num("K", 20)?;
+    let workers = env_num("WORKERS", 20)?;
+    let limit = Duration::from_secs(env_num("RELAY_TIMEOUT", 300)?);
+    let binary = std::env::var_os("MAILQUEUE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mailqueue")));
+    if !binary.is_file() {
+        return Err(format!("{} does not exist", binary.display()));
+    }
+    let sink_bin = tool("smtp-sink")?;
+    let source_bin = tool("smtp-source")?;
+
+    let dir = tempfile::tempdir_in(common::tmp_root()).map_err(|e| e.to_string())?;
+    let spool = dir.path().join("spool");
+    let sink_out = dir.path().join("sink.out");
+    let source_out = dir.path().join("source.out");
+    let log = dir.path().join("daemon.log");
+    let config = dir.path().join("mailqueue.toml");
+    let sink_port = free_port()?;
+    let port = free_port()?;
+    let create = |p: &Path| File::create(p).map_err(|e| format!("{}: {e}", p.display()));
+
+    let mut children = Children(Vec::new());
+
+    // The sink: counts messages ("-c"), keeps nothing.
+    let mut sink = Command::new(&sink_bin);
+    sink.arg("-c");
+    if is_root() {
+        // smtp-sink refuses to keep root privileges.
+        sink.args(["-u", "nobody"]);
+    }
+    let sink = sink
+        .arg(format!("127.0.0.1:{sink_port}"))
+        .arg("256")
+        .stdin(Stdio::null())
+        .stdout(create(&sink_out)?)
+        .stderr(create(&dir.path().join("sink.err"))?)
+        .spawn()
+        .map_err(|e| format!("cannot start smtp-sink: {e}"))?;
+    let sink = children.push(sink);
+    wait_for_banner(
+        sink_port,
+        &mut children.0[sink],
+        "smtp-sink",
+        Duration::from_secs(10),
+    )?;
+
+    fs::write(
+        &config,
+        format!(
+            "hostname = \"mq.bench.example\"\n\
+             spool = \"{spool}\"\n\
+             [queue]\n\
+             workers = {workers}\n\
+             [listen]\n\
+             smtp = [\"127.0.0.1:{port}\"]\n\
+             max_connections = {conns}\n\
+             [delivery]\n\
+             target = \"smtp://127.0.0.1:{sink_port}\"\n\
+             tls = \"none\"\n",
+            spool = spool.display(),
+            conns = (sessions + 16).max(64),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let log_file = create(&log)?;
+    let daemon = Command::new(&binary)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let pid = daemon.id();
+    let daemon = children.push(daemon);
+    wait_for_banner(
+        port,
+        &mut children.0[daemon],
+        "mailqueue",
+        Duration::from_secs(30),
+    )
+    .map_err(|e| format!("{e}\n{}", tail_of(&log, 20)))?;
+
+    let before = proc_stats(pid)?;
+    let t0 = Instant::now();
+    let deadline = t0 + limit;
+    let source = Command::new(&source_bin)
+        .args(["-m", &n.to_string(), "-s", &sessions.to_string()])
+        .args(["-l", &size.to_string()])
+        .args(["-f", "from@example.org", "-t", "to@example.org"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(create(&source_out)?)
+        .stderr(create(&dir.path().join("source.err"))?)
+        .spawn()
+        .map_err(|e| format!("cannot start smtp-source: {e}"))?;
+    let source = children.push(source);
+
+    let mut accepted: Option<Duration> = None;
+    let mut drained: Option<Duration> = None;
+    while accepted.is_none() || drained.is_none() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "not done after {limit:?}: smtp-source {}, sink has {} of {n}\n{}",
+                if accepted.is_some() {
+                    "finished"
+                } else {
+                    "still sending"
+                },
+                sink_count(&sink_out),
+                tail_of(&log, 20)
+            ));
+        }
+        if accepted.is_none() {
+            if let Ok(Some(status)) = children.0[source].try_wait() {
+                accepted = Some(t0.elapsed());
+                if !status.success() {
+                    return Err(format!(
+                        "smtp-source failed ({status}):\n{}\n{}",
+                        tail_of(&dir.path().join("source.err"), 10),
+                        tail_of(&log, 20)
+                    ));
+                }
+            }
+        }
+        if drained.is_none() && sink_count(&sink_out) >= n {
+            drained = Some(t0.elapsed());
+        }
+        sleep(POLL);
+    }
+    let (accepted, drained) = (accepted.unwrap_or_default(), drained.unwrap_or_default());
+
+    // The last deliveries remove their files just after the sink's reply.
+    let queue_dir = spool.join("queue");
+    while count_entries(&queue_dir) != 0 && Instant::now() < deadline {
+        sleep(POLL);
+    }
+    let emptied = t0.elapsed();
+    let left = count_entries(&queue_dir);
+    let after = proc_stats(pid)?;
+
+    // Stop the daemon as an operator would, then the sink.
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let stop_deadline = Instant::now() + Duration::from_secs(40);
+    let mut clean_exit = false;
+    while Instant::now() < stop_deadline {
+        if let Ok(Some(status)) = children.0[daemon].try_wait() {
+            clean_exit = status.success();
+            break;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    let received = sink_count(&sink_out);
+    drop(children);
+
+    let log_text = fs::read_to_string(&log).unwrap_or_default();
+    let count = |what: &str| log_text.lines().filter(|l| l.contains(what)).count();
+    let ticks = clock_ticks();
+    let cpu = (after.cpu_ticks - before.cpu_ticks) as f64 / ticks;
+    let written = after.write_bytes - before.write_bytes;
+    let cancelled = after.cancelled_write_bytes - before.cancelled_write_bytes;
+    let nf = n as f64;
+
+    println!();
+    println!("relay: N={n} messages of S={size} bytes over K={sessions} connections; workers={workers}; fsync on");
+    println!(
+        "       {} -> 127.0.0.1:{port} -> smtp-sink 127.0.0.1:{sink_port}",
+        binary.display()
+    );
+    println!("  {:<40} {:>14}", "metric", "value");
+    let row = |name: &str, value: String| println!("  {name:<40} {value:>14}");
+    row(
+        "accept time (smtp-source done)",
+        format!("{:.2} s", accepted.as_secs_f64()),
+    );
+    row(
+        "accept rate",
+        format!("{:.0} msg/s", nf / accepted.as_secs_f64()),
+    );
+    row(
+        "drain time (sink has all N)",
+        format!("{:.2} s", drained.as_secs_f64()),
+    );
+    row(
+        "throughput (N / drain time)",
+        format!("{:.0} msg/s", nf / drained.as_secs_f64()),
+    );
+    row(
+        "spool empty after",
+        format!("{:.2} s", emptied.as_secs_f64()),
+    );
+    row("daemon CPU (user+system)", format!("{cpu:.2} s"));
+    row(
+        "daemon CPU per message",
+        format!("{:.3} ms", cpu * 1000.0 / nf),
+    );
+    row(
+        "daemon peak RSS (VmHWM)",
+        format!("{:.1} MB", after.peak_rss_kb as f64 / 1024.0),
+    );
+    row(
+        "daemon bytes written per message",
+        format!("{:.0} B", written as f64 / nf),
+    );
+    row(
+        "  of which cancelled (deleted unwritten)",
+        format!("{:.0} B", cancelled as f64 / nf),
+    );
+    row("sink received", format!("{received}"));
+    row(
+        "log: sent / deferred / bounced",
+        format!(
+            "{} / {} / {}",
+            count("status=sent"),
+            count("status=deferred"),
+            count("status=bounced")
+        ),
+    );
+    if left != 0 || !clean_exit || received < n {
+        return Err(format!(
+            "unclean run: {left} spool files left, daemon exit clean: {clean_exit}, sink received {received} of {n}"
+        ));
+    }
+    Ok(())
+}
