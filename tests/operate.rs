@@ -1,0 +1,366 @@
+//! Operating the queue with the real binary: the sendmail command (and
+//! its links), the management commands with the daemon running and
+//! stopped, and the quotas.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::daemon::{
+    binary, queued_id, run_mailqueue, spawn_serve, wait_child, Client, Daemon, Setup,
+};
+use common::peers::SmtpSink;
+use common::wait_for;
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(15);
+const MSG: &[u8] = b"Subject: operate\r\n\r\nbody\r\n";
+
+/// Runs `program args` with `stdin`; returns (exit code, stderr).
+fn run_with_input(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    stdin: &[u8],
+) -> (i32, String) {
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_remove("MAILQUEUE_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let status = wait_child(&mut child, LONG).expect("sendmail did not exit");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+fn sendmail(config: &Path, args: &[&str], stdin: &[u8]) -> (i32, String) {
+    let mut all = vec!["--config", config.to_str().unwrap(), "sendmail"];
+    all.extend_from_slice(args);
+    run_with_input(Path::new(binary()), &all, &[], stdin)
+}
+
+fn mq(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (status, out, err) = run_mailqueue(&all);
+    (status.code().unwrap_or(-1), out, err)
+}
+
+/// `list --json`, one value per message.
+fn list_json(config: &Path) -> Vec<Value> {
+    let (code, out, err) = mq(config, &["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn by_id<'a>(list: &'a [Value], id: &str) -> Option<&'a Value> {
+    list.iter().find(|m| m["queue_id"] == id)
+}
+
+fn tries(config: &Path, id: &str) -> u64 {
+    by_id(&list_json(config), id).unwrap()["recipients"][0]["tries"]
+        .as_u64()
+        .unwrap()
+}
+
+fn submit(d: &Daemon, to: &str) -> String {
+    let mut c = Client::connect(d.addr()).unwrap();
+    let r = c.mail("sender@example.org", &[to], MSG);
+    c.quit();
+    queued_id(&r)
+}
+
+/// Stops a daemon and waits for it to exit cleanly.
+fn stop(d: &mut Daemon) {
+    d.terminate();
+    let status = d.wait_exit(LONG).expect("daemon did not stop");
+    assert!(status.success());
+}
+
+/// Starts a second daemon process on `d`'s config and spool.
+fn restart(d: &Daemon) -> std::process::Child {
+    let child = spawn_serve(&d.config_path(), d.dir.path(), "info");
+    let spool = d.spool();
+    assert!(
+        wait_for(LONG, || spool.join("control.sock").exists()),
+        "daemon did not come back"
+    );
+    child
+}
+
+#[test]
+fn sendmail_without_a_daemon_waits_then_is_delivered_with_headers_completed() {
+    let sink = SmtpSink::start(&[]);
+    let mut d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    stop(&mut d);
+    let message = b"To: a@example.org\nCc: Bee <b@example.org>\nBcc: c@example.org\nSubject: via sendmail\n\nline one\n.\nafter the dot\n";
+    let (code, err) = sendmail(
+        &d.config_path(),
+        &["-t", "-i", "-f", "sender@example.org", "-F", "Send Er"],
+        message,
+    );
+    assert_eq!(code, 0, "{err}");
+    let waiting = common::files_in(&d.spool().join("incoming"));
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+
+    let mut child = restart(&d);
+    let msgs = {
+        assert!(wait_for(LONG, || sink.count() == 1), "not delivered");
+        sink.messages()
+    };
+    let m = &msgs[0];
+    for rcpt in ["<a@example.org>", "<b@example.org>", "<c@example.org>"] {
+        assert!(
+            m.contains(&format!("X-Rcpt-Args: {rcpt}")),
+            "{rcpt} missing:\n{m}"
+        );
+    }
+    assert!(m.contains("X-Mail-Args: <sender@example.org>"), "{m}");
+    assert!(!m.contains("Bcc:"), "Bcc must be removed:\n{m}");
+    assert!(m.contains("From: \"Send Er\" <sender@example.org>"), "{m}");
+    assert!(
+        m.contains("\nDate: ") && m.contains("\nMessage-ID: <"),
+        "{m}"
+    );
+    assert!(
+        m.contains("after the dot"),
+        "-i must not stop at a lone dot:\n{m}"
+    );
+    assert!(common::files_in(&d.spool().join("incoming")).is_empty());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn sendmail_through_a_link_is_picked_up_at_once_by_a_running_daemon() {
+    let sink = SmtpSink::start(&[]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let links = tempfile::tempdir().unwrap();
+    let link = links.path().join("sendmail");
+    std::os::unix::fs::symlink(binary(), &link).unwrap();
+    let started = Instant::now();
+    let (code, err) = run_with_input(
+        &link,
+        &["-oi", "-fsender@example.org", "rcpt@example.org"],
+        &[("MAILQUEUE_CONFIG", &d.config_path())],
+        b"Subject: link\n\nhello\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    // The daemon also looks every 5 s; well before that means it was told.
+    assert!(
+        wait_for(Duration::from_secs(4), || sink.count() == 1),
+        "not picked up promptly"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(sink.messages()[0].contains("X-Rcpt-Args: <rcpt@example.org>"));
+
+    // And a link named mailq lists the queue.
+    let mailq = links.path().join("mailq");
+    std::os::unix::fs::symlink(binary(), &mailq).unwrap();
+    let (code, err) = run_with_input(&mailq, &[], &[("MAILQUEUE_CONFIG", &d.config_path())], b"");
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn sendmail_reports_usage_and_data_errors_with_sysexits() {
+    let d = Daemon::start(&Setup::default());
+    let cfg = d.config_path();
+    assert_eq!(
+        sendmail(&cfg, &["-i"], b"Subject: x\n\nno recipients\n").0,
+        64
+    );
+    assert_eq!(
+        sendmail(&cfg, &["-t", "-i"], b"Subject: x\n\nno To either\n").0,
+        64
+    );
+    assert_eq!(
+        sendmail(
+            &cfg,
+            &["-i", "-f", "not an address", "a@example.org"],
+            b"x\n"
+        )
+        .0,
+        65
+    );
+    assert_eq!(sendmail(&cfg, &["-Z"], b"").0, 64);
+    assert!(d.queued().is_empty());
+}
+
+#[test]
+fn management_commands_work_with_the_daemon_running_and_stopped() {
+    // Nothing listens at the target: mail stays, deferred for an hour.
+    let setup = Setup::default().queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"");
+    let mut d = Daemon::start(&setup);
+    let cfg = d.config_path();
+    let (m1, m2, m3) = (
+        submit(&d, "one@example.org"),
+        submit(&d, "two@example.org"),
+        submit(&d, "three@example.org"),
+    );
+    assert!(wait_for(LONG, || list_json(&cfg)
+        .iter()
+        .all(|m| m["queue_name"] == "deferred")));
+
+    // list --json: Postfix's field names and types, plus ours.
+    let list = list_json(&cfg);
+    assert_eq!(list.len(), 3);
+    let m = by_id(&list, &m1).unwrap();
+    assert!(m["arrival_time"].is_u64() && m["message_size"].is_u64() && m["next_attempt"].is_u64());
+    assert_eq!(m["sender"], "sender@example.org");
+    let r = &m["recipients"][0];
+    assert_eq!(r["address"], "one@example.org");
+    assert_eq!(r["status"], "pending");
+    assert_eq!(r["tries"], 1);
+    assert!(
+        r["delay_reason"].as_str().unwrap().starts_with("451 4.4.1"),
+        "{r}"
+    );
+    assert!(m["next_attempt"].as_u64().unwrap() >= m["arrival_time"].as_u64().unwrap() + 3500);
+
+    let (code, out, _) = mq(&cfg, &["list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&m1) && out.contains("two@example.org") && out.contains("3 Requests"),
+        "{out}"
+    );
+    let (code, out, _) = mq(&cfg, &["show", &m1]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("<one@example.org> pending tries=1") && out.contains("Subject: operate"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expires:") && out.contains("next attempt:"),
+        "{out}"
+    );
+
+    // Hold survives a flush...
+    assert_eq!(mq(&cfg, &["hold", &m1]).0, 0);
+    assert_eq!(by_id(&list_json(&cfg), &m1).unwrap()["queue_name"], "hold");
+    assert_eq!(mq(&cfg, &["flush"]).0, 0);
+    assert!(
+        wait_for(LONG, || tries(&cfg, &m2) == 2),
+        "flush did not retry the others"
+    );
+    assert_eq!(tries(&cfg, &m1), 1, "a held message was attempted");
+    assert!(mq(&cfg, &["list"]).1.contains(&format!("{m1}!")));
+
+    // ...and delete, with an unknown id refused.
+    assert_eq!(mq(&cfg, &["delete", &m2]).0, 0);
+    assert!(by_id(&list_json(&cfg), &m2).is_none());
+    let (code, _, err) = mq(&cfg, &["delete", &m2]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no message"), "{err}");
+    let (code, _, err) = mq(&cfg, &["show", "../../etc/passwd"]);
+    assert_eq!(code, 64, "{err}");
+
+    // Stopped: the same commands work on the spool directly.
+    stop(&mut d);
+    assert!(!d.spool().join("control.sock").exists());
+    let list = list_json(&cfg);
+    assert_eq!(list.len(), 2);
+    assert_eq!(by_id(&list, &m1).unwrap()["queue_name"], "hold");
+    assert_eq!(mq(&cfg, &["hold", &m3]).0, 0);
+    assert_eq!(mq(&cfg, &["release", &m1]).0, 0);
+    assert_eq!(
+        by_id(&list_json(&cfg), &m1).unwrap()["queue_name"],
+        "deferred"
+    );
+    assert_eq!(mq(&cfg, &["expire", &m1]).0, 0);
+    let list = list_json(&cfg);
+    assert!(by_id(&list, &m1).is_none());
+    let notice = list
+        .iter()
+        .find(|m| m["sender"] == "")
+        .expect("expire must queue a notice");
+    assert_eq!(notice["recipients"][0]["address"], "sender@example.org");
+    assert!(mq(&cfg, &["show", notice["queue_id"].as_str().unwrap()])
+        .1
+        .contains("Undelivered Mail"));
+    assert_ne!(mq(&cfg, &["release", &m2]).0, 0);
+
+    // Hold survives a restart: m3 stays untried.
+    let before = tries(&cfg, &m3);
+    let mut child = restart(&d);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(tries(&cfg, &m3), before);
+    assert_eq!(by_id(&list_json(&cfg), &m3).unwrap()["queue_name"], "hold");
+    assert_eq!(mq(&cfg, &["release", &m3]).0, 0);
+    assert!(
+        wait_for(LONG, || tries(&cfg, &m3) == before + 1),
+        "released message not attempted"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn delete_during_a_running_attempt_is_not_undone_by_its_result() {
+    // The sink waits 4 s before answering DATA: the attempt stalls there.
+    let sink = SmtpSink::start(&["-w", "4"]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let cfg = d.config_path();
+    let id = submit(&d, "slow@example.org");
+    std::thread::sleep(Duration::from_millis(800));
+    let (code, _, err) = mq(&cfg, &["delete", &id]);
+    assert_eq!(code, 0, "{err}");
+    // The delete did not wait for the attempt: its result is not logged yet.
+    assert!(
+        !d.log().contains("status=sent"),
+        "delete waited for the attempt"
+    );
+    assert!(list_json(&cfg).is_empty());
+    assert!(
+        d.wait_log("removed during the attempt", LONG),
+        "{}",
+        d.log()
+    );
+    assert!(
+        list_json(&cfg).is_empty(),
+        "the attempt brought the message back"
+    );
+    assert!(d.queued().is_empty());
+}
+
+#[test]
+fn quotas_refuse_new_mail_but_never_a_notice() {
+    let setup = Setup::default()
+        .queue("max_messages = 2\ninitial_retry = \"1h\"\nmax_retry_interval = \"1h\"");
+    let d = Daemon::start(&setup);
+    let cfg = d.config_path();
+    let m1 = submit(&d, "one@example.org");
+    submit(&d, "two@example.org");
+
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<sender@example.org>").expect(452, "4.3.1");
+    c.quit();
+    let (code, err) = sendmail(
+        &cfg,
+        &["-i", "-f", "sender@example.org", "x@example.org"],
+        b"Subject: q\n\nfull\n",
+    );
+    assert_eq!(code, 75, "{err}");
+    assert_eq!(list_json(&cfg).len(), 2);
+
+    // Expiring a message makes a notice even though the queue is full.
+    assert_eq!(mq(&cfg, &["expire", &m1]).0, 0);
+    let list = list_json(&cfg);
+    assert!(
+        list.iter().any(|m| m["sender"] == ""),
+        "notice refused: {list:?}"
+    );
+}
