@@ -31,6 +31,8 @@ pub fn binary() -> &'static str {
 #[derive(Clone)]
 pub struct Setup {
     sections: Vec<(&'static str, Vec<(String, String)>)>,
+    /// RUST_LOG for the daemon.
+    rust_log: String,
 }
 
 impl Default for Setup {
@@ -48,6 +50,7 @@ impl Setup {
                 .into_iter()
                 .map(|name| (name, Vec::new()))
                 .collect(),
+            rust_log: "info".into(),
         };
         s.set("", "hostname = \"mq.test\"")
             .set(
@@ -85,6 +88,12 @@ impl Setup {
                 None => entries.push((key, value)),
             }
         }
+        self
+    }
+
+    /// Runs the daemon with this RUST_LOG instead of `info`.
+    pub fn rust_log(mut self, level: &str) -> Setup {
+        self.rust_log = level.into();
         self
     }
 
@@ -141,9 +150,10 @@ impl Daemon {
             let port = free_port();
             let config = dir.path().join("mailqueue.toml");
             fs::write(&config, setup.toml(&dir.path().join("spool"), port)).unwrap();
-            let child = spawn_serve(&config, dir.path());
+            let child = spawn_serve(&config, dir.path(), &setup.rust_log);
             let mut daemon = Daemon { child, port, dir };
-            match daemon.wait_listening() {
+            let logs_info = ["info", "debug", "trace"].contains(&setup.rust_log.as_str());
+            match daemon.wait_listening(logs_info) {
                 Ok(()) => return daemon,
                 Err(log) if log.contains("cannot listen") => {
                     dir = daemon.into_dir();
@@ -157,19 +167,25 @@ impl Daemon {
 
     /// Waits until the port accepts, or the daemon has exited (its log
     /// is the error).
-    fn wait_listening(&mut self) -> Result<(), String> {
+    fn wait_listening(&mut self, logs_info: bool) -> Result<(), String> {
         let end = Instant::now() + START_LIMIT;
         while Instant::now() < end {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return Err(self.log());
             }
-            // The log line, not a connection, shows that *this* daemon
-            // bound the port (and a probe session would count against
-            // max_connections).
-            if self
-                .log()
-                .contains(&format!("listening for SMTP on 127.0.0.1:{}", self.port))
-            {
+            // The log line shows that *this* daemon bound the port, and a
+            // probe session would count against max_connections for a
+            // moment. Without info lines, a probe it is.
+            let ready = if logs_info {
+                self.log()
+                    .contains(&format!("listening for SMTP on 127.0.0.1:{}", self.port))
+            } else {
+                Client::connect(self.addr()).is_ok_and(|mut c| {
+                    c.quit();
+                    true
+                }) && wait_child(&mut self.child, Duration::from_millis(100)).is_none()
+            };
+            if ready {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -241,7 +257,7 @@ impl Drop for Daemon {
 
 /// Starts `mailqueue --config <config> serve` with stderr to
 /// `<dir>/stderr.log` (a file, so a chatty daemon never blocks on a pipe).
-pub fn spawn_serve(config: &Path, dir: &Path) -> Child {
+pub fn spawn_serve(config: &Path, dir: &Path, rust_log: &str) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -251,7 +267,7 @@ pub fn spawn_serve(config: &Path, dir: &Path) -> Child {
         .arg("--config")
         .arg(config)
         .arg("serve")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .env_remove("MAILQUEUE_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

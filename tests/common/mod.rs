@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod peers;
 pub mod scripted;
+pub mod tls;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -169,7 +169,8 @@ def main():
                 and data.password.decode() == password
             )
             recorder.event(step="auth", mechanism=mechanism, ok=ok)
-            return AuthResult(success=ok)
+            # handled=False: aiosmtpd sends the 535 itself.
+            return AuthResult(success=ok, handled=False, auth_data=data)
 
         offered = {m.strip().upper() for m in args.auth_mechs.split(",")}
         options.update(

@@ -1,0 +1,215 @@
+//! `mailqueue serve` and `mailqueue check` as an operator runs them:
+//! start-up failures, signals, restarts, config errors and log lines.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use common::daemon::{
+    binary, queued_id, run_mailqueue, spawn_serve, wait_child, Client, Daemon, Setup,
+};
+use common::peers::{Reaper, SmtpSink};
+use common::wait_for;
+
+const LONG: Duration = Duration::from_secs(20);
+const MSG: &[u8] = b"Subject: daemon test\r\n\r\nHello.\r\n";
+
+/// Writes a config for `spool` listening on `port` and returns its path.
+fn write_config(
+    dir: &std::path::Path,
+    setup: &Setup,
+    spool: &std::path::Path,
+    port: u16,
+) -> std::path::PathBuf {
+    let path = dir.join("other.toml");
+    std::fs::write(&path, setup.toml(spool, port)).unwrap();
+    path
+}
+
+#[test]
+fn serve_exits_non_zero_naming_the_address_when_the_port_is_taken() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup::default(),
+        &dir.path().join("spool"),
+        port,
+    );
+    let mut child = Reaper(spawn_serve(&config, dir.path(), "info"));
+    let status = wait_child(&mut child.0, LONG).expect("serve kept running on a taken port");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(
+        log.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{log}"
+    );
+    assert!(
+        log.to_lowercase().contains("address already in use"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_spool_exits_non_zero_naming_the_first() {
+    let first = Daemon::start(&Setup::default());
+    let other = tempfile::tempdir().unwrap();
+    let config = write_config(
+        other.path(),
+        &Setup::default(),
+        &first.spool(),
+        common::daemon::free_port(),
+    );
+    let mut child = Reaper(spawn_serve(&config, other.path(), "info"));
+    let status = wait_child(&mut child.0, LONG).expect("a second daemon ran on a locked spool");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(other.path().join("stderr.log")).unwrap();
+    assert!(log.contains("in use by another mailqueue process"), "{log}");
+    assert!(log.contains(&format!("pid {}", first.pid())), "{log}");
+    // The first one is unharmed.
+    let mut c = Client::connect(first.addr()).unwrap();
+    c.cmd("NOOP").expect(250, "2.0.0");
+}
+
+#[test]
+fn sigterm_stops_the_daemon_with_exit_0() {
+    let mut d = Daemon::start(&Setup::default());
+    // A client in the middle of a session must not hold the shutdown up.
+    let mut idle = Client::connect(d.addr()).unwrap();
+    idle.cmd("EHLO client.test").expect(250, "");
+    d.terminate();
+    let status = d.wait_exit(LONG).expect("still running after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    assert!(d.log().contains("stopped"), "{}", d.log());
+    assert!(Client::connect(d.addr()).is_err(), "still accepting");
+}
+
+#[test]
+fn sigint_stops_the_daemon_with_exit_0() {
+    let mut d = Daemon::start(&Setup::default());
+    common::daemon::signal(d.pid(), "INT");
+    let status = d.wait_exit(LONG).expect("still running after SIGINT");
+    assert!(status.success(), "{status:?}\n{}", d.log());
+}
+
+#[test]
+fn mail_queued_before_a_restart_is_delivered_after_it() {
+    let sink = SmtpSink::start(&[]);
+    // First run: the target is dead, the message waits in the spool with
+    // its next attempt (2s later) in its metadata.
+    let mut d = Daemon::start(
+        &Setup::default().queue("initial_retry = \"2s\"\nmax_retry_interval = \"2s\""),
+    );
+    let mut c = Client::connect(d.addr()).unwrap();
+    let id = queued_id(&c.mail("a@example.org", &["b@example.net"], MSG));
+    c.quit();
+    assert!(d.wait_log("status=deferred", LONG), "{}", d.log());
+    d.terminate();
+    assert!(d.wait_exit(LONG).is_some_and(|s| s.success()));
+
+    // Second run on the same spool, with a working target.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup::to(&sink.url("smtp")),
+        &d.spool(),
+        common::daemon::free_port(),
+    );
+    let _second = Reaper(spawn_serve(&config, dir.path(), "info"));
+    assert!(
+        wait_for(LONG, || sink.count() == 1),
+        "{}",
+        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+    );
+    assert!(sink.messages()[0].contains(&format!("id {id}")));
+    let log = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    assert!(
+        wait_for(LONG, || log().contains("tries=2")
+            && log().contains("status=sent")),
+        "{}",
+        log()
+    );
+}
+
+#[test]
+fn check_names_the_bad_key_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[queue]\nworkers = 0\n").unwrap();
+    let (status, _, err) = run_mailqueue(&["--config", bad.to_str().unwrap(), "check"]);
+    assert!(!status.success());
+    assert!(err.contains("workers = 0"), "{err}");
+
+    std::fs::write(&bad, "[delivery]\ntls = \"sometimes\"\n").unwrap();
+    let (status, _, err) = run_mailqueue(&["--config", bad.to_str().unwrap(), "check"]);
+    assert!(!status.success());
+    assert!(err.contains("sometimes") && err.contains("tls"), "{err}");
+
+    std::fs::write(&bad, "[listen]\nmax_conections = 5\n").unwrap();
+    let (status, _, err) = run_mailqueue(&["--config", bad.to_str().unwrap(), "check"]);
+    assert!(!status.success());
+    assert!(err.contains("max_conections"), "{err}");
+}
+
+#[test]
+fn check_accepts_a_good_file_and_reads_mailqueue_config_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(
+        dir.path(),
+        &Setup::default(),
+        &dir.path().join("spool"),
+        2525,
+    );
+    let (status, out, err) = run_mailqueue(&["--config", good.to_str().unwrap(), "check"]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("ok"), "{out}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[queue]\nmax_tries = 0\n").unwrap();
+    let out = Command::new(binary())
+        .arg("check")
+        .env("MAILQUEUE_CONFIG", &bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_tries = 0"));
+}
+
+#[test]
+fn check_fails_on_a_missing_certificate_or_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Setup::default()
+            .listen("tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\""),
+        &dir.path().join("spool"),
+        2525,
+    );
+    let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
+    assert!(!status.success());
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+
+    let config = write_config(
+        dir.path(),
+        &Setup::default().delivery("username = \"u\"\npassword_file = \"/nonexistent/password\""),
+        &dir.path().join("spool"),
+        2525,
+    );
+    let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
+    assert!(!status.success());
+    assert!(err.contains("/nonexistent/password"), "{err}");
+}
+
+#[test]
+fn rust_log_sets_the_level() {
+    let sink = SmtpSink::start(&[]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")).rust_log("warn"));
+    let mut c = Client::connect(d.addr()).unwrap();
+    queued_id(&c.mail("a@example.org", &["b@example.net"], MSG));
+    assert!(wait_for(LONG, || sink.count() == 1));
+    assert!(wait_for(LONG, || d.queued().is_empty()));
+    assert!(!d.log().contains("status=sent"), "{}", d.log());
+}
