@@ -58,11 +58,14 @@ pub fn serve(config: Config) -> Result<(), String> {
     let settings = server_settings(&config)?;
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // Bind first: a daemon that cannot listen must fail before it opens
+    // the spool, or its workers would start on queued mail and be cut off
+    // mid-attempt when it exits.
+    let listeners = server::bind(&config.listen.smtp)?;
     let queue = Arc::new(
         Queue::open_with_bounce_target(config.clone(), target, bounce)
             .map_err(|e| e.to_string())?,
     );
-    let listeners = server::bind(&config.listen.smtp)?;
     let (pickup_tx, pickup_rx) = crossbeam_channel::bounded(1);
     let mut control = ControlServer::start(Arc::clone(&queue), pickup_tx).map_err(|e| {
         format!(

@@ -51,6 +51,9 @@ fn serve_exits_non_zero_naming_the_address_when_the_port_is_taken() {
         log.to_lowercase().contains("address already in use"),
         "{log}"
     );
+    // It gave up before opening the spool: a daemon that cannot listen
+    // must not start delivering what is queued and then die mid-attempt.
+    assert!(!dir.path().join("spool").exists(), "{log}");
 }
 
 #[test]
