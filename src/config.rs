@@ -124,6 +124,9 @@ pub struct BounceConfig {
     /// Where notices go; `None` means the delivery target.
     #[serde(deserialize_with = "optional_target")]
     pub target: Option<TargetSpec>,
+    /// Largest message returned whole for RET=FULL; larger ones get
+    /// their header returned.
+    pub max_return_size: u64,
 }
 
 /// Where messages are delivered.
@@ -238,6 +241,7 @@ impl Default for BounceConfig {
             enabled: true,
             from: String::new(),
             target: None,
+            max_return_size: 50_000,
         }
     }
 }

@@ -224,6 +224,26 @@ pub trait Delivery {
     fn relay(&self, _rcpt: &Address) -> Option<String> {
         None
     }
+
+    /// What the next hop took on with `rcpt` (asked after a successful body).
+    fn handoff(&self, _rcpt: &Address) -> Handoff {
+        Handoff::Relayed
+    }
+}
+
+/// What the next hop took on with a recipient it accepted; decides the
+/// success notice a sender who asked for one (NOTIFY=SUCCESS) gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handoff {
+    /// Final delivery (LMTP into a mailbox): we say "delivered".
+    Delivered,
+    /// Handed to a hop that does not speak DSN: we are the last that
+    /// can report, so we say "relayed".
+    #[default]
+    Relayed,
+    /// Handed to a hop that speaks DSN, with the parameters passed on:
+    /// it reports, we say nothing.
+    Passed,
 }
 
 /// A delivery that reports a result per recipient after the body.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::address::Address;
 use crate::delivery::smtp_client::{ClientSettings, Endpoint, Session};
 use crate::delivery::{
-    Body, Delivery, DeliveryError, DeliveryTarget, MessageInfo, PartialDelivery, StatusCollector,
+    Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, PartialDelivery,
+    StatusCollector,
 };
 use crate::envelope::Recipient;
 
@@ -119,6 +120,16 @@ impl HopDelivery {
         }
     }
 
+    /// What the server took on: final delivery for LMTP, DSN duty for a
+    /// server that offers DSN (the parameters went with the envelope).
+    pub fn handoff(&self) -> Handoff {
+        match &self.session {
+            _ if self.lmtp => Handoff::Delivered,
+            Some(s) if s.ext.dsn => Handoff::Passed,
+            _ => Handoff::Relayed,
+        }
+    }
+
     /// Gives the session back for reuse, or `None` if it is gone.
     pub fn into_session(mut self) -> Option<Session> {
         self.session.take()
@@ -170,6 +181,10 @@ impl Delivery for HopDelivery {
 
     fn relay(&self, _rcpt: &Address) -> Option<String> {
         self.session.as_ref().map(|s| s.relay().to_string())
+    }
+
+    fn handoff(&self, _rcpt: &Address) -> Handoff {
+        self.handoff()
     }
 }
 

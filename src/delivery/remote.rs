@@ -18,7 +18,8 @@ use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
 use crate::delivery::relay::HopDelivery;
 use crate::delivery::smtp_client::{ClientSettings, Session};
 use crate::delivery::{
-    Body, Delivery, DeliveryError, DeliveryTarget, MessageInfo, PartialDelivery, StatusCollector,
+    Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, PartialDelivery,
+    StatusCollector,
 };
 use crate::envelope::Recipient;
 
@@ -87,7 +88,7 @@ struct RemoteDelivery<'a> {
     info: MessageInfo,
     /// Recipients by A-label domain (or address literal).
     domains: BTreeMap<String, Vec<Recipient>>,
-    relays: HashMap<Address, String>,
+    relays: HashMap<Address, (String, Handoff)>,
 }
 
 impl Delivery for RemoteDelivery<'_> {
@@ -121,7 +122,11 @@ impl Delivery for RemoteDelivery<'_> {
     fn abort(self: Box<Self>) {}
 
     fn relay(&self, rcpt: &Address) -> Option<String> {
-        self.relays.get(rcpt).cloned()
+        self.relays.get(rcpt).map(|r| r.0.clone())
+    }
+
+    fn handoff(&self, rcpt: &Address) -> Handoff {
+        self.relays.get(rcpt).map(|r| r.1).unwrap_or_default()
     }
 }
 
@@ -158,7 +163,8 @@ impl PartialDelivery for RemoteDelivery<'_> {
         for result in results {
             for (addr, outcome) in result.outcomes {
                 if let Some(relay) = &result.relay {
-                    self.relays.insert(addr.clone(), relay.clone());
+                    self.relays
+                        .insert(addr.clone(), (relay.clone(), result.handoff));
                 }
                 status.set_status(&addr, outcome);
             }
@@ -180,6 +186,7 @@ impl StatusCollector for FirstError {
 struct DomainResult {
     outcomes: Vec<(Address, Result<(), DeliveryError>)>,
     relay: Option<String>,
+    handoff: Handoff,
 }
 
 impl DomainResult {
@@ -194,6 +201,7 @@ impl DomainResult {
                 .map(|x| (x.address.clone(), r.clone()))
                 .collect(),
             relay,
+            handoff: Handoff::Relayed,
         }
     }
 }
@@ -257,6 +265,7 @@ impl RemoteTarget {
         if !offered.is_empty() {
             hop.transfer(body, &mut collect);
         }
+        let handoff = hop.handoff();
         if let Some(mut session) = hop.into_session() {
             // A clean RSET proves the session is still in step for reuse.
             if !self.settings.connection_cache_time.is_zero()
@@ -286,6 +295,7 @@ impl RemoteTarget {
         DomainResult {
             outcomes: collect.0,
             relay,
+            handoff,
         }
     }
 

@@ -149,6 +149,7 @@ impl<'a> Admin<'a> {
         for (i, r) in meta.recipients.iter_mut().enumerate() {
             if r.status == RcptStatus::Pending {
                 r.status = RcptStatus::Failed;
+                r.expired = true;
                 r.last_error.get_or_insert_with(|| {
                     SmtpReply::with_code(
                         554,

@@ -1,14 +1,25 @@
-//! Delivery status notifications (RFC 3464): the report sent to a
-//! message's sender when recipients fail, are delayed or are delivered.
+//! Delivery status notifications (RFC 3464, RFC 3461, RFC 6533): the
+//! reports sent to a message's sender when recipients fail, are delayed,
+//! or were delivered and the sender asked to hear of it.
+//!
+//! Everything a notice says comes from the message's metadata and files,
+//! so a notice made after a restart is the same as one made before.
 
 use std::fmt::Write as _;
+use std::io::Read;
 use std::time::SystemTime;
 
 use crate::address::Address;
+use crate::config::Config;
 use crate::date::rfc5322;
-use crate::envelope::{Envelope, Recipient};
+use crate::envelope::{Envelope, MailParams, Recipient, Ret};
 use crate::queue::meta::{MessageMeta, RecipientMeta};
+use crate::queue::spool::Spool;
+use crate::queue::MessageId;
 use crate::smtp::reply::{EnhancedCode, SmtpReply};
+
+/// Largest original header a notice quotes.
+const MAX_QUOTED_HEADER: usize = 64 * 1024;
 
 /// RFC 3464 Action of one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +46,21 @@ impl Action {
 pub struct Reported<'a> {
     pub rcpt: &'a RecipientMeta,
     pub action: Action,
-    /// The reply that decided the outcome, if any.
-    pub reply: Option<&'a SmtpReply>,
-    pub last_attempt: Option<SystemTime>,
+}
+
+/// What part of the original message goes back to the sender.
+#[derive(Debug, Clone)]
+pub enum Returned<'a> {
+    /// The header only (RET=HDRS, no RET, and every non-failure notice).
+    Header(&'a [u8]),
+    /// The whole message (RET=FULL, under the size limit).
+    Full(&'a [u8]),
+    /// RET=FULL asked for the message, but it is over the limit.
+    HeaderOnlyTooBig {
+        header: &'a [u8],
+        size: u64,
+        limit: u64,
+    },
 }
 
 /// What a notice is made from.
@@ -49,17 +72,30 @@ pub struct Notice<'a> {
     pub from: &'a str,
     /// The message being reported on; its sender receives the notice.
     pub original: &'a MessageMeta,
-    pub original_header: &'a [u8],
+    pub returned: Returned<'a>,
+    /// All of one action.
     pub recipients: Vec<Reported<'a>>,
+    /// For delay notices: when the queue gives up.
+    pub will_retry_until: Option<SystemTime>,
     /// Used for Date and as the id part of Message-ID and the boundary.
     pub now: SystemTime,
     pub unique: &'a str,
+}
+
+/// `rfc822; a@b`, or `utf-8; ü@b` for a non-ASCII address (RFC 6533).
+fn typed_address(a: &str) -> String {
+    if a.is_ascii() {
+        format!("rfc822; {a}")
+    } else {
+        format!("utf-8; {a}")
+    }
 }
 
 /// Builds the notice; `None` when the original has no sender to tell.
 pub fn build(n: &Notice<'_>) -> Option<(Envelope, Vec<u8>)> {
     let to: Address = n.original.sender.clone()?;
     let action = n.recipients.first()?.action;
+    let utf8 = n.original.params.smtputf8;
     let boundary = format!("{}/{}", n.unique, n.reporting_mta);
     let subject = match action {
         Action::Failed => "Undelivered Mail Returned to Sender",
@@ -67,7 +103,7 @@ pub fn build(n: &Notice<'_>) -> Option<(Envelope, Vec<u8>)> {
         Action::Delivered | Action::Relayed => "Successful Mail Delivery Report",
     };
 
-    let mut m = String::with_capacity(4096 + n.original_header.len());
+    let mut m = String::with_capacity(4096);
     let _ = write!(
         m,
         "From: Mail Delivery System <{from}>\r\n\
@@ -97,36 +133,47 @@ pub fn build(n: &Notice<'_>) -> Option<(Envelope, Vec<u8>)> {
     m.push_str(match action {
         Action::Failed => {
             "I'm sorry to have to inform you that your message could not\r\n\
-             be delivered to one or more recipients. It's attached below.\r\n"
+             be delivered to one or more recipients.\r\n"
         }
         Action::Delayed => {
             "Your message could not be delivered yet to one or more\r\n\
-             recipients. It will be retried until it is too old.\r\n"
+             recipients. It will be tried again; you do not need to resend it.\r\n"
         }
-        Action::Delivered | Action::Relayed => {
-            "Your message was successfully delivered to the destinations\r\n\
-             listed below.\r\n"
+        Action::Delivered => "Your message was delivered to the mailboxes listed below.\r\n",
+        Action::Relayed => {
+            "Your message was handed on to the systems listed below, which\r\n\
+             do not report delivery status, so this is the last notice you\r\n\
+             will get about these recipients.\r\n"
         }
     });
+    if let Some(until) = n.will_retry_until {
+        let _ = write!(m, "Delivery will be tried until {}.\r\n", rfc5322(until));
+    }
     m.push_str("\r\n");
     for r in &n.recipients {
-        let _ = write!(m, "<{}>: ", r.rcpt.reported_address());
-        match r.reply {
-            Some(reply) => {
-                let _ = write!(m, "{reply}");
-            }
-            None => m.push_str(r.action.as_str()),
+        write_recipient_text(&mut m, r);
+    }
+    match &n.returned {
+        Returned::Full(_) => m.push_str("\r\nThe message is attached below.\r\n"),
+        Returned::Header(_) => m.push_str("\r\nThe message's header is attached below.\r\n"),
+        Returned::HeaderOnlyTooBig { size, limit, .. } => {
+            let _ = write!(
+                m,
+                "\r\nThe message ({size} bytes) is larger than {limit} bytes, so only\r\n\
+                 its header is attached below.\r\n"
+            );
         }
-        if let Some(mta) = &r.rcpt.remote_mta {
-            let _ = write!(m, " (from {})", mta.trim_start_matches("dns;").trim());
-        }
-        m.push_str("\r\n");
     }
 
+    let status_type = if utf8 {
+        "message/global-delivery-status"
+    } else {
+        "message/delivery-status"
+    };
     let _ = write!(
         m,
         "\r\n--{boundary}\r\n\
-         Content-Type: message/delivery-status\r\n\
+         Content-Type: {status_type}\r\n\
          Content-Description: Delivery report\r\n\
          \r\n\
          Reporting-MTA: dns; {host}\r\n\
@@ -142,41 +189,84 @@ pub fn build(n: &Notice<'_>) -> Option<(Envelope, Vec<u8>)> {
         "Arrival-Date: {}\r\n",
         rfc5322(n.original.arrival.to_system())
     );
+    let last_attempt = n.original.last_attempt.map(|t| t.to_system());
     for r in &n.recipients {
-        write_recipient_fields(&mut m, r);
+        write_recipient_fields(&mut m, r, last_attempt, n.will_retry_until);
     }
 
+    let (part_type, description, content): (&str, &str, &[u8]) = match (&n.returned, utf8) {
+        (Returned::Full(msg), false) => ("message/rfc822", "Undelivered Message", msg),
+        (Returned::Full(msg), true) => ("message/global", "Undelivered Message", msg),
+        (Returned::Header(h) | Returned::HeaderOnlyTooBig { header: h, .. }, false) => {
+            ("text/rfc822-headers", "Message Headers", h)
+        }
+        (Returned::Header(h) | Returned::HeaderOnlyTooBig { header: h, .. }, true) => {
+            ("message/global-headers", "Message Headers", h)
+        }
+    };
     let _ = write!(
         m,
         "\r\n--{boundary}\r\n\
-         Content-Type: text/rfc822-headers\r\n\
-         Content-Description: Undelivered Message Headers\r\n\
+         Content-Type: {part_type}\r\n\
+         Content-Description: {description}\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\
          \r\n"
     );
     let mut body = m.into_bytes();
-    push_crlf_lines(&mut body, n.original_header);
+    push_crlf_lines(&mut body, content);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
 
     let envelope = Envelope {
         sender: None,
         recipients: vec![Recipient::new(to)],
-        params: Default::default(),
+        params: MailParams {
+            smtputf8: utf8,
+            body: crate::envelope::BodyType::EightBitMime,
+            ..MailParams::default()
+        },
     };
     Some((envelope, body))
 }
 
-fn write_recipient_fields(m: &mut String, r: &Reported<'_>) {
+fn write_recipient_text(m: &mut String, r: &Reported<'_>) {
+    let _ = write!(m, "<{}>: ", r.rcpt.reported_address());
+    let reply = r.rcpt.last_error.as_ref();
+    match (r.action, reply) {
+        (Action::Failed, Some(reply)) if r.rcpt.expired => {
+            let _ = write!(
+                m,
+                "gave up after {} tries, the message expired; last error: {reply}",
+                r.rcpt.tries
+            );
+        }
+        (Action::Failed | Action::Delayed, Some(reply)) => {
+            let _ = write!(m, "{reply}");
+        }
+        (action, _) => m.push_str(action.as_str()),
+    }
+    if let Some(mta) = &r.rcpt.remote_mta {
+        let _ = write!(m, " (from {})", mta.trim_start_matches("dns;").trim());
+    }
+    m.push_str("\r\n");
+}
+
+fn write_recipient_fields(
+    m: &mut String,
+    r: &Reported<'_>,
+    last_attempt: Option<SystemTime>,
+    until: Option<SystemTime>,
+) {
+    let reply = r.rcpt.last_error.as_ref();
     let status = match r.action {
         Action::Delivered | Action::Relayed => EnhancedCode::new(2, 0, 0),
-        _ => r
-            .reply
+        _ => reply
             .map(SmtpReply::status)
             .unwrap_or(EnhancedCode::new(4, 0, 0)),
     };
     let _ = write!(
         m,
-        "\r\nFinal-Recipient: rfc822; {}\r\n",
-        r.rcpt.reported_address()
+        "\r\nFinal-Recipient: {}\r\n",
+        typed_address(r.rcpt.reported_address().as_str())
     );
     if let Some(orcpt) = &r.rcpt.orcpt {
         let (kind, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
@@ -195,11 +285,14 @@ fn write_recipient_fields(m: &mut String, r: &Reported<'_>) {
             mta.trim_start_matches("dns;").trim()
         );
     }
-    if let Some(reply) = r.reply {
+    if let (Some(reply), Action::Failed | Action::Delayed) = (reply, r.action) {
         let _ = write!(m, "Diagnostic-Code: smtp; {reply}\r\n");
     }
-    if let Some(t) = r.last_attempt {
+    if let Some(t) = last_attempt {
         let _ = write!(m, "Last-Attempt-Date: {}\r\n", rfc5322(t));
+    }
+    if let (Some(t), Action::Delayed) = (until, r.action) {
+        let _ = write!(m, "Will-Retry-Until: {}\r\n", rfc5322(t));
     }
 }
 
@@ -213,41 +306,44 @@ fn push_crlf_lines(out: &mut Vec<u8>, text: &[u8]) {
     }
 }
 
-/// Largest original header a notice quotes.
-const MAX_QUOTED_HEADER: usize = 64 * 1024;
-
-/// The failure notice for the recipients of `meta` at `failed`, if one is
-/// due: not for a null sender, not for a notice, not when notices are off,
-/// and only for recipients whose NOTIFY asks for failures.
-pub(crate) fn failure_notice(
-    config: &crate::config::Config,
-    spool: &crate::queue::spool::Spool,
+/// Makes the notice of one kind for the recipients of `meta` at `indexes`,
+/// if one is due: never for a null sender or for a notice, never when
+/// notices are off, and only for recipients whose NOTIFY asks for it.
+pub(crate) fn notice(
+    config: &Config,
+    spool: &Spool,
     meta: &MessageMeta,
-    failed: &[usize],
+    reported: &[(usize, Action)],
 ) -> Option<(Envelope, Vec<u8>)> {
+    let action = reported.first()?.1;
     if meta.is_dsn {
-        for &i in failed {
-            log::warn!(
-                "{}: notice to <{}> could not be delivered; dropped",
-                meta.id,
-                meta.recipients[i].address
-            );
+        if action == Action::Failed {
+            for (i, _) in reported {
+                log::warn!(
+                    "{}: notice to <{}> could not be delivered; dropped",
+                    meta.id,
+                    meta.recipients[*i].address
+                );
+            }
         }
         return None;
     }
     if meta.sender.is_none() || !config.bounce.enabled {
         return None;
     }
-    let last_attempt = meta.last_attempt.map(|t| t.to_system());
-    let recipients: Vec<Reported<'_>> = failed
+    let recipients: Vec<Reported<'_>> = reported
         .iter()
-        .map(|&i| &meta.recipients[i])
-        .filter(|r| r.notify().failure)
-        .map(|r| Reported {
-            rcpt: r,
-            action: Action::Failed,
-            reply: r.last_error.as_ref(),
-            last_attempt,
+        .map(|&(i, action)| Reported {
+            rcpt: &meta.recipients[i],
+            action,
+        })
+        .filter(|r| {
+            let n = r.rcpt.notify();
+            match r.action {
+                Action::Failed => n.failure,
+                Action::Delayed => n.delay,
+                Action::Delivered | Action::Relayed => n.success,
+            }
         })
         .collect();
     if recipients.is_empty() {
@@ -259,15 +355,58 @@ pub(crate) fn failure_notice(
             log::warn!("{}: cannot read the header for the notice: {e}", meta.id);
             Vec::new()
         });
+    let limit = config.bounce.max_return_size;
+    let full =
+        if action == Action::Failed && meta.params.ret == Some(Ret::Full) && meta.size <= limit {
+            read_whole(spool, &meta.id, limit)
+        } else {
+            None
+        };
+    let returned = match &full {
+        Some(bytes) => Returned::Full(bytes),
+        None if action == Action::Failed && meta.params.ret == Some(Ret::Full) => {
+            Returned::HeaderOnlyTooBig {
+                header: &header,
+                size: meta.size,
+                limit,
+            }
+        }
+        None => Returned::Header(&header),
+    };
+    let will_retry_until = (action == Action::Delayed).then(|| {
+        meta.arrival
+            .plus(config.queue.max_lifetime)
+            .plus(std::time::Duration::from_millis(meta.held_ms))
+            .to_system()
+    });
     let from = config.bounce_from();
-    let unique = crate::queue::MessageId::generate().to_string();
+    let unique = MessageId::generate().to_string();
     build(&Notice {
         reporting_mta: &config.hostname,
         from: &from,
         original: meta,
-        original_header: &header,
+        returned,
         recipients,
+        will_retry_until,
         now: SystemTime::now(),
         unique: &unique,
     })
+}
+
+fn read_whole(spool: &Spool, id: &MessageId, limit: u64) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(spool.message_path(id)).ok()?;
+    file.take(limit + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= limit).then_some(bytes)
+}
+
+/// The failure notice for the recipients at `failed`.
+pub(crate) fn failure_notice(
+    config: &Config,
+    spool: &Spool,
+    meta: &MessageMeta,
+    failed: &[usize],
+) -> Option<(Envelope, Vec<u8>)> {
+    let reported: Vec<(usize, Action)> = failed.iter().map(|&i| (i, Action::Failed)).collect();
+    notice(config, spool, meta, &reported)
 }

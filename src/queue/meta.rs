@@ -86,6 +86,10 @@ pub struct RecipientMeta {
     pub remote_mta: Option<String>,
     #[serde(default)]
     pub delay_warned: bool,
+    /// Failed because the queue gave up (max_tries, max_lifetime or the
+    /// operator), not because the last reply was permanent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
 }
 
 impl RecipientMeta {
@@ -169,6 +173,7 @@ impl MessageMeta {
                     last_error: None,
                     remote_mta: None,
                     delay_warned: false,
+                    expired: false,
                 })
                 .collect(),
         }

@@ -454,4 +454,9 @@ impl Delivery for QueueDelivery<'_> {
     fn abort(self: Box<Self>) {
         // Dropping the unfinished message removes its file.
     }
+
+    /// The queue sends its own notices for what it accepted.
+    fn handoff(&self, _rcpt: &crate::address::Address) -> crate::delivery::Handoff {
+        crate::delivery::Handoff::Passed
+    }
 }

@@ -16,10 +16,10 @@ use crossbeam_channel::Receiver;
 
 use crate::address::Address;
 use crate::delivery::{
-    Body, DeliveryError, DeliveryTarget, MessageInfo, Severity, StatusCollector,
+    Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, Severity, StatusCollector,
 };
 use crate::envelope::Recipient;
-use crate::queue::dsn;
+use crate::queue::dsn::{self, Action};
 use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
 use crate::queue::{MessageId, QueueError, Shared};
 
@@ -49,7 +49,14 @@ pub(crate) fn run(shared: &Shared, jobs: &Receiver<MessageId>) {
 
 /// What happened to one recipient in an attempt: delivered (through which
 /// relay, when known) or an error.
-type Outcome = Result<Option<String>, DeliveryError>;
+type Outcome = Result<Accepted, DeliveryError>;
+
+/// A recipient the next hop accepted.
+#[derive(Debug, Clone)]
+struct Accepted {
+    relay: Option<String>,
+    handoff: Handoff,
+}
 
 /// Marks a message as having an attempt running, for as long as it lives.
 struct InFlight<'a> {
@@ -156,6 +163,7 @@ fn record(
     meta.last_attempt = Some(now);
     let age = meta.age(now);
     let mut failed = Vec::new();
+    let mut succeeded = Vec::new();
     let mut throttled = false;
     for (&i, outcome) in pending.iter().zip(outcomes) {
         let Some(r) = meta
@@ -175,9 +183,14 @@ fn record(
         }
         r.tries += 1;
         let (status, relay, reply) = match outcome {
-            Ok(relay) => {
+            Ok(accepted) => {
                 r.status = RcptStatus::Delivered;
-                ("sent", relay, None)
+                match accepted.handoff {
+                    Handoff::Delivered => succeeded.push((i, Action::Delivered)),
+                    Handoff::Relayed => succeeded.push((i, Action::Relayed)),
+                    Handoff::Passed => {}
+                }
+                ("sent", accepted.relay, None)
             }
             Err(e) => {
                 if e.remote_mta.is_some() {
@@ -186,7 +199,8 @@ fn record(
                 r.last_error = Some(e.reply.clone());
                 let status = if e.is_permanent() || shared.policy.gives_up(r.tries, age) {
                     r.status = RcptStatus::Failed;
-                    failed.push(i);
+                    r.expired = !e.is_permanent();
+                    failed.push((i, Action::Failed));
                     "bounced"
                 } else {
                     "deferred"
@@ -204,15 +218,33 @@ fn record(
         );
     }
 
-    // The notice is made durable before the failures are recorded: a
-    // crash in between repeats the notice rather than losing it.
-    if !failed.is_empty() {
-        if let Some((envelope, bytes)) =
-            dsn::failure_notice(&shared.config, &shared.spool, meta, &failed)
+    // One delay warning per recipient, once it has waited long enough.
+    let mut delayed = Vec::new();
+    let warn_after = shared.config.queue.delay_warning;
+    if !warn_after.is_zero() && age >= warn_after {
+        for (i, r) in meta.recipients.iter_mut().enumerate() {
+            if r.status == RcptStatus::Pending && !r.delay_warned && r.tries > 0 {
+                r.delay_warned = true;
+                delayed.push((i, Action::Delayed));
+            }
+        }
+    }
+
+    // Notices are made durable before the outcomes are recorded: a crash
+    // in between repeats a notice rather than losing it.
+    for (reported, what) in [
+        (&failed, "non-delivery notification"),
+        (&delayed, "delay notification"),
+        (&succeeded, "delivery status notification"),
+    ] {
+        if reported.is_empty() {
+            continue;
+        }
+        if let Some((envelope, bytes)) = dsn::notice(&shared.config, &shared.spool, meta, reported)
         {
             match shared.store_notice(&envelope, &bytes) {
-                Ok(dsn_id) => log::info!("{id}: sender non-delivery notification: {dsn_id}"),
-                Err(e) => log::error!("{id}: cannot queue the non-delivery notification: {e}"),
+                Ok(dsn_id) => log::info!("{id}: sender {what}: {dsn_id}"),
+                Err(e) => log::error!("{id}: cannot queue the {what}: {e}"),
             }
         }
     }
@@ -288,14 +320,17 @@ fn deliver(
     if ok.is_empty() {
         delivery.abort();
     } else {
-        let relays: Vec<Option<String>> = ok
+        let accepted: Vec<Accepted> = ok
             .iter()
-            .map(|&i| delivery.relay(&recipients[i].address))
+            .map(|&i| Accepted {
+                relay: delivery.relay(&recipients[i].address),
+                handoff: delivery.handoff(&recipients[i].address),
+            })
             .collect();
         match delivery.commit() {
             Ok(()) => {
-                for (&i, relay) in ok.iter().zip(relays) {
-                    outcomes[i] = Some(Ok(relay));
+                for (&i, a) in ok.iter().zip(accepted) {
+                    outcomes[i] = Some(Ok(a));
                 }
             }
             Err(e) => {
