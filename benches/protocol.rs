@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mailqueue::queue::dsn::{self, Action, Notice, Reported};
+use mailqueue::queue::dsn::{self, Action, Notice, Reported, Returned};
 use mailqueue::smtp::command;
 use mailqueue::{MessageId, SmtpReply};
 
@@ -31,28 +31,30 @@ List-Unsubscribe: <mailto:unsubscribe@lists.example.org?subject=unsubscribe>\r\n
 List-Id: Weekly digest <weekly.lists.example.org>\r\n";
 
 fn bounce(c: &mut Criterion) {
-    let meta = common::deferred_meta(MessageId::generate(), 3);
+    let mut meta = common::deferred_meta(MessageId::generate(), 3);
     let reply = SmtpReply::with_code(
         550,
         (5, 1, 1),
         "<subscriber.0@mail.example.net>: Recipient address rejected: User unknown",
     );
+    for r in &mut meta.recipients {
+        r.last_error = Some(reply.clone());
+    }
     let now = SystemTime::now();
     let notice = Notice {
         reporting_mta: "mq.example.org",
         from: "MAILER-DAEMON@mq.example.org",
         original: &meta,
-        original_header: HEADER,
+        returned: Returned::Header(HEADER),
         recipients: meta
             .recipients
             .iter()
             .map(|rcpt| Reported {
                 rcpt,
                 action: Action::Failed,
-                reply: Some(&reply),
-                last_attempt: Some(now),
             })
             .collect(),
+        will_retry_until: None,
         now,
         unique: "19AC8F3E2B1C40A3F9D2",
     };
