@@ -296,3 +296,43 @@ fn a_wrong_password_defers_the_mail_and_stays_out_of_the_log() {
     .unwrap();
     assert!(!meta.contains("wrong-Pa55"), "password in the metadata");
 }
+
+#[test]
+fn starttls_refused_under_encrypt_is_a_temporary_failure() {
+    let cert = self_signed(&["peer.test"]);
+    let peer = PyServer::start(&[
+        "--tls-cert",
+        cert.cert_arg(),
+        "--tls-key",
+        cert.key_arg(),
+        "--refuse-starttls",
+    ]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")).delivery("tls = \"encrypt\""));
+    submit(&d, "b@example.net");
+    // TLS failures are temporary whatever the server's code: the mail
+    // waits for TLS to come back rather than bouncing.
+    assert!(
+        wait_for(LONG, || d.log().contains("tries=2")),
+        "{}",
+        d.log()
+    );
+    assert!(!d.log().contains("status=bounced"), "{}", d.log());
+    assert_eq!(envelope_steps(&peer), 0, "{:?}", peer.events());
+    assert_eq!(d.queued().len(), 1);
+}
+
+#[test]
+fn starttls_refused_under_may_goes_on_in_clear() {
+    let cert = self_signed(&["peer.test"]);
+    let peer = PyServer::start(&[
+        "--tls-cert",
+        cert.cert_arg(),
+        "--tls-key",
+        cert.key_arg(),
+        "--refuse-starttls",
+    ]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")).delivery("tls = \"may\""));
+    submit(&d, "b@example.net");
+    let got = peer.wait_messages(1, LONG);
+    assert_eq!(got[0].meta["tls"], false);
+}

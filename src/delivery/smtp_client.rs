@@ -377,7 +377,19 @@ impl Session {
                 // Offered but refused: go on in clear, as the policy allows.
                 return Ok(self);
             }
-            return Err(self.rejected(r.reply));
+            // A TLS failure, not a verdict on the recipients: temporary
+            // even when the server answers 5xx, so required TLS makes mail
+            // wait instead of bouncing.
+            let _ = self.command("QUIT");
+            return Err(DeliveryError::temporary(
+                451,
+                (4, 7, 10),
+                &format!(
+                    "TLS is required but {} refused STARTTLS: {}",
+                    self.host, r.reply
+                ),
+            )
+            .at(self.host.clone()));
         }
         if !self.io.buffer().is_empty() {
             // Bytes sent before the handshake would be trusted as if they

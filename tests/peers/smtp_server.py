@@ -140,6 +140,8 @@ def main():
     p.add_argument("--auth-mechs", default="PLAIN,LOGIN", help="mechanisms to offer")
     p.add_argument("--auth-clear", action="store_true", help="offer AUTH without TLS")
     p.add_argument("--no-smtputf8", action="store_true", help="do not offer SMTPUTF8")
+    p.add_argument("--refuse-starttls", action="store_true",
+                   help="offer STARTTLS but answer it with 554 5.7.3")
     p.add_argument("--size", type=int, default=33554432, help="SIZE limit to announce")
     p.add_argument("--unix", help="listen on this Unix socket instead of TCP")
     args = p.parse_args()
@@ -180,6 +182,13 @@ def main():
             auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN") if m not in offered],
         )
     cls = LMTP if args.lmtp else SMTP
+    if args.refuse_starttls:
+
+        class Refusing(cls):
+            async def smtp_STARTTLS(self, arg):
+                await self.push("554 5.7.3 TLS not available today (test)")
+
+        cls = Refusing
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
