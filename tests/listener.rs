@@ -443,3 +443,27 @@ fn quotas_refuse_new_mail_with_452_4_3_1() {
     c.cmd("MAIL FROM:<a@example.org>").expect(452, "4.3.1");
     assert_eq!(d.queued().len(), 1);
 }
+
+#[test]
+fn data_sent_one_byte_at_a_time_is_stored_the_same() {
+    let d = daemon_with("");
+    let mut c = connect(&d);
+    c.io.get_ref().set_nodelay(true).unwrap();
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
+    c.cmd("RCPT TO:<b@example.org>").expect(250, "2.1.5");
+    c.cmd("DATA").expect(354, "");
+    // Every state of the end-of-data scanner meets a read boundary.
+    let body = b"Subject: slow\r\n\r\n.\r\n..\r\n.x\r\nx.\r\n.\rx\r\n\r\n".to_vec();
+    for b in dot_stuff(&body) {
+        c.send(&[b]);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let id = queued_id(&c.reply());
+    let stored = std::fs::read(d.spool().join("queue").join(format!("{id}.msg"))).unwrap();
+    assert!(
+        stored.ends_with(&body),
+        "{:?}",
+        String::from_utf8_lossy(&stored)
+    );
+}

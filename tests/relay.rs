@@ -363,3 +363,48 @@ fn several_messages_are_delivered_to_smtp_sink() {
     }
     assert!(wait_for(LONG, || d.queued().is_empty()));
 }
+
+#[test]
+fn a_refused_connection_is_a_temporary_failure() {
+    // Setup::default() delivers to a port nobody listens on.
+    let d = Daemon::start(&Setup::default());
+    submit(&d, "a@example.org", &["b@example.net"]);
+    assert!(d.wait_log("tries=2", LONG), "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("status=deferred (451 4.4.1 connect to 127.0.0.1[127.0.0.1]:"),
+        "{log}"
+    );
+    assert!(!log.contains("status=bounced"), "{log}");
+}
+
+#[test]
+fn a_server_slower_than_command_timeout_is_a_temporary_failure() {
+    // smtp-sink waits 5 s before answering DATA; the client waits 1 s.
+    let sink = SmtpSink::start(&["-w", "5"]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")).delivery("command_timeout = \"1s\""));
+    let started = std::time::Instant::now();
+    submit(&d, "a@example.org", &["b@example.net"]);
+    assert!(d.wait_log("status=deferred", LONG), "{}", d.log());
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(
+        d.log().contains("status=deferred (451 4.4.2"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_server_that_hangs_up_or_says_421_is_a_temporary_failure() {
+    // -q: disconnect without a reply after RCPT; -Q: 421 and disconnect.
+    for option in ["-q", "-Q"] {
+        let sink = SmtpSink::start(&[option, "RCPT"]);
+        let d = Daemon::start(&Setup::to(&sink.url("smtp")));
+        submit(&d, "a@example.org", &["b@example.net"]);
+        assert!(d.wait_log("tries=2", LONG), "{option}: {}", d.log());
+        let log = d.log();
+        assert!(log.contains("status=deferred (4"), "{option}: {log}");
+        assert!(!log.contains("status=bounced"), "{option}: {log}");
+        assert_eq!(sink.count(), 0);
+    }
+}
