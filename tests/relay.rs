@@ -22,6 +22,19 @@ fn submit(d: &Daemon, from: &str, to: &[&str]) -> String {
     id
 }
 
+/// Waits until smtp-sink has `n` messages and the daemon has heard the
+/// 250 for each (its queue is empty), so every dump is complete.
+#[track_caller]
+fn wait_sink(d: &Daemon, sink: &SmtpSink, n: usize) -> Vec<String> {
+    assert!(
+        wait_for(LONG, || sink.count() >= n && d.queued().is_empty()),
+        "{} of {n} arrived\n{}",
+        sink.count(),
+        d.log()
+    );
+    sink.messages()
+}
+
 /// The notices (null sender) a peer received.
 fn bounces(got: &[Received]) -> Vec<Received> {
     got.iter()
@@ -290,8 +303,7 @@ fn smtp_sink_receives_the_message_and_the_log_line_has_the_operator_shape() {
     let sink = SmtpSink::start(&[]);
     let d = Daemon::start(&Setup::to(&sink.url("smtp")));
     let id = submit(&d, "a@example.org", &["b@example.net"]);
-    assert!(wait_for(LONG, || sink.count() == 1));
-    let dump = &sink.messages()[0];
+    let dump = &wait_sink(&d, &sink, 1)[0];
     assert!(dump.contains("X-Mail-Args: <a@example.org>"), "{dump}");
     assert!(dump.contains("X-Rcpt-Args: <b@example.net>"), "{dump}");
     assert!(dump.contains(&format!("with ESMTP id {id}")), "{dump}");
@@ -323,8 +335,7 @@ fn dsn_parameters_are_passed_to_a_next_hop_that_offers_dsn() {
         .expect(250, "2.1.5");
     c.cmd("DATA").expect(354, "");
     queued_id(&c.data_raw(&dot_stuff(MSG)));
-    assert!(wait_for(LONG, || sink.count() == 1));
-    let dump = &sink.messages()[0];
+    let dump = &wait_sink(&d, &sink, 1)[0];
     let mail = dump
         .lines()
         .find(|l| l.starts_with("X-Mail-Args:"))
@@ -351,8 +362,8 @@ fn several_messages_are_delivered_to_smtp_sink() {
         queued_id(&c.mail("a@example.org", &[&rcpt], MSG));
         c.cmd("RSET").expect(250, "2.0.0");
     }
-    assert!(wait_for(LONG, || sink.count() == 20), "{}", sink.count());
-    let dumps = sink.messages();
+    let dumps = wait_sink(&d, &sink, 20);
+    assert_eq!(dumps.len(), 20);
     for i in 0..20 {
         let needle = format!("X-Rcpt-Args: <r{i}@example.net>");
         assert_eq!(

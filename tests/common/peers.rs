@@ -242,18 +242,27 @@ impl SmtpSink {
     }
 
     /// The dumped messages (smtp-sink's X- headers, then the message).
+    /// smtp-sink creates a dump file at MAIL and writes it at the final
+    /// dot: empty files are transactions in progress and are left out. A
+    /// big message may still be half written; wait for the daemon to log
+    /// its delivery before reading it.
     pub fn messages(&self) -> Vec<String> {
         let dir = self.dir.path().join("mail");
         super::files_in(&dir)
             .iter()
             .filter_map(|f| fs::read(dir.join(f)).ok())
+            .filter(|b| !b.is_empty())
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .collect()
     }
 
-    /// Number of dump files so far.
+    /// Number of messages received so far (see [`SmtpSink::messages`]).
     pub fn count(&self) -> usize {
-        super::files_in(&self.dir.path().join("mail")).len()
+        let dir = self.dir.path().join("mail");
+        super::files_in(&dir)
+            .iter()
+            .filter(|f| fs::metadata(dir.join(f)).is_ok_and(|m| m.len() > 0))
+            .count()
     }
 }
 
