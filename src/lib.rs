@@ -25,7 +25,8 @@ pub mod smtp;
 pub use address::{Address, AddressError, ReversePath};
 pub use config::{Config, ConfigError};
 pub use delivery::{
-    Body, Delivery, DeliveryError, DeliveryTarget, MessageInfo, PartialDelivery, StatusCollector,
+    Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, PartialDelivery,
+    StatusCollector,
 };
 pub use envelope::{BodyType, Envelope, MailParams, Notify, Recipient, Ret};
 pub use queue::{MessageId, Queue, QueueError};

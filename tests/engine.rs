@@ -295,9 +295,9 @@ fn no_accepted_recipients_means_abort_and_staged_abort_leaves_nothing() {
 }
 
 /// Parses the notice the bounce target received in `attempt`.
-fn notice(bounces: &Scripted, attempt: usize) -> (mailqueue_test_dsn::Dsn, Vec<u8>) {
+fn notice(bounces: &Scripted, attempt: usize) -> (common::dsn::Dsn, Vec<u8>) {
     let seen = &bounces.seen()[attempt];
-    (mailqueue_test_dsn::parse(&seen.body), seen.body.clone())
+    (common::dsn::parse(&seen.body), seen.body.clone())
 }
 
 #[test]
@@ -359,9 +359,9 @@ fn a_bounce_is_a_well_formed_rfc3464_report() {
         "smtp; 550 5.1.1 <b@x.org>: no such user here"
     );
     assert!(mailparse::dateparse(&r["Last-Attempt-Date"]).is_ok());
-    assert!(dsn.returned_header.contains("Subject: test message"));
+    assert!(dsn.returned.contains("Subject: test message"));
     assert!(
-        !dsn.returned_header.contains("Hello."),
+        !dsn.returned.contains("Hello."),
         "the body must not be returned"
     );
     queue.close();
@@ -558,67 +558,4 @@ fn a_second_queue_on_the_same_spool_is_refused() {
     );
     queue.close();
     Queue::open(config, target).unwrap().close();
-}
-
-/// A tiny RFC 3464 reader for the assertions above, built on mailparse.
-mod mailqueue_test_dsn {
-    use std::collections::HashMap;
-
-    pub struct Dsn {
-        pub headers: Vec<(String, String)>,
-        pub content_type: String,
-        pub report_type: String,
-        pub part_types: Vec<String>,
-        pub text: String,
-        pub message_fields: HashMap<String, String>,
-        pub recipients: Vec<HashMap<String, String>>,
-        pub returned_header: String,
-    }
-
-    impl Dsn {
-        pub fn header(&self, name: &str) -> String {
-            self.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| panic!("no {name} header"))
-        }
-    }
-
-    fn fields(block: &str) -> HashMap<String, String> {
-        let (headers, _) = mailparse::parse_headers(block.as_bytes()).unwrap();
-        headers
-            .iter()
-            .map(|h| (h.get_key(), h.get_value()))
-            .collect()
-    }
-
-    pub fn parse(raw: &[u8]) -> Dsn {
-        let mail = mailparse::parse_mail(raw).unwrap();
-        let ct = &mail.ctype;
-        let part_types = mail
-            .subparts
-            .iter()
-            .map(|p| p.ctype.mimetype.clone())
-            .collect();
-        let status = String::from_utf8(mail.subparts[1].get_body_raw().unwrap()).unwrap();
-        let normalized = status.replace("\r\n", "\n");
-        let mut blocks = normalized.split("\n\n").filter(|b| !b.trim().is_empty());
-        let message_fields = fields(blocks.next().unwrap());
-        let recipients = blocks.map(fields).collect();
-        Dsn {
-            headers: mail
-                .headers
-                .iter()
-                .map(|h| (h.get_key(), h.get_value()))
-                .collect(),
-            content_type: ct.mimetype.clone(),
-            report_type: ct.params.get("report-type").cloned().unwrap_or_default(),
-            part_types,
-            text: mail.subparts[0].get_body().unwrap(),
-            message_fields,
-            recipients,
-            returned_header: String::from_utf8(mail.subparts[2].get_body_raw().unwrap()).unwrap(),
-        }
-    }
 }

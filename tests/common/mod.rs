@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod dsn;
 pub mod peers;
 pub mod scripted;
 pub mod tls;

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use mailqueue::delivery::Handoff;
 use mailqueue::{
     Address, Body, Delivery, DeliveryError, DeliveryTarget, MessageInfo, PartialDelivery,
     Recipient, ReversePath, StatusCollector,
@@ -75,6 +76,8 @@ struct State {
 pub struct Scripted {
     state: Arc<Mutex<State>>,
     pub partial: bool,
+    /// What the target says it took on with accepted recipients.
+    pub handoff: Handoff,
 }
 
 pub fn temp(text: &str) -> DeliveryError {
@@ -97,6 +100,12 @@ impl Scripted {
             partial: true,
             ..Scripted::new(plans)
         }
+    }
+
+    /// Says every accepted recipient was handed off as `handoff`.
+    pub fn with_handoff(mut self, handoff: Handoff) -> Scripted {
+        self.handoff = handoff;
+        self
     }
 
     /// What every attempt after the table does.
@@ -135,6 +144,7 @@ struct Attempt {
     plan: Plan,
     index: usize,
     partial: bool,
+    handoff: Handoff,
     accepted_results: HashMap<String, DeliveryError>,
 }
 
@@ -156,6 +166,7 @@ impl DeliveryTarget for Scripted {
             plan,
             index,
             partial: self.partial,
+            handoff: self.handoff,
             accepted_results: HashMap::new(),
         }))
     }
@@ -210,6 +221,10 @@ impl Delivery for Attempt {
 
     fn abort(self: Box<Self>) {
         self.with_seen(|s| s.aborted = true);
+    }
+
+    fn handoff(&self, _rcpt: &Address) -> Handoff {
+        self.handoff
     }
 }
 
