@@ -419,3 +419,101 @@ fn a_server_that_hangs_up_or_says_421_is_a_temporary_failure() {
         assert_eq!(sink.count(), 0);
     }
 }
+
+#[test]
+fn lmtp_expects_replies_only_for_the_recipients_it_accepted() {
+    let peer = PyServer::start(&["--lmtp"]);
+    let d = Daemon::start(
+        &Setup::to(&peer.url("lmtp"))
+            .queue("max_tries = 1")
+            .delivery("command_timeout = \"2s\"\ndata_timeout = \"2s\""),
+    );
+    submit(
+        &d,
+        "a@example.org",
+        &[
+            "permfail-rcpt@example.net",
+            "ok@example.net",
+            "tempfail-data@example.net",
+        ],
+    );
+    // Two recipients got past RCPT, so two replies follow the dot; waiting
+    // for a third would time out and defer the delivered one.
+    let got = peer.wait_messages(1, LONG);
+    assert_eq!(got[0].recipients(), vec!["ok@example.net"]);
+    assert!(d.wait_log("to=<ok@example.net>", LONG), "{}", d.log());
+    let log = d.log();
+    let ok = log
+        .lines()
+        .find(|l| l.contains("to=<ok@example.net>"))
+        .unwrap();
+    assert!(ok.ends_with("status=sent"), "{ok}");
+    assert!(
+        log.contains("to=<tempfail-data@example.net>") && log.contains("452 4.2.2"),
+        "{log}"
+    );
+    assert!(log.contains("550 5.1.1"), "{log}");
+}
+
+#[test]
+fn a_utf8_address_goes_to_a_server_that_offers_smtputf8() {
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<andré@example.org> SMTPUTF8")
+        .expect(250, "2.1.0");
+    c.cmd("RCPT TO:<jürgen@example.net>").expect(250, "2.1.5");
+    c.cmd("DATA").expect(354, "");
+    let id = queued_id(&c.data_raw(&dot_stuff(MSG)));
+    let got = peer.wait_messages(1, LONG);
+    assert_eq!(got[0].sender(), "andré@example.org");
+    assert_eq!(got[0].recipients(), vec!["jürgen@example.net"]);
+    let options = got[0].meta["mail_options"].to_string();
+    assert!(options.contains("SMTPUTF8"), "{options}");
+    assert!(
+        got[0].text().contains(&format!("with UTF8SMTP id {id}")),
+        "{}",
+        got[0].text()
+    );
+}
+
+#[test]
+fn a_big_message_with_dots_and_8bit_bytes_arrives_unchanged() {
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    // About 3 MB of CRLF lines of every length below the 1000 octets of
+    // RFC 5321 (dot and CRLF included), many starting with dots, so
+    // dot-stuffing meets every buffer boundary.
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    let mut n: u32 = 1;
+    while body.len() < 3_000_000 {
+        n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let len = (n >> 8) as usize % 996;
+        if n % 3 == 0 {
+            body.push(b'.');
+        }
+        body.extend((0..len).map(|i| match (i as u32 + n) % 256 {
+            b if b == u32::from(b'\r') || b == u32::from(b'\n') => b'x',
+            b => b as u8,
+        }));
+        body.extend_from_slice(b"\r\n");
+    }
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd(&format!(
+        "MAIL FROM:<a@example.org> BODY=8BITMIME SIZE={}",
+        body.len()
+    ))
+    .expect(250, "2.1.0");
+    c.cmd("RCPT TO:<b@example.net>").expect(250, "2.1.5");
+    c.cmd("DATA").expect(354, "");
+    queued_id(&c.data_raw(&dot_stuff(&body)));
+    let got = peer.wait_messages(1, LONG);
+    assert_eq!(got[0].sender(), "a@example.org", "not delivered: {}", d.log());
+    assert!(got[0].body.ends_with(&body), "the body changed on the way");
+    assert_eq!(
+        got[0].body.len() - body.len(),
+        got[0].text().find("Subject: big").unwrap()
+    );
+}

@@ -336,3 +336,19 @@ fn starttls_refused_under_may_goes_on_in_clear() {
     let got = peer.wait_messages(1, LONG);
     assert_eq!(got[0].meta["tls"], false);
 }
+
+#[test]
+fn auth_in_clear_is_allowed_to_a_loopback_server() {
+    let peer = PyServer::start(&["--auth", "relay-user:s3cret-Pa55", "--auth-clear"]);
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, "s3cret-Pa55\n").unwrap();
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")).delivery(&format!(
+        "tls = \"none\"\nusername = \"relay-user\"\npassword_file = {:?}",
+        password_file.to_str().unwrap()
+    )));
+    submit(&d, "b@example.net");
+    let got = peer.wait_messages(1, LONG);
+    assert_eq!(got[0].meta["auth"], "relay-user");
+    assert_eq!(got[0].meta["tls"], false);
+}
