@@ -510,7 +510,12 @@ fn a_big_message_with_dots_and_8bit_bytes_arrives_unchanged() {
     c.cmd("DATA").expect(354, "");
     queued_id(&c.data_raw(&dot_stuff(&body)));
     let got = peer.wait_messages(1, LONG);
-    assert_eq!(got[0].sender(), "a@example.org", "not delivered: {}", d.log());
+    assert_eq!(
+        got[0].sender(),
+        "a@example.org",
+        "not delivered: {}",
+        d.log()
+    );
     assert!(got[0].body.ends_with(&body), "the body changed on the way");
     assert_eq!(
         got[0].body.len() - body.len(),
