@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mailqueue::queue::dsn::{self, Action, Notice, Reported, Returned};
+use mailqueue::queue::meta::RcptStatus;
 use mailqueue::smtp::command;
 use mailqueue::{MessageId, SmtpReply};
 
@@ -32,15 +33,14 @@ List-Id: Weekly digest <weekly.lists.example.org>\r\n";
 
 fn bounce(c: &mut Criterion) {
     let mut meta = common::deferred_meta(MessageId::generate(), 3);
-    let reply = SmtpReply::with_code(
-        550,
-        (5, 1, 1),
-        "<subscriber.0@mail.example.net>: Recipient address rejected: User unknown",
-    );
     for r in &mut meta.recipients {
-        r.last_error = Some(reply.clone());
+        r.status = RcptStatus::Failed;
+        r.last_error = Some(SmtpReply::with_code(
+            550,
+            (5, 1, 1),
+            &format!("<{}>: Recipient address rejected: User unknown", r.address),
+        ));
     }
-    let now = SystemTime::now();
     let notice = Notice {
         reporting_mta: "mq.example.org",
         from: "MAILER-DAEMON@mq.example.org",
@@ -55,7 +55,7 @@ fn bounce(c: &mut Criterion) {
             })
             .collect(),
         will_retry_until: None,
-        now,
+        now: SystemTime::now(),
         unique: "19AC8F3E2B1C40A3F9D2",
     };
     assert!(dsn::build(&notice).is_some());

@@ -49,23 +49,34 @@ fn load(c: &mut Criterion) {
         "spool_load: wrote {n} messages in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let report = spool.load().unwrap();
-    assert_eq!(report.messages.len(), n);
-    assert_eq!(report.quarantined + report.removed, 0);
-
+    let timed = |f: &dyn Fn() -> usize| {
+        let started = Instant::now();
+        assert_eq!(f(), n);
+        started.elapsed()
+    };
     let serial = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .unwrap();
+    let parallel_once = timed(&|| {
+        let report = spool.load().unwrap();
+        assert_eq!(report.quarantined + report.removed, 0);
+        report.messages.len()
+    });
+    let serial_once = timed(&|| serial.install(|| spool.load().unwrap().messages.len()));
+    // Ten samples of one scan each, with room to spare.
+    let budget = |once: Duration| (once * 12).max(Duration::from_secs(3));
+
     let mut group = c.benchmark_group(format!("spool_load_{n}"));
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(n as u64));
+    group.measurement_time(budget(parallel_once));
     group.bench_function(
         format!("parallel_{}_threads", rayon::current_num_threads()),
         |b| b.iter_with_large_drop(|| spool.load().unwrap()),
     );
+    group.measurement_time(budget(serial_once));
     group.bench_function("serial_1_thread", |b| {
         b.iter_with_large_drop(|| serial.install(|| spool.load().unwrap()))
     });
