@@ -214,3 +214,58 @@ fn rust_log_sets_the_level() {
     assert!(wait_for(LONG, || d.queued().is_empty()));
     assert!(!d.log().contains("status=sent"), "{}", d.log());
 }
+
+#[test]
+fn sigterm_lets_a_running_attempt_finish() {
+    // smtp-sink answers DATA after 2 s: the attempt is still running when
+    // the signal comes.
+    let sink = SmtpSink::start(&["-w", "2"]);
+    let mut d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let mut c = Client::connect(d.addr()).unwrap();
+    queued_id(&c.mail("a@example.org", &["b@example.net"], MSG));
+    c.quit();
+    std::thread::sleep(Duration::from_millis(500));
+    d.terminate();
+    let status = d.wait_exit(LONG).expect("still running after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    // Finished, not abandoned: delivered once and gone from the spool.
+    assert!(d.log().contains("status=sent"), "{}", d.log());
+    assert_eq!(sink.count(), 1);
+    assert!(d.queued().is_empty());
+}
+
+#[test]
+fn with_no_config_at_all_serve_runs_on_the_built_in_defaults() {
+    assert!(
+        !std::path::Path::new("/etc/mailqueue.toml").exists(),
+        "/etc/mailqueue.toml exists: this test needs a machine without it"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (status, out, err) = run_mailqueue(&["check"]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("built-in defaults: ok"), "{out}");
+
+    // Only the spool is moved; the default listener is 127.0.0.1:2525.
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let mut child = Reaper(
+        Command::new(binary())
+            .arg("--spool")
+            .arg(dir.path().join("spool"))
+            .arg("serve")
+            .env_remove("MAILQUEUE_CONFIG")
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let read = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    assert!(
+        wait_for(LONG, || read()
+            .contains("listening for SMTP on 127.0.0.1:2525")),
+        "{}",
+        read()
+    );
+    common::daemon::signal(child.0.id(), "TERM");
+    let status = wait_child(&mut child.0, LONG).expect("still running after SIGTERM");
+    assert!(status.success(), "{}", read());
+}
