@@ -522,3 +522,32 @@ fn a_big_message_with_dots_and_8bit_bytes_arrives_unchanged() {
         got[0].text().find("Subject: big").unwrap()
     );
 }
+
+/// What the client had sent past MAIL before the reply, per MAIL.
+fn pending_at_mail(peer: &PyServer) -> Vec<String> {
+    peer.events()
+        .iter()
+        .filter(|e| e["step"] == "mail")
+        .map(|e| e["pending"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn the_envelope_is_pipelined_only_when_the_server_offers_it() {
+    let peer = PyServer::start(&["--pipelining"]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    submit(&d, "a@example.org", &["b@example.net", "c@example.net"]);
+    peer.wait_messages(1, LONG);
+    let pending = pending_at_mail(&peer);
+    assert!(
+        pending[0].contains("RCPT TO:<b@example.net>")
+            && pending[0].contains("RCPT TO:<c@example.net>"),
+        "{pending:?}"
+    );
+
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    submit(&d, "a@example.org", &["b@example.net", "c@example.net"]);
+    peer.wait_messages(1, LONG);
+    assert_eq!(pending_at_mail(&peer), vec![String::new()]);
+}

@@ -6,7 +6,8 @@ prints "PORT <n>" on stdout once it accepts connections (0 for a socket),
 and records what it is told in the directory given with --dir:
 
   events.jsonl     one JSON object per line and per step (ehlo, auth, mail,
-                   rcpt, data), with the reply the server gave
+                   rcpt, data), with the reply the server gave; "pending" at
+                   MAIL is what the client had sent beyond it unanswered
   <n>.eml          the bytes of each accepted message, as received after
                    dot-unstuffing
   <n>.json         its envelope: sender, recipients, parameters, TLS, AUTH
@@ -36,9 +37,10 @@ def local_part(address):
 
 
 class Recorder:
-    def __init__(self, directory, lmtp):
+    def __init__(self, directory, lmtp, pipelining):
         self.dir = directory
         self.lmtp = lmtp
+        self.pipelining = pipelining
         self.count = 0
         self.seen = {}
         self.events = open(os.path.join(directory, "events.jsonl"), "a", buffering=1)
@@ -55,12 +57,18 @@ class Recorder:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         self.event(step="ehlo", name=hostname, tls=is_tls(server))
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        self.event(step="mail", sender=plain(address), options=mail_options, tls=is_tls(server))
+        # What the client sent after MAIL before hearing its reply: the
+        # RCPTs when it pipelines.
+        pending = bytes(server._reader._buffer).decode("utf-8", "replace")
+        self.event(step="mail", sender=plain(address), options=mail_options,
+                   tls=is_tls(server), pending=pending)
         return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -140,13 +148,14 @@ def main():
     p.add_argument("--auth-mechs", default="PLAIN,LOGIN", help="mechanisms to offer")
     p.add_argument("--auth-clear", action="store_true", help="offer AUTH without TLS")
     p.add_argument("--no-smtputf8", action="store_true", help="do not offer SMTPUTF8")
+    p.add_argument("--pipelining", action="store_true", help="announce PIPELINING")
     p.add_argument("--refuse-starttls", action="store_true",
                    help="offer STARTTLS but answer it with 554 5.7.3")
     p.add_argument("--size", type=int, default=33554432, help="SIZE limit to announce")
     p.add_argument("--unix", help="listen on this Unix socket instead of TCP")
     args = p.parse_args()
 
-    recorder = Recorder(args.dir, args.lmtp)
+    recorder = Recorder(args.dir, args.lmtp, args.pipelining)
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
