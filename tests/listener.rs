@@ -467,3 +467,11 @@ fn data_sent_one_byte_at_a_time_is_stored_the_same() {
         String::from_utf8_lossy(&stored)
     );
 }
+
+#[test]
+fn the_greeting_starts_with_the_host_name() {
+    let d = daemon_with("");
+    let mut c = Client::raw(d.addr()).unwrap();
+    // RFC 2034: no enhanced status code in the greeting.
+    assert_eq!(c.reply().first(), "220 mq.test ESMTP mailqueue");
+}

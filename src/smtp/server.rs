@@ -272,11 +272,9 @@ impl<'a> Session<'a> {
 
     fn run(mut self) {
         let _ = self.io.get_ref().set_timeout(self.s.command_timeout);
-        let greeting = reply(
-            220,
-            (2, 0, 0),
-            &format!("{} ESMTP mailqueue", self.s.hostname),
-        );
+        // No enhanced code in the greeting (RFC 2034 section 3): clients
+        // read the host name as its first word.
+        let greeting = SmtpReply::new(220, None, &format!("{} ESMTP mailqueue", self.s.hostname));
         self.send(&greeting);
         loop {
             if self.flush(false).is_err() {
