@@ -551,3 +551,16 @@ fn the_envelope_is_pipelined_only_when_the_server_offers_it() {
     peer.wait_messages(1, LONG);
     assert_eq!(pending_at_mail(&peer), vec![String::new()]);
 }
+
+#[test]
+fn lmtp_to_smtp_sink() {
+    let sink = SmtpSink::start(&["-L"]);
+    let d = Daemon::start(&Setup::to(&sink.url("lmtp")));
+    submit(&d, "a@example.org", &["b@example.net", "c@example.net"]);
+    let dump = &wait_sink(&d, &sink, 1)[0];
+    assert!(dump.contains("X-Client-Proto: LMTP"), "{dump}");
+    assert!(dump.contains("X-Rcpt-Args: <b@example.net>"), "{dump}");
+    assert!(dump.contains("X-Rcpt-Args: <c@example.net>"), "{dump}");
+    let log = d.log();
+    assert_eq!(log.matches("status=sent").count(), 2, "{log}");
+}

@@ -352,3 +352,16 @@ fn auth_in_clear_is_allowed_to_a_loopback_server() {
     assert_eq!(got[0].meta["auth"], "relay-user");
     assert_eq!(got[0].meta["tls"], false);
 }
+
+#[test]
+fn a_failed_tls_handshake_ends_only_that_session() {
+    let cert = self_signed(&["mq.test"]);
+    let d = listener_with_tls(&cert);
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("STARTTLS").expect(220, "2.0.0");
+    c.send(b"this is not a TLS client hello\r\n");
+    assert!(c.closed());
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("NOOP").expect(250, "2.0.0");
+}
