@@ -217,7 +217,7 @@ fn smtps_is_tls_from_the_first_byte() {
     submit(&d, "b@example.net");
     let got = peer.wait_messages(1, LONG);
     assert_eq!(got[0].meta["tls"], true);
-    assert!(d.log().contains("status=sent"), "{}", d.log());
+    assert!(d.wait_log("status=sent", LONG), "{}", d.log());
 }
 
 /// A server with STARTTLS that requires AUTH with `mechs`, and a daemon
