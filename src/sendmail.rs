@@ -415,7 +415,8 @@ fn write_incoming(
         };
         fail(code, format!("{}: {e}", p.display()))
     };
-    fs::create_dir_all(&dir).map_err(|e| cant(e, &dir))?;
+    // Creates the spool with its private modes when it is not there yet.
+    crate::queue::spool::Spool::open(spool).map_err(|e| fail(exit::CANTCREAT, e.to_string()))?;
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -18,6 +18,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
 use rayon::prelude::*;
 
 use crate::queue::meta::MessageMeta;
@@ -90,14 +92,26 @@ impl Spool {
             corrupt: root.join("corrupt"),
             incoming: root.join("incoming"),
         };
-        for dir in [
-            &spool.root,
-            &spool.queue,
-            &spool.tmp,
-            &spool.corrupt,
-            &spool.incoming,
+        // Private to the spool's owner; `incoming/` also lets the owner's
+        // group drop mail (sendmail run by users in that group) without
+        // letting anyone list or read what waits there.
+        for (dir, mode) in [
+            (&spool.root, 0o700),
+            (&spool.queue, 0o700),
+            (&spool.tmp, 0o700),
+            (&spool.corrupt, 0o700),
+            (&spool.incoming, 0o730),
         ] {
-            fs::create_dir_all(dir).map_err(io_error(dir))?;
+            if !dir.exists() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(mode)
+                    .create(dir)
+                    .map_err(io_error(dir))?;
+                // The umask would take the group's write bit off incoming/.
+                fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                    .map_err(io_error(dir))?;
+            }
         }
         Ok(spool)
     }
@@ -320,7 +334,14 @@ impl Spool {
             match name.rsplit_once('.') {
                 Some((stem, "msg")) => found.entry(stem.to_string()).or_default().msg = true,
                 Some((stem, "meta")) => found.entry(stem.to_string()).or_default().meta = true,
-                _ => self.quarantine(&name, "not a spool file"),
+                _ => {
+                    log::error!(
+                        "{name}: moved to {}: not a spool file",
+                        self.corrupt.display()
+                    );
+                    let _ = fs::rename(self.queue.join(&name), self.corrupt.join(&name));
+                    report.quarantined += 1;
+                }
             }
         }
 
@@ -354,10 +375,20 @@ impl Spool {
                     .read_meta(&id)
                     .map_err(|e| e.to_string())
                     .and_then(|m| {
-                        if m.id == id {
-                            Ok(m)
-                        } else {
-                            Err(format!("metadata names another id, {}", m.id))
+                        if m.id != id {
+                            return Err(format!("metadata names another id, {}", m.id));
+                        }
+                        // A message file of another size than the one
+                        // acknowledged was damaged after the fact.
+                        let path = self.message_path(&id);
+                        match fs::metadata(&path) {
+                            Ok(f) if f.len() == m.size => Ok(m),
+                            Ok(f) => Err(format!(
+                                "message file is {} bytes, the metadata says {}",
+                                f.len(),
+                                m.size
+                            )),
+                            Err(e) => Err(format!("{}: {e}", path.display())),
                         }
                     });
                 (id, result)

@@ -1,0 +1,163 @@
+//! A damaged spool: truncated and garbled metadata and message files are
+//! quarantined at start, never delivered half or bounced, and never stop
+//! the queue; the healthy rest is delivered.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::time::Duration;
+
+use common::scripted::{addr, sender, temp, Plan, Scripted};
+use common::{files_in, test_config, wait_for};
+use mailqueue::{Envelope, MessageId, Queue};
+
+/// The ways a file is damaged, each one detectable at start.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    TruncateMeta,
+    GarbageMeta,
+    EmptyMeta,
+    TruncateMessage,
+    AppendToMessage,
+    EmptyMessage,
+}
+
+const DAMAGES: [Damage; 6] = [
+    Damage::TruncateMeta,
+    Damage::GarbageMeta,
+    Damage::EmptyMeta,
+    Damage::TruncateMessage,
+    Damage::AppendToMessage,
+    Damage::EmptyMessage,
+];
+
+#[test]
+fn damaged_files_are_quarantined_and_the_rest_is_delivered() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.queue.initial_retry = Duration::from_secs(3600);
+    config.queue.max_retry_interval = Duration::from_secs(3600);
+    let down = Scripted::new(vec![]).with_fallback(Plan::start(temp("down")));
+    let queue = Queue::open(config.clone(), down.arc()).unwrap();
+    let ids: Vec<MessageId> = (0..120)
+        .map(|i| {
+            let env = Envelope::new(sender("s@example.org"), vec![addr(&format!("r{i}@x.org"))]);
+            let body = format!(
+                "Subject: {i}\r\n\r\n{}\r\n",
+                "x".repeat(rng.usize(10..3000))
+            );
+            queue.enqueue(&env, body.as_bytes()).unwrap()
+        })
+        .collect();
+    assert!(wait_for(Duration::from_secs(20), || down.attempts() == ids.len()));
+    queue.close();
+
+    // Damage one message in three, each kind the same number of times.
+    let q = config.spool.join("queue");
+    let mut damaged = BTreeSet::new();
+    let mut garbage_bytes = 0usize;
+    for (n, id) in ids.iter().enumerate().filter(|(n, _)| n % 3 == 0) {
+        let meta = q.join(format!("{id}.meta"));
+        let msg = q.join(format!("{id}.msg"));
+        let damage = DAMAGES[(n / 3) % DAMAGES.len()];
+        match damage {
+            Damage::TruncateMeta => {
+                let b = fs::read(&meta).unwrap();
+                fs::write(&meta, &b[..rng.usize(1..b.len())]).unwrap();
+            }
+            Damage::GarbageMeta => {
+                let junk: Vec<u8> = (0..rng.usize(1..2000)).map(|_| rng.u8(..)).collect();
+                garbage_bytes += junk.len();
+                fs::write(&meta, junk).unwrap();
+            }
+            Damage::EmptyMeta => fs::write(&meta, b"").unwrap(),
+            Damage::TruncateMessage => {
+                let b = fs::read(&msg).unwrap();
+                fs::write(&msg, &b[..rng.usize(0..b.len())]).unwrap();
+            }
+            Damage::AppendToMessage => {
+                let mut b = fs::read(&msg).unwrap();
+                let junk: Vec<u8> = (0..rng.usize(1..500)).map(|_| rng.u8(..)).collect();
+                garbage_bytes += junk.len();
+                b.extend(junk);
+                fs::write(&msg, b).unwrap();
+            }
+            Damage::EmptyMessage => fs::write(&msg, b"").unwrap(),
+        }
+        damaged.insert(id.to_string());
+    }
+
+    let up = Scripted::new(vec![]);
+    let bounces = Scripted::new(vec![]);
+    let queue = Queue::open_with_bounce_target(config.clone(), up.arc(), bounces.arc()).unwrap();
+    queue.flush(None);
+    assert!(
+        wait_for(Duration::from_secs(20), || files_in(&q).is_empty()),
+        "the healthy messages were not all delivered"
+    );
+    queue.close();
+
+    let quarantined: BTreeSet<String> = files_in(&config.spool.join("corrupt"))
+        .iter()
+        .map(|f| f.split('.').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        quarantined, damaged,
+        "exactly the damaged messages go to corrupt/"
+    );
+    for id in &damaged {
+        // Both files of a damaged message are kept for the operator.
+        assert!(config
+            .spool
+            .join("corrupt")
+            .join(format!("{id}.msg"))
+            .exists());
+        assert!(config
+            .spool
+            .join("corrupt")
+            .join(format!("{id}.meta"))
+            .exists());
+    }
+    assert_eq!(up.delivered().len(), ids.len() - damaged.len());
+    assert_eq!(
+        bounces.attempts(),
+        0,
+        "a damaged message must never be bounced"
+    );
+    eprintln!(
+        "{} messages, {} damaged ({} bytes of garbage), {} quarantined, {} delivered",
+        ids.len(),
+        damaged.len(),
+        garbage_bytes,
+        quarantined.len(),
+        up.delivered().len()
+    );
+}
+
+#[test]
+fn stray_and_foreign_files_do_not_stop_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let q = config.spool.join("queue");
+    fs::create_dir_all(&q).unwrap();
+    fs::write(q.join("README"), b"not a spool file").unwrap();
+    fs::write(q.join("..meta"), b"{}").unwrap();
+    fs::write(q.join("zzzz.meta"), b"{}").unwrap();
+    fs::write(q.join("0123456789ABCDEF0123.msg"), b"never acknowledged").unwrap();
+    fs::create_dir_all(config.spool.join("tmp")).unwrap();
+    fs::write(config.spool.join("tmp").join("half.meta"), b"{\"ver").unwrap();
+    let target = Scripted::new(vec![]);
+    let queue = Queue::open(config.clone(), target.arc()).unwrap();
+    queue
+        .enqueue(
+            &Envelope::new(sender("s@example.org"), vec![addr("r@x.org")]),
+            b"x\r\n",
+        )
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || files_in(&q).is_empty()));
+    assert_eq!(target.delivered(), vec!["r@x.org"]);
+    assert!(files_in(&config.spool.join("tmp")).is_empty());
+    queue.close();
+}
