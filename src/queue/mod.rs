@@ -70,6 +70,11 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    /// True when the disk (or the spool owner's disk quota) is full.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, QueueError::Io { source, .. } if is_no_space(source))
+    }
+
     /// True when the failure may go away by itself (a full disk, a lock).
     pub fn is_temporary(&self) -> bool {
         matches!(
@@ -77,6 +82,11 @@ impl QueueError {
             QueueError::Io { .. } | QueueError::Locked { .. } | QueueError::Closed
         )
     }
+}
+
+/// ENOSPC or EDQUOT: the disk is full, for now.
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28) | Some(122))
 }
 
 /// State shared by the queue handle and its worker threads.

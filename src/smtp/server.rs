@@ -14,7 +14,7 @@ use crate::address::ReversePath;
 use crate::date::rfc5322;
 use crate::delivery::transport::Transport;
 use crate::envelope::{BodyType, Envelope, MailParams, Notify, Recipient, Ret};
-use crate::queue::{IncomingMessage, Queue, QueueError};
+use crate::queue::{is_no_space, IncomingMessage, Queue, QueueError};
 use crate::smtp::command::{self, Command};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::xtext;
@@ -184,6 +184,16 @@ fn accept_loop(
 /// The queue is over `max_messages`, `max_bytes` or `min_free_bytes`.
 fn quota_reply() -> SmtpReply {
     reply(452, (4, 3, 1), "Error: insufficient system storage")
+}
+
+/// The message could not be written: a full disk is the same to the
+/// client as a full queue (try again later); anything else is a local error.
+fn write_error_reply(disk_full: bool) -> SmtpReply {
+    if disk_full {
+        quota_reply()
+    } else {
+        reply(451, (4, 3, 0), "Error: queue file write error")
+    }
 }
 
 /// A socket read timeout shows up as `WouldBlock` on Unix.
@@ -598,11 +608,12 @@ impl<'a> Session<'a> {
             self.send(&reply(554, (5, 5, 1), "Error: no valid recipients"));
             return true;
         }
+        let mut disk_full = false;
         let mut incoming = match self.queue.begin() {
             Ok(i) => Some(i),
             Err(e) => {
                 log::error!("cannot accept a message: {e}");
-                self.send(&reply(451, (4, 3, 0), "Error: queue file write error"));
+                self.send(&write_error_reply(e.is_no_space()));
                 return true;
             }
         };
@@ -615,10 +626,16 @@ impl<'a> Session<'a> {
             let header = self.received_header(inc.id().as_str(), &txn);
             if let Err(e) = inc.write_all(header.as_bytes()) {
                 log::error!("cannot write a message: {e}");
+                disk_full = is_no_space(&e);
                 incoming = None;
             }
         }
-        let result = read_data(&mut self.io, &mut incoming, self.s.max_message_size);
+        let result = read_data(
+            &mut self.io,
+            &mut incoming,
+            &mut disk_full,
+            self.s.max_message_size,
+        );
         let _ = self.io.get_ref().set_timeout(self.s.command_timeout);
         let r = match result {
             Err(e) if is_timeout(&e) => {
@@ -635,7 +652,7 @@ impl<'a> Session<'a> {
             }
             Ok(DataEnd::TooBig) => reply(552, (5, 3, 4), "Error: message file too big"),
             Ok(DataEnd::Complete) => match incoming {
-                None => reply(451, (4, 3, 0), "Error: queue file write error"),
+                None => write_error_reply(disk_full),
                 Some(inc) => self.commit(inc, txn),
             },
         };
@@ -658,7 +675,7 @@ impl<'a> Session<'a> {
             }
             Err(e) => {
                 log::error!("cannot queue a message: {e}");
-                reply(451, (4, 3, 0), "Error: queue file write error")
+                write_error_reply(e.is_no_space())
             }
         }
     }
@@ -705,6 +722,7 @@ enum DataEnd {
 fn read_data(
     io: &mut BufReader<Transport>,
     sink: &mut Option<IncomingMessage<'_>>,
+    disk_full: &mut bool,
     limit: u64,
 ) -> io::Result<DataEnd> {
     #[derive(Clone, Copy, PartialEq)]
@@ -767,6 +785,7 @@ fn read_data(
             if let Some(s) = sink.as_mut() {
                 if let Err(e) = s.write_all(&out) {
                     log::error!("cannot write a message: {e}");
+                    *disk_full = is_no_space(&e);
                     *sink = None;
                 }
             }
