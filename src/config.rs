@@ -103,7 +103,7 @@ pub struct DeliveryConfig {
     pub dns_timeout: Duration,
     /// Most connections open to one destination domain at once.
     pub destination_concurrency: usize,
-    /// How long an idle connection to an MX host is kept for the next
+    /// How long an idle connection to the next hop is kept for the next
     /// message to the same destination; "0s" turns reuse off.
     #[serde(deserialize_with = "duration")]
     pub connection_cache_time: Duration,

@@ -5,6 +5,7 @@
 //! [`DeliveryError`] that says whether trying again later can help.
 
 pub mod dns;
+pub mod pool;
 pub mod relay;
 pub mod remote;
 pub mod smtp_client;
@@ -322,5 +323,6 @@ pub fn build_target(
         settings,
         endpoint,
         implicit_tls,
+        d.connection_cache_time,
     )))
 }

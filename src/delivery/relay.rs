@@ -2,8 +2,10 @@
 //! over TCP or a Unix socket.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::address::Address;
+use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::smtp_client::{ClientSettings, Endpoint, Session};
 use crate::delivery::{
     Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, PartialDelivery,
@@ -11,37 +13,54 @@ use crate::delivery::{
 };
 use crate::envelope::Recipient;
 
+/// The pool key of the one next hop.
+const HOP: &str = "relay";
+
 /// Delivers every message to one server.
-#[derive(Debug)]
 pub struct RelayTarget {
     settings: Arc<ClientSettings>,
     endpoint: Endpoint,
     implicit_tls: bool,
+    pool: Arc<SessionPool>,
 }
 
 impl RelayTarget {
-    pub fn new(settings: ClientSettings, endpoint: Endpoint, implicit_tls: bool) -> RelayTarget {
+    /// A target that keeps idle sessions for `cache_time` (zero: none).
+    pub fn new(
+        settings: ClientSettings,
+        endpoint: Endpoint,
+        implicit_tls: bool,
+        cache_time: Duration,
+    ) -> RelayTarget {
         RelayTarget {
             settings: Arc::new(settings),
             endpoint,
             implicit_tls,
+            pool: SessionPool::new(cache_time),
         }
     }
 }
 
 impl DeliveryTarget for RelayTarget {
     fn start(&self, msg: &MessageInfo) -> Result<Box<dyn Delivery + '_>, DeliveryError> {
-        let session = Session::open(&self.settings, &self.endpoint, self.implicit_tls)?;
-        if let Err(e) = session.check_message(&msg.sender, &msg.params, msg.size) {
-            session.quit();
+        let pooled = match self.pool.take(HOP) {
+            Some(p) => p,
+            None => Pooled::fresh(Session::open(
+                &self.settings,
+                &self.endpoint,
+                self.implicit_tls,
+            )?),
+        };
+        if let Err(e) = pooled
+            .session
+            .check_message(&msg.sender, &msg.params, msg.size)
+        {
+            self.pool.put(HOP, pooled);
             return Err(e);
         }
-        Ok(Box::new(HopDelivery {
-            session: Some(session),
-            info: msg.clone(),
-            rcpts: Vec::new(),
-            lmtp: self.settings.lmtp,
-        }))
+        let mut hop = HopDelivery::new(pooled, msg.clone(), self.settings.lmtp);
+        hop.home = Some(Arc::clone(&self.pool));
+        Ok(Box::new(hop))
     }
 }
 
@@ -49,26 +68,39 @@ impl DeliveryTarget for RelayTarget {
 /// sent together, pipelined when the server allows, so every RCPT, DATA
 /// and LMTP result is reported per recipient from `body_per_recipient`.
 pub struct HopDelivery {
-    session: Option<Session>,
+    session: Option<Pooled>,
     info: MessageInfo,
     rcpts: Vec<Recipient>,
     lmtp: bool,
+    /// Where the session goes back after commit or abort; `None`: quit.
+    home: Option<Arc<SessionPool>>,
 }
 
 impl HopDelivery {
     /// Wraps an open session (the MX client opens its own).
-    pub fn new(session: Session, info: MessageInfo, lmtp: bool) -> HopDelivery {
+    pub fn new(session: Pooled, info: MessageInfo, lmtp: bool) -> HopDelivery {
         HopDelivery {
             session: Some(session),
             info,
             rcpts: Vec::new(),
             lmtp,
+            home: None,
+        }
+    }
+
+    /// Ends the transaction: the session goes back to its pool, or quits.
+    fn release(&mut self) {
+        if let Some(p) = self.session.take() {
+            match &self.home {
+                Some(pool) => pool.put(HOP, p),
+                None => p.session.quit(),
+            }
         }
     }
 
     /// Runs the envelope and DATA; reports each recipient's result.
     pub fn transfer(&mut self, body: &Body, status: &mut dyn StatusCollector) {
-        let Some(session) = self.session.as_mut() else {
+        let Some(session) = self.session.as_mut().map(|p| &mut p.session) else {
             let e = DeliveryError::temporary(451, (4, 4, 0), "session already closed");
             for r in &self.rcpts {
                 status.set_status(&r.address, Err(e.clone()));
@@ -125,21 +157,21 @@ impl HopDelivery {
     pub fn handoff(&self) -> Handoff {
         match &self.session {
             _ if self.lmtp => Handoff::Delivered,
-            Some(s) if s.ext.dsn => Handoff::Passed,
+            Some(p) if p.session.ext.dsn => Handoff::Passed,
             _ => Handoff::Relayed,
         }
     }
 
     /// Gives the session back for reuse, or `None` if it is gone.
-    pub fn into_session(mut self) -> Option<Session> {
+    pub fn into_session(mut self) -> Option<Pooled> {
         self.session.take()
     }
 }
 
 impl Delivery for HopDelivery {
     fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), DeliveryError> {
-        if let Some(s) = &self.session {
-            s.check_recipient(rcpt)?;
+        if let Some(p) = &self.session {
+            p.session.check_recipient(rcpt)?;
         }
         self.rcpts.push(rcpt.clone());
         Ok(())
@@ -167,20 +199,16 @@ impl Delivery for HopDelivery {
 
     fn commit(mut self: Box<Self>) -> Result<(), DeliveryError> {
         // The server took responsibility at the reply to the final dot.
-        if let Some(s) = self.session.take() {
-            s.quit();
-        }
+        self.release();
         Ok(())
     }
 
     fn abort(mut self: Box<Self>) {
-        if let Some(s) = self.session.take() {
-            s.quit();
-        }
+        self.release();
     }
 
     fn relay(&self, _rcpt: &Address) -> Option<String> {
-        self.session.as_ref().map(|s| s.relay().to_string())
+        self.session.as_ref().map(|p| p.session.relay().to_string())
     }
 
     fn handoff(&self, _rcpt: &Address) -> Handoff {

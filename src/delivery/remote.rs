@@ -9,12 +9,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::address::Address;
 use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
+use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
 use crate::delivery::smtp_client::{ClientSettings, Session};
 use crate::delivery::{
@@ -26,10 +27,6 @@ use crate::envelope::Recipient;
 /// Most addresses tried for one domain in one attempt (RFC 5321 §4.5.4.1
 /// suggests trying at least two; Postfix tries five).
 const MAX_ADDRESSES: usize = 5;
-/// Most messages carried by one connection before it is closed.
-const MAX_REUSE: u32 = 100;
-/// Most idle connections kept per destination.
-const MAX_IDLE_PER_DESTINATION: usize = 8;
 /// Most domains of one message delivered at the same time.
 const MAX_PARALLEL_DOMAINS: usize = 8;
 
@@ -48,15 +45,12 @@ pub struct RemoteTarget {
     resolver: Arc<Resolver>,
     settings: RemoteSettings,
     limiter: Limiter,
-    pool: Arc<Pool>,
+    pool: Arc<SessionPool>,
 }
 
 impl RemoteTarget {
     pub fn new(resolver: Resolver, settings: RemoteSettings) -> RemoteTarget {
-        let pool = Arc::new(Pool::default());
-        if !settings.connection_cache_time.is_zero() {
-            start_reaper(Arc::downgrade(&pool), settings.connection_cache_time);
-        }
+        let pool = SessionPool::new(settings.connection_cache_time);
         RemoteTarget {
             resolver: Arc::new(resolver),
             limiter: Limiter::new(settings.destination_concurrency),
@@ -227,33 +221,23 @@ impl RemoteTarget {
             let e = DeliveryError::throttled(&format!("{domain}: too many connections, waiting"));
             return DomainResult::all(rcpts, Err(e), None);
         };
-        let session = match self.pool.take(domain, self.settings.connection_cache_time) {
+        let pooled = match self.pool.take(domain) {
             Some(s) => s,
             None => match self.connect(domain) {
-                Ok(s) => PooledSession {
-                    session: s,
-                    uses: 0,
-                    idle_since: Instant::now(),
-                },
+                Ok(s) => Pooled::fresh(s),
                 Err(e) => return DomainResult::all(rcpts, Err(e), None),
             },
         };
-        let PooledSession { session, uses, .. } = session;
-        let relay = Some(session.relay().to_string());
-        if let Err(e) = session.check_message(&info.sender, &info.params, info.size) {
-            self.pool.put(
-                domain,
-                PooledSession {
-                    session,
-                    uses,
-                    idle_since: Instant::now(),
-                },
-                &self.settings,
-            );
+        let relay = Some(pooled.session.relay().to_string());
+        if let Err(e) = pooled
+            .session
+            .check_message(&info.sender, &info.params, info.size)
+        {
+            self.pool.put(domain, pooled);
             return DomainResult::all(rcpts, Err(e), relay);
         }
 
-        let mut hop = HopDelivery::new(session, info.clone(), false);
+        let mut hop = HopDelivery::new(pooled, info.clone(), false);
         let mut collect = Collect::default();
         let mut offered = Vec::new();
         for r in rcpts {
@@ -266,24 +250,8 @@ impl RemoteTarget {
             hop.transfer(body, &mut collect);
         }
         let handoff = hop.handoff();
-        if let Some(mut session) = hop.into_session() {
-            // A clean RSET proves the session is still in step for reuse.
-            if !self.settings.connection_cache_time.is_zero()
-                && uses + 1 < MAX_REUSE
-                && session.reset().is_ok()
-            {
-                self.pool.put(
-                    domain,
-                    PooledSession {
-                        session,
-                        uses: uses + 1,
-                        idle_since: Instant::now(),
-                    },
-                    &self.settings,
-                );
-            } else {
-                session.quit();
-            }
+        if let Some(pooled) = hop.into_session() {
+            self.pool.put(domain, pooled);
         }
         // Recipients not reported were delivered.
         let reported: Vec<Address> = collect.0.iter().map(|(a, _)| a.clone()).collect();
@@ -473,80 +441,4 @@ impl Drop for Permit {
             }
         }
     }
-}
-
-/// An idle session kept for reuse.
-struct PooledSession {
-    session: Session,
-    uses: u32,
-    idle_since: Instant,
-}
-
-/// Idle sessions by destination domain.
-#[derive(Default)]
-struct Pool {
-    idle: Mutex<HashMap<String, Vec<PooledSession>>>,
-}
-
-impl Pool {
-    fn take(&self, domain: &str, max_idle: Duration) -> Option<PooledSession> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(domain)?;
-        while let Some(s) = list.pop() {
-            if s.idle_since.elapsed() < max_idle {
-                return Some(s);
-            }
-            s.session.quit();
-        }
-        None
-    }
-
-    fn put(&self, domain: &str, s: PooledSession, settings: &RemoteSettings) {
-        if settings.connection_cache_time.is_zero() {
-            s.session.quit();
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(domain.to_string()).or_default();
-        if list.len() >= MAX_IDLE_PER_DESTINATION {
-            drop(idle);
-            s.session.quit();
-            return;
-        }
-        list.push(s);
-    }
-
-    /// Closes sessions idle for longer than `max_idle`.
-    fn reap(&self, max_idle: Duration) {
-        let stale: Vec<PooledSession> = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stale = Vec::new();
-            for list in idle.values_mut() {
-                let (old, fresh): (Vec<_>, Vec<_>) = list
-                    .drain(..)
-                    .partition(|s| s.idle_since.elapsed() >= max_idle);
-                *list = fresh;
-                stale.extend(old);
-            }
-            idle.retain(|_, l| !l.is_empty());
-            stale
-        };
-        for s in stale {
-            s.session.quit();
-        }
-    }
-}
-
-/// Closes idle connections in the background until the target is gone.
-fn start_reaper(pool: Weak<Pool>, max_idle: Duration) {
-    let tick = (max_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let _ = thread::Builder::new()
-        .name("mailqueue-conn-reaper".into())
-        .spawn(move || loop {
-            thread::sleep(tick);
-            match pool.upgrade() {
-                Some(p) => p.reap(max_idle),
-                None => return,
-            }
-        });
 }
