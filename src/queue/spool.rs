@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
@@ -28,6 +29,7 @@ use crate::queue::{MessageId, QueueError};
 /// The spool directory of one queue.
 #[derive(Debug)]
 pub struct Spool {
+    queue_sync: GroupSync,
     root: PathBuf,
     queue: PathBuf,
     tmp: PathBuf,
@@ -76,6 +78,53 @@ pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_
 }
 
 /// Makes a directory entry change durable.
+/// Group commit of a directory's fsync: callers that arrive while one
+/// fsync runs share the next one, so N concurrent enqueues cost about two
+/// directory fsyncs instead of N. A caller returns only after an fsync
+/// that began after its own rename has completed.
+#[derive(Debug, Default)]
+struct GroupSync {
+    state: Mutex<SyncState>,
+    done_cond: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Tickets handed out; a ticket is taken after the caller's rename.
+    requested: u64,
+    /// Every ticket up to this one is durable.
+    done: u64,
+    running: bool,
+}
+
+impl GroupSync {
+    fn sync(&self, dir: &Path) -> Result<(), QueueError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.requested += 1;
+        let ticket = st.requested;
+        loop {
+            if st.done >= ticket {
+                return Ok(());
+            }
+            if st.running {
+                st = self.done_cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.running = true;
+            let covers = st.requested;
+            drop(st);
+            let result = sync_dir(dir);
+            st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.running = false;
+            if result.is_ok() {
+                st.done = st.done.max(covers);
+            }
+            self.done_cond.notify_all();
+            result?;
+        }
+    }
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), QueueError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -91,6 +140,7 @@ impl Spool {
             tmp: root.join("tmp"),
             corrupt: root.join("corrupt"),
             incoming: root.join("incoming"),
+            queue_sync: GroupSync::default(),
         };
         // Private to the spool's owner; `incoming/` also lets the owner's
         // group drop mail (sendmail run by users in that group) without
@@ -194,7 +244,7 @@ impl Spool {
         writer.file.flush().map_err(io_error(&path))?;
         writer.file.get_ref().sync_data().map_err(io_error(&path))?;
         self.write_meta_file(meta)?;
-        sync_dir(&self.queue)?;
+        self.queue_sync.sync(&self.queue)?;
         writer.done = true;
         Ok(())
     }
@@ -227,7 +277,7 @@ impl Spool {
     /// Replaces a message's metadata atomically and durably.
     pub fn write_meta(&self, meta: &MessageMeta) -> Result<(), QueueError> {
         self.write_meta_file(meta)?;
-        sync_dir(&self.queue)
+        self.queue_sync.sync(&self.queue)
     }
 
     fn write_meta_file(&self, meta: &MessageMeta) -> Result<(), QueueError> {
