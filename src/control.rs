@@ -174,9 +174,14 @@ impl ControlServer {
 
     pub fn stop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let _ = UnixStream::connect(&self.path);
+        // The accept loop wakes at the next connection. If the socket file
+        // is gone (the spool removed under the daemon), nothing can wake
+        // it: leave the thread to end with the process rather than hang.
+        let woke = UnixStream::connect(&self.path).is_ok();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if woke {
+                let _ = t.join();
+            }
         }
         let _ = std::fs::remove_file(&self.path);
     }

@@ -16,7 +16,7 @@ use crossbeam_channel::Receiver;
 
 use crate::address::Address;
 use crate::delivery::{
-    Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, Severity, StatusCollector,
+    Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, Severity, StatusCollector,
 };
 use crate::envelope::Recipient;
 use crate::queue::dsn::{self, Action};
@@ -49,14 +49,7 @@ pub(crate) fn run(shared: &Shared, jobs: &Receiver<MessageId>) {
 
 /// What happened to one recipient in an attempt: delivered (through which
 /// relay, when known) or an error.
-type Outcome = Result<Accepted, DeliveryError>;
-
-/// A recipient the next hop accepted.
-#[derive(Debug, Clone)]
-struct Accepted {
-    relay: Option<String>,
-    handoff: Handoff,
-}
+type Outcome = Result<Handoff, DeliveryError>;
 
 /// Marks a message as having an attempt running, for as long as it lives.
 struct InFlight<'a> {
@@ -141,13 +134,13 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         .map(|&i| meta.recipients[i].to_recipient())
         .collect();
     let body = Body::from_file(shared.spool.message_path(&id), meta.size);
-    let outcomes = deliver(target, &info, &recipients, &body);
+    let (outcomes, relays) = deliver(target, &info, &recipients, &body);
 
     let Some((mut meta, _lock)) = read(shared, &id)? else {
         log::info!("{id}: removed during the attempt; its results are dropped");
         return Ok(None);
     };
-    record(shared, &mut meta, &pending, outcomes)
+    record(shared, &mut meta, &pending, outcomes, relays)
 }
 
 /// Applies the outcomes to the metadata, sends the failure notice and
@@ -157,6 +150,7 @@ fn record(
     meta: &mut MessageMeta,
     pending: &[usize],
     outcomes: Vec<Outcome>,
+    relays: Vec<Option<String>>,
 ) -> Result<Option<Timestamp>, QueueError> {
     let id = meta.id;
     let now = Timestamp::now();
@@ -165,7 +159,7 @@ fn record(
     let mut failed = Vec::new();
     let mut succeeded = Vec::new();
     let mut throttled = false;
-    for (&i, outcome) in pending.iter().zip(outcomes) {
+    for ((&i, outcome), relay) in pending.iter().zip(outcomes).zip(relays) {
         let Some(r) = meta
             .recipients
             .get_mut(i)
@@ -183,14 +177,14 @@ fn record(
         }
         r.tries += 1;
         let (status, relay, reply) = match outcome {
-            Ok(accepted) => {
+            Ok(handoff) => {
                 r.status = RcptStatus::Delivered;
-                match accepted.handoff {
+                match handoff {
                     Handoff::Delivered => succeeded.push((i, Action::Delivered)),
                     Handoff::Relayed => succeeded.push((i, Action::Relayed)),
                     Handoff::Passed => {}
                 }
-                ("sent", accepted.relay, None)
+                ("sent", relay, None)
             }
             Err(e) => {
                 if e.remote_mta.is_some() {
@@ -205,7 +199,7 @@ fn record(
                 } else {
                     "deferred"
                 };
-                (status, e.remote_mta, Some(e.reply))
+                (status, relay.or(e.remote_mta), Some(e.reply))
             }
         };
         log::info!(
@@ -273,10 +267,15 @@ fn deliver(
     info: &MessageInfo,
     recipients: &[Recipient],
     body: &Body,
-) -> Vec<Outcome> {
+) -> (Vec<Outcome>, Vec<Option<String>>) {
     let mut delivery = match target.start(info) {
         Ok(d) => d,
-        Err(e) => return recipients.iter().map(|_| Err(e.clone())).collect(),
+        Err(e) => {
+            return (
+                recipients.iter().map(|_| Err(e.clone())).collect(),
+                vec![None; recipients.len()],
+            )
+        }
     };
     let mut outcomes: Vec<Option<Outcome>> = vec![None; recipients.len()];
     let mut accepted = Vec::new();
@@ -286,12 +285,14 @@ fn deliver(
             Err(e) => outcomes[i] = Some(Err(e)),
         }
     }
+    // The server that answered for each recipient, for the log lines.
+    let relays = |d: &dyn Delivery| -> Vec<Option<String>> {
+        recipients.iter().map(|r| d.relay(&r.address)).collect()
+    };
     if accepted.is_empty() {
+        let relays = relays(&*delivery);
         delivery.abort();
-        return outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(internal())))
-            .collect();
+        return (finish(outcomes), relays);
     }
 
     let mut per_recipient = None;
@@ -317,20 +318,18 @@ fn deliver(
             Err(e) => outcomes[i] = Some(Err(e)),
         }
     }
+    let relays = relays(&*delivery);
     if ok.is_empty() {
         delivery.abort();
     } else {
-        let accepted: Vec<Accepted> = ok
+        let handoffs: Vec<Handoff> = ok
             .iter()
-            .map(|&i| Accepted {
-                relay: delivery.relay(&recipients[i].address),
-                handoff: delivery.handoff(&recipients[i].address),
-            })
+            .map(|&i| delivery.handoff(&recipients[i].address))
             .collect();
         match delivery.commit() {
             Ok(()) => {
-                for (&i, a) in ok.iter().zip(accepted) {
-                    outcomes[i] = Some(Ok(a));
+                for (&i, h) in ok.iter().zip(handoffs) {
+                    outcomes[i] = Some(Ok(h));
                 }
             }
             Err(e) => {
@@ -340,6 +339,10 @@ fn deliver(
             }
         }
     }
+    (finish(outcomes), relays)
+}
+
+fn finish(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
     outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(internal())))
