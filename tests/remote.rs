@@ -368,3 +368,63 @@ fn the_destination_concurrency_limit_holds_under_load() {
     assert_eq!(dumps(a.path()).len(), 8);
     queue.close();
 }
+
+#[test]
+fn under_tls_may_a_botched_handshake_falls_back_to_clear_text() {
+    let port = free_tcp_port();
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("record");
+    let python = require("python3", "Python 3");
+    let child = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/broken_tls.py"
+        ))
+        .args(["127.0.0.2", &port.to_string()])
+        .arg(&record)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Proc(child);
+    assert!(
+        wait_for(LONG, || TcpStream::connect(("127.0.0.2", port)).is_ok()),
+        "broken_tls.py did not start"
+    );
+    let (_dns, dns_port) = dnsmasq(&[
+        "--mx-host=tls.test,mx.tls.test,10".into(),
+        "--host-record=mx.tls.test,127.0.0.2".into(),
+    ]);
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = remote_config(spool.path(), dns_port, port);
+    config.delivery.tls = mailqueue::config::TlsPolicy::May;
+    let queue = open(&config, &Scripted::new(vec![]));
+    send(&queue, &["u@tls.test"]);
+    assert!(wait_for(LONG, || spool_empty(&config)), "not delivered");
+    let got = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(got, "<s@example.org> -> <u@tls.test>\n");
+    queue.close();
+
+    // Under encrypt the same server gets nothing: the mail waits.
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = remote_config(spool.path(), dns_port, port);
+    config.delivery.tls = mailqueue::config::TlsPolicy::Encrypt;
+    config.queue.initial_retry = Duration::from_secs(3600);
+    config.queue.max_retry_interval = Duration::from_secs(3600);
+    let queue = open(&config, &Scripted::new(vec![]));
+    send(&queue, &["v@tls.test"]);
+    assert!(wait_for(LONG, || queue.list().unwrap()[0].recipients[0]
+        .tries
+        == 1));
+    let err = queue.list().unwrap()[0].recipients[0]
+        .last_error
+        .clone()
+        .unwrap();
+    assert_eq!(err.status().to_string(), "4.7.5", "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap().lines().count(),
+        1,
+        "sent in clear under encrypt"
+    );
+    queue.close();
+}

@@ -14,6 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::address::Address;
+use crate::config::TlsPolicy;
 use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
@@ -23,6 +24,10 @@ use crate::delivery::{
     StatusCollector,
 };
 use crate::envelope::Recipient;
+use crate::smtp::reply::EnhancedCode;
+
+/// The status of a failed TLS handshake (see `smtp_client`).
+const TLS_FAILED: EnhancedCode = EnhancedCode::new(4, 7, 5);
 
 /// Most addresses tried for one domain in one attempt (RFC 5321 §4.5.4.1
 /// suggests trying at least two; Postfix tries five).
@@ -46,16 +51,23 @@ pub struct RemoteTarget {
     settings: RemoteSettings,
     limiter: Limiter,
     pool: Arc<SessionPool>,
+    /// The client settings without TLS, for the fallback under `may`.
+    plain: Arc<ClientSettings>,
 }
 
 impl RemoteTarget {
     pub fn new(resolver: Resolver, settings: RemoteSettings) -> RemoteTarget {
         let pool = SessionPool::new(settings.connection_cache_time);
+        let plain = Arc::new(ClientSettings {
+            tls: TlsPolicy::None,
+            ..(*settings.client).clone()
+        });
         RemoteTarget {
             resolver: Arc::new(resolver),
             limiter: Limiter::new(settings.destination_concurrency),
             settings,
             pool,
+            plain,
         }
     }
 
@@ -286,7 +298,28 @@ impl RemoteTarget {
                         continue;
                     }
                 };
-            match Session::open_stream(&self.settings.client, stream, &host, relay.clone()) {
+            let opened =
+                match Session::open_stream(&self.settings.client, stream, &host, relay.clone()) {
+                    // Many MX hosts offer STARTTLS with a broken TLS setup; under
+                    // `may` the mail goes in clear rather than not at all, as
+                    // Postfix does.
+                    Err(e)
+                        if self.settings.client.tls == TlsPolicy::May
+                            && e.reply.status() == TLS_FAILED =>
+                    {
+                        log::info!("{domain}: {relay}: {e}; trying again without TLS");
+                        TcpStream::connect_timeout(&addr, self.settings.client.connect_timeout)
+                            .map_err(|e| {
+                                DeliveryError::network(&format!("connect to {relay}"), &e)
+                                    .at(host.clone())
+                            })
+                            .and_then(|s| {
+                                Session::open_stream(&self.plain, s, &host, relay.clone())
+                            })
+                    }
+                    other => other,
+                };
+            match opened {
                 Ok(s) => return Ok(s),
                 // A refusing greeting, a failed EHLO or TLS: try the next.
                 Err(e) => {

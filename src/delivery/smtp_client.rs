@@ -677,9 +677,11 @@ fn tls_handshake(
     let name = host.trim_end_matches('.');
     match connector.connect(name, tcp) {
         Ok(s) => Ok(Transport::Tls(Box::new(s))),
+        // 4.7.5, "cryptographic failure": lets the MX client tell a failed
+        // handshake from other errors and, under `may`, retry in clear.
         Err(e) => Err(DeliveryError::temporary(
             451,
-            (4, 7, 0),
+            (4, 7, 5),
             &format!("TLS handshake with {name} failed: {e}"),
         )
         .at(host)),
