@@ -3,12 +3,12 @@
 //! Every failure comes back as a classified [`DeliveryError`].
 
 use std::fmt;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::address::ReversePath;
 use crate::config::TlsPolicy;
@@ -111,6 +111,56 @@ pub struct Session {
     /// `host[ip]:port` for logs.
     relay: String,
     pub ext: Extensions,
+    /// Set by a network error, a timeout or a malformed reply: the
+    /// dialogue is out of step (a late reply may still come, a DATA may be
+    /// half sent), so the session must not carry another command, not
+    /// even RSET or QUIT, whose reply could be mistaken for another's.
+    broken: bool,
+}
+
+/// Most time the reply to QUIT is waited for.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads a session's stream with a deadline for the whole of a reply. A
+/// socket timeout alone bounds each read, so a server sending one byte
+/// just within it could hold a worker for hours; each read here gets only
+/// the time left.
+struct Deadline<'a> {
+    io: &'a mut BufReader<Transport>,
+    end: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let available = self.fill_buf()?;
+            let n = available.len().min(buf.len());
+            buf[..n].copy_from_slice(&available[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Deadline<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.io.buffer().is_empty() {
+            let left = self.end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "reply not complete within the timeout",
+                ));
+            }
+            self.io.get_ref().set_timeout(left)?;
+        }
+        self.io.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.io.consume(n);
+    }
 }
 
 fn protocol_error(what: &str) -> DeliveryError {
@@ -225,6 +275,7 @@ impl Session {
             host,
             relay,
             ext: Extensions::default(),
+            broken: false,
         };
         let greeting = session.read_reply(settings.command_timeout)?;
         if greeting.reply.code != 220 {
@@ -278,20 +329,47 @@ impl Session {
         DeliveryError::network(&format!("{what} {}", self.relay), e).at(self.host.clone())
     }
 
-    fn send(&mut self, text: &str) -> Result<(), DeliveryError> {
-        let t = self.io.get_mut();
-        t.write_all(text.as_bytes())
-            .and_then(|_| t.flush())
-            .map_err(|e| DeliveryError::network(&format!("write to {}", self.relay), &e))
+    /// The error for a command on a session that is out of step.
+    fn out_of_step(&self) -> DeliveryError {
+        protocol_error(&format!("session with {} out of step", self.relay)).at(self.host.clone())
     }
 
+    fn send(&mut self, text: &str) -> Result<(), DeliveryError> {
+        if self.broken {
+            return Err(self.out_of_step());
+        }
+        // A reply read before may have left a short deadline on the socket.
+        let _ = self.io.get_ref().set_timeout(self.settings.command_timeout);
+        let t = self.io.get_mut();
+        let result = t
+            .write_all(text.as_bytes())
+            .and_then(|_| t.flush())
+            .map_err(|e| DeliveryError::network(&format!("write to {}", self.relay), &e));
+        self.broken = result.is_err();
+        result
+    }
+
+    /// Reads one reply, all of it within `timeout`. Any failure leaves the
+    /// session out of step.
     fn read_reply(&mut self, timeout: Duration) -> Result<FullReply, DeliveryError> {
-        let _ = self.io.get_ref().set_timeout(timeout);
+        if self.broken {
+            return Err(self.out_of_step());
+        }
+        let result = self.read_reply_within(Instant::now() + timeout);
+        self.broken = result.is_err();
+        result
+    }
+
+    fn read_reply_within(&mut self, end: Instant) -> Result<FullReply, DeliveryError> {
         let mut lines = Vec::new();
         let mut line = Vec::new();
         let mut code: Option<String> = None;
         loop {
-            let n = read_line_limited(&mut self.io, &mut line, MAX_REPLY_LINE)
+            let mut reader = Deadline {
+                io: &mut self.io,
+                end,
+            };
+            let n = read_line_limited(&mut reader, &mut line, MAX_REPLY_LINE)
                 .map_err(|e| self.io_failed("reading reply from", &e))?;
             if n == 0 {
                 let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed");
@@ -393,8 +471,17 @@ impl Session {
         }
         if !self.io.buffer().is_empty() {
             // Bytes sent before the handshake would be trusted as if they
-            // came over TLS (CVE-2011-0411 style injection).
-            return Err(protocol_error("data after STARTTLS reply").at(self.host.clone()));
+            // came over TLS (CVE-2011-0411 style injection). It is a failed
+            // TLS negotiation like a botched handshake (4.7.5, which `may`
+            // answers by trying again in clear): whether the server's bytes
+            // arrive with its 220 or just after is a matter of timing, and
+            // the two must not be told apart.
+            return Err(DeliveryError::temporary(
+                451,
+                (4, 7, 5),
+                &format!("{} sent data after its STARTTLS reply", self.host),
+            )
+            .at(self.host.clone()));
         }
         let Session {
             io,
@@ -410,6 +497,7 @@ impl Session {
             host,
             relay,
             ext: Extensions::default(),
+            broken: false,
         };
         session.hello()?;
         Ok(session)
@@ -615,6 +703,9 @@ impl Session {
             return Err(self.rejected(r.reply));
         }
         let _ = self.io.get_ref().set_timeout(self.settings.data_timeout);
+        // From here until the final dot the server reads message text: a
+        // failure leaves the session in the middle of DATA.
+        self.broken = true;
         let mut reader = body.open().map_err(|e| {
             DeliveryError::temporary(
                 451,
@@ -629,6 +720,7 @@ impl Session {
                     .at(self.host.clone())
             })?;
         }
+        self.broken = false;
         let replies = if self.settings.lmtp { accepted } else { 1 };
         let mut out = Vec::with_capacity(replies);
         for _ in 0..replies {
@@ -646,10 +738,22 @@ impl Session {
         Ok(())
     }
 
-    /// Ends the session politely; errors are of no interest any more.
+    /// Ends the session politely; errors are of no interest any more. A
+    /// session out of step is just closed: a server that stalled would
+    /// hold the worker once more for the reply to QUIT.
     pub fn quit(mut self) {
-        let _ = self.io.get_ref().set_timeout(Duration::from_secs(5));
-        let _ = self.command("QUIT");
+        if self.broken {
+            return;
+        }
+        let wait = self.settings.command_timeout.min(QUIT_TIMEOUT);
+        if self.send("QUIT\r\n").is_ok() {
+            let _ = self.read_reply(wait);
+        }
+    }
+
+    /// True when an error left the session unusable (see `broken`).
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// The error of a final reply, or `None` when it is a success.
@@ -740,6 +844,96 @@ pub(crate) fn base64(input: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+
+    fn settings(timeout: Duration) -> Arc<ClientSettings> {
+        Arc::new(ClientSettings {
+            helo_name: "client.test".into(),
+            lmtp: false,
+            tls: TlsPolicy::None,
+            tls_connector: None,
+            auth: None,
+            connect_timeout: timeout,
+            command_timeout: timeout,
+            data_timeout: timeout,
+        })
+    }
+
+    /// A loopback server running `script` on its first connection.
+    fn server(script: impl FnOnce(TcpStream) + Send + 'static) -> Endpoint {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((s, _)) = l.accept() {
+                script(s);
+            }
+        });
+        Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn a_reply_trickled_byte_by_byte_ends_at_the_timeout() {
+        // Each byte comes well within the timeout; the whole reply never
+        // does. Only a deadline for the whole reply ends this.
+        let endpoint = server(|mut s| {
+            for b in b"220 slow greeting ".iter().chain([b'.'; 200].iter()) {
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        let e = Session::open(&settings(Duration::from_millis(300)), &endpoint, false)
+            .err()
+            .expect("a greeting that never ends cannot open a session");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(e.reply.code, 451, "{e}");
+    }
+
+    #[test]
+    fn a_session_out_of_step_sends_nothing_more() {
+        // The server stalls at MAIL; after the timeout the client must not
+        // send RSET or QUIT, whose replies could be taken for MAIL's.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let endpoint = server(move |mut s| {
+            s.write_all(b"220 ok\r\n").unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if got.ends_with(b"client.test\r\n") {
+                    s.write_all(b"250 ok\r\n").unwrap();
+                }
+            }
+            let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
+        });
+        let mut session =
+            Session::open(&settings(Duration::from_millis(300)), &endpoint, false).unwrap();
+        let r = Recipient::new("a@example.net".parse().unwrap());
+        let sender: ReversePath = Some("s@example.org".parse().unwrap());
+        let e = session
+            .envelope(&sender, &MailParams::default(), 10, &[&r])
+            .expect_err("no reply to MAIL");
+        assert_eq!(e.reply.status().to_string(), "4.4.2", "{e}");
+        assert!(session.is_broken());
+        assert!(session.reset().is_err());
+        let started = Instant::now();
+        session.quit();
+        assert!(started.elapsed() < Duration::from_millis(100));
+        let seen = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(!seen.contains("RSET") && !seen.contains("QUIT"), "{seen:?}");
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
