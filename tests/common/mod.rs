@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod dsn;
+pub mod faulty;
 pub mod peers;
 pub mod scripted;
 pub mod tls;
