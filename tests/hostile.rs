@@ -212,3 +212,50 @@ fn a_pipelining_flood_gets_every_reply_in_order() {
     assert!(last.starts_with("221"), "{last}");
     still_serves(&d);
 }
+
+/// Sends `bytes` one every 250 ms until the server hangs up or 6 s pass;
+/// returns what the server said.
+fn trickle(c: &mut Client, bytes: &[u8]) -> String {
+    let started = std::time::Instant::now();
+    for b in bytes {
+        if c.io.get_mut().write_all(&[*b]).is_err() || started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        if c.io.get_ref().peek(&mut [0u8; 1]).is_ok_and(|n| n > 0) {
+            break;
+        }
+    }
+    let mut said = String::new();
+    let _ = c.io.read_line(&mut said);
+    said
+}
+
+#[test]
+fn a_trickled_command_line_is_cut_off_at_the_command_timeout() {
+    let d = daemon("command_timeout = \"1s\"");
+    let mut c = Client::connect(d.addr()).unwrap();
+    let said = trickle(
+        &mut c,
+        b"EHLO a-long-name-sent-one-byte-at-a-time.example.org\r\n",
+    );
+    assert!(said.starts_with("421 4.4.2"), "{said:?}");
+    still_serves(&d);
+}
+
+#[test]
+fn a_trickled_data_line_is_cut_off_at_the_data_timeout() {
+    let d = daemon("data_timeout = \"1s\"");
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("EHLO x.test").expect(250, "");
+    c.cmd("MAIL FROM:<s@example.org>").expect(250, "");
+    c.cmd("RCPT TO:<r@example.org>").expect(250, "");
+    c.cmd("DATA").expect(354, "");
+    let said = trickle(
+        &mut c,
+        b"Subject: a header line that never seems to end\r\n\r\n.\r\n",
+    );
+    assert!(said.starts_with("421 4.4.2"), "{said:?}");
+    assert!(d.queued().is_empty());
+    still_serves(&d);
+}

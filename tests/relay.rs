@@ -571,3 +571,17 @@ fn lmtp_to_smtp_sink() {
     let log = d.log();
     assert_eq!(log.matches("status=sent").count(), 2, "{log}");
 }
+
+#[test]
+fn a_5xx_greeting_defers_instead_of_bouncing() {
+    let sink = SmtpSink::start(&["-f", "CONNECT"]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")).queue("max_tries = 100"));
+    let id = submit(&d, "s@example.org", &["r@example.org"]);
+    assert!(d.wait_log(
+        &format!("{id}: to=<r@example.org>"),
+        Duration::from_secs(15)
+    ));
+    let log = d.log();
+    assert!(log.contains("status=deferred (500 5.3.0"), "{log}");
+    assert!(!log.contains("status=bounced"), "{log}");
+}

@@ -279,7 +279,12 @@ impl Session {
         };
         let greeting = session.read_reply(settings.command_timeout)?;
         if greeting.reply.code != 220 {
-            return Err(session.rejected(greeting.reply));
+            // A server that will not talk to us (5xx greeting) says nothing
+            // about the recipients: try another server or later, as
+            // Postfix does (smtp_skip_5xx_greeting), rather than bounce.
+            let mut e = session.rejected(greeting.reply);
+            e.severity = crate::delivery::Severity::Temporary;
+            return Err(e);
         }
         session.hello()?;
         let must_encrypt = matches!(settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify);

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
@@ -354,7 +354,15 @@ impl<'a> Session<'a> {
     fn read_line(&mut self) -> io::Result<Line> {
         let mut line = Vec::new();
         let mut too_long = false;
+        // The whole line must come within the command timeout: a client
+        // trickling a byte now and then cannot hold its slot for ever.
+        let deadline = Instant::now() + self.s.command_timeout;
+        let mut armed = false;
         loop {
+            if self.io.buffer().is_empty() {
+                arm(&self.io, deadline)?;
+                armed = true;
+            }
             let buf = self.io.fill_buf()?;
             if buf.is_empty() {
                 return Ok(Line::Eof);
@@ -375,6 +383,10 @@ impl<'a> Session<'a> {
             if done {
                 break;
             }
+        }
+        if armed {
+            // The replies that follow get the full timeout to go out.
+            self.io.get_ref().set_timeout(self.s.command_timeout)?;
         }
         if too_long {
             return Ok(Line::TooLong);
@@ -635,6 +647,7 @@ impl<'a> Session<'a> {
             &mut incoming,
             &mut disk_full,
             self.s.max_message_size,
+            self.s.data_timeout,
         );
         let _ = self.io.get_ref().set_timeout(self.s.command_timeout);
         let r = match result {
@@ -716,14 +729,26 @@ enum DataEnd {
     TooBig,
 }
 
+/// Sets the read timeout to what is left until `deadline`, or fails with
+/// `TimedOut` once it has passed.
+fn arm(io: &BufReader<Transport>, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+    }
+    io.get_ref().set_timeout(left)
+}
+
 /// Reads DATA up to the lone dot, undoing dot-stuffing, into `sink`
 /// (dropped on a write error). Past `limit` bytes the rest is read and
-/// thrown away.
+/// thrown away. Each line must arrive within `line_timeout`, so a client
+/// trickling its message cannot hold the connection for ever.
 fn read_data(
     io: &mut BufReader<Transport>,
     sink: &mut Option<IncomingMessage<'_>>,
     disk_full: &mut bool,
     limit: u64,
+    line_timeout: Duration,
 ) -> io::Result<DataEnd> {
     #[derive(Clone, Copy, PartialEq)]
     enum St {
@@ -736,13 +761,20 @@ fn read_data(
     let mut size: u64 = 0;
     let mut too_big = false;
     let mut out = Vec::with_capacity(64 * 1024);
+    let mut line_deadline = Instant::now() + line_timeout;
     loop {
+        if io.buffer().is_empty() {
+            arm(io, line_deadline)?;
+        }
         let buf = io.fill_buf()?;
         if buf.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "connection closed",
             ));
+        }
+        if buf.contains(&b'\n') {
+            line_deadline = Instant::now() + line_timeout;
         }
         out.clear();
         let mut used = 0;
