@@ -85,7 +85,12 @@ impl Address {
 }
 
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+    c.is_ascii_alphanumeric()
+        || "!#$%&'*+-/=?^_`{|}~".contains(c)
+        // UTF-8 as RFC 6531 allows, but not C1 controls (U+0085 is a line
+        // break to some readers) nor white space, as in the domain and the
+        // quoted form: addresses go into command lines, headers and logs.
+        || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
 }
 
 fn valid_local_part(local: &str) -> bool {
@@ -196,6 +201,9 @@ mod tests {
             "\"unterminated@b",
             "a@b c",
             "a\r\n@b",
+            // Found by fuzzing: a C1 control in an unquoted local part.
+            "o'brien!use\u{85}@x-y.exr",
+            "a\u{2028}b@c",
         ] {
             assert!(Address::parse(bad).is_err(), "{bad:?}");
         }

@@ -80,6 +80,12 @@ pub fn build_query(id: u16, name: &str, qtype: RecordType) -> Result<Vec<u8>, Wi
     let mut p = Packet::new_query(id);
     p.set_flags(PacketFlag::RECURSION_DESIRED);
     let qname = Name::new(name).map_err(|e| WireError(e.to_string()))?;
+    // simple-dns skips empty labels and reads `\DDD` escapes, so some
+    // names would be asked as another name, and no reply could ever match
+    // the question (`parse_response` compares the text).
+    if qname.to_string() != name.strip_suffix('.').unwrap_or(name) {
+        return Err(WireError(format!("{name:?} is not a plain domain name")));
+    }
     p.questions.push(Question::new(
         qname,
         QTYPE::TYPE(qtype.wire()),
@@ -371,7 +377,19 @@ pub fn to_ascii(domain: &str) -> Result<String, DnsError> {
     if d.is_empty() {
         return Err(DnsError::BadName(domain.into()));
     }
-    idna::domain_to_ascii(d).map_err(|_| DnsError::BadName(domain.into()))
+    let ascii = idna::domain_to_ascii(d).map_err(|_| DnsError::BadName(domain.into()))?;
+    // idna lets through empty labels (also from full-width dots), spaces,
+    // controls and backslashes: names no query can carry as they are.
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if ascii.len() > 253 || !ascii.split('.').all(label_ok) {
+        return Err(DnsError::BadName(domain.into()));
+    }
+    Ok(ascii)
 }
 
 #[cfg(test)]
@@ -485,5 +503,35 @@ mod tests {
         );
         assert_eq!(to_ascii("MX.d.test").unwrap(), "mx.d.test");
         assert!(to_ascii("").is_err());
+        assert_eq!(to_ascii("_25._tcp.d.test").unwrap(), "_25._tcp.d.test");
+        // Found by fuzzing build_query: names idna accepts but no query
+        // can carry are refused here, for good, instead of timing out.
+        for bad in [
+            ".d.test",
+            "a..b",
+            "a\\065b.c",
+            "a b.c",
+            "a\u{1}.c",
+            "a\u{ff0e}\u{ff0e}b",
+        ] {
+            assert!(to_ascii(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn queries_are_only_built_for_names_a_reply_can_match() {
+        // Found by fuzzing: an empty label was dropped from the query, so
+        // the reply's question never matched the name asked.
+        for bad in [".d.test", "a..b", "d\\065.test"] {
+            assert!(build_query(1, bad, RecordType::A).is_err(), "{bad:?}");
+        }
+        for good in ["d.test", "d.test.", "xn--bcher-kva.example"] {
+            let mut reply = build_query(1, good, RecordType::A).unwrap();
+            reply[2] |= 0x80;
+            assert!(
+                parse_response(&reply, 1, good, RecordType::A).is_ok(),
+                "{good:?}"
+            );
+        }
     }
 }

@@ -113,7 +113,7 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 fn split_path(s: &str) -> Result<(&str, &str), SmtpReply> {
     let bad = || syntax("Syntax: address must be in angle brackets");
     let inner = s.strip_prefix('<').ok_or_else(bad)?;
-    let end = inner.find('>').ok_or_else(bad)?;
+    let end = path_end(inner).ok_or_else(bad)?;
     let (mut path, rest) = (&inner[..end], &inner[end + 1..]);
     if rest.starts_with(|c: char| c != ' ') {
         return Err(bad());
@@ -122,6 +122,22 @@ fn split_path(s: &str) -> Result<(&str, &str), SmtpReply> {
         path = path.split_once(':').map(|(_, p)| p).ok_or_else(bad)?;
     }
     Ok((path, rest.trim()))
+}
+
+/// Where the path's closing `>` is: the first one outside a quoted local
+/// part, which may hold `>` (`<"a>b"@example.org>`).
+fn path_end(s: &str) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'>' if !quoted => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 fn parse_params(s: &str) -> Result<Vec<(String, Option<String>)>, SmtpReply> {
@@ -170,6 +186,26 @@ mod tests {
     }
 
     #[test]
+    fn quoted_local_parts_may_hold_angle_brackets() {
+        // The path used to end at the first `>`, so a valid quoted mailbox
+        // could not be given in RCPT TO (found writing tests/properties.rs).
+        for a in [
+            "\"a>b\"@example.org",
+            "\"<>\"@example.org",
+            "\"\\\">\"@example.org",
+        ] {
+            assert_eq!(
+                parse(&format!("RCPT TO:<{a}> NOTIFY=NEVER")).unwrap(),
+                Command::Rcpt(
+                    a.parse().unwrap(),
+                    vec![("NOTIFY".into(), Some("NEVER".into()))]
+                ),
+                "{a}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_commands_get_the_right_codes() {
         let code = |l: &str| parse(l).unwrap_err().code;
         assert_eq!(code("FOO"), 500);
@@ -182,6 +218,7 @@ mod tests {
         assert_eq!(code("RCPT TO:<>"), 553);
         assert_eq!(code("RCPT TO:<a@b> =x"), 555);
         assert_eq!(code("DATA now"), 501);
+        assert_eq!(code("RCPT TO:<\"a>b@c>"), 501);
         assert_eq!(code("EHLO"), 501);
     }
 }

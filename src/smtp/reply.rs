@@ -140,8 +140,11 @@ impl SmtpReply {
         if !(200..=599).contains(&code) {
             return None;
         }
-        let rest = if line.len() > 4 { &line[4..] } else { "" };
-        let (enhanced, text) = split_enhanced(code, rest);
+        // Fold before looking for the enhanced code: a code after a tab or
+        // a second space is still the server's code, and a displayed reply
+        // (always folded) must read back as the same reply.
+        let rest = fold_line(if line.len() > 4 { &line[4..] } else { "" });
+        let (enhanced, text) = split_enhanced(code, &rest);
         Some(SmtpReply::new(code, enhanced, text))
     }
 
@@ -226,6 +229,13 @@ mod tests {
         assert_eq!((r.enhanced, r.text.as_str()), (None, "4.1.1 odd"));
         assert_eq!(r.status(), EnhancedCode::new(5, 0, 0));
         assert_eq!(SmtpReply::parse_line("250").unwrap().text, "");
+        // Found by fuzzing: white space before the enhanced code hid it,
+        // and the reply displayed did not read back as itself.
+        for odd in ["220 \t2.0.0\0\0x y", "550  5.1.1 user", "451 \r4.3.0"] {
+            let r = SmtpReply::parse_line(odd).unwrap();
+            assert!(r.enhanced.is_some(), "{odd:?}");
+            assert_eq!(SmtpReply::parse_line(&r.to_string()), Some(r), "{odd:?}");
+        }
         for bad in ["", "25", "abc hello", "2500 x", "199 x", "600 x"] {
             assert!(SmtpReply::parse_line(bad).is_none(), "{bad}");
         }

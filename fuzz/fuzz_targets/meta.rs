@@ -1,0 +1,29 @@
+//! MessageMeta::from_json, the loader of every metadata file at start: a
+//! file it accepts has the known version and recipients, and writes back
+//! to JSON that loads as the same metadata, byte for byte stable.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mailqueue::queue::meta::{MessageMeta, META_VERSION};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(meta) = MessageMeta::from_json(data) else {
+        return;
+    };
+    assert_eq!(meta.version, META_VERSION);
+    assert!(!meta.recipients.is_empty());
+    let json = meta.to_json();
+    let again = MessageMeta::from_json(&json)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&json)));
+    assert_eq!(again, meta, "{}", String::from_utf8_lossy(&json));
+    assert_eq!(again.to_json(), json);
+    for r in &meta.recipients {
+        if let Some(e) = &r.last_error {
+            let text = serde_json::to_string(e).unwrap();
+            assert_eq!(
+                serde_json::from_str::<mailqueue::SmtpReply>(&text).unwrap(),
+                *e
+            );
+        }
+    }
+});
