@@ -23,7 +23,10 @@
 # message before acknowledging it. mailqueue runs with `[queue] workers`
 # = WORKERS (default 20, the same concurrency towards the sink).
 #
-# Environment: N, S, K, ROUNDS, WORKERS, RUN_TIMEOUT (seconds per run,
+# LOGS=off runs both without their per-message log lines (Postfix without
+# maillog_file, and no syslog here; mailqueue with RUST_LOG=warn); the
+# "deferred" column is then unknown.
+# Environment: N, S, K, ROUNDS, WORKERS, LOGS, RUN_TIMEOUT (seconds per run,
 # default 300), MAILQUEUE_BIN (default: cargo build --release), BENCH_TMPDIR
 # (default /var/tmp; keep it on a real disk, not a tmpfs), KEEP=1 keeps the
 # run directories (logs) for a look afterwards.
@@ -37,6 +40,8 @@ K=${K:-20}
 ROUNDS=${ROUNDS:-3}
 WORKERS=${WORKERS:-20}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+LOGS=${LOGS:-file}
+case $LOGS in file | off) ;; *) echo "compare-postfix: LOGS is file or off" >&2 && exit 1 ;; esac
 
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -243,8 +248,10 @@ EOF
     "smtpd_peername_lookup = no" \
     "smtp_dns_support_level = disabled" \
     "alias_maps =" "alias_database =" "local_recipient_maps =" \
-    "biff = no" \
-    "maillog_file = $PF/maillog"
+    "biff = no"
+  if [ "$LOGS" = file ]; then
+    postconf -c "$PF/etc" -e "maillog_file = $PF/maillog"
+  fi
   postfix_instance check >/dev/null 2>&1 || die "postfix check failed: $(postfix_instance check 2>&1 | tail -3)"
 }
 
@@ -281,7 +288,11 @@ max_connections = $((K > 48 ? K + 16 : 64))
 target = "smtp://127.0.0.1:$SINK_PORT"
 tls = "none"
 EOF
-      "$MAILQUEUE_BIN" --config "$dir/mailqueue.toml" serve >"$dir/daemon.log" 2>&1 &
+      if [ "$LOGS" = file ]; then
+        "$MAILQUEUE_BIN" --config "$dir/mailqueue.toml" serve >"$dir/daemon.log" 2>&1 &
+      else
+        RUST_LOG=warn "$MAILQUEUE_BIN" --config "$dir/mailqueue.toml" serve >"$dir/daemon.log" 2>&1 &
+      fi
       MQ_PID=$!
       wait_banner "$port" 30 || die "mailqueue did not greet on $port: $(tail -3 "$dir/daemon.log")"
       root_pid=$MQ_PID
@@ -319,10 +330,11 @@ EOF
   fi
   stop_pid "$SINK_PID" 5
   SINK_PID=""
-  deferred=$(grep -c 'status=deferred' "$log" || true)
+  deferred=-
+  [ "$LOGS" = file ] && deferred=$(grep -c 'status=deferred' "$log" || true)
   [ "${KEEP:-0}" = 1 ] && [ "$system" = postfix ] && cp "$PF/maillog" "$dir/maillog"
   RESULT=$(awk -v n="$N" -v t0="$t0" -v t1="$t1" -v t2="$t2" -v cpu=$((after - before)) -v tck="$TCK" -v d="$deferred" \
-    'BEGIN { printf "%.1f %.1f %.3f %d\n", n / (t1 - t0), n / (t2 - t0), cpu / tck / n * 1000, d }')
+    'BEGIN { printf "%.1f %.1f %.3f %s\n", n / (t1 - t0), n / (t2 - t0), cpu / tck / n * 1000, d }')
 }
 
 median() {
@@ -335,7 +347,7 @@ fi
 load=$(cut -d' ' -f1 /proc/loadavg)
 echo "compare-postfix: N=$N messages of S=$S bytes over K=$K connections, $ROUNDS rounds, fsync on in both"
 echo "  Postfix $(postconf -d -h mail_version) (throwaway instance, default_destination_concurrency_limit = 20)"
-echo "  mailqueue $MAILQUEUE_BIN (workers = $WORKERS); load average at start: $load"
+echo "  mailqueue $MAILQUEUE_BIN (workers = $WORKERS); logs: $LOGS; load average at start: $load"
 setup_postfix
 
 declare -a pf_thr pf_cpu mq_thr mq_cpu
