@@ -117,50 +117,7 @@ fn direct(config: &Config, request: &Request) -> Result<Response, QueueError> {
         return Ok(r);
     }
     let spool = Spool::open(&config.spool)?;
-    let admin = Admin::direct(&spool, config);
-    let each = |ids: &[MessageId], op: &dyn Fn(MessageId) -> Result<(), QueueError>| {
-        let failures: Vec<(MessageId, String)> = ids
-            .iter()
-            .filter_map(|&id| op(id).err().map(|e| (id, e.to_string())))
-            .collect();
-        Response {
-            ok: failures.is_empty(),
-            failures,
-            ..Response::default()
-        }
-    };
-    Ok(match request {
-        Request::List => Response {
-            ok: true,
-            messages: admin.list()?,
-            ..Response::default()
-        },
-        Request::Show { id } => {
-            let (meta, header) = admin.show(*id)?;
-            Response {
-                ok: true,
-                messages: vec![meta],
-                header: Some(String::from_utf8_lossy(&header).into_owned()),
-                ..Response::default()
-            }
-        }
-        Request::Flush { ids } if ids.is_empty() => {
-            admin.flush(&[])?;
-            Response {
-                ok: true,
-                ..Response::default()
-            }
-        }
-        Request::Flush { ids } => each(ids, &|id| admin.flush(&[id])),
-        Request::Hold { ids } => each(ids, &|id| admin.hold(id)),
-        Request::Release { ids } => each(ids, &|id| admin.release(id)),
-        Request::Delete { ids } => each(ids, &|id| admin.delete(id)),
-        Request::Expire { ids } => each(ids, &|id| admin.expire(id)),
-        Request::Pickup | Request::Quota { .. } => Response {
-            ok: true,
-            ..Response::default()
-        },
-    })
+    Ok(control::apply(&Admin::direct(&spool, config), request))
 }
 
 fn report(config: &Config, cmd: &AdminCommand, r: &Response) -> u8 {

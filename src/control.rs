@@ -16,6 +16,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 
+use crate::queue::admin::Admin;
 use crate::queue::meta::MessageMeta;
 use crate::queue::{MessageId, Queue, QueueError};
 
@@ -210,7 +211,23 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
 }
 
 fn handle(req: Request, queue: &Queue, pickup: &Sender<()>) -> Response {
-    let admin = queue.admin();
+    match req {
+        Request::Pickup => {
+            let _ = pickup.try_send(());
+            Response::ok()
+        }
+        Request::Quota { size } => match queue.check_quota(size) {
+            Ok(()) => Response::ok(),
+            Err(e) => Response::error(e),
+        },
+        req => apply(&queue.admin(), &req),
+    }
+}
+
+/// Carries out a management request, in the daemon or directly on a
+/// spool. `Pickup` and `Quota` concern a running daemon only: here they
+/// do nothing.
+pub fn apply(admin: &Admin<'_>, req: &Request) -> Response {
     let each = |ids: &[MessageId], op: &dyn Fn(MessageId) -> Result<(), QueueError>| {
         let failures: Vec<(MessageId, String)> = ids
             .iter()
@@ -230,7 +247,7 @@ fn handle(req: Request, queue: &Queue, pickup: &Sender<()>) -> Response {
             },
             Err(e) => Response::error(e),
         },
-        Request::Show { id } => match admin.show(id) {
+        Request::Show { id } => match admin.show(*id) {
             Ok((meta, header)) => Response {
                 messages: vec![meta],
                 header: Some(String::from_utf8_lossy(&header).into_owned()),
@@ -242,18 +259,11 @@ fn handle(req: Request, queue: &Queue, pickup: &Sender<()>) -> Response {
             Ok(()) => Response::ok(),
             Err(e) => Response::error(e),
         },
-        Request::Flush { ids } => each(&ids, &|id| admin.flush(&[id])),
-        Request::Hold { ids } => each(&ids, &|id| admin.hold(id)),
-        Request::Release { ids } => each(&ids, &|id| admin.release(id)),
-        Request::Delete { ids } => each(&ids, &|id| admin.delete(id)),
-        Request::Expire { ids } => each(&ids, &|id| admin.expire(id)),
-        Request::Pickup => {
-            let _ = pickup.try_send(());
-            Response::ok()
-        }
-        Request::Quota { size } => match queue.check_quota(size) {
-            Ok(()) => Response::ok(),
-            Err(e) => Response::error(e),
-        },
+        Request::Flush { ids } => each(ids, &|id| admin.flush(&[id])),
+        Request::Hold { ids } => each(ids, &|id| admin.hold(id)),
+        Request::Release { ids } => each(ids, &|id| admin.release(id)),
+        Request::Delete { ids } => each(ids, &|id| admin.delete(id)),
+        Request::Expire { ids } => each(ids, &|id| admin.expire(id)),
+        Request::Pickup | Request::Quota { .. } => Response::ok(),
     }
 }
