@@ -9,7 +9,8 @@
 //!
 //! Environment: `N`, `S`, `K` (load), `WORKERS` (the daemon's
 //! `[queue] workers`, default 20 like Postfix's
-//! `default_destination_concurrency_limit`), `RELAY_TIMEOUT` (seconds for
+//! `default_destination_concurrency_limit`), `CONNECTION_CACHE_TIME`
+//! (`[delivery] connection_cache_time`, default "5s"; "0s" turns reuse off), `RELAY_TIMEOUT` (seconds for
 //! the whole run, default 300), `MAILQUEUE_BIN` (another binary than the
 //! one `cargo bench` builds), `BENCH_TMPDIR` (where the spool goes).
 //!
@@ -284,8 +285,10 @@ fn run() -> Result<(), String> {
              max_connections = {conns}\n\
              [delivery]\n\
              target = \"smtp://127.0.0.1:{sink_port}\"\n\
-             tls = \"none\"\n",
+             tls = \"none\"\n\
+             connection_cache_time = \"{cache}\"\n",
             spool = spool.display(),
+            cache = std::env::var("CONNECTION_CACHE_TIME").unwrap_or_else(|_| "5s".into()),
             conns = (sessions + 16).max(64),
         ),
     )
