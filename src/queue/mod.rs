@@ -105,12 +105,25 @@ pub(crate) struct Shared {
     /// message never starts (a release or flush during an attempt could
     /// otherwise hand it to a second worker).
     pub inflight: Mutex<HashSet<MessageId>>,
+    /// A sender of the job channel for messages due at once; taken away
+    /// at shutdown.
+    pub direct_jobs: Mutex<Option<Sender<MessageId>>>,
 }
 
 impl Shared {
     /// Hands a message to the time wheel for `when` (wall-clock).
     pub fn schedule(&self, id: MessageId, when: Timestamp) {
         let wait = when.since(Timestamp::now());
+        if wait.is_zero() {
+            // Due now and a worker free: skip the timer thread's wake-up.
+            let direct = self.direct_jobs.lock().unwrap_or_else(|p| p.into_inner());
+            if direct
+                .as_ref()
+                .is_some_and(|jobs| jobs.try_send(id).is_ok())
+            {
+                return;
+            }
+        }
         let _ = self.timer.send(Command::Add(id, Instant::now() + wait));
     }
 
@@ -223,6 +236,7 @@ impl Queue {
 
         let workers = config.queue.workers;
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(workers);
+        let direct_jobs = Mutex::new(Some(jobs_tx.clone()));
         let timer = Timer::start(jobs_tx);
         let shared = Arc::new(Shared {
             policy: RetryPolicy::from_config(&config.queue),
@@ -235,6 +249,7 @@ impl Queue {
             messages: AtomicU64::new(report.messages.len() as u64),
             bytes: AtomicU64::new(report.messages.iter().map(|m| m.size).sum()),
             inflight: Mutex::new(HashSet::new()),
+            direct_jobs,
         });
         for meta in &report.messages {
             if !meta.hold {
@@ -337,6 +352,12 @@ impl Queue {
     /// enqueueing fails with [`QueueError::Closed`].
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        // The workers end when every sender of the job channel is gone.
+        self.shared
+            .direct_jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         self.timer.lock().unwrap_or_else(|p| p.into_inner()).stop();
         let workers: Vec<_> = self
             .workers
