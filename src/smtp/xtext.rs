@@ -22,7 +22,12 @@ pub fn encode(text: &str) -> String {
 }
 
 /// Decodes xtext; `None` when it is malformed (a bad `+HH`, a byte outside
-/// `!`..`~`, or a result that is not UTF-8).
+/// `!`..`~`, or a result that is not UTF-8) or decodes to a control
+/// character.
+///
+/// ENVID and ORCPT, the values sent as xtext, are printable text (RFC 3461
+/// §4.2, §4.4), and notices copy them into header fields: a `+0D+0A`
+/// would otherwise start a new field there.
 pub fn decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -46,7 +51,9 @@ pub fn decode(text: &str) -> Option<String> {
             return None;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out)
+        .ok()
+        .filter(|t| !t.chars().any(char::is_control))
 }
 
 #[cfg(test)]
@@ -61,5 +68,15 @@ mod tests {
         for bad in ["+", "+4", "+zz", "+2b", "a b", "a=b", "\u{7f}"] {
             assert!(decode(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn controls_are_refused() {
+        // An ENVID of `x+0D+0AX-Injected:+20yes` used to put a field of
+        // the client's into the delivery report of a notice.
+        for bad in ["x+0D+0AX-Injected:+20yes", "+00", "a+09b", "+7F", "+C2+85"] {
+            assert!(decode(bad).is_none(), "{bad:?}");
+        }
+        assert_eq!(decode("a+20b").as_deref(), Some("a b"));
     }
 }
