@@ -25,6 +25,10 @@ if [ "$#" -gt 0 ]; then
 else
   mapfile -t targets < <(cargo fuzz list)
 fi
+if [ "${#targets[@]}" -eq 0 ]; then
+  echo "fuzz: no targets found" >&2
+  exit 1
+fi
 
 start=$(date +%s)
 echo "fuzz: building ${#targets[@]} targets"
