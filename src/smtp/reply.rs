@@ -166,7 +166,9 @@ impl SmtpReply {
 
 /// Splits an enhanced code off the front of a reply's text.
 pub(crate) fn split_enhanced(code: u16, text: &str) -> (Option<EnhancedCode>, &str) {
-    let (first, rest) = match text.find(' ') {
+    // Servers sometimes put a tab or a second space before the code.
+    let text = text.trim_start_matches([' ', '\t']);
+    let (first, rest) = match text.find([' ', '\t']) {
         Some(i) => (&text[..i], &text[i + 1..]),
         None => (text, ""),
     };
