@@ -30,7 +30,9 @@ fn fill(spool: &Spool, n: usize) {
         if !seen.insert(id) {
             continue;
         }
-        let meta = common::deferred_meta(id, 1);
+        let mut meta = common::deferred_meta(id, 1);
+        // Start-up checks the message file against the acknowledged size.
+        meta.size = BODY.len() as u64;
         std::fs::write(spool.message_path(&id), BODY).unwrap();
         std::fs::write(spool.meta_path(&id), meta.to_json()).unwrap();
     }
