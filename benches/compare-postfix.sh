@@ -80,7 +80,10 @@ MQ_PID=""
 
 postfix_instance() { postfix -c "$PF/etc" "$@"; }
 
-master_pid() { tr -d ' \n' <"$PF/spool/pid/master.pid" 2>/dev/null || true; }
+# The queue directory of the current Postfix run.
+PF_QUEUE="$PF/spool"
+
+master_pid() { tr -d ' \n' <"$PF_QUEUE/pid/master.pid" 2>/dev/null || true; }
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
@@ -189,8 +192,8 @@ tree_ticks() {
 }
 
 postfix_queue_files() {
-  find "$PF/spool/maildrop" "$PF/spool/incoming" "$PF/spool/active" \
-    "$PF/spool/deferred" "$PF/spool/hold" -type f 2>/dev/null | wc -l
+  find "$PF_QUEUE/maildrop" "$PF_QUEUE/incoming" "$PF_QUEUE/active" \
+    "$PF_QUEUE/deferred" "$PF_QUEUE/hold" -type f 2>/dev/null | wc -l
 }
 
 mailqueue_queue_files() { find "$1/queue" -type f 2>/dev/null | wc -l; }
@@ -202,7 +205,7 @@ MQ_PORT=$(free_port)
   die "port clash, run again"
 
 setup_postfix() {
-  mkdir -p "$PF/etc" "$PF/spool" "$PF/data"
+  mkdir -p "$PF/etc" "$PF_QUEUE" "$PF/data"
   chown postfix:postfix "$PF/data"
   : >"$PF/etc/main.cf"
   # Only the services a relay needs, none chrooted (the throwaway queue has
@@ -234,7 +237,7 @@ EOF
   [ "$K" -gt 40 ] && conn_limit=$((K + 10))
   postconf -c "$PF/etc" -e \
     "compatibility_level = 3.6" \
-    "queue_directory = $PF/spool" \
+    "queue_directory = $PF_QUEUE" \
     "data_directory = $PF/data" \
     "myhostname = postfix.bench.example" \
     "mydestination =" \
@@ -268,6 +271,13 @@ run_one() {
     postfix)
       port=$PF_PORT
       : >"$PF/maillog"
+      # A fresh queue for every run, as mailqueue gets a fresh spool: a
+      # directory that once held thousands of files stays large when empty
+      # and slows down the scans of the next run.
+      PF_QUEUE="$dir/postfix-queue"
+      mkdir -p "$PF_QUEUE"
+      postconf -c "$PF/etc" -e "queue_directory = $PF_QUEUE"
+      postfix_instance check >/dev/null 2>&1 || die "postfix check failed: $(postfix_instance check 2>&1 | tail -3)"
       postfix_instance start >"$dir/postfix-start.log" 2>&1 || die "postfix start failed: $(tail -3 "$PF/maillog")"
       PF_STARTED=1
       wait_banner "$port" 30 || die "Postfix did not greet on $port: $(tail -3 "$PF/maillog")"
