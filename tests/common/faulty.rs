@@ -4,7 +4,7 @@
 //! grows, process figures from /proc).
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::daemon::{dot_stuff, spawn_serve, wait_child, Client};
-use super::peers::Reaper;
+use super::peers::{start_python_peer, Reaper};
 
 const START_LIMIT: Duration = Duration::from_secs(15);
 
@@ -47,37 +47,7 @@ impl FaultySink {
     /// Starts the sink with command-line options (see the script).
     pub fn start(args: &[&str]) -> FaultySink {
         require_python3();
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/faulty_sink.py");
-        let stderr = fs::File::create(dir.path().join("sink.log")).unwrap();
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg("--dir")
-            .arg(dir.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("missing test peer: python3 (cannot start it)");
-        let stdout = child.stdout.take().unwrap();
-        let child = Reaper(child);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(START_LIMIT).unwrap_or_default();
-        let port = line
-            .strip_prefix("PORT ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "the faulty sink did not start: {line:?}\n{}",
-                    fs::read_to_string(dir.path().join("sink.log")).unwrap_or_default()
-                )
-            });
+        let (child, port, dir) = start_python_peer("faulty_sink.py", "the faulty sink", args);
         FaultySink {
             _child: child,
             port,
@@ -107,7 +77,7 @@ impl FaultySink {
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("sink.log")).unwrap_or_default()
+        fs::read_to_string(self.dir.path().join("faulty_sink.py.log")).unwrap_or_default()
     }
 }
 

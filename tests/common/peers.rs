@@ -94,43 +94,57 @@ pub struct PyServer {
     pub dir: tempfile::TempDir,
 }
 
+/// Runs `tests/peers/<script> --dir <tempdir> <args>` and waits for the
+/// `PORT n` line it prints once it listens; its stderr goes to
+/// `<tempdir>/<script>.log`.
+pub fn start_python_peer(
+    script: &str,
+    what: &str,
+    args: &[&str],
+) -> (Reaper, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(script);
+    let log = dir.path().join(format!("{script}.log"));
+    let mut child = Command::new("python3")
+        .arg(path)
+        .arg("--dir")
+        .arg(dir.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("missing test peer: python3 (cannot start it)");
+    let stdout = child.stdout.take().unwrap();
+    let child = Reaper(child);
+    // Read the "PORT n" line on a thread, so the wait has a limit.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(START_LIMIT).unwrap_or_default();
+    let port = line
+        .strip_prefix("PORT ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{what} did not start: {line:?}\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    (child, port, dir)
+}
+
 impl PyServer {
     /// Starts the server with extra command-line options (see the script)
     /// and waits for the port it reports.
     pub fn start(args: &[&str]) -> PyServer {
         require_python_module("aiosmtpd");
-        let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/smtp_server.py");
-        let stderr = fs::File::create(dir.path().join("server.log")).unwrap();
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg("--dir")
-            .arg(dir.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("cannot start python3");
-        let stdout = child.stdout.take().unwrap();
-        let child = Reaper(child);
-        // Read the "PORT n" line on a thread, so the wait has a limit.
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(START_LIMIT).unwrap_or_default();
-        let port = line
-            .strip_prefix("PORT ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "the Python SMTP peer did not start: {line:?}\n{}",
-                    fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
-                )
-            });
+        let (child, port, dir) = start_python_peer("smtp_server.py", "the Python SMTP peer", args);
         PyServer {
             _child: child,
             port,
@@ -190,7 +204,7 @@ impl PyServer {
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        fs::read_to_string(self.dir.path().join("smtp_server.py.log")).unwrap_or_default()
     }
 }
 
