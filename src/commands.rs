@@ -1,6 +1,7 @@
 //! The operator's commands (`list`, `show`, `flush`, `hold`, `release`,
 //! `delete`, `expire`): through the daemon's control socket when a daemon
-//! runs, directly on the spool under the same locks when none does.
+//! runs, directly on the spool under the same locks when none does; and
+//! `stats`, which only a running daemon can answer.
 
 use std::io::Write;
 
@@ -12,6 +13,7 @@ use crate::date::rfc5322;
 use crate::queue::admin::Admin;
 use crate::queue::meta::{MessageMeta, RcptStatus};
 use crate::queue::spool::Spool;
+use crate::queue::stats::StatsSnapshot;
 use crate::queue::{MessageId, QueueError};
 
 /// Exit codes: success, a failed operation, bad usage, the spool or
@@ -31,6 +33,7 @@ pub enum AdminCommand {
     Release(Vec<String>),
     Delete(Vec<String>),
     Expire(Vec<String>),
+    Stats { json: bool },
 }
 
 fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, String> {
@@ -50,6 +53,11 @@ pub fn run(config: &Config, cmd: AdminCommand) -> u8 {
     };
     let response = match control::request(&config.spool, &request) {
         Ok(r) => r,
+        // Only a running daemon counts.
+        Err(e @ ControlError::NoDaemon) if request == Request::Stats => {
+            eprintln!("mailqueue: {e}");
+            return UNAVAILABLE;
+        }
         Err(ControlError::NoDaemon) => match direct(config, &request) {
             Ok(r) => r,
             Err(e) => {
@@ -88,6 +96,7 @@ fn to_request(cmd: &AdminCommand) -> Result<Request, String> {
         AdminCommand::Expire(ids) => Request::Expire {
             ids: parse_ids(ids)?,
         },
+        AdminCommand::Stats { .. } => Request::Stats,
     })
 }
 
@@ -113,6 +122,7 @@ fn direct(config: &Config, request: &Request) -> Result<Response, QueueError> {
                     .collect();
             }
             Request::Pickup | Request::Quota { .. } => {}
+            Request::Stats => {}
         }
         return Ok(r);
     }
@@ -145,6 +155,11 @@ fn report(config: &Config, cmd: &AdminCommand, r: &Response) -> u8 {
                     .write_all(show_text(config, m, r.header.as_deref().unwrap_or("")).as_bytes());
             }
         }
+        AdminCommand::Stats { json } => {
+            if let Some(s) = &r.stats {
+                let _ = out.write_all(stats_text(s, *json).as_bytes());
+            }
+        }
         _ => {}
     }
     if r.ok {
@@ -152,6 +167,23 @@ fn report(config: &Config, cmd: &AdminCommand, r: &Response) -> u8 {
     } else {
         FAILED
     }
+}
+
+/// `stats`: one `name: value` line per counter, or one JSON object.
+fn stats_text(s: &StatsSnapshot, json: bool) -> String {
+    if json {
+        return format!("{}\n", serde_json::to_string(s).unwrap_or_default());
+    }
+    let ms = |us: u64| format!("{:.3} ms", us as f64 / 1000.0);
+    format!(
+        "messages: {}\nbytes: {}\nattempts: {}\nlag p50: {}\nlag p99: {}\nlag max: {}\n",
+        s.messages,
+        s.bytes,
+        s.attempts,
+        ms(s.lag_p50_us),
+        ms(s.lag_p99_us),
+        ms(s.lag_max_us)
+    )
 }
 
 /// `active`, `deferred` or `hold`, as Postfix names its queues.

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::admin::Admin;
 use crate::queue::meta::MessageMeta;
+use crate::queue::stats::StatsSnapshot;
 use crate::queue::{MessageId, Queue, QueueError};
 
 /// A request to the daemon.
@@ -49,6 +50,8 @@ pub enum Request {
     Quota {
         size: u64,
     },
+    /// The running queue's counters.
+    Stats,
 }
 
 /// The daemon's answer.
@@ -66,6 +69,9 @@ pub struct Response {
     /// For commands on several ids: the ones that failed, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<(MessageId, String)>,
+    /// For `stats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsSnapshot>,
 }
 
 impl Response {
@@ -220,13 +226,17 @@ fn handle(req: Request, queue: &Queue, pickup: &Sender<()>) -> Response {
             Ok(()) => Response::ok(),
             Err(e) => Response::error(e),
         },
+        Request::Stats => Response {
+            stats: Some(queue.stats()),
+            ..Response::ok()
+        },
         req => apply(&queue.admin(), &req),
     }
 }
 
 /// Carries out a management request, in the daemon or directly on a
 /// spool. `Pickup` and `Quota` concern a running daemon only: here they
-/// do nothing.
+/// do nothing; `Stats` has nothing to report.
 pub fn apply(admin: &Admin<'_>, req: &Request) -> Response {
     let each = |ids: &[MessageId], op: &dyn Fn(MessageId) -> Result<(), QueueError>| {
         let failures: Vec<(MessageId, String)> = ids
@@ -265,5 +275,6 @@ pub fn apply(admin: &Admin<'_>, req: &Request) -> Response {
         Request::Delete { ids } => each(ids, &|id| admin.delete(id)),
         Request::Expire { ids } => each(ids, &|id| admin.expire(id)),
         Request::Pickup | Request::Quota { .. } => Response::ok(),
+        Request::Stats => Response::error(ControlError::NoDaemon),
     }
 }

@@ -71,6 +71,13 @@ enum Cmd {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Show the running daemon's counters: queue size, attempts,
+    /// scheduling lag.
+    Stats {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and exit.
     Check,
 }
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
         Cmd::Release { ids } => admin(AdminCommand::Release(ids)),
         Cmd::Delete { ids } => admin(AdminCommand::Delete(ids)),
         Cmd::Expire { ids } => admin(AdminCommand::Expire(ids)),
+        Cmd::Stats { json } => admin(AdminCommand::Stats { json }),
         Cmd::Sendmail { .. } => unreachable!("handled above"),
     }
 }

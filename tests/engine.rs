@@ -212,39 +212,55 @@ fn broken_spool_files_are_quarantined_or_cleaned_at_open() {
     config.queue.max_retry_interval = Duration::from_secs(3600);
     let down = Scripted::new(vec![]).with_fallback(Plan::start(temp("down")));
     let queue = Queue::open(config.clone(), down.arc()).unwrap();
-    let ids: Vec<_> = (0..4)
+    let ids: Vec<_> = (0..5)
         .map(|i| {
             queue
                 .enqueue(&envelope(&[&format!("r{i}@x.org")]), MSG)
                 .unwrap()
         })
         .collect();
-    assert!(wait_for(LONG, || down.attempts() == 4));
+    assert!(wait_for(LONG, || down.attempts() == 5));
     queue.close();
 
     let q = config.spool.join("queue");
-    std::fs::remove_file(q.join(format!("{}.msg", ids[0]))).unwrap(); // metadata without message
-    std::fs::remove_file(q.join(format!("{}.meta", ids[1]))).unwrap(); // unfinished write
+    // A removal interrupted between its two unlinks.
+    std::fs::remove_file(q.join(format!("{}.msg", ids[0]))).unwrap();
+    // Lost metadata: the message falls back to the state it was accepted in.
+    std::fs::remove_file(q.join(format!("{}.meta", ids[1]))).unwrap();
     std::fs::write(
         q.join(format!("{}.meta", ids[2])),
         b"{\"version\":1,garbage",
     )
     .unwrap();
+    // A message file cut short: its trailer is gone, its metadata is not.
+    let msg4 = q.join(format!("{}.msg", ids[4]));
+    let len = std::fs::metadata(&msg4).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&msg4)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    // A write that never finished: no trailer, no metadata.
+    std::fs::write(q.join("0123456789ABCDEF0123.msg"), MSG).unwrap();
     std::fs::write(config.spool.join("tmp").join("leftover.meta"), b"x").unwrap();
 
     let up = Scripted::new(vec![]);
     config.queue.initial_retry = Duration::from_millis(50);
     let queue = Queue::open(config.clone(), up.arc()).unwrap();
-    // Overdue after the restart? Not yet: flush to deliver the healthy one now.
+    // Overdue after the restart? Not yet: flush to deliver the healthy ones now.
     queue.flush(None);
     assert!(wait_for(LONG, || spool_empty(&config)));
-    assert_eq!(up.delivered(), vec!["r3@x.org"]);
+    let mut delivered = up.delivered();
+    delivered.sort();
+    assert_eq!(delivered, vec!["r1@x.org", "r3@x.org"]);
     let corrupt = files_in(&config.spool.join("corrupt"));
     assert_eq!(corrupt, {
         let mut v = vec![
-            format!("{}.meta", ids[0]),
             format!("{}.meta", ids[2]),
             format!("{}.msg", ids[2]),
+            format!("{}.meta", ids[4]),
+            format!("{}.msg", ids[4]),
         ];
         v.sort();
         v

@@ -173,9 +173,7 @@ fn a_full_disk_refuses_new_mail_keeps_the_old_and_recovers() {
             .iter()
             .find(|m| m["queue_id"] == id.as_str())
             .unwrap_or_else(|| panic!("{id} lost"));
-        let size = std::fs::metadata(spool.join("queue").join(format!("{id}.msg")))
-            .unwrap()
-            .len();
+        let size = common::stored_message(&spool, id).len() as u64;
         assert_eq!(m["message_size"].as_u64(), Some(size), "{id} damaged");
     }
     assert!(std::fs::read_dir(spool.join("corrupt"))

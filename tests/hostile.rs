@@ -31,7 +31,7 @@ fn still_serves(d: &Daemon) {
 }
 
 fn message_file(d: &Daemon, id: &str) -> Vec<u8> {
-    std::fs::read(d.spool().join("queue").join(format!("{id}.msg"))).unwrap()
+    common::stored_message(&d.spool(), id)
 }
 
 #[test]

@@ -211,12 +211,7 @@ fn too_many_recipients_get_452_4_5_3() {
     c.cmd("RCPT TO:<b3@example.org>").expect(452, "4.5.3");
     c.cmd("DATA").expect(354, "");
     queued_id(&c.data_raw(&dot_stuff(MSG)));
-    let meta = std::fs::read_to_string(
-        d.spool()
-            .join("queue")
-            .join(d.queued()[0].replace(".msg", ".meta")),
-    )
-    .unwrap();
+    let meta = common::stored_metadata(&d.spool(), d.queued()[0].trim_end_matches(".msg"));
     assert!(meta.contains("b1@example.org") && meta.contains("b2@example.org"));
     assert!(!meta.contains("b3@example.org"), "{meta}");
 }
@@ -317,9 +312,7 @@ fn the_reply_names_the_queue_id_and_a_received_header_is_prepended() {
     let d = daemon_with("");
     let mut c = connect(&d);
     let id = queued_id(&c.mail("a@example.org", &["b@example.org"], MSG));
-    let path = d.spool().join("queue").join(format!("{id}.msg"));
-    assert!(path.exists(), "no {}", path.display());
-    let stored = std::fs::read(&path).unwrap();
+    let stored = common::stored_message(&d.spool(), &id);
     let text = String::from_utf8_lossy(&stored);
     assert!(
         text.starts_with(
@@ -405,7 +398,7 @@ fn dsn_parameters_are_accepted_and_kept() {
         .expect(555, "5.5.4");
     c.cmd("DATA").expect(354, "");
     let id = queued_id(&c.data_raw(&dot_stuff(MSG)));
-    let meta = std::fs::read_to_string(d.spool().join("queue").join(format!("{id}.meta"))).unwrap();
+    let meta = common::stored_metadata(&d.spool(), &id);
     assert!(meta.contains("QQ+id"), "{meta}");
     assert!(meta.contains("rfc822;b+x@example.org"), "{meta}");
 }
@@ -460,7 +453,7 @@ fn data_sent_one_byte_at_a_time_is_stored_the_same() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let id = queued_id(&c.reply());
-    let stored = std::fs::read(d.spool().join("queue").join(format!("{id}.msg"))).unwrap();
+    let stored = common::stored_message(&d.spool(), &id);
     assert!(
         stored.ends_with(&body),
         "{:?}",

@@ -364,3 +364,41 @@ fn quotas_refuse_new_mail_but_never_a_notice() {
         "notice refused: {list:?}"
     );
 }
+
+#[test]
+fn stats_count_attempts_and_their_lag_while_the_daemon_runs() {
+    let sink = SmtpSink::start(&[]);
+    let mut d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let config = d.config_path();
+    for n in 0..20 {
+        submit(&d, &format!("rcpt{n}@example.net"));
+    }
+    assert!(wait_for(LONG, || sink.count() >= 20 && d.queued().is_empty()));
+
+    let (code, out, err) = mq(&config, &["stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let s: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(s["messages"], 0, "{s}");
+    assert_eq!(s["bytes"], 0, "{s}");
+    assert!(s["attempts"].as_u64().unwrap() >= 20, "{s}");
+    let (p50, p99, max) = (
+        s["lag_p50_us"].as_u64().unwrap(),
+        s["lag_p99_us"].as_u64().unwrap(),
+        s["lag_max_us"].as_u64().unwrap(),
+    );
+    assert!(p50 <= p99 && p99 <= max && max > 0, "{s}");
+    // Due at once, with workers idle: started well within a second.
+    assert!(p50 < 1_000_000, "{s}");
+
+    let (code, out, _) = mq(&config, &["stats"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("attempts: ") && out.contains("lag p99: "),
+        "{out}"
+    );
+
+    stop(&mut d);
+    let (code, _, err) = mq(&config, &["stats"]);
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("no daemon"), "{err}");
+}

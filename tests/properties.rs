@@ -463,6 +463,7 @@ fn message_meta() -> impl Strategy<Value = MessageMeta> {
             prop::option::of(any::<u64>()),
             any::<u64>(),
             any::<u64>(),
+            prop::option::of(any::<u32>()),
         ),
         (
             prop::option::of(prop_oneof![Just(Ret::Full), Just(Ret::Hdrs)]),
@@ -480,7 +481,7 @@ fn message_meta() -> impl Strategy<Value = MessageMeta> {
     )
         .prop_map(
             |(
-                (sender, arrival, last_attempt, next_attempt, size),
+                (sender, arrival, last_attempt, next_attempt, size, checksum),
                 (ret, envid, smtputf8, eight_bit),
                 (hold, held_since, held_ms, is_dsn),
                 recipients,
@@ -492,6 +493,7 @@ fn message_meta() -> impl Strategy<Value = MessageMeta> {
                 last_attempt: last_attempt.map(Timestamp),
                 next_attempt: Timestamp(next_attempt),
                 size,
+                checksum,
                 params: MailParams {
                     ret,
                     envid,

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::daemon::{dot_stuff, queued_id, Client, Daemon, Setup};
-use common::peers::{PyServer, Received, SmtpSink};
+use common::daemon::{dot_stuff, queued_id, run_mailqueue, spawn_serve, Client, Daemon, Setup};
+use common::peers::{PyServer, Reaper, Received, SmtpSink};
 use common::wait_for;
 
 const LONG: Duration = Duration::from_secs(20);
@@ -584,4 +584,44 @@ fn a_5xx_greeting_defers_instead_of_bouncing() {
     let log = d.log();
     assert!(log.contains("status=deferred (500 5.3.0"), "{log}");
     assert!(!log.contains("status=bounced"), "{log}");
+}
+
+#[test]
+fn a_message_damaged_in_the_spool_is_never_sent_and_the_sender_is_told() {
+    let peer = PyServer::start(&[]);
+    // First nothing listens at the target: the message waits in the spool.
+    let mut first = Daemon::start(
+        &Setup::default().queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\""),
+    );
+    let id = submit(&first, "a@example.org", &["b@example.net"]);
+    assert!(first.wait_log("status=deferred", LONG), "{}", first.log());
+    first.terminate();
+    assert!(first.wait_exit(LONG).is_some());
+
+    // One byte of the message body flips on the disk.
+    let path = first.spool().join("queue").join(format!("{id}.msg"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"Hello.").unwrap();
+    bytes[at] = b'J';
+    std::fs::write(&path, bytes).unwrap();
+
+    // Then the target is up; the message is due at once.
+    let (status, _, err) =
+        run_mailqueue(&["--config", first.config_path().to_str().unwrap(), "flush"]);
+    assert!(status.success(), "{err}");
+    let port = common::daemon::free_port();
+    let config = first.dir.path().join("second.toml");
+    std::fs::write(
+        &config,
+        Setup::to(&peer.url("smtp")).toml(&first.spool(), port),
+    )
+    .unwrap();
+    let _second = Reaper(spawn_serve(&config, first.dir.path(), "info"));
+
+    let notice = wait_bounce(&peer);
+    assert_report(&notice, "a@example.org", "b@example.net", "5.3.0");
+    assert!(notice.text().contains("damaged"), "{}", notice.text());
+    // The damaged text reached nobody: the only message is the notice.
+    assert_eq!(peer.messages().len(), 1, "{:?}", peer.events());
+    assert!(!notice.text().contains("Jello."), "{}", notice.text());
 }

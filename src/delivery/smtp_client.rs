@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::address::ReversePath;
 use crate::config::TlsPolicy;
 use crate::delivery::transport::{read_line_limited, write_dot_stuffed, Transport};
-use crate::delivery::{Body, DeliveryError};
+use crate::delivery::{Body, DamagedBody, DeliveryError};
 use crate::envelope::{BodyType, MailParams, Recipient, Ret};
 use crate::smtp::reply::{split_enhanced, SmtpReply};
 use crate::smtp::xtext;
@@ -721,8 +721,13 @@ impl Session {
         {
             let mut out = BufWriter::with_capacity(64 * 1024, self.io.get_mut());
             write_dot_stuffed(&mut reader, &mut out).map_err(|e| {
-                DeliveryError::network(&format!("sending data to {}", self.relay), &e)
-                    .at(self.host.clone())
+                match DamagedBody::from_io(&e) {
+                    // Left in the middle of DATA, without the final dot: the
+                    // server drops what it got when the session is closed.
+                    Some(damage) => DeliveryError::permanent(554, (5, 3, 0), &damage.to_string()),
+                    None => DeliveryError::network(&format!("sending data to {}", self.relay), &e)
+                        .at(self.host.clone()),
+                }
             })?;
         }
         self.broken = false;

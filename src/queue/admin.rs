@@ -48,7 +48,7 @@ impl<'a> Admin<'a> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
             let name = entry.map_err(io_error(dir))?.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".msg")) else {
                 continue;
             };
             let Ok(id) = stem.parse::<MessageId>() else {
@@ -66,7 +66,7 @@ impl<'a> Admin<'a> {
     /// A message's metadata and header.
     pub fn show(&self, id: MessageId) -> Result<(MessageMeta, Vec<u8>), QueueError> {
         let meta = self.read(id)?;
-        let header = self.spool.read_header(&id, MAX_SHOWN_HEADER)?;
+        let header = self.spool.read_header(&meta, MAX_SHOWN_HEADER)?;
         Ok((meta, header))
     }
 

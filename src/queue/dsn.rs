@@ -6,7 +6,6 @@
 //! so a notice made after a restart is the same as one made before.
 
 use std::fmt::Write as _;
-use std::io::Read;
 use std::time::SystemTime;
 
 use crate::address::Address;
@@ -350,7 +349,7 @@ pub(crate) fn notice(
         return None;
     }
     let header = spool
-        .read_header(&meta.id, MAX_QUOTED_HEADER)
+        .read_header(meta, MAX_QUOTED_HEADER)
         .unwrap_or_else(|e| {
             log::warn!("{}: cannot read the header for the notice: {e}", meta.id);
             Vec::new()
@@ -358,7 +357,7 @@ pub(crate) fn notice(
     let limit = config.bounce.max_return_size;
     let full =
         if action == Action::Failed && meta.params.ret == Some(Ret::Full) && meta.size <= limit {
-            read_whole(spool, &meta.id, limit)
+            spool.read_message(meta, limit).ok().flatten()
         } else {
             None
         };
@@ -391,13 +390,6 @@ pub(crate) fn notice(
         now: SystemTime::now(),
         unique: &unique,
     })
-}
-
-fn read_whole(spool: &Spool, id: &MessageId, limit: u64) -> Option<Vec<u8>> {
-    let mut bytes = Vec::new();
-    let file = std::fs::File::open(spool.message_path(id)).ok()?;
-    file.take(limit + 1).read_to_end(&mut bytes).ok()?;
-    (bytes.len() as u64 <= limit).then_some(bytes)
 }
 
 /// The failure notice for the recipients at `failed`.

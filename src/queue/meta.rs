@@ -124,8 +124,12 @@ pub struct MessageMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt: Option<Timestamp>,
     pub next_attempt: Timestamp,
-    /// Size of the message file in bytes.
+    /// Size of the message in bytes (the message file also holds the
+    /// metadata trailer after it).
     pub size: u64,
+    /// CRC-32 (IEEE) of the message, checked whenever it is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<u32>,
     #[serde(flatten)]
     pub params: MailParams,
     #[serde(default)]
@@ -155,6 +159,7 @@ impl MessageMeta {
             last_attempt: None,
             next_attempt: now,
             size,
+            checksum: None,
             params: envelope.params.clone(),
             hold: false,
             held_since: None,

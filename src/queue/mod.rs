@@ -26,6 +26,7 @@ mod id;
 pub mod meta;
 pub mod retry;
 pub mod spool;
+pub mod stats;
 pub mod timer;
 mod worker;
 
@@ -107,7 +108,16 @@ pub(crate) struct Shared {
     pub inflight: Mutex<HashSet<MessageId>>,
     /// A sender of the job channel for messages due at once; taken away
     /// at shutdown.
-    pub direct_jobs: Mutex<Option<Sender<MessageId>>>,
+    pub direct_jobs: Mutex<Option<Sender<Job>>>,
+    pub stats: stats::Stats,
+}
+
+/// A message handed to a worker, and when it was due: the worker counts
+/// how late it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Job {
+    pub id: MessageId,
+    pub due: Instant,
 }
 
 impl Shared {
@@ -117,10 +127,13 @@ impl Shared {
         if wait.is_zero() {
             // Due now and a worker free: skip the timer thread's wake-up.
             let direct = self.direct_jobs.lock().unwrap_or_else(|p| p.into_inner());
-            if direct
-                .as_ref()
-                .is_some_and(|jobs| jobs.try_send(id).is_ok())
-            {
+            if direct.as_ref().is_some_and(|jobs| {
+                jobs.try_send(Job {
+                    id,
+                    due: Instant::now(),
+                })
+                .is_ok()
+            }) {
                 return;
             }
         }
@@ -250,6 +263,7 @@ impl Queue {
             bytes: AtomicU64::new(report.messages.iter().map(|m| m.size).sum()),
             inflight: Mutex::new(HashSet::new()),
             direct_jobs,
+            stats: stats::Stats::default(),
         });
         for meta in &report.messages {
             if !meta.hold {
@@ -320,6 +334,12 @@ impl Queue {
     }
 
     /// Messages and bytes queued now.
+    /// The queue's counters now.
+    pub fn stats(&self) -> stats::StatsSnapshot {
+        let (messages, bytes) = self.usage();
+        self.shared.stats.snapshot(messages, bytes)
+    }
+
     pub fn usage(&self) -> (u64, u64) {
         (
             self.shared.messages.load(Ordering::SeqCst),

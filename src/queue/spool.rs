@@ -1,25 +1,35 @@
-//! The on-disk spool: one `.msg` file (never rewritten) and one `.meta`
-//! file (replaced atomically) per message, and the locks that keep two
-//! processes or threads from working on the same thing.
+//! The on-disk spool: one `<id>.msg` file per message, holding the message
+//! as received followed by its first metadata (a trailer), and, once an
+//! attempt or an operator has changed that state, a `<id>.meta` file that
+//! supersedes the trailer and is replaced atomically.
+//!
+//! One file, not two, because most messages leave at their first attempt:
+//! such a message then costs one file creation, one fdatasync and one
+//! unlink, where a separate metadata file doubled each of them (and added a
+//! rename), and those file-system operations are most of the cost of
+//! relaying a message.
 //!
 //! Write order, so that a crash at any point leaves either nothing
 //! acknowledged or a complete message:
-//! 1. `queue/<id>.msg` is created with `create_new`, written and fsynced;
-//! 2. the metadata is written to `tmp/<id>.meta`, fsynced and renamed to
-//!    `queue/<id>.meta`;
-//! 3. the `queue/` directory is fsynced. Only then is the message acknowledged.
+//! 1. `queue/<id>.msg` is created with `create_new`; the message, its
+//!    metadata as JSON and a footer naming the JSON's length are written
+//!    and fdatasynced;
+//! 2. the `queue/` directory is fsynced. Only then is the message acknowledged.
 //!
-//! A `.msg` without `.meta` is therefore an unfinished write and is removed
-//! at start; a `.meta` without `.msg` cannot come from this code and is
-//! quarantined.
+//! Later states go to `tmp/<id>.meta`, fsynced, renamed to `queue/<id>.meta`,
+//! directory fsynced. A `.msg` without footer is an unfinished write and is
+//! removed at start. The metadata carries a CRC-32 of the message, checked
+//! while it is sent: what a power loss tore in an unacknowledged write, or
+//! the disk damaged later, is never passed on. Removal unlinks the `.msg`
+//! first, so a crash in between leaves a lone `.meta`, removed at start.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 
 use rayon::prelude::*;
 
@@ -47,7 +57,23 @@ pub struct SpoolLock {
 /// touches the message while it lives.
 #[derive(Debug)]
 pub struct MessageLock {
-    _file: File,
+    file: Arc<File>,
+}
+
+impl MessageLock {
+    /// The message file, open for reading; it stays open (and unlocked)
+    /// after the lock is dropped, so an attempt reads the message without
+    /// opening it again.
+    pub fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+}
+
+impl Drop for MessageLock {
+    /// Unlocks explicitly: the file may stay open elsewhere.
+    fn drop(&mut self) {
+        let _ = fs2::FileExt::unlock(&*self.file);
+    }
 }
 
 /// A message being written into the spool.
@@ -57,7 +83,68 @@ pub struct MessageWriter {
     path: PathBuf,
     file: io::BufWriter<File>,
     size: u64,
+    checksum: crc32fast::Hasher,
     done: bool,
+}
+
+/// The footer that ends every message file: `\nMQMETA1 `, the length of
+/// the metadata JSON before it in ten digits, `\n`.
+const FOOTER_MAGIC: &[u8] = b"\nMQMETA1 ";
+const FOOTER_LEN: u64 = 20;
+
+fn footer(json_len: usize) -> Vec<u8> {
+    format!("\nMQMETA1 {json_len:010}\n").into_bytes()
+}
+
+/// Why a message file's trailer cannot be read.
+#[derive(Debug)]
+enum TrailerError {
+    /// No footer: the write never finished.
+    Missing,
+    Corrupt(String),
+    Io(io::Error),
+}
+
+/// Reads the trailer of a message file: the length of the message before
+/// it, and the metadata JSON.
+fn read_trailer(file: &File) -> Result<(u64, Vec<u8>), TrailerError> {
+    let len = file.metadata().map_err(TrailerError::Io)?.len();
+    if len < FOOTER_LEN {
+        return Err(TrailerError::Missing);
+    }
+    // One read covers the footer and, nearly always, the JSON.
+    let tail_len = len.min(4096);
+    let mut tail = vec![0u8; tail_len as usize];
+    file.read_exact_at(&mut tail, len - tail_len)
+        .map_err(TrailerError::Io)?;
+    let foot = &tail[tail.len() - FOOTER_LEN as usize..];
+    let digits = &foot[FOOTER_MAGIC.len()..FOOTER_LEN as usize - 1];
+    if !foot.starts_with(FOOTER_MAGIC)
+        || foot[FOOTER_LEN as usize - 1] != b'\n'
+        || !digits.iter().all(u8::is_ascii_digit)
+    {
+        return Err(TrailerError::Missing);
+    }
+    let json_len: u64 = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .ok_or(TrailerError::Missing)?;
+    if json_len + FOOTER_LEN > len {
+        return Err(TrailerError::Corrupt(format!(
+            "the footer names {json_len} bytes of metadata in a file of {len}"
+        )));
+    }
+    let body_len = len - FOOTER_LEN - json_len;
+    let json = if json_len + FOOTER_LEN <= tail_len {
+        let end = tail.len() - FOOTER_LEN as usize;
+        tail[end - json_len as usize..end].to_vec()
+    } else {
+        let mut json = vec![0u8; json_len as usize];
+        file.read_exact_at(&mut json, body_len)
+            .map_err(TrailerError::Io)?;
+        json
+    };
+    Ok((body_len, json))
 }
 
 /// What a start-up scan of the spool found.
@@ -222,6 +309,7 @@ impl Spool {
                         path,
                         file: io::BufWriter::with_capacity(64 * 1024, file),
                         size: 0,
+                        checksum: crc32fast::Hasher::new(),
                         done: false,
                     })
                 }
@@ -232,18 +320,25 @@ impl Spool {
         }
     }
 
-    /// Makes a written message and its metadata durable. When this
-    /// returns, the message survives a crash or power loss.
+    /// Makes a written message and its metadata durable, completing
+    /// `meta` with the message's size and checksum. When this returns, the
+    /// message survives a crash or power loss.
     pub fn commit_message(
         &self,
         mut writer: MessageWriter,
-        meta: &MessageMeta,
+        meta: &mut MessageMeta,
     ) -> Result<(), QueueError> {
         debug_assert_eq!(writer.id, meta.id);
+        meta.size = writer.size;
+        meta.checksum = Some(writer.checksum.clone().finalize());
+        let json = meta.to_json();
         let path = writer.path.clone();
-        writer.file.flush().map_err(io_error(&path))?;
-        writer.file.get_ref().sync_data().map_err(io_error(&path))?;
-        self.write_meta_file(meta)?;
+        let file = &mut writer.file;
+        file.write_all(&json)
+            .and_then(|_| file.write_all(&footer(json.len())))
+            .and_then(|_| file.flush())
+            .and_then(|_| file.get_ref().sync_data())
+            .map_err(io_error(&path))?;
         self.queue_sync.sync(&self.queue)?;
         writer.done = true;
         Ok(())
@@ -262,7 +357,7 @@ impl Spool {
         }
         let mut meta = MessageMeta::new(writer.id(), envelope, writer.size());
         meta.is_dsn = is_dsn;
-        self.commit_message(writer, &meta)?;
+        self.commit_message(writer, &mut meta)?;
         log::info!(
             "{}: from=<{}>, size={}, nrcpt={}{}",
             meta.id,
@@ -290,10 +385,62 @@ impl Spool {
         fs::rename(&tmp, &dst).map_err(io_error(&dst))
     }
 
+    /// A message's current metadata: its `.meta` file if it has one, else
+    /// the trailer of its message file.
     pub fn read_meta(&self, id: &MessageId) -> Result<MessageMeta, QueueError> {
+        self.read_meta_with(id, None)
+    }
+
+    /// As [`Spool::read_meta`], reading the trailer through the lock's
+    /// open file.
+    pub fn read_locked(
+        &self,
+        id: &MessageId,
+        lock: &MessageLock,
+    ) -> Result<MessageMeta, QueueError> {
+        self.read_meta_with(id, Some(&lock.file))
+    }
+
+    fn read_meta_with(
+        &self,
+        id: &MessageId,
+        open: Option<&File>,
+    ) -> Result<MessageMeta, QueueError> {
         let path = self.meta_path(id);
-        let bytes = fs::read(&path).map_err(io_error(&path))?;
-        MessageMeta::from_json(&bytes).map_err(|reason| QueueError::Corrupt { path, reason })
+        match fs::read(&path) {
+            Ok(bytes) => {
+                return MessageMeta::from_json(&bytes)
+                    .map_err(|reason| QueueError::Corrupt { path, reason })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&path)(e)),
+        }
+        let path = self.message_path(id);
+        let opened;
+        let file = match open {
+            Some(f) => f,
+            None => {
+                opened = File::open(&path).map_err(io_error(&path))?;
+                &opened
+            }
+        };
+        let corrupt = |reason: String| QueueError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let (body_len, json) = read_trailer(file).map_err(|e| match e {
+            TrailerError::Missing => corrupt("no metadata trailer (an unfinished write)".into()),
+            TrailerError::Corrupt(reason) => corrupt(reason),
+            TrailerError::Io(e) => io_error(&path)(e),
+        })?;
+        let meta = MessageMeta::from_json(&json).map_err(corrupt)?;
+        if meta.size != body_len {
+            return Err(corrupt(format!(
+                "the message is {body_len} bytes, its metadata says {}",
+                meta.size
+            )));
+        }
+        Ok(meta)
     }
 
     /// Locks a message, waiting for whoever holds it. `None` when the
@@ -307,16 +454,20 @@ impl Spool {
         };
         fs2::FileExt::lock_exclusive(&file).map_err(io_error(&path))?;
         // Removed between open and lock: the lock is on a dead inode.
-        if !self.meta_path(id).exists() {
+        if file.metadata().map_err(io_error(&path))?.nlink() == 0 {
             return Ok(None);
         }
-        Ok(Some(MessageLock { _file: file }))
+        Ok(Some(MessageLock {
+            file: Arc::new(file),
+        }))
     }
 
-    /// Removes a finished message. Metadata goes first, so a crash in
-    /// between leaves a bare `.msg` that start-up removes.
+    /// Removes a finished message. The message file goes first: a crash
+    /// in between leaves a lone `.meta`, which start-up removes, where the
+    /// other order would leave a message file whose trailer still lists
+    /// every recipient as pending.
     pub fn remove(&self, id: &MessageId) -> Result<(), QueueError> {
-        for path in [self.meta_path(id), self.message_path(id)] {
+        for path in [self.message_path(id), self.meta_path(id)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -341,11 +492,28 @@ impl Spool {
         let _ = sync_dir(&self.queue);
     }
 
+    /// Reads a whole message, as received, if it is at most `limit` bytes.
+    pub fn read_message(
+        &self,
+        meta: &MessageMeta,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, QueueError> {
+        if meta.size > limit {
+            return Ok(None);
+        }
+        let path = self.message_path(&meta.id);
+        let mut bytes = Vec::with_capacity(meta.size as usize);
+        File::open(&path)
+            .and_then(|f| f.take(meta.size).read_to_end(&mut bytes))
+            .map_err(io_error(&path))?;
+        Ok(Some(bytes))
+    }
+
     /// Reads the message's header block (up to the first empty line).
-    pub fn read_header(&self, id: &MessageId, limit: usize) -> Result<Vec<u8>, QueueError> {
-        let path = self.message_path(id);
+    pub fn read_header(&self, meta: &MessageMeta, limit: usize) -> Result<Vec<u8>, QueueError> {
+        let path = self.message_path(&meta.id);
         let file = File::open(&path).map_err(io_error(&path))?;
-        let mut reader = BufReader::new(file);
+        let mut reader = BufReader::new(file.take(meta.size));
         let mut header = Vec::new();
         let mut line = Vec::new();
         loop {
@@ -395,7 +563,7 @@ impl Spool {
             }
         }
 
-        let mut complete = Vec::new();
+        let mut candidates = Vec::new();
         for (stem, f) in found {
             let Ok(id) = stem.parse::<MessageId>() else {
                 self.quarantine(&stem, "file name is not a queue id");
@@ -403,47 +571,34 @@ impl Spool {
                 continue;
             };
             match (f.msg, f.meta) {
-                (true, true) => complete.push(id),
-                (true, false) => {
-                    log::info!("{id}: removing unfinished write (message without metadata)");
-                    let path = self.message_path(&id);
+                (true, has_meta) => candidates.push((id, has_meta)),
+                (false, true) => {
+                    log::info!("{id}: removing the metadata of a removal interrupted by a crash");
+                    let path = self.meta_path(&id);
                     fs::remove_file(&path).map_err(io_error(&path))?;
                     report.removed += 1;
-                }
-                (false, true) => {
-                    self.quarantine(id.as_str(), "metadata without message file");
-                    report.quarantined += 1;
                 }
                 (false, false) => {}
             }
         }
 
-        let parsed: Vec<(MessageId, Result<MessageMeta, String>)> = complete
+        let checked: Vec<(MessageId, Loaded)> = candidates
             .into_par_iter()
-            .map(|id| {
-                let result = self
-                    .read_meta(&id)
-                    .map_err(|e| e.to_string())
-                    .and_then(|m| {
-                        if m.id != id {
-                            return Err(format!("metadata names another id, {}", m.id));
-                        }
-                        // A message file of another size than the one
-                        // acknowledged was damaged after the fact.
-                        let path = self.message_path(&id);
-                        match fs::metadata(&path) {
-                            Ok(f) if f.len() == m.size => Ok(m),
-                            Ok(f) => Err(format!(
-                                "message file is {} bytes, the metadata says {}",
-                                f.len(),
-                                m.size
-                            )),
-                            Err(e) => Err(format!("{}: {e}", path.display())),
-                        }
-                    });
-                (id, result)
-            })
+            .map(|(id, has_meta)| (id, self.load_one(&id, has_meta)))
             .collect();
+        let mut parsed = Vec::with_capacity(checked.len());
+        for (id, loaded) in checked {
+            match loaded {
+                Loaded::Unfinished => {
+                    log::info!("{id}: removing unfinished write (message without metadata)");
+                    let path = self.message_path(&id);
+                    fs::remove_file(&path).map_err(io_error(&path))?;
+                    report.removed += 1;
+                }
+                Loaded::Meta(m) => parsed.push((id, Ok(m))),
+                Loaded::Corrupt(reason) => parsed.push((id, Err(reason))),
+            }
+        }
         for (id, result) in parsed {
             match result {
                 Ok(meta) if !meta.has_pending() => {
@@ -463,6 +618,51 @@ impl Spool {
     }
 }
 
+/// What start-up makes of one message file.
+enum Loaded {
+    Meta(MessageMeta),
+    Unfinished,
+    Corrupt(String),
+}
+
+impl Spool {
+    fn load_one(&self, id: &MessageId, has_meta: bool) -> Loaded {
+        let path = self.message_path(id);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => return Loaded::Corrupt(format!("{}: {e}", path.display())),
+        };
+        let (body_len, json) = match read_trailer(&file) {
+            Ok(t) => t,
+            Err(TrailerError::Missing) if !has_meta => return Loaded::Unfinished,
+            Err(TrailerError::Missing) => {
+                return Loaded::Corrupt("the message file has no metadata trailer".into())
+            }
+            Err(TrailerError::Corrupt(reason)) => return Loaded::Corrupt(reason),
+            Err(TrailerError::Io(e)) => return Loaded::Corrupt(format!("{}: {e}", path.display())),
+        };
+        let meta = if has_meta {
+            let path = self.meta_path(id);
+            fs::read(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|bytes| MessageMeta::from_json(&bytes))
+        } else {
+            MessageMeta::from_json(&json)
+        };
+        match meta {
+            Ok(m) if m.id != *id => Loaded::Corrupt(format!("metadata names another id, {}", m.id)),
+            // A message of another size than the one acknowledged was
+            // damaged after the fact.
+            Ok(m) if m.size != body_len => Loaded::Corrupt(format!(
+                "the message is {body_len} bytes, its metadata says {}",
+                m.size
+            )),
+            Ok(m) => Loaded::Meta(m),
+            Err(reason) => Loaded::Corrupt(reason),
+        }
+    }
+}
+
 impl MessageWriter {
     pub fn id(&self) -> MessageId {
         self.id
@@ -474,9 +674,7 @@ impl MessageWriter {
 
     /// Copies everything from `reader` into the message.
     pub fn copy_from(&mut self, reader: &mut dyn Read) -> Result<u64, QueueError> {
-        let n = io::copy(reader, &mut self.file).map_err(io_error(&self.path))?;
-        self.size += n;
-        Ok(n)
+        io::copy(reader, self).map_err(io_error(&self.path.clone()))
     }
 }
 
@@ -484,6 +682,7 @@ impl Write for MessageWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.size += n as u64;
+        self.checksum.update(&buf[..n]);
         Ok(n)
     }
 

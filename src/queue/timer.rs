@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender};
 
-use crate::queue::MessageId;
+use crate::queue::{Job, MessageId};
 
 /// Due times of keys, each key at most once.
 ///
@@ -153,7 +153,7 @@ pub struct Timer {
 
 impl Timer {
     /// Starts the timer thread; due ids go to `jobs`.
-    pub fn start(jobs: Sender<MessageId>) -> Timer {
+    pub fn start(jobs: Sender<Job>) -> Timer {
         let (commands, rx) = crossbeam_channel::unbounded();
         let thread = thread::Builder::new()
             .name("mailqueue-timer".into())
@@ -190,7 +190,7 @@ impl Drop for Timer {
     }
 }
 
-fn run(commands: Receiver<Command>, jobs: Sender<MessageId>) {
+fn run(commands: Receiver<Command>, jobs: Sender<Job>) {
     let mut wheel: TimeWheel<MessageId> = TimeWheel::new();
     loop {
         let now = Instant::now();
@@ -206,12 +206,12 @@ fn run(commands: Receiver<Command>, jobs: Sender<MessageId>) {
             },
             // Due: wait for room in the job channel or a command, whichever
             // comes first, so a burst never blocks commands nor loses an id.
-            Some((_, id)) => select! {
+            Some((due, id)) => select! {
                 recv(commands) -> c => match c {
                     Ok(c) => c,
                     Err(_) => return,
                 },
-                send(jobs, id) -> sent => {
+                send(jobs, Job { id, due }) -> sent => {
                     if sent.is_err() {
                         return;
                     }
@@ -319,14 +319,23 @@ mod tests {
         let now = Instant::now();
         timer.send(Command::Add(b, now + Duration::from_millis(150)));
         timer.send(Command::Add(a, now + Duration::from_millis(50)));
-        assert_eq!(jobs_rx.recv_timeout(Duration::from_secs(5)), Ok(a));
-        assert_eq!(jobs_rx.recv_timeout(Duration::from_secs(5)), Ok(b));
+        assert_eq!(
+            jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id),
+            Ok(a)
+        );
+        assert_eq!(
+            jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id),
+            Ok(b)
+        );
         // Far in the future: flushed explicitly.
         let c = MessageId::generate();
         timer.send(Command::Add(c, now + Duration::from_secs(3600)));
         assert!(jobs_rx.recv_timeout(Duration::from_millis(100)).is_err());
         timer.send(Command::Flush(Some(c)));
-        assert_eq!(jobs_rx.recv_timeout(Duration::from_secs(5)), Ok(c));
+        assert_eq!(
+            jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id),
+            Ok(c)
+        );
         timer.stop();
     }
 
@@ -346,7 +355,8 @@ mod tests {
         while got.len() < 99_999 {
             let id = jobs_rx
                 .recv_timeout(Duration::from_secs(10))
-                .expect("timer stalled");
+                .expect("timer stalled")
+                .id;
             assert!(got.insert(id), "{id} dispatched twice");
         }
         assert!(!got.contains(&removed));

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
@@ -21,11 +21,15 @@ use crate::delivery::{
 use crate::envelope::Recipient;
 use crate::queue::dsn::{self, Action};
 use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
-use crate::queue::{MessageId, QueueError, Shared};
+use crate::queue::{Job, MessageId, QueueError, Shared};
 
 /// Worker thread body: attempts messages until the job channel closes.
-pub(crate) fn run(shared: &Shared, jobs: &Receiver<MessageId>) {
-    while let Ok(id) = jobs.recv() {
+pub(crate) fn run(shared: &Shared, jobs: &Receiver<Job>) {
+    while let Ok(Job { id, due }) = jobs.recv() {
+        shared
+            .stats
+            .lag
+            .record(Instant::now().saturating_duration_since(due));
         if shared.stopping.load(Ordering::SeqCst) {
             // Still on disk: the next start schedules it again.
             continue;
@@ -82,7 +86,7 @@ fn read(
     let Some(lock) = shared.spool.lock_message(id)? else {
         return Ok(None);
     };
-    match shared.spool.read_meta(id) {
+    match shared.spool.read_locked(id, &lock) {
         Ok(m) => Ok(Some((m, lock))),
         Err(QueueError::Corrupt { reason, .. }) => {
             shared.spool.quarantine(id.as_str(), &reason);
@@ -116,6 +120,7 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         shared.forget(meta.size);
         return Ok(None);
     }
+    let file = lock.file();
     drop(lock);
 
     let target: &dyn DeliveryTarget = if meta.is_dsn {
@@ -133,7 +138,7 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         .iter()
         .map(|&i| meta.recipients[i].to_recipient())
         .collect();
-    let body = Body::from_file(shared.spool.message_path(&id), meta.size);
+    let body = Body::from_open_file(file, meta.size, meta.checksum);
     let (outcomes, relays) = deliver(target, &info, &recipients, &body);
 
     let Some((mut meta, _lock)) = read(shared, &id)? else {

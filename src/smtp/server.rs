@@ -1,5 +1,6 @@
 //! The SMTP ingest listener: one thread per connection, up to
-//! `max_connections`; replies only after the message is durable.
+//! `max_connections`, threads reused from one connection to the next;
+//! replies only after the message is durable.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -17,12 +18,15 @@ use crate::envelope::{BodyType, Envelope, MailParams, Notify, Recipient, Ret};
 use crate::queue::{is_no_space, IncomingMessage, Queue, QueueError};
 use crate::smtp::command::{self, Command};
 use crate::smtp::reply::SmtpReply;
+use crate::smtp::threads::Reused;
 use crate::smtp::xtext;
 
 /// Longest command line accepted; RFC 5321 asks for at least 512.
 const MAX_COMMAND_LINE: usize = 4096;
 /// Bad commands tolerated before the connection is dropped.
 const MAX_ERRORS: usize = 20;
+/// How long a session thread waits for the next connection.
+const THREAD_KEEP: Duration = Duration::from_secs(30);
 
 /// How the listener behaves.
 #[derive(Clone)]
@@ -77,6 +81,21 @@ impl Server {
         let stopping = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
         let settings = Arc::new(settings);
+        let sessions = {
+            let (queue, settings) = (Arc::clone(&queue), Arc::clone(&settings));
+            Arc::new(Reused::new(
+                "mailqueue-smtp",
+                THREAD_KEEP,
+                move |(stream, guard): (TcpStream, ActiveGuard)| {
+                    let _guard = guard;
+                    let Ok(peer) = stream.peer_addr() else {
+                        return;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    Session::new(Transport::Tcp(stream), peer, &queue, &settings).run();
+                },
+            ))
+        };
         let mut addrs = Vec::new();
         let mut threads = Vec::new();
         for listener in listeners {
@@ -84,16 +103,16 @@ impl Server {
                 log::info!("listening for SMTP on {a}");
                 addrs.push(a);
             }
-            let (stopping, active, queue, settings) = (
+            let (stopping, active, sessions, max) = (
                 Arc::clone(&stopping),
                 Arc::clone(&active),
-                Arc::clone(&queue),
-                Arc::clone(&settings),
+                Arc::clone(&sessions),
+                settings.max_connections,
             );
             threads.push(
                 thread::Builder::new()
                     .name("mailqueue-listen".into())
-                    .spawn(move || accept_loop(listener, &queue, &settings, &stopping, &active))
+                    .spawn(move || accept_loop(listener, &sessions, max, &stopping, &active))
                     .expect("cannot start the listener thread"),
             );
         }
@@ -138,8 +157,8 @@ impl Drop for ActiveGuard {
 
 fn accept_loop(
     listener: TcpListener,
-    queue: &Arc<Queue>,
-    settings: &Arc<ServerSettings>,
+    sessions: &Reused<(TcpStream, ActiveGuard)>,
+    max_connections: usize,
     stopping: &AtomicBool,
     active: &Arc<AtomicUsize>,
 ) {
@@ -156,26 +175,14 @@ fn accept_loop(
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= settings.max_connections {
+        if active.fetch_add(1, Ordering::SeqCst) >= max_connections {
             active.fetch_sub(1, Ordering::SeqCst);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
             let _ = stream.write_all(b"421 4.7.0 Too many connections, try again later\r\n");
             continue;
         }
         let guard = ActiveGuard(Arc::clone(active));
-        let (queue, settings) = (Arc::clone(queue), Arc::clone(settings));
-        let spawned = thread::Builder::new()
-            .name("mailqueue-smtp".into())
-            .spawn(move || {
-                let _guard = guard;
-                let peer = match stream.peer_addr() {
-                    Ok(p) => p,
-                    Err(_) => return,
-                };
-                let _ = stream.set_nodelay(true);
-                Session::new(Transport::Tcp(stream), peer, &queue, &settings).run();
-            });
-        if let Err(e) = spawned {
+        if let Err(e) = sessions.run((stream, guard)) {
             log::error!("cannot start a connection thread: {e}");
         }
     }

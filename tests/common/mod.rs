@@ -45,6 +45,31 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Names of the files in a spool subdirectory.
+/// A queued message as received, read through the library (the message
+/// file also holds the metadata trailer).
+pub fn stored_message(spool: &Path, id: &str) -> Vec<u8> {
+    let spool = mailqueue::queue::spool::Spool::open(spool).unwrap();
+    let meta = stored_meta(&spool, id);
+    spool
+        .read_message(&meta, u64::MAX)
+        .unwrap_or_else(|e| panic!("{id}: {e}"))
+        .unwrap()
+}
+
+/// A queued message's current metadata as JSON text.
+pub fn stored_metadata(spool: &Path, id: &str) -> String {
+    let spool = mailqueue::queue::spool::Spool::open(spool).unwrap();
+    String::from_utf8(stored_meta(&spool, id).to_json()).unwrap()
+}
+
+fn stored_meta(
+    spool: &mailqueue::queue::spool::Spool,
+    id: &str,
+) -> mailqueue::queue::meta::MessageMeta {
+    let id: mailqueue::MessageId = id.parse().unwrap_or_else(|_| panic!("{id}: not an id"));
+    spool.read_meta(&id).unwrap_or_else(|e| panic!("{id}: {e}"))
+}
+
 pub fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
