@@ -17,10 +17,12 @@
 //! It reports the accept rate (N / time until `smtp-source` has finished),
 //! the drain time (from the start of `smtp-source` until the sink has
 //! received all N; the sink's `-c` counter is polled), messages/s over the
-//! drain time, and from `/proc/<daemon pid>`: CPU time (utime + stime of
+//! drain time, from `/proc/<daemon pid>`: CPU time (utime + stime of
 //! all its threads) per message, peak RSS (VmHWM) and bytes written to
-//! storage (`write_bytes`) per message. Every wait is bounded; the daemon
-//! and the sink are stopped at the end, also on failure.
+//! storage (`write_bytes`) per message, and from `mailqueue stats` the
+//! scheduling lag (due time to attempt start: p50, p99, maximum). Every
+//! wait is bounded; the daemon and the sink are stopped at the end, also
+//! on failure.
 
 mod common;
 
@@ -370,6 +372,22 @@ fn run() -> Result<(), String> {
     let emptied = t0.elapsed();
     let left = count_entries(&queue_dir);
     let after = proc_stats(pid)?;
+    // The daemon's own count of how late attempts started.
+    let lag = Command::new(&binary)
+        .arg("--config")
+        .arg(&config)
+        .args(["stats", "--json"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .ok_or("mailqueue stats --json gave no answer")?;
+    let lag_ms = |key: &str| {
+        lag[key]
+            .as_u64()
+            .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
+            .unwrap_or_else(|| "?".into())
+    };
 
     // Stop the daemon as an operator would, then the sink.
     let _ = Command::new("kill")
@@ -439,6 +457,15 @@ fn run() -> Result<(), String> {
     row(
         "  of which cancelled (deleted unwritten)",
         format!("{:.0} B", cancelled as f64 / nf),
+    );
+    row(
+        "scheduling lag p50 / p99 / max",
+        format!(
+            "{} / {} / {}",
+            lag_ms("lag_p50_us"),
+            lag_ms("lag_p99_us"),
+            lag_ms("lag_max_us")
+        ),
     );
     row("sink received", format!("{received}"));
     row(
