@@ -548,9 +548,25 @@ fn the_envelope_is_pipelined_only_when_the_server_offers_it() {
     let pending = pending_at_mail(&peer);
     assert!(
         pending[0].contains("RCPT TO:<b@example.net>")
-            && pending[0].contains("RCPT TO:<c@example.net>"),
+            && pending[0].contains("RCPT TO:<c@example.net>")
+            && pending[0].contains("DATA"),
         "{pending:?}"
     );
+    // Every recipient refused: the pipelined DATA is refused as well, no
+    // body goes out, and the session stays in step for the next message.
+    submit(&d, "a@example.org", &["permfail-rcpt-1@example.net"]);
+    assert!(d.wait_log("status=bounced", LONG), "{}", d.log());
+    submit(&d, "a@example.org", &["d@example.net"]);
+    let got = peer.wait_messages(3, LONG);
+    let to_d = got
+        .iter()
+        .filter(|m| m.recipients() == vec!["d@example.net".to_string()])
+        .count();
+    assert_eq!(to_d, 1, "{:?}", peer.events());
+    assert!(!got.iter().any(|m| m
+        .recipients()
+        .contains(&"permfail-rcpt-1@example.net".to_string())));
+    assert!(!d.log().contains("out of step"), "{}", d.log());
 
     let peer = PyServer::start(&[]);
     let d = Daemon::start(&Setup::to(&peer.url("smtp")));

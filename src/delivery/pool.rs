@@ -11,8 +11,9 @@ use crate::delivery::smtp_client::Session;
 
 /// Most messages carried by one connection before it is closed.
 const MAX_USES: u32 = 100;
-/// Most idle sessions kept per destination.
-const MAX_IDLE_PER_DESTINATION: usize = 8;
+/// Most idle sessions kept per destination: enough for every worker
+/// relaying through one smarthost, so none reconnects while others idle.
+const MAX_IDLE_PER_DESTINATION: usize = 64;
 
 /// A session taken out of the pool (or new), with its use count.
 pub struct Pooled {
@@ -69,12 +70,18 @@ impl SessionPool {
         None
     }
 
-    /// Gives a session back after a transaction. It is kept only when a
-    /// clean RSET proves it still in step, and it is not worn out.
+    /// Gives a session back after a transaction. It is kept only when it
+    /// is in step (its transaction complete, or a clean RSET) and not worn
+    /// out.
     pub fn put(&self, key: &str, pooled: Pooled) {
         let Pooled { mut session, uses } = pooled;
         let uses = uses + 1;
-        if self.max_idle.is_zero() || uses >= MAX_USES || session.reset().is_err() {
+        // A session whose last transaction ended with its final reply is
+        // in step already; only an abandoned one needs the RSET round trip.
+        if self.max_idle.is_zero()
+            || uses >= MAX_USES
+            || (!session.is_idle() && session.reset().is_err())
+        {
             session.quit();
             return;
         }

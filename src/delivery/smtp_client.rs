@@ -116,6 +116,12 @@ pub struct Session {
     /// half sent), so the session must not carry another command, not
     /// even RSET or QUIT, whose reply could be mistaken for another's.
     broken: bool,
+    /// No transaction is open: the session can carry the next message
+    /// without an RSET.
+    idle: bool,
+    /// The reply to a DATA pipelined behind the envelope, until the body
+    /// (or a lone dot, if the message is abandoned) answers it.
+    data_reply: Option<SmtpReply>,
 }
 
 /// Most time the reply to QUIT is waited for.
@@ -276,6 +282,8 @@ impl Session {
             relay,
             ext: Extensions::default(),
             broken: false,
+            idle: true,
+            data_reply: None,
         };
         let greeting = session.read_reply(settings.command_timeout)?;
         if greeting.reply.code != 220 {
@@ -503,6 +511,8 @@ impl Session {
             relay,
             ext: Extensions::default(),
             broken: false,
+            idle: true,
+            data_reply: None,
         };
         session.hello()?;
         Ok(session)
@@ -638,12 +648,17 @@ impl Session {
         }
         let rcpt_lines: Vec<String> = rcpts.iter().map(|r| self.rcpt_line(r)).collect();
 
+        self.idle = false;
         if self.ext.pipelining {
+            // DATA goes in the same batch (RFC 2920): one round trip for
+            // the whole envelope. The server refuses it if no recipient
+            // was taken.
             let mut batch = format!("{mail}\r\n");
             for l in &rcpt_lines {
                 batch.push_str(l);
                 batch.push_str("\r\n");
             }
+            batch.push_str("DATA\r\n");
             self.send(&batch)?;
             let mail_reply = self.read_reply(self.settings.command_timeout)?;
             let mut results = Vec::with_capacity(rcpts.len());
@@ -655,7 +670,9 @@ impl Session {
                     Err(self.rejected(r.reply))
                 });
             }
+            self.data_reply = Some(self.read_reply(self.settings.command_timeout)?.reply);
             if mail_reply.reply.code != 250 {
+                self.end_pipelined_data()?;
                 return Err(self.rejected(mail_reply.reply));
             }
             Ok(results)
@@ -703,9 +720,12 @@ impl Session {
     /// one per accepted recipient for LMTP. An error means no recipient
     /// got the message.
     pub fn data(&mut self, body: &Body, accepted: usize) -> Result<Vec<SmtpReply>, DeliveryError> {
-        let r = self.command("DATA")?;
-        if r.reply.code != 354 {
-            return Err(self.rejected(r.reply));
+        let r = match self.data_reply.take() {
+            Some(r) => r,
+            None => self.command("DATA")?.reply,
+        };
+        if r.code != 354 {
+            return Err(self.rejected(r));
         }
         let _ = self.io.get_ref().set_timeout(self.settings.data_timeout);
         // From here until the final dot the server reads message text: a
@@ -736,15 +756,38 @@ impl Session {
         for _ in 0..replies {
             out.push(self.read_reply(self.settings.data_timeout)?.reply);
         }
+        // The transaction is over, whatever the replies said.
+        self.idle = true;
         Ok(out)
+    }
+
+    /// Ends a pipelined DATA that the server took although the message is
+    /// not sent (no recipient left, or MAIL refused): an empty message
+    /// that the server refuses for want of recipients, or that goes
+    /// nowhere. Keeps the session in step.
+    fn end_pipelined_data(&mut self) -> Result<(), DeliveryError> {
+        if let Some(r) = self.data_reply.take() {
+            if r.code == 354 {
+                self.send(".\r\n")?;
+                self.read_reply(self.settings.data_timeout)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when no transaction is open, so the next can start at once.
+    pub fn is_idle(&self) -> bool {
+        self.idle && !self.broken
     }
 
     /// Clears the transaction so the session can carry another.
     pub fn reset(&mut self) -> Result<(), DeliveryError> {
+        self.end_pipelined_data()?;
         let r = self.command("RSET")?;
         if r.reply.code != 250 {
             return Err(self.rejected(r.reply));
         }
+        self.idle = true;
         Ok(())
     }
 
@@ -752,7 +795,8 @@ impl Session {
     /// session out of step is just closed: a server that stalled would
     /// hold the worker once more for the reply to QUIT.
     pub fn quit(mut self) {
-        if self.broken {
+        // In DATA mode a QUIT would be message text: just close.
+        if self.broken || self.data_reply.as_ref().is_some_and(|r| r.code == 354) {
             return;
         }
         let wait = self.settings.command_timeout.min(QUIT_TIMEOUT);
