@@ -96,6 +96,21 @@ fn footer(json_len: usize) -> Vec<u8> {
     format!("\nMQMETA1 {json_len:010}\n").into_bytes()
 }
 
+/// The bytes of a complete message file: `body`, then `meta` (with the
+/// body's size and checksum filled in) as the trailer. For tools and
+/// benchmarks that build a spool without going through the queue.
+pub fn message_file_bytes(body: &[u8], meta: &MessageMeta) -> Vec<u8> {
+    let mut meta = meta.clone();
+    meta.size = body.len() as u64;
+    meta.checksum = Some(crc32fast::hash(body));
+    let json = meta.to_json();
+    let mut out = Vec::with_capacity(body.len() + json.len() + FOOTER_LEN as usize);
+    out.extend_from_slice(body);
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&footer(json.len()));
+    out
+}
+
 /// Why a message file's trailer cannot be read.
 #[derive(Debug)]
 enum TrailerError {
@@ -697,5 +712,51 @@ impl Drop for MessageWriter {
         if !self.done {
             let _ = fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Envelope;
+
+    fn meta_for(id: MessageId) -> MessageMeta {
+        let env = Envelope::new(
+            Some("a@example.org".parse().unwrap()),
+            vec!["b@example.net".parse().unwrap()],
+        );
+        MessageMeta::new(id, &env, 0)
+    }
+
+    #[test]
+    fn a_built_message_file_loads_and_a_cut_one_is_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (good, cut) = (MessageId::generate(), MessageId::generate());
+        let body = b"Subject: x\r\n\r\nbody\r\n";
+        let bytes = message_file_bytes(body, &meta_for(good));
+        fs::write(spool.message_path(&good), &bytes).unwrap();
+        let bytes = message_file_bytes(body, &meta_for(cut));
+        fs::write(spool.message_path(&cut), &bytes[..bytes.len() - 1]).unwrap();
+        let report = spool.load().unwrap();
+        assert_eq!(report.messages.len(), 1);
+        let meta = &report.messages[0];
+        assert_eq!((meta.id, meta.size), (good, body.len() as u64));
+        assert_eq!(meta.checksum, Some(crc32fast::hash(body)));
+        assert_eq!((report.removed, report.quarantined), (1, 0));
+        let read = spool.read_message(meta, 1000).unwrap().unwrap();
+        assert_eq!(read, body);
+    }
+
+    #[test]
+    fn a_footer_naming_more_than_the_file_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = MessageId::generate();
+        let mut bytes = b"short".to_vec();
+        bytes.extend_from_slice(&footer(999));
+        fs::write(spool.message_path(&id), &bytes).unwrap();
+        let report = spool.load().unwrap();
+        assert_eq!((report.messages.len(), report.quarantined), (0, 1));
     }
 }
