@@ -159,7 +159,7 @@ impl BufRead for Deadline<'_> {
                     "reply not complete within the timeout",
                 ));
             }
-            self.io.get_ref().set_timeout(left)?;
+            self.io.get_ref().set_read_timeout(left)?;
         }
         self.io.fill_buf()
     }
@@ -351,8 +351,12 @@ impl Session {
         if self.broken {
             return Err(self.out_of_step());
         }
-        // A reply read before may have left a short deadline on the socket.
-        let _ = self.io.get_ref().set_timeout(self.settings.command_timeout);
+        // Reads set their own deadline; the body may have left the longer
+        // DATA timeout on the write side.
+        let _ = self
+            .io
+            .get_ref()
+            .set_write_timeout(self.settings.command_timeout);
         let t = self.io.get_mut();
         let result = t
             .write_all(text.as_bytes())
@@ -727,7 +731,10 @@ impl Session {
         if r.code != 354 {
             return Err(self.rejected(r));
         }
-        let _ = self.io.get_ref().set_timeout(self.settings.data_timeout);
+        let _ = self
+            .io
+            .get_ref()
+            .set_write_timeout(self.settings.data_timeout);
         // From here until the final dot the server reads message text: a
         // failure leaves the session in the middle of DATA.
         self.broken = true;

@@ -33,6 +33,25 @@ impl Transport {
         }
     }
 
+    /// Sets only the read timeout: a read with a deadline need not touch
+    /// the write side (each is a system call).
+    pub fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.set_read_timeout(Some(t)),
+            Transport::Tls(s) => s.get_ref().set_read_timeout(Some(t)),
+            Transport::Unix(s) => s.set_read_timeout(Some(t)),
+        }
+    }
+
+    /// Sets only the write timeout.
+    pub fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.set_write_timeout(Some(t)),
+            Transport::Tls(s) => s.get_ref().set_write_timeout(Some(t)),
+            Transport::Unix(s) => s.set_write_timeout(Some(t)),
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
     }
