@@ -3,7 +3,8 @@
 //! thread per core) against the same scan confined to a one-thread pool.
 //!
 //! The fixture is written once per run, without fsync, straight in the
-//! documented layout (`queue/<id>.msg` + `queue/<id>.meta`). It was just
+//! documented layout (`queue/<id>.msg` + `queue/<id>.meta`, by
+//! `common::put_message`). It was just
 //! written, so the page cache is warm: this measures the CPU side of the
 //! scan (directory listing, reads from cache, JSON parsing), not a cold
 //! disk.
@@ -12,30 +13,19 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mailqueue::queue::spool::Spool;
-use mailqueue::MessageId;
 
 /// A short message body: `load` never reads it, it only has to exist.
 const BODY: &[u8] = b"Received: from client.example.org by mq.example.org\r\n\
 From: newsletter@lists.example.org\r\nSubject: digest\r\n\r\nHello.\r\n";
 
 fn fill(spool: &Spool, n: usize) {
-    let mut seen = HashSet::with_capacity(n);
-    while seen.len() < n {
-        let id = MessageId::generate();
-        if !seen.insert(id) {
-            continue;
-        }
-        let mut meta = common::deferred_meta(id, 1);
-        // Start-up checks the message file against the acknowledged size.
-        meta.size = BODY.len() as u64;
-        std::fs::write(spool.message_path(&id), BODY).unwrap();
-        std::fs::write(spool.meta_path(&id), meta.to_json()).unwrap();
-    }
+    // Deferred 15 minutes, like `common::deferred_meta`.
+    let next = mailqueue::queue::meta::Timestamp::now().plus(Duration::from_secs(900));
+    common::fill_spool(spool, n, BODY, next);
 }
 
 fn load(c: &mut Criterion) {
