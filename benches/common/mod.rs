@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 
 use mailqueue::queue::meta::{MessageMeta, Timestamp};
-use mailqueue::queue::spool::Spool;
+use mailqueue::queue::spool::{message_file_bytes, Spool};
 use mailqueue::{Envelope, MessageId, SmtpReply};
 use rayon::prelude::*;
 
@@ -58,9 +58,10 @@ pub fn deferred_meta(id: MessageId, rcpts: usize) -> MessageMeta {
 // Spool fixtures. The on-disk format is written here and nowhere else in
 // the benches: when it changes, change `put_message`.
 
-/// Writes one message into `spool` the way a committed enqueue leaves it
-/// (`queue/<id>.msg` holding `body`, `queue/<id>.meta` holding `meta` as
-/// JSON), without fsync: fixtures, not durability. The message file is
+/// Writes one message into `spool` the way the queue leaves it
+/// (`queue/<id>.msg` holding `body` and `meta` as its trailer, and, for a
+/// message tried before, `queue/<id>.meta` holding `meta`), without fsync:
+/// fixtures, not durability. The message file is
 /// created with `create_new`, so an id collision panics instead of
 /// silently overwriting. Panics when `meta.size` is not `body.len()`:
 /// start-up would quarantine such a message.
@@ -77,10 +78,16 @@ pub fn put_message(spool: &Spool, meta: &MessageMeta, body: &[u8]) {
         .create_new(true)
         .open(&msg)
         .unwrap_or_else(|e| panic!("{}: {e}", msg.display()));
-    file.write_all(body)
+    file.write_all(&message_file_bytes(body, meta))
         .unwrap_or_else(|e| panic!("{}: {e}", msg.display()));
-    let path = spool.meta_path(&meta.id);
-    std::fs::write(&path, meta.to_json()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // A message that has been tried has its state in a `.meta` file, as
+    // the queue leaves it.
+    if meta.last_attempt.is_some() {
+        let mut meta = meta.clone();
+        meta.checksum = Some(crc32fast::hash(body));
+        let path = spool.meta_path(&meta.id);
+        std::fs::write(&path, meta.to_json()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
 }
 
 /// `n` distinct fresh queue ids, in creation order.
