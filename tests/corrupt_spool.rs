@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::scripted::{addr, sender, temp, Plan, Scripted};
 use common::{files_in, test_config, wait_for};
+use mailqueue::queue::meta::MessageMeta;
 use mailqueue::{Envelope, MessageId, Queue};
 
 /// The ways a file is damaged, each one detectable at start.
@@ -21,6 +22,14 @@ enum Damage {
     TruncateMessage,
     AppendToMessage,
     EmptyMessage,
+}
+
+impl Damage {
+    /// Junk after the message file's footer leaves the message whole, and
+    /// its `.meta` holds the state: such a message is delivered.
+    fn harmless(self) -> bool {
+        matches!(self, Damage::AppendToMessage)
+    }
 }
 
 const DAMAGES: [Damage; 6] = [
@@ -74,8 +83,13 @@ fn damaged_files_are_quarantined_and_the_rest_is_delivered() {
             }
             Damage::EmptyMeta => fs::write(&meta, b"").unwrap(),
             Damage::TruncateMessage => {
+                // Into the message itself: what follows it (the trailer)
+                // is superseded by the `.meta` of a message tried before.
+                let size = MessageMeta::from_json(&fs::read(&meta).unwrap())
+                    .unwrap()
+                    .size as usize;
                 let b = fs::read(&msg).unwrap();
-                fs::write(&msg, &b[..rng.usize(0..b.len())]).unwrap();
+                fs::write(&msg, &b[..rng.usize(0..size)]).unwrap();
             }
             Damage::AppendToMessage => {
                 let mut b = fs::read(&msg).unwrap();
@@ -86,7 +100,9 @@ fn damaged_files_are_quarantined_and_the_rest_is_delivered() {
             }
             Damage::EmptyMessage => fs::write(&msg, b"").unwrap(),
         }
-        damaged.insert(id.to_string());
+        if !damage.harmless() {
+            damaged.insert(id.to_string());
+        }
     }
 
     let up = Scripted::new(vec![]);

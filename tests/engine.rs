@@ -232,14 +232,12 @@ fn broken_spool_files_are_quarantined_or_cleaned_at_open() {
         b"{\"version\":1,garbage",
     )
     .unwrap();
-    // A message file cut short: its trailer is gone, its metadata is not.
-    let msg4 = q.join(format!("{}.msg", ids[4]));
-    let len = std::fs::metadata(&msg4).unwrap().len();
+    // A message file cut short, into the message itself.
     std::fs::OpenOptions::new()
         .write(true)
-        .open(&msg4)
+        .open(q.join(format!("{}.msg", ids[4])))
         .unwrap()
-        .set_len(len - 7)
+        .set_len(MSG.len() as u64 / 2)
         .unwrap();
     // A write that never finished: no trailer, no metadata.
     std::fs::write(q.join("0123456789ABCDEF0123.msg"), MSG).unwrap();

@@ -33,7 +33,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 
 use rayon::prelude::*;
 
-use crate::queue::meta::MessageMeta;
+use crate::queue::meta::{MessageMeta, Queued};
 use crate::queue::{MessageId, QueueError};
 
 /// The spool directory of one queue.
@@ -165,7 +165,8 @@ fn read_trailer(file: &File) -> Result<(u64, Vec<u8>), TrailerError> {
 /// What a start-up scan of the spool found.
 #[derive(Debug, Default)]
 pub struct LoadReport {
-    pub messages: Vec<MessageMeta>,
+    /// Every message to schedule, by id.
+    pub messages: Vec<Queued>,
     /// Messages moved to `corrupt/`.
     pub quarantined: usize,
     /// Unfinished writes removed.
@@ -616,7 +617,7 @@ impl Spool {
         }
         for (id, result) in parsed {
             match result {
-                Ok(meta) if !meta.has_pending() => {
+                Ok(meta) if !meta.pending => {
                     // Finished, but the crash came before the files were removed.
                     self.remove(&id)?;
                     report.removed += 1;
@@ -635,7 +636,7 @@ impl Spool {
 
 /// What start-up makes of one message file.
 enum Loaded {
-    Meta(MessageMeta),
+    Meta(Queued),
     Unfinished,
     Corrupt(String),
 }
@@ -643,38 +644,59 @@ enum Loaded {
 impl Spool {
     fn load_one(&self, id: &MessageId, has_meta: bool) -> Loaded {
         let path = self.message_path(id);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => return Loaded::Corrupt(format!("{}: {e}", path.display())),
-        };
-        let (body_len, json) = match read_trailer(&file) {
-            Ok(t) => t,
-            Err(TrailerError::Missing) if !has_meta => return Loaded::Unfinished,
-            Err(TrailerError::Missing) => {
-                return Loaded::Corrupt("the message file has no metadata trailer".into())
-            }
-            Err(TrailerError::Corrupt(reason)) => return Loaded::Corrupt(reason),
-            Err(TrailerError::Io(e)) => return Loaded::Corrupt(format!("{}: {e}", path.display())),
-        };
-        let meta = if has_meta {
+        let (queued, body_len) = if has_meta {
+            // The `.meta` supersedes the trailer, which is not read: the
+            // message file must only hold at least the message and a
+            // footer.
             let path = self.meta_path(id);
-            fs::read(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))
-                .and_then(|bytes| MessageMeta::from_json(&bytes))
+            let queued = match fs::read(&path) {
+                Ok(bytes) => Queued::from_json(&bytes),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            };
+            let msg = self.message_path(id);
+            let len = match fs::metadata(&msg) {
+                Ok(m) => m.len(),
+                Err(e) => return Loaded::Corrupt(format!("{}: {e}", msg.display())),
+            };
+            match queued {
+                Ok(q) if len < q.size + FOOTER_LEN => {
+                    return Loaded::Corrupt(format!(
+                        "the message file is {len} bytes, too short for a message of {}",
+                        q.size
+                    ))
+                }
+                Ok(q) => (q, q.size),
+                Err(reason) => return Loaded::Corrupt(reason),
+            }
         } else {
-            MessageMeta::from_json(&json)
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) => return Loaded::Corrupt(format!("{}: {e}", path.display())),
+            };
+            match read_trailer(&file) {
+                Ok((body_len, json)) => match Queued::from_json(&json) {
+                    Ok(q) => (q, body_len),
+                    Err(reason) => return Loaded::Corrupt(reason),
+                },
+                Err(TrailerError::Missing) => return Loaded::Unfinished,
+                Err(TrailerError::Corrupt(reason)) => return Loaded::Corrupt(reason),
+                Err(TrailerError::Io(e)) => {
+                    return Loaded::Corrupt(format!("{}: {e}", path.display()))
+                }
+            }
         };
-        match meta {
-            Ok(m) if m.id != *id => Loaded::Corrupt(format!("metadata names another id, {}", m.id)),
-            // A message of another size than the one acknowledged was
-            // damaged after the fact.
-            Ok(m) if m.size != body_len => Loaded::Corrupt(format!(
-                "the message is {body_len} bytes, its metadata says {}",
-                m.size
-            )),
-            Ok(m) => Loaded::Meta(m),
-            Err(reason) => Loaded::Corrupt(reason),
+        if queued.id != *id {
+            return Loaded::Corrupt(format!("metadata names another id, {}", queued.id));
         }
+        // A message of another size than the one acknowledged was
+        // damaged after the fact.
+        if queued.size != body_len {
+            return Loaded::Corrupt(format!(
+                "the message is {body_len} bytes, its metadata says {}",
+                queued.size
+            ));
+        }
+        Loaded::Meta(queued)
     }
 }
 
@@ -742,9 +764,10 @@ mod tests {
         assert_eq!(report.messages.len(), 1);
         let meta = &report.messages[0];
         assert_eq!((meta.id, meta.size), (good, body.len() as u64));
-        assert_eq!(meta.checksum, Some(crc32fast::hash(body)));
         assert_eq!((report.removed, report.quarantined), (1, 0));
-        let read = spool.read_message(meta, 1000).unwrap().unwrap();
+        let meta = spool.read_meta(&good).unwrap();
+        assert_eq!(meta.checksum, Some(crc32fast::hash(body)));
+        let read = spool.read_message(&meta, 1000).unwrap().unwrap();
         assert_eq!(read, body);
     }
 
