@@ -90,6 +90,8 @@ struct Node {
     order: u64,
 }
 
+// `#[inline]` here and on the hasher: callers in other crates (the
+// benchmarks) could not inline these non-generic functions otherwise.
 impl Node {
     #[inline]
     fn new(tick: u64, seq: u32, slot: u32) -> Node {
@@ -138,8 +140,8 @@ struct Slot<K> {
 }
 
 /// FxHash, as rustc uses it: a multiply per word. The keys are queue ids
-/// this process made, not attacker-chosen, so SipHash's flood resistance
-/// buys nothing here and would cost a third of a hold operation.
+/// this process made, not chosen by an attacker, so SipHash's resistance to
+/// hash flooding would buy nothing for its cost.
 #[derive(Debug, Default, Clone, Copy)]
 struct FxHasher {
     hash: u64,
@@ -336,8 +338,8 @@ impl<K: Copy + Hash + Eq + Ord> TimeWheel<K> {
         }
     }
 
-    /// Never panics: an instant this far from the base was handed to `add`,
-    /// and instants form one contiguous range.
+    /// Never panics: an instant at least this far from the base was handed
+    /// to `add`, and instants form one contiguous range.
     fn instant(&self, tick: u64) -> Instant {
         if tick >= TICK_ZERO {
             self.base + Duration::from_nanos(tick - TICK_ZERO)
@@ -355,7 +357,7 @@ impl<K: Copy + Hash + Eq + Ord> TimeWheel<K> {
         self.free.push(slot);
     }
 
-    /// Entries held, stale ones included.
+    /// Entries held, stale ones included: what compaction bounds.
     fn stored(&self) -> usize {
         self.heap.len() + self.ring_len + self.far.len()
     }
@@ -389,12 +391,14 @@ impl<K: Copy + Hash + Eq + Ord> TimeWheel<K> {
         }
     }
 
-    /// Moves the next non-empty bucket into the empty heap; false if
-    /// nothing is left anywhere.
+    /// Takes the next non-empty bucket into the heap. Only an empty heap
+    /// takes one, so that it never holds more than a bucket's worth (plus
+    /// due times added behind the ring). False when nothing is scheduled.
     fn refill(&mut self) -> bool {
         loop {
             if self.ring_len == 0 {
-                // Jump the ring forward to the earliest far entry.
+                // Rather than step through empty buckets to a far entry
+                // (years ahead, maybe), jump the ring to it.
                 while let Some(&node) = self.far.peek() {
                     if self.is_live(node) {
                         break;
@@ -420,10 +424,11 @@ impl<K: Copy + Hash + Eq + Ord> TimeWheel<K> {
                 if slot.seq != node.seq() {
                     return false;
                 }
-                // Look the key up now, for nothing but to bring its index
-                // lines into the cache: lookups made back to back overlap
-                // their misses, while the pops that need them come one at a
-                // time. This halves the cost of a pop at 10^6 entries.
+                // Look the key up now, only to bring its index lines into
+                // the cache: lookups made back to back overlap their cache
+                // misses, while the pops that need them come one at a time.
+                // Measured: a third more hold operations per second at 10^6
+                // entries, a tenth more at 10^5.
                 let wanted = node.slot() as u32;
                 std::hint::black_box(index.find(hash(&slot.key), |&s| s == wanted));
                 true
@@ -453,7 +458,8 @@ impl<K: Copy + Hash + Eq + Ord> TimeWheel<K> {
             .expect("ring_len counts an entry in an empty ring")
     }
 
-    /// Moves far entries that the ring's horizon has reached into it.
+    /// Keeps every entry within the horizon in the ring, so that a bucket
+    /// is complete when it comes up.
     fn pull_far(&mut self) {
         let horizon = self.next + RING_BUCKETS as u64;
         while let Some(&node) = self.far.peek() {
@@ -703,23 +709,14 @@ mod tests {
         let now = Instant::now();
         timer.send(Command::Add(b, now + Duration::from_millis(150)));
         timer.send(Command::Add(a, now + Duration::from_millis(50)));
-        assert_eq!(
-            jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id),
-            Ok(a)
-        );
-        assert_eq!(
-            jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id),
-            Ok(b)
-        );
+        assert_eq!(jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id), Ok(a));
+        assert_eq!(jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id), Ok(b));
         // Far in the future: flushed explicitly.
         let c = MessageId::generate();
         timer.send(Command::Add(c, now + Duration::from_secs(3600)));
         assert!(jobs_rx.recv_timeout(Duration::from_millis(100)).is_err());
         timer.send(Command::Flush(Some(c)));
-        assert_eq!(
-            jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id),
-            Ok(c)
-        );
+        assert_eq!(jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id), Ok(c));
         timer.stop();
     }
 
