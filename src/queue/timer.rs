@@ -709,14 +709,23 @@ mod tests {
         let now = Instant::now();
         timer.send(Command::Add(b, now + Duration::from_millis(150)));
         timer.send(Command::Add(a, now + Duration::from_millis(50)));
-        assert_eq!(jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id), Ok(a));
-        assert_eq!(jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id), Ok(b));
+        assert_eq!(
+            jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id),
+            Ok(a)
+        );
+        assert_eq!(
+            jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id),
+            Ok(b)
+        );
         // Far in the future: flushed explicitly.
         let c = MessageId::generate();
         timer.send(Command::Add(c, now + Duration::from_secs(3600)));
         assert!(jobs_rx.recv_timeout(Duration::from_millis(100)).is_err());
         timer.send(Command::Flush(Some(c)));
-        assert_eq!(jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id), Ok(c));
+        assert_eq!(
+            jobs_rx.recv_timeout(Duration::from_secs(5)).map(|j| j.id),
+            Ok(c)
+        );
         timer.stop();
     }
 
