@@ -121,9 +121,17 @@ fn fifty_thousand_messages_with_faults_and_flat_memory() {
         files_in(&queue).len()
     );
     let drained = started.elapsed();
-    // Idle sessions to the sinks are closed after connection_cache_time.
-    std::thread::sleep(Duration::from_secs(3));
-    let end = figures(pid);
+    // Idle sessions to the sinks are closed after connection_cache_time,
+    // and idle listener threads end after a few seconds without a
+    // connection: wait (bounded) for both to be gone.
+    let mut end = figures(pid);
+    let settle = std::time::Instant::now();
+    while (end.threads > start.threads + 2 || end.fds > start.fds + 2)
+        && settle.elapsed() < Duration::from_secs(15)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        end = figures(pid);
+    }
 
     // Accounting: each recipient delivered once or more, or named in a
     // notice; nothing in corrupt/.

@@ -25,8 +25,10 @@ use crate::smtp::xtext;
 const MAX_COMMAND_LINE: usize = 4096;
 /// Bad commands tolerated before the connection is dropped.
 const MAX_ERRORS: usize = 20;
-/// How long a session thread waits for the next connection.
-const THREAD_KEEP: Duration = Duration::from_secs(30);
+/// How long a session thread waits for the next connection: under load
+/// the next one comes within milliseconds; an idle listener soon holds no
+/// spare threads.
+const THREAD_KEEP: Duration = Duration::from_secs(5);
 
 /// How the listener behaves.
 #[derive(Clone)]
