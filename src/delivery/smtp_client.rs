@@ -3,7 +3,7 @@
 //! Every failure comes back as a classified [`DeliveryError`].
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -746,8 +746,8 @@ impl Session {
             )
         })?;
         {
-            let mut out = BufWriter::with_capacity(64 * 1024, self.io.get_mut());
-            write_dot_stuffed(&mut reader, &mut out).map_err(|e| {
+            // write_dot_stuffed writes in large pieces: no buffer here.
+            write_dot_stuffed(&mut reader, self.io.get_mut()).map_err(|e| {
                 match DamagedBody::from_io(&e) {
                     // Left in the middle of DATA, without the final dot: the
                     // server drops what it got when the session is closed.

@@ -180,7 +180,6 @@ pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_
     }
 }
 
-/// Makes a directory entry change durable.
 /// Group commit of a directory's fsync: callers that arrive while one
 /// fsync runs share the next one, so N concurrent enqueues cost about two
 /// directory fsyncs instead of N. A caller returns only after an fsync
@@ -189,6 +188,8 @@ pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_
 struct GroupSync {
     state: Mutex<SyncState>,
     done_cond: Condvar,
+    /// The directory, opened once for all its fsyncs.
+    dir: std::sync::OnceLock<File>,
 }
 
 #[derive(Debug, Default)]
@@ -216,7 +217,7 @@ impl GroupSync {
             st.running = true;
             let covers = st.requested;
             drop(st);
-            let result = sync_dir(dir);
+            let result = self.sync_now(dir);
             st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.running = false;
             if result.is_ok() {
@@ -228,6 +229,20 @@ impl GroupSync {
     }
 }
 
+impl GroupSync {
+    fn sync_now(&self, dir: &Path) -> Result<(), QueueError> {
+        let file = match self.dir.get() {
+            Some(f) => f,
+            None => {
+                let f = File::open(dir).map_err(io_error(dir))?;
+                self.dir.get_or_init(|| f)
+            }
+        };
+        file.sync_all().map_err(io_error(dir))
+    }
+}
+
+/// Makes a directory entry change durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), QueueError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -323,7 +338,7 @@ impl Spool {
                     return Ok(MessageWriter {
                         id,
                         path,
-                        file: io::BufWriter::with_capacity(64 * 1024, file),
+                        file: io::BufWriter::with_capacity(16 * 1024, file),
                         size: 0,
                         checksum: crc32fast::Hasher::new(),
                         done: false,
