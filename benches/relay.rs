@@ -26,45 +26,17 @@
 
 mod common;
 
+use common::{clock_ticks, env_num, free_port, Children};
+
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(5);
-
-/// Kills whatever is left of the processes it holds when dropped.
-struct Children(Vec<Child>);
-
-impl Children {
-    fn push(&mut self, child: Child) -> usize {
-        self.0.push(child);
-        self.0.len() - 1
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-fn env_num(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
 
 /// Finds one of Postfix's test tools.
 fn tool(name: &str) -> Result<PathBuf, String> {
@@ -78,13 +50,6 @@ fn tool(name: &str) -> Result<PathBuf, String> {
         })
 }
 
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
-}
-
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .map(|s| {
@@ -92,16 +57,6 @@ fn is_root() -> bool {
                 .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// Waits until a server on `port` greets with 220, while `child` lives.
@@ -153,7 +108,8 @@ fn sink_count(out: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// What `/proc` tells about a process.
+/// What `/proc` tells about a process: CPU and peak memory (shared with
+/// the other benches), and what it wrote to storage.
 #[derive(Debug, Clone, Copy, Default)]
 struct ProcStats {
     /// utime + stime of all threads, in clock ticks.
@@ -165,39 +121,21 @@ struct ProcStats {
 }
 
 fn proc_stats(pid: u32) -> Result<ProcStats, String> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    // Fields after the command name, which ends with the last ')': state is
-    // field 3, utime 14, stime 15.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or("bad /proc/PID/stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let num = |i: usize| {
-        fields
-            .get(i - 3)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let mem_cpu = common::proc_mem_cpu(pid)?;
     let mut stats = ProcStats {
-        cpu_ticks: num(14) + num(15),
+        cpu_ticks: mem_cpu.cpu_ticks,
+        peak_rss_kb: mem_cpu.hwm_kb,
         ..ProcStats::default()
     };
     let io = fs::read_to_string(format!("/proc/{pid}/io")).map_err(|e| e.to_string())?;
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-    for line in io.lines().chain(status.lines()) {
+    for line in io.lines() {
         let Some((key, value)) = line.split_once(':') else {
             continue;
         };
-        let value: u64 = value
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let value: u64 = value.trim().parse().unwrap_or(0);
         match key {
             "write_bytes" => stats.write_bytes = value,
             "cancelled_write_bytes" => stats.cancelled_write_bytes = value,
-            "VmHWM" => stats.peak_rss_kb = value,
             _ => {}
         }
     }

@@ -6,30 +6,17 @@
 //!
 //! `cargo bench --bench timer`
 
-use std::collections::HashSet;
+mod common;
+
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use mailqueue::queue::timer::TimeWheel;
-use mailqueue::MessageId;
 
 const SIZES: [usize; 4] = [1_000, 10_000, 100_000, 1_000_000];
 /// Retry delays are spread over an hour (in microseconds).
 const SPREAD_MICROS: u64 = 3_600_000_000;
-
-/// `n` distinct queue ids, as the daemon's wheel holds them.
-fn message_ids(n: usize) -> Vec<MessageId> {
-    let mut seen = HashSet::with_capacity(n);
-    let mut ids = Vec::with_capacity(n);
-    while ids.len() < n {
-        let id = MessageId::generate();
-        if seen.insert(id) {
-            ids.push(id);
-        }
-    }
-    ids
-}
 
 fn hold<K: Copy + Hash + Eq + Ord>(c: &mut Criterion, name: &str, keys: &dyn Fn(usize) -> Vec<K>) {
     let mut group = c.benchmark_group(format!("time_wheel_add_pop/{name}"));
@@ -59,7 +46,7 @@ fn hold<K: Copy + Hash + Eq + Ord>(c: &mut Criterion, name: &str, keys: &dyn Fn(
 
 fn time_wheel(c: &mut Criterion) {
     // What the daemon runs: 20-byte queue ids.
-    hold(c, "message_id", &message_ids);
+    hold(c, "message_id", &common::unique_ids);
     // The same with plain integers, to tell the heap from the hashing of ids.
     hold(c, "u64", &|n| (0..n as u64).collect());
 }
