@@ -674,6 +674,9 @@ impl Spool {
                 Err(e) => return Loaded::Corrupt(format!("{}: {e}", msg.display())),
             };
             match queued {
+                // Exactly the message: a file written before messages
+                // carried a trailer, still good with its `.meta`.
+                Ok(q) if len == q.size => (q, q.size),
                 Ok(q) if len < q.size + FOOTER_LEN => {
                     return Loaded::Corrupt(format!(
                         "the message file is {len} bytes, too short for a message of {}",
@@ -784,6 +787,27 @@ mod tests {
         assert_eq!(meta.checksum, Some(crc32fast::hash(body)));
         let read = spool.read_message(&meta, 1000).unwrap().unwrap();
         assert_eq!(read, body);
+    }
+
+    #[test]
+    fn a_message_file_without_trailer_but_with_metadata_still_loads() {
+        // The layout before trailers: the message alone, state in `.meta`.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = MessageId::generate();
+        let body = b"Subject: old\r\n\r\nbody\r\n";
+        let mut meta = meta_for(id);
+        meta.size = body.len() as u64;
+        fs::write(spool.message_path(&id), body).unwrap();
+        fs::write(spool.meta_path(&id), meta.to_json()).unwrap();
+        let report = spool.load().unwrap();
+        assert_eq!((report.messages.len(), report.quarantined), (1, 0));
+        let meta = spool.read_meta(&id).unwrap();
+        assert_eq!(spool.read_message(&meta, 1000).unwrap().unwrap(), body);
+        // One byte short of the message is damage.
+        fs::write(spool.message_path(&id), &body[1..]).unwrap();
+        let report = spool.load().unwrap();
+        assert_eq!((report.messages.len(), report.quarantined), (0, 1));
     }
 
     #[test]
