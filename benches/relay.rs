@@ -215,21 +215,16 @@ fn run() -> Result<(), String> {
 
     fs::write(
         &config,
-        format!(
-            "hostname = \"mq.bench.example\"\n\
-             spool = \"{spool}\"\n\
-             [queue]\n\
-             workers = {workers}\n\
-             [listen]\n\
-             smtp = [\"127.0.0.1:{port}\"]\n\
-             max_connections = {conns}\n\
-             [delivery]\n\
-             target = \"smtp://127.0.0.1:{sink_port}\"\n\
-             tls = \"none\"\n\
-             connection_cache_time = \"{cache}\"\n",
-            spool = spool.display(),
-            cache = std::env::var("CONNECTION_CACHE_TIME").unwrap_or_else(|_| "5s".into()),
-            conns = (sessions + 16).max(64),
+        common::daemon_toml(
+            &spool,
+            workers,
+            port,
+            sink_port,
+            &format!("max_connections = {}\n", (sessions + 16).max(64)),
+            &format!(
+                "connection_cache_time = \"{}\"\n",
+                std::env::var("CONNECTION_CACHE_TIME").unwrap_or_else(|_| "5s".into())
+            ),
         ),
     )
     .map_err(|e| e.to_string())?;

@@ -494,19 +494,7 @@ impl Daemon {
         let config = dir.join("mailqueue.toml");
         fs::write(
             &config,
-            format!(
-                "hostname = \"mq.bench.example\"\n\
-                 spool = \"{spool}\"\n\
-                 [queue]\n\
-                 workers = {workers}\n\
-                 [listen]\n\
-                 smtp = [\"127.0.0.1:{port}\"]\n\
-                 [delivery]\n\
-                 target = \"smtp://127.0.0.1:{sink_port}\"\n\
-                 tls = \"none\"\n",
-                spool = spool.display(),
-                workers = s.workers,
-            ),
+            common::daemon_toml(spool, s.workers, port, sink_port, "", ""),
         )
         .map_err(|e| format!("{}: {e}", config.display()))?;
         let log_path = dir.join("daemon.log");

@@ -90,6 +90,33 @@ pub fn put_message(spool: &Spool, meta: &MessageMeta, body: &[u8]) {
     }
 }
 
+/// The daemon's configuration for a benchmark: listening on 127.0.0.1:`port`,
+/// relaying to a sink on 127.0.0.1:`sink_port` in clear text; `listen` and
+/// `delivery` are extra lines for those sections.
+pub fn daemon_toml(
+    spool: &std::path::Path,
+    workers: u64,
+    port: u16,
+    sink_port: u16,
+    listen: &str,
+    delivery: &str,
+) -> String {
+    format!(
+        "hostname = \"mq.bench.example\"\n\
+         spool = \"{spool}\"\n\
+         [queue]\n\
+         workers = {workers}\n\
+         [listen]\n\
+         smtp = [\"127.0.0.1:{port}\"]\n\
+         {listen}\
+         [delivery]\n\
+         target = \"smtp://127.0.0.1:{sink_port}\"\n\
+         tls = \"none\"\n\
+         {delivery}",
+        spool = spool.display(),
+    )
+}
+
 /// `n` distinct fresh queue ids, in creation order.
 pub fn unique_ids(n: usize) -> Vec<MessageId> {
     let mut seen = HashSet::with_capacity(n);

@@ -96,6 +96,14 @@ fn footer(json_len: usize) -> Vec<u8> {
     format!("\nMQMETA1 {json_len:010}\n").into_bytes()
 }
 
+/// What follows the message in its file: the metadata JSON and the footer.
+fn trailer(meta: &MessageMeta) -> Vec<u8> {
+    let mut out = meta.to_json();
+    let footer = footer(out.len());
+    out.extend_from_slice(&footer);
+    out
+}
+
 /// The bytes of a complete message file: `body`, then `meta` (with the
 /// body's size and checksum filled in) as the trailer. For tools and
 /// benchmarks that build a spool without going through the queue.
@@ -103,11 +111,8 @@ pub fn message_file_bytes(body: &[u8], meta: &MessageMeta) -> Vec<u8> {
     let mut meta = meta.clone();
     meta.size = body.len() as u64;
     meta.checksum = Some(crc32fast::hash(body));
-    let json = meta.to_json();
-    let mut out = Vec::with_capacity(body.len() + json.len() + FOOTER_LEN as usize);
-    out.extend_from_slice(body);
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&footer(json.len()));
+    let mut out = body.to_vec();
+    out.extend_from_slice(&trailer(&meta));
     out
 }
 
@@ -362,11 +367,9 @@ impl Spool {
         debug_assert_eq!(writer.id, meta.id);
         meta.size = writer.size;
         meta.checksum = Some(writer.checksum.clone().finalize());
-        let json = meta.to_json();
         let path = writer.path.clone();
         let file = &mut writer.file;
-        file.write_all(&json)
-            .and_then(|_| file.write_all(&footer(json.len())))
+        file.write_all(&trailer(meta))
             .and_then(|_| file.flush())
             .and_then(|_| file.get_ref().sync_data())
             .map_err(io_error(&path))?;
