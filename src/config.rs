@@ -86,6 +86,24 @@ pub struct ListenConfig {
     /// How long a client may stay silent while sending DATA.
     #[serde(deserialize_with = "duration")]
     pub data_timeout: Duration,
+    /// What a line ended by a bare LF (no CR before it) gets.
+    pub bare_newline: BareNewline,
+}
+
+/// What the listener does with a bare LF in a command or in DATA.
+///
+/// Either way DATA ends only at `<CR><LF>.<CR><LF>`: a bare LF never
+/// takes part in the end of data, so a message cannot carry a second
+/// transaction past a front MTA that reads line ends differently (SMTP
+/// smuggling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// Read a bare LF as CRLF within lines (old mailers send it).
+    #[default]
+    Normalize,
+    /// Refuse the message or command with `550 5.5.2` and end the session.
+    Reject,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -211,6 +229,7 @@ impl Default for ListenConfig {
             tls_key: PathBuf::new(),
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(5 * 60),
+            bare_newline: BareNewline::Normalize,
         }
     }
 }

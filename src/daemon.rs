@@ -49,6 +49,7 @@ pub fn server_settings(config: &Config) -> Result<ServerSettings, String> {
         tls,
         command_timeout: l.command_timeout,
         data_timeout: l.data_timeout,
+        bare_newline: l.bare_newline,
     })
 }
 

@@ -468,3 +468,117 @@ fn the_greeting_starts_with_the_host_name() {
     // RFC 2034: no enhanced status code in the greeting.
     assert_eq!(c.reply().first(), "220 mq.test ESMTP mailqueue");
 }
+
+/// After DATA: a message, one of the endings a front MTA may take for
+/// the end of data, then a whole second transaction from a forged sender.
+fn smuggling_attempt(ending: &[u8]) -> Vec<u8> {
+    let mut data = b"From: a@example.org\r\nSubject: real\r\n\r\nhello".to_vec();
+    data.extend_from_slice(ending);
+    data.extend_from_slice(
+        b"MAIL FROM:<ceo@corp.example>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n",
+    );
+    data.extend_from_slice(b"From: ceo@corp.example\r\nSubject: forged\r\n\r\nx\r\n.\r\n");
+    data
+}
+
+const SMUGGLING_ENDINGS: [&[u8]; 5] = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r"];
+
+#[test]
+fn smuggled_endings_do_not_end_data_and_the_forged_sender_never_reaches_the_sink() {
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    for ending in SMUGGLING_ENDINGS {
+        let mut c = connect(&d);
+        c.cmd("EHLO client.test").expect(250, "");
+        c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
+        c.cmd("RCPT TO:<b@example.net>").expect(250, "2.1.5");
+        c.cmd("DATA").expect(354, "");
+        c.send(&smuggling_attempt(ending));
+        // One DATA, one reply: the smuggled MAIL, RCPT and DATA were text.
+        queued_id(&c.reply());
+        c.cmd("QUIT").expect(221, "");
+    }
+    let got = peer.wait_messages(SMUGGLING_ENDINGS.len(), LONG);
+    std::thread::sleep(Duration::from_millis(500));
+    let got_all = peer.messages();
+    assert_eq!(got_all.len(), SMUGGLING_ENDINGS.len(), "{got_all:?}");
+    for m in &got {
+        assert_eq!(m.sender(), "a@example.org");
+        assert_eq!(m.recipients(), vec!["b@example.net"]);
+        // The forged transaction arrived, if at all, as text of the one
+        // message, with no line that the next hop could end DATA at.
+        let text = m.text();
+        assert!(text.contains("MAIL FROM:<ceo@corp.example>"), "{text:?}");
+    }
+}
+
+#[test]
+fn bare_lf_lines_are_taken_as_crlf_by_default() {
+    let peer = PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")));
+    let mut c = connect(&d);
+    c.send(b"EHLO client.test\n");
+    c.reply().expect(250, "");
+    c.send(b"MAIL FROM:<a@example.org>\nRCPT TO:<b@example.net>\nDATA\n");
+    c.reply().expect(250, "2.1.0");
+    c.reply().expect(250, "2.1.5");
+    c.reply().expect(354, "");
+    queued_id(&c.data_raw(b"Subject: lf\n\nline one\n..dotted\n\r\n.\r\n"));
+    let got = peer.wait_messages(1, LONG);
+    assert!(
+        got[0]
+            .body
+            .ends_with(b"Subject: lf\r\n\r\nline one\r\n.dotted\r\n\r\n"),
+        "{:?}",
+        got[0].text()
+    );
+}
+
+#[test]
+fn with_bare_newline_reject_a_bare_lf_in_data_gets_550_5_5_2_and_the_session_ends() {
+    let d = daemon_with("bare_newline = \"reject\"");
+    let with_bare_lf = [&b"\n.\n"[..], b"\n.\r\n", b"\r\n.\n"];
+    for ending in with_bare_lf {
+        let mut c = connect(&d);
+        c.cmd("EHLO client.test").expect(250, "");
+        c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
+        c.cmd("RCPT TO:<b@example.net>").expect(250, "2.1.5");
+        c.cmd("DATA").expect(354, "");
+        c.send(&smuggling_attempt(ending));
+        c.reply().expect(550, "5.5.2");
+        assert!(c.closed(), "the session goes on after a bare LF");
+    }
+    assert!(d.queued().is_empty(), "{:?}", d.queued());
+    // Endings without a bare LF: one message each, the would-be end text.
+    for ending in [&b"\r.\r\n"[..], b"\r\n.\r"] {
+        let mut c = connect(&d);
+        c.cmd("EHLO client.test").expect(250, "");
+        c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
+        c.cmd("RCPT TO:<b@example.net>").expect(250, "2.1.5");
+        c.cmd("DATA").expect(354, "");
+        c.send(&smuggling_attempt(ending));
+        queued_id(&c.reply());
+        c.cmd("QUIT").expect(221, "");
+    }
+    assert_eq!(d.queued().len(), 2, "{:?}", d.queued());
+    let meta = std::fs::read_dir(d.spool().join("queue"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect::<String>();
+    // The forged sender is message text only, never an envelope sender.
+    assert!(!meta.contains("\"ceo@corp.example\""), "{meta}");
+}
+
+#[test]
+fn with_bare_newline_reject_a_command_ended_by_a_bare_lf_gets_550_5_5_2() {
+    let d = daemon_with("bare_newline = \"reject\"");
+    let mut c = connect(&d);
+    c.cmd("EHLO client.test").expect(250, "");
+    c.send(b"MAIL FROM:<a@example.org>\n");
+    c.reply().expect(550, "5.5.2");
+    assert!(c.closed());
+    // CRLF clients are served as usual.
+    let mut c = connect(&d);
+    queued_id(&c.mail("a@example.org", &["b@example.org"], MSG));
+}

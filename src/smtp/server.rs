@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use crate::address::ReversePath;
+use crate::config::BareNewline;
 use crate::date::rfc5322;
 use crate::delivery::transport::Transport;
 use crate::envelope::{BodyType, Envelope, MailParams, Notify, Recipient, Ret};
@@ -41,6 +42,7 @@ pub struct ServerSettings {
     pub tls: Option<Arc<native_tls::TlsAcceptor>>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    pub bare_newline: BareNewline,
 }
 
 /// Binds every address, or says which one cannot be bound.
@@ -205,6 +207,15 @@ fn write_error_reply(disk_full: bool) -> SmtpReply {
     }
 }
 
+/// `bare_newline = "reject"` and a line ended by LF alone.
+fn bare_newline_reply() -> SmtpReply {
+    reply(
+        550,
+        (5, 5, 2),
+        "Error: bare <LF> received; lines must end in <CR><LF>",
+    )
+}
+
 /// A socket read timeout shows up as `WouldBlock` on Unix.
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
@@ -224,6 +235,8 @@ struct Transaction {
 enum Line {
     Text(String),
     TooLong,
+    /// Ended by a bare LF, with `bare_newline = "reject"`.
+    BareNewline,
     Eof,
 }
 
@@ -318,6 +331,12 @@ impl<'a> Session<'a> {
                     }
                     continue;
                 }
+                Line::BareNewline => {
+                    log::info!("{}: bare <LF> in a command: session ended", self.peer);
+                    self.send(&bare_newline_reply());
+                    let _ = self.flush(true);
+                    return;
+                }
                 Line::Text(t) => t,
             };
             match command::parse(&line) {
@@ -400,7 +419,12 @@ impl<'a> Session<'a> {
         if too_long {
             return Ok(Line::TooLong);
         }
-        while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        // A line ends at LF; "reject" wants the CR before it too.
+        line.pop();
+        if line.last() != Some(&b'\r') && self.s.bare_newline == BareNewline::Reject {
+            return Ok(Line::BareNewline);
+        }
+        while line.last() == Some(&b'\r') {
             line.pop();
         }
         // Commands are ASCII; anything else cannot be one, but may be a
@@ -657,6 +681,7 @@ impl<'a> Session<'a> {
             &mut disk_full,
             self.s.max_message_size,
             self.s.data_timeout,
+            self.s.bare_newline,
         );
         let _ = self.io.get_ref().set_timeout(self.s.command_timeout);
         let r = match result {
@@ -673,6 +698,17 @@ impl<'a> Session<'a> {
                 return false;
             }
             Ok(DataEnd::TooBig) => reply(552, (5, 3, 4), "Error: message file too big"),
+            Ok(DataEnd::BareNewline) => {
+                // The rest of the message is not read: ending the session is
+                // the only way to be sure none of it is taken as commands.
+                log::info!(
+                    "{}: bare <LF> in DATA: message refused, session ended",
+                    self.peer
+                );
+                self.send(&bare_newline_reply());
+                let _ = self.flush(true);
+                return false;
+            }
             Ok(DataEnd::Complete) => match incoming {
                 None => write_error_reply(disk_full),
                 Some(inc) => self.commit(inc, txn),
@@ -733,9 +769,12 @@ impl<'a> Session<'a> {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum DataEnd {
     Complete,
     TooBig,
+    /// A bare LF, with `bare_newline = "reject"`.
+    BareNewline,
 }
 
 /// Sets the read timeout to what is left until `deadline`, or fails with
@@ -748,25 +787,26 @@ fn arm(io: &BufReader<Transport>, deadline: Instant) -> io::Result<()> {
     io.get_ref().set_timeout(left)
 }
 
-/// Reads DATA up to the lone dot, undoing dot-stuffing, into `sink`
-/// (dropped on a write error). Past `limit` bytes the rest is read and
-/// thrown away. Each line must arrive within `line_timeout`, so a client
-/// trickling its message cannot hold the connection for ever.
+/// Reads DATA up to `<CR><LF>.<CR><LF>`, undoing dot-stuffing, into
+/// `sink` (dropped on a write error). Past `limit` bytes the rest is read
+/// and thrown away. Each line must arrive within `line_timeout`, so a
+/// client trickling its message cannot hold the connection for ever.
+///
+/// Only that exact sequence ends the data: a `.` line next to a bare LF
+/// or a bare CR is text. A front MTA that ends DATA elsewhere would
+/// otherwise let a client hide a second transaction, with a sender of its
+/// choosing, inside a message (SMTP smuggling). A bare LF is stored as
+/// CRLF (`Normalize`) or refused (`Reject`); a bare CR is kept as text and
+/// never ends a line.
 fn read_data(
     io: &mut BufReader<Transport>,
     sink: &mut Option<IncomingMessage<'_>>,
     disk_full: &mut bool,
     limit: u64,
     line_timeout: Duration,
+    bare_newline: BareNewline,
 ) -> io::Result<DataEnd> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum St {
-        LineStart,
-        Dot,
-        DotCr,
-        Middle,
-    }
-    let mut st = St::LineStart;
+    let mut st = DataState::LineStart;
     let mut size: u64 = 0;
     let mut too_big = false;
     let mut out = Vec::with_capacity(64 * 1024);
@@ -786,38 +826,12 @@ fn read_data(
             line_deadline = Instant::now() + line_timeout;
         }
         out.clear();
-        let mut used = 0;
-        let mut end = false;
-        for &b in buf {
-            used += 1;
-            st = match (st, b) {
-                (St::LineStart, b'.') => St::Dot,
-                (St::Dot, b'\r') => St::DotCr,
-                (St::Dot, b'\n') | (St::DotCr, b'\n') => {
-                    end = true;
-                    break;
-                }
-                (St::DotCr, _) => {
-                    // "." CR then something: the dot was stuffing.
-                    out.push(b'\r');
-                    out.push(b);
-                    if b == b'\n' {
-                        St::LineStart
-                    } else {
-                        St::Middle
-                    }
-                }
-                (_, b'\n') => {
-                    out.push(b);
-                    St::LineStart
-                }
-                (_, _) => {
-                    out.push(b);
-                    St::Middle
-                }
-            };
-        }
+        let reject = bare_newline == BareNewline::Reject;
+        let (used, end) = unstuff(buf, &mut st, &mut out, reject);
         io.consume(used);
+        if end == Some(DataEnd::BareNewline) {
+            return Ok(DataEnd::BareNewline);
+        }
         size += out.len() as u64;
         if size > limit {
             too_big = true;
@@ -831,12 +845,217 @@ fn read_data(
                 }
             }
         }
-        if end {
+        if end == Some(DataEnd::Complete) {
             return Ok(if too_big {
                 DataEnd::TooBig
             } else {
                 DataEnd::Complete
             });
+        }
+    }
+}
+
+/// Where the DATA reader stands between two bytes.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum DataState {
+    /// After CRLF (or at the start): a `.` here may begin the end.
+    LineStart,
+    /// After a bare LF: a line begins, but never the end of data.
+    BareLineStart,
+    /// Inside a line.
+    Text,
+    /// After a CR inside a line.
+    Cr,
+    /// After a `.` at a line start.
+    Dot,
+    /// After `.` CR at a line start.
+    DotCr,
+}
+
+/// Decodes DATA bytes from `input` into `out` (dot-unstuffed, bare LF as
+/// CRLF) until the end of data or of `input`. Returns the bytes used and,
+/// when it stopped early, why: `Complete` after the final dot line (the
+/// rest of `input` is the next command), `BareNewline` at a bare LF when
+/// `stop_at_bare` is set.
+fn unstuff(
+    input: &[u8],
+    st: &mut DataState,
+    out: &mut Vec<u8>,
+    stop_at_bare: bool,
+) -> (usize, Option<DataEnd>) {
+    use DataState::*;
+    let mut i = 0;
+    while i < input.len() {
+        if *st == Text {
+            // The common case: copy up to the next line-end byte at once.
+            let rest = &input[i..];
+            let n = rest
+                .iter()
+                .position(|&b| b == b'\r' || b == b'\n')
+                .unwrap_or(rest.len());
+            out.extend_from_slice(&rest[..n]);
+            i += n;
+            if i == input.len() {
+                break;
+            }
+        }
+        let b = input[i];
+        i += 1;
+        *st = match (*st, b) {
+            (DotCr, b'\n') => return (i, Some(DataEnd::Complete)),
+            (Cr, b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                LineStart
+            }
+            (_, b'\n') => {
+                // A bare LF: a line end for the content, never part of the
+                // end of data. A lone dot before it was stuffing.
+                if stop_at_bare {
+                    return (i, Some(DataEnd::BareNewline));
+                }
+                out.extend_from_slice(b"\r\n");
+                BareLineStart
+            }
+            (LineStart, b'.') => Dot,
+            (BareLineStart, b'.') => Text,
+            (Dot, b'\r') => DotCr,
+            (Cr | DotCr, b'\r') => {
+                // The CR before this one was bare: it stays as text.
+                out.push(b'\r');
+                Cr
+            }
+            (_, b'\r') => Cr,
+            (Cr | DotCr, _) => {
+                out.push(b'\r');
+                out.push(b);
+                Text
+            }
+            (_, _) => {
+                out.push(b);
+                Text
+            }
+        };
+    }
+    (i, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `data` in pieces of `step` bytes; returns what was stored,
+    /// where the data ended (bytes used) and how.
+    fn decode(data: &[u8], step: usize, reject: bool) -> (Vec<u8>, usize, Option<DataEnd>) {
+        let mut st = DataState::LineStart;
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            let piece = &data[at..(at + step).min(data.len())];
+            let (used, end) = unstuff(piece, &mut st, &mut out, reject);
+            at += used;
+            if end.is_some() {
+                return (out, at, end);
+            }
+        }
+        (out, at, None)
+    }
+
+    const SMUGGLED: &[u8] =
+        b"MAIL FROM:<ceo@corp.example>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n";
+
+    #[test]
+    fn only_crlf_dot_crlf_ends_data_whatever_the_piece_size() {
+        for ending in [
+            &b"\n.\n"[..],
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\r\n",
+            b"\r\n.\r",
+            b"\r.\n",
+            b"\n.\r",
+        ] {
+            let mut data = b"Subject: x\r\n\r\nhello".to_vec();
+            data.extend_from_slice(ending);
+            data.extend_from_slice(SMUGGLED);
+            data.extend_from_slice(b"x\r\n.\r\n");
+            for step in [1, 2, 3, 7, data.len()] {
+                let (out, used, end) = decode(&data, step, false);
+                assert_eq!(end, Some(DataEnd::Complete), "{ending:?} step {step}");
+                assert_eq!(used, data.len(), "{ending:?} step {step}");
+                // The would-be commands are text of the one message.
+                let text = String::from_utf8_lossy(&out);
+                assert!(text.contains("MAIL FROM:<ceo@corp.example>"), "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bare_lf_is_stored_as_crlf_and_its_dot_is_stuffing() {
+        let (out, _, end) = decode(b"a\nb\r\n..c\n.d\n.\r\n.\r\n", 1, false);
+        assert_eq!(end, Some(DataEnd::Complete));
+        assert_eq!(out, b"a\r\nb\r\n.c\r\nd\r\n\r\n");
+    }
+
+    #[test]
+    fn a_bare_cr_stays_text_and_never_ends_a_line() {
+        let (out, _, end) = decode(b"a\rb\r\r\n.\rx\r\n.\r\n", 2, false);
+        assert_eq!(end, Some(DataEnd::Complete));
+        assert_eq!(out, b"a\rb\r\r\n\rx\r\n");
+    }
+
+    #[test]
+    fn the_end_leaves_the_next_command_unread() {
+        let data = b"hi\r\n.\r\nQUIT\r\n";
+        let (out, used, end) = decode(data, data.len(), false);
+        assert_eq!(
+            (out.as_slice(), end),
+            (&b"hi\r\n"[..], Some(DataEnd::Complete))
+        );
+        assert_eq!(&data[used..], b"QUIT\r\n");
+    }
+
+    #[test]
+    fn reject_stops_at_the_first_bare_lf() {
+        let (_, used, end) = decode(b"ok\r\nbad\nmore\r\n.\r\n", 1, true);
+        assert_eq!((used, end), (8, Some(DataEnd::BareNewline)));
+        let (out, _, end) = decode(b"ok\r\n\rfine\r\n.\r\n", 1, true);
+        assert_eq!(
+            (out.as_slice(), end),
+            (&b"ok\r\n\rfine\r\n"[..], Some(DataEnd::Complete))
+        );
+    }
+
+    proptest::proptest! {
+        /// Data ends exactly after the first CR LF . CR LF (counting the
+        /// CR LF that ended DATA), however the bytes arrive.
+        #[test]
+        fn data_ends_only_at_crlf_dot_crlf(
+            data in proptest::collection::vec(
+                proptest::sample::select(vec![b'\r', b'\n', b'.', b'a']), 0..64),
+            step in 1usize..9,
+        ) {
+            let mut framed = b"\r\n".to_vec();
+            framed.extend_from_slice(&data);
+            let want = framed
+                .windows(5)
+                .position(|w| w == b"\r\n.\r\n")
+                .map(|p| p + 5 - 2);
+            let (out, used, end) = decode(&data, step, false);
+            match want {
+                Some(at) => {
+                    proptest::prop_assert_eq!(end, Some(DataEnd::Complete));
+                    proptest::prop_assert_eq!(used, at);
+                }
+                None => proptest::prop_assert_eq!(end, None),
+            }
+            let (whole, _, _) = decode(&data, data.len().max(1), false);
+            proptest::prop_assert_eq!(&out, &whole);
+            // Stored text never holds a bare LF.
+            for (i, &b) in out.iter().enumerate() {
+                if b == b'\n' {
+                    proptest::prop_assert!(i > 0 && out[i - 1] == b'\r');
+                }
+            }
         }
     }
 }
