@@ -114,6 +114,9 @@ pub struct DeliveryConfig {
     pub ca_file: PathBuf,
     pub username: String,
     pub password_file: PathBuf,
+    /// Lets AUTH go over TLS whose certificate is not checked (`may`,
+    /// `encrypt`), so to whoever answers; `check` warns about it.
+    pub tls_insecure_auth: bool,
     pub mx_port: u16,
     pub dns_servers: Vec<String>,
     /// How long one DNS query waits for an answer from one server.
@@ -242,6 +245,7 @@ impl Default for DeliveryConfig {
             ca_file: PathBuf::new(),
             username: String::new(),
             password_file: PathBuf::new(),
+            tls_insecure_auth: false,
             mx_port: 25,
             dns_servers: Vec::new(),
             dns_timeout: Duration::from_secs(5),
@@ -287,6 +291,20 @@ impl Config {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// What `check` and `serve` warn about: allowed, but risky.
+    pub fn warnings(&self) -> Vec<String> {
+        let d = &self.delivery;
+        let mut w = Vec::new();
+        if !d.username.is_empty() && d.tls != TlsPolicy::Verify && d.tls_insecure_auth {
+            w.push(format!(
+                "delivery.tls_insecure_auth = true: the password for {:?} is sent without \
+                 checking the server's certificate (tls = \"verify\" checks it)",
+                d.username
+            ));
+        }
+        w
     }
 
     /// Checks the values that parse but make no sense.
@@ -412,6 +430,22 @@ impl Config {
                 "delivery.username",
                 format!("{:?}", d.username),
                 "username and password_file must be set together",
+            ));
+        }
+        if !d.username.is_empty() && d.target == TargetSpec::Remote {
+            return Err(invalid(
+                "delivery.username",
+                format!("{:?}", d.username),
+                "credentials are for a smarthost: with target = \"remote\" they would be \
+                 offered to every MX host that asks",
+            ));
+        }
+        if !d.username.is_empty() && d.tls != TlsPolicy::Verify && !d.tls_insecure_auth {
+            return Err(invalid(
+                "delivery.tls",
+                format!("{:?}", d.tls).to_lowercase(),
+                "AUTH needs tls = \"verify\", or the password goes to whoever answers; \
+                 set tls_insecure_auth = true to send it anyway",
             ));
         }
         if !self.bounce.from.is_empty() && Address::parse(&self.bounce.from).is_err() {

@@ -55,6 +55,9 @@ pub fn server_settings(config: &Config) -> Result<ServerSettings, String> {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn serve(config: Config) -> Result<(), String> {
+    for w in config.warnings() {
+        log::warn!("config: {w}");
+    }
     let (target, bounce) = targets(&config)?;
     let settings = server_settings(&config)?;
     let mut signals = Signals::new([SIGTERM, SIGINT])

@@ -149,6 +149,9 @@ fn main() -> ExitCode {
             // Also load what the daemon would load: passwords, certificates.
             let checked = mailqueue::daemon::targets(&config)
                 .and_then(|_| mailqueue::daemon::server_settings(&config));
+            for w in config.warnings() {
+                eprintln!("mailqueue: {source}: warning: {w}");
+            }
             match checked {
                 Ok(_) => {
                     println!("{source}: ok");

@@ -195,7 +195,9 @@ fn check_fails_on_a_missing_certificate_or_password_file() {
 
     let config = write_config(
         dir.path(),
-        &Setup::default().delivery("username = \"u\"\npassword_file = \"/nonexistent/password\""),
+        &Setup::default().delivery(
+            "tls = \"verify\"\nusername = \"u\"\npassword_file = \"/nonexistent/password\"",
+        ),
         &dir.path().join("spool"),
         2525,
     );
@@ -268,4 +270,95 @@ fn with_no_config_at_all_serve_runs_on_the_built_in_defaults() {
     common::daemon::signal(child.0.id(), "TERM");
     let status = wait_child(&mut child.0, LONG).expect("still running after SIGTERM");
     assert!(status.success(), "{}", read());
+}
+
+/// Runs `check` on a config with these `[delivery]` lines; returns
+/// (success, stderr).
+fn check_delivery(dir: &std::path::Path, delivery: &str) -> (bool, String) {
+    let config = write_config(
+        dir,
+        &Setup::default().delivery(delivery),
+        &dir.join("spool"),
+        2525,
+    );
+    let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
+    (status.success(), err)
+}
+
+fn private_password(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("password");
+    std::fs::write(&path, "s3cret\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn credentials_with_target_remote_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = private_password(dir.path());
+    let (ok, err) = check_delivery(
+        dir.path(),
+        &format!("target = \"remote\"\ntls = \"verify\"\nusername = \"u\"\npassword_file = {pw:?}"),
+    );
+    assert!(!ok, "accepted credentials for every MX host");
+    assert!(
+        err.contains("delivery.username") && err.contains("smarthost"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auth_without_a_verified_certificate_needs_tls_insecure_auth_and_gets_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = private_password(dir.path());
+    for tls in ["none", "may", "encrypt"] {
+        let (ok, err) = check_delivery(
+            dir.path(),
+            &format!("tls = \"{tls}\"\nusername = \"u\"\npassword_file = {pw:?}"),
+        );
+        assert!(!ok, "tls = {tls} with AUTH accepted");
+        assert!(err.contains("tls_insecure_auth"), "{err}");
+    }
+    let (ok, err) = check_delivery(
+        dir.path(),
+        &format!(
+            "tls = \"encrypt\"\ntls_insecure_auth = true\nusername = \"u\"\npassword_file = {pw:?}"
+        ),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("tls_insecure_auth"),
+        "{err}"
+    );
+    let (ok, err) = check_delivery(
+        dir.path(),
+        &format!("tls = \"verify\"\nusername = \"u\"\npassword_file = {pw:?}"),
+    );
+    assert!(ok && !err.contains("warning"), "{err}");
+}
+
+#[test]
+fn a_password_file_others_may_read_is_refused_naming_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = private_password(dir.path());
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let delivery = format!("tls = \"verify\"\nusername = \"u\"\npassword_file = {pw:?}");
+    let (ok, err) = check_delivery(dir.path(), &delivery);
+    assert!(!ok, "a group-readable password file was accepted");
+    assert!(
+        err.contains("0640") && err.contains(pw.to_str().unwrap()),
+        "{err}"
+    );
+    // serve refuses to start the same way.
+    let config = write_config(
+        dir.path(),
+        &Setup::default().delivery(&delivery),
+        &dir.path().join("spool"),
+        common::daemon::free_port(),
+    );
+    let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "serve"]);
+    assert!(!status.success());
+    assert!(err.contains("0640"), "{err}");
 }

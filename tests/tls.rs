@@ -235,11 +235,13 @@ fn auth_setup(mechs: &str, password: &str) -> (PyServer, Daemon, TestCert) {
     ]);
     let password_file = cert.dir.path().join("password");
     std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    private(&password_file);
     let d = Daemon::start(
         &Setup::to(&peer.url("smtp"))
             .rust_log("trace")
             .delivery(&format!(
-                "tls = \"encrypt\"\nusername = \"relay-user\"\npassword_file = {:?}",
+                "tls = \"encrypt\"\ntls_insecure_auth = true\n\
+                 username = \"relay-user\"\npassword_file = {:?}",
                 password_file.to_str().unwrap()
             )),
     );
@@ -338,8 +340,9 @@ fn auth_in_clear_is_allowed_to_a_loopback_server() {
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("password");
     std::fs::write(&password_file, "s3cret-Pa55\n").unwrap();
+    private(&password_file);
     let d = Daemon::start(&Setup::to(&peer.url("smtp")).delivery(&format!(
-        "tls = \"none\"\nusername = \"relay-user\"\npassword_file = {:?}",
+        "tls = \"none\"\ntls_insecure_auth = true\nusername = \"relay-user\"\npassword_file = {:?}",
         password_file.to_str().unwrap()
     )));
     submit(&d, "b@example.net");
@@ -359,4 +362,10 @@ fn a_failed_tls_handshake_ends_only_that_session() {
     assert!(c.closed());
     let mut c = Client::connect(d.addr()).unwrap();
     c.cmd("NOOP").expect(250, "2.0.0");
+}
+
+/// A password file only its owner may read, as the daemon requires.
+fn private(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

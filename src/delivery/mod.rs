@@ -365,6 +365,31 @@ pub trait StatusCollector {
     fn set_status(&mut self, rcpt: &Address, result: Result<(), DeliveryError>);
 }
 
+/// Reads the smarthost password. Like ssh with its keys, refuses a file
+/// that other users may read: the password would not be a secret.
+fn read_password_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "password_file {} is readable by group or others (mode {:04o}): \
+             chmod 600 it (owned by the daemon's user)",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
 /// Builds the target a configuration names.
 pub fn build_target(
     spec: &crate::config::TargetSpec,
@@ -382,18 +407,14 @@ pub fn build_target(
     } else {
         d.tls
     };
-    let auth = if d.username.is_empty() {
+    // Credentials are the smarthost's: never offered to MX hosts (a
+    // notice target of "remote" beside a smarthost, say).
+    let auth = if d.username.is_empty() || *spec == TargetSpec::Remote {
         None
     } else {
-        let text = std::fs::read_to_string(&d.password_file).map_err(|e| {
-            format!(
-                "cannot read password_file {}: {e}",
-                d.password_file.display()
-            )
-        })?;
         Some(Credentials {
             username: d.username.clone(),
-            password: text.trim_end_matches(['\r', '\n']).to_string(),
+            password: read_password_file(&d.password_file)?,
         })
     };
     let settings = ClientSettings {
