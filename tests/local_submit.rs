@@ -372,6 +372,9 @@ fn a_group_member_submits_with_exit_0_and_the_daemon_is_told_at_once() {
     }
     let sink = SmtpSink::start(&[]);
     let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
+    // As the README has operators set it (and new spools are made): the
+    // group may pass through the spool to incoming/, not read it.
+    fs::set_permissions(d.spool(), fs::Permissions::from_mode(0o710)).unwrap();
     let started = Instant::now();
     let (code, err) = sendmail_as(
         MEMBER,
@@ -399,26 +402,65 @@ fn the_default_sender_comes_from_the_uid_not_from_user() {
     let sink = SmtpSink::start(&[]);
     let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
     let config = d.config();
-    let (code, err) = run_as(
-        MEMBER,
-        "022",
-        Path::new(binary()),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "sendmail",
-            "-i",
-            "rcpt@example.org",
-        ],
-        &[("USER", "ceo"), ("LOGNAME", "ceo")],
-        b"Subject: who am i\n\nhello\n",
+    for (user, name) in [(ROOT, "root"), (MEMBER, "nobody")] {
+        let subject = format!("Subject: who is {name}");
+        let (code, err) = run_as(
+            user,
+            "022",
+            Path::new(binary()),
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "sendmail",
+                "-i",
+                "rcpt@example.org",
+            ],
+            &[("USER", "ceo"), ("LOGNAME", "ceo")],
+            format!("{subject}\n\nhello\n").as_bytes(),
+        );
+        assert_eq!(code, 0, "{err}");
+        let got = delivered(&sink, &subject, LONG)
+            .unwrap_or_else(|| panic!("not delivered:\n{}", d.log()));
+        assert!(
+            got.contains(&format!("X-Mail-Args: <{name}@mq.test>")),
+            "{got}"
+        );
+        assert!(got.contains(&format!("From: {name}@mq.test")), "{got}");
+        assert!(!got.contains("ceo"), "{got}");
+    }
+}
+
+#[test]
+fn pickup_records_the_owner_of_the_file_not_what_it_says() {
+    let sink = SmtpSink::start(&[]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let file = d.spool().join("incoming").join("forged.mail");
+    let mut text = submission("rcpt@example.org", "forged");
+    // Put a forged Received line at the top of the header.
+    let at = text.iter().position(|b| *b == b'\n').unwrap() + 1;
+    text.splice(
+        at..at,
+        b"Received: by mq.test (mailqueue, from userid 0);\r\n\tMon, 1 Jan 2024 00:00:00 +0000\r\n"
+            .iter()
+            .copied(),
     );
-    assert_eq!(code, 0, "{err}");
-    let got = delivered(&sink, "Subject: who am i", LONG)
-        .unwrap_or_else(|| panic!("not delivered:\n{}", d.log()));
-    assert!(got.contains("X-Mail-Args: <nobody@mq.test>"), "{got}");
-    assert!(got.contains("From: nobody@mq.test"), "{got}");
-    assert!(!got.contains("ceo"), "{got}");
+    let tmp = d.dir.path().join("forged.tmp");
+    fs::write(&tmp, text).unwrap();
+    chown(&tmp, 4242, 4242, 0o640);
+    fs::rename(&tmp, &file).unwrap();
+    let got = delivered(&sink, "Subject: forged", LONG)
+        .unwrap_or_else(|| panic!("not picked up:\n{}", d.log()));
+    // smtp-sink puts its X- lines and Received first; ours comes next,
+    // above what the file said.
+    let first = got
+        .lines()
+        .find(|l| l.starts_with("Received: by mq.test"))
+        .unwrap_or_default();
+    assert_eq!(
+        first, "Received: by mq.test (mailqueue, from userid 4242);",
+        "{got}"
+    );
+    assert!(d.log().contains("from userid 4242"), "{}", d.log());
 }
 
 #[test]
