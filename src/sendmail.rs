@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::control::{self, ControlError, Request};
 use crate::date::rfc5322;
 use crate::envelope::Envelope;
+use crate::queue::spool::sync_dir;
 use crate::queue::{MessageId, Queue};
 
 /// sysexits(3) codes.
@@ -606,6 +607,12 @@ pub fn pickup(queue: &Queue) -> usize {
             }
         }
     }
+    if queued > 0 {
+        // A removal lost in a crash would queue the message a second time.
+        if let Err(e) = sync_dir(&dir) {
+            log::warn!("{}: {e}", dir.display());
+        }
+    }
     queued
 }
 
@@ -813,6 +820,27 @@ mod tests {
             read_message(&mut &input[..], true, 5).unwrap_err().code,
             exit::DATAERR
         );
+    }
+
+    #[test]
+    fn bounded_reads_up_to_its_limit_and_fails_past_it() {
+        let mut ok = Bounded {
+            inner: &b"12345"[..],
+            left: 5,
+            failure: None,
+        };
+        let mut out = Vec::new();
+        ok.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"12345");
+        assert!(ok.failure.is_none());
+
+        let mut over = Bounded {
+            inner: &b"123456"[..],
+            left: 5,
+            failure: None,
+        };
+        assert!(over.read_to_end(&mut Vec::new()).is_err());
+        assert!(matches!(over.failure, Some(SourceFailure::TooLarge)));
     }
 
     #[test]
