@@ -551,69 +551,91 @@ fn make_rename_durable(dir: &Path, file: &File) -> io::Result<()> {
     }
 }
 
-/// Daemon side: queues every complete file in `incoming/`. A file is
-/// removed only once its message is durable in the queue. One file that
-/// cannot be taken now never holds up the others.
+/// Daemon side, one pass: queues every complete file in `incoming/`.
 pub fn pickup(queue: &Queue) -> usize {
-    let dir = queue.config().spool.join("incoming");
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return 0;
-    };
-    let mut names: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "mail"))
-        .collect();
-    names.sort();
-    let mut queued = 0;
-    for path in names {
-        match pickup_one(queue, &path) {
-            Ok((id, uid)) => {
-                if let Err(e) = fs::remove_file(&path) {
-                    // It would be queued again at the next pass.
-                    log::error!(
-                        "{id}: picked up {} but cannot remove it: {e}",
-                        path.display()
-                    );
-                } else {
-                    log::info!("{id}: picked up {} from userid {uid}", path.display());
-                }
-                queued += 1;
-            }
-            Err(PickupError::Later(why)) => {
-                log::warn!("{}: left for a later pass: {why}", path.display());
-            }
-            Err(PickupError::Queue(e)) => {
-                // The queue refuses (full, closing): so it would for the rest.
-                log::warn!("{}: left for a later pass: {e}", path.display());
-                break;
-            }
-            Err(PickupError::Corrupt(why)) => {
-                let to = queue
-                    .config()
-                    .spool
-                    .join("corrupt")
-                    .join(path.file_name().unwrap_or_default());
-                match fs::rename(&path, &to) {
-                    Ok(()) => {
-                        log::error!("{}: moved to {}: {why}", path.display(), to.display())
+    Pickup::default().run(queue)
+}
+
+/// The daemon's pickup of `incoming/`, pass after pass. It remembers the
+/// files it had to leave, so that one it cannot read is reported when
+/// first met (and when the reason changes), not every few seconds.
+#[derive(Debug, Default)]
+pub struct Pickup {
+    left: std::collections::HashMap<PathBuf, String>,
+}
+
+impl Pickup {
+    /// Queues every complete file in `incoming/`. A file is removed only
+    /// once its message is durable in the queue. One file that cannot be
+    /// taken now never holds up the others.
+    pub fn run(&mut self, queue: &Queue) -> usize {
+        let dir = queue.config().spool.join("incoming");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut left = std::collections::HashMap::new();
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "mail"))
+            .collect();
+        names.sort();
+        let mut queued = 0;
+        for path in names {
+            match pickup_one(queue, &path) {
+                Ok((id, uid)) => {
+                    if let Err(e) = fs::remove_file(&path) {
+                        // It would be queued again at the next pass.
+                        log::error!(
+                            "{id}: picked up {} but cannot remove it: {e}",
+                            path.display()
+                        );
+                    } else {
+                        log::info!("{id}: picked up {} from userid {uid}", path.display());
                     }
-                    Err(e) => log::error!(
-                        "{}: {why}; cannot move it to {}: {e}",
-                        path.display(),
-                        to.display()
-                    ),
+                    queued += 1;
+                }
+                Err(PickupError::Later(why)) => {
+                    if self.left.get(&path) == Some(&why) {
+                        log::debug!("{}: left for a later pass: {why}", path.display());
+                    } else {
+                        log::warn!("{}: left for a later pass: {why}", path.display());
+                    }
+                    left.insert(path, why);
+                }
+                Err(PickupError::Queue(e)) => {
+                    // The queue refuses (full, closing): so it would for the rest.
+                    log::warn!("{}: left for a later pass: {e}", path.display());
+                    break;
+                }
+                Err(PickupError::Corrupt(why)) => {
+                    let to = queue
+                        .config()
+                        .spool
+                        .join("corrupt")
+                        .join(path.file_name().unwrap_or_default());
+                    match fs::rename(&path, &to) {
+                        Ok(()) => {
+                            log::error!("{}: moved to {}: {why}", path.display(), to.display())
+                        }
+                        Err(e) => log::error!(
+                            "{}: {why}; cannot move it to {}: {e}",
+                            path.display(),
+                            to.display()
+                        ),
+                    }
                 }
             }
         }
-    }
-    if queued > 0 {
-        // A removal lost in a crash would queue the message a second time.
-        if let Err(e) = sync_dir(&dir) {
-            log::warn!("{}: {e}", dir.display());
+        if queued > 0 {
+            // A removal lost in a crash would queue the message a second time.
+            if let Err(e) = sync_dir(&dir) {
+                log::warn!("{}: {e}", dir.display());
+            }
         }
+        self.left = left;
+        queued
     }
-    queued
 }
 
 /// Why a file in `incoming/` was not queued.
