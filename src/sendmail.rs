@@ -683,6 +683,15 @@ fn pickup_one(queue: &Queue, path: &Path) -> Result<(MessageId, u32), PickupErro
             file_kind(&meta)
         )));
     }
+    // sendmail's file has one name. A second one is a hard link some
+    // submitter made to a file of someone else's, which the daemon may
+    // be able to read and they not.
+    if meta.nlink() != 1 {
+        return Err(PickupError::Corrupt(format!(
+            "{} hard links to it: not a file sendmail wrote",
+            meta.nlink()
+        )));
+    }
     let uid = meta.uid();
     let max_message = queue
         .config()

@@ -296,6 +296,10 @@ fn pickup_quarantines_what_is_not_a_bounded_regular_file_and_goes_on() {
     let elsewhere = d.dir.path().join("elsewhere.mail");
     fs::write(&elsewhere, submission("stolen@example.org", "via a link")).unwrap();
     std::os::unix::fs::symlink(&elsewhere, incoming.join("02-link.mail")).unwrap();
+    // A hard link to a file of someone else's (that the daemon can read).
+    let other = d.dir.path().join("other.mail");
+    fs::write(&other, submission("linked@example.org", "via a hard link")).unwrap();
+    fs::hard_link(&other, incoming.join("06-hardlink.mail")).unwrap();
     // 8 GiB, all holes: it costs no disk, but reading it costs 8 GiB.
     let sparse = fs::File::create(incoming.join("03-sparse.mail")).unwrap();
     sparse.set_len(8 << 30).unwrap();
@@ -329,7 +333,7 @@ fn pickup_quarantines_what_is_not_a_bounded_regular_file_and_goes_on() {
 
     let corrupt = d.spool().join("corrupt");
     assert!(
-        wait_for(LONG, || common::files_in(&corrupt).len() == 6),
+        wait_for(LONG, || common::files_in(&corrupt).len() == 7),
         "{:?}\n{}",
         common::files_in(&corrupt),
         d.log()
@@ -345,6 +349,7 @@ fn pickup_quarantines_what_is_not_a_bounded_regular_file_and_goes_on() {
         ),
         ("04-long.mail", "no envelope line"),
         ("05-big.mail", "more than a submission may have"),
+        ("06-hardlink.mail", "2 hard links to it"),
     ] {
         assert!(
             log.lines().any(|l| l.contains(name) && l.contains(why)),
@@ -359,7 +364,7 @@ fn pickup_quarantines_what_is_not_a_bounded_regular_file_and_goes_on() {
     assert!(!sink
         .messages()
         .iter()
-        .any(|m| m.contains("stolen@example.org")));
+        .any(|m| m.contains("stolen@example.org") || m.contains("linked@example.org")));
 
     d.terminate();
     assert!(
