@@ -211,10 +211,10 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
     }
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(req) if !allowed(&stream, &req) => {
-            log::warn!(
-                "control socket: refused {} from a user other than root or the spool's owner",
-                req.name()
-            );
+            let who = crate::sys::peer_uid(&stream)
+                .map(|uid| format!("userid {uid}"))
+                .unwrap_or_else(|_| "an unknown user".into());
+            log::warn!("control socket: refused {} from {who}", req.name());
             Response::error(format!(
                 "permission denied: only root and the spool's owner may {}",
                 req.name()
