@@ -2,7 +2,9 @@
 //! the management commands (and `sendmail`) and the running daemon.
 //!
 //! One request line, one reply line, per connection. The socket is mode
-//! 0600: only the spool's owner (and root) may manage the queue.
+//! 0660 so that `sendmail` run by the spool's group can ask for a quota
+//! check and wake up pickup; every other request is taken only from root
+//! and the daemon's own user, as the kernel reports the peer (SO_PEERCRED).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -155,7 +157,7 @@ impl ControlServer {
         let path = socket_path(&queue.config().spool);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stopping);
         let thread = thread::Builder::new()
@@ -208,12 +210,56 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
         return;
     }
     let response = match serde_json::from_str::<Request>(&line) {
+        Ok(req) if !allowed(&stream, &req) => {
+            let who = crate::sys::peer_uid(&stream)
+                .map(|uid| format!("userid {uid}"))
+                .unwrap_or_else(|_| "an unknown user".into());
+            log::warn!("control socket: refused {} from {who}", req.name());
+            Response::error(format!(
+                "permission denied: only root and the spool's owner may {}",
+                req.name()
+            ))
+        }
         Ok(req) => handle(req, queue, pickup),
         Err(e) => Response::error(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
     let _ = (&stream).write_all(&out);
+}
+
+/// Root and the daemon's own user may ask anything; others (the spool's
+/// group, whom the socket's mode lets in) only what sendmail needs, which
+/// neither shows nor changes queued mail.
+fn allowed(stream: &UnixStream, req: &Request) -> bool {
+    if matches!(req, Request::Pickup | Request::Quota { .. }) {
+        return true;
+    }
+    match crate::sys::peer_uid(stream) {
+        Ok(uid) => uid == 0 || uid == crate::sys::effective_uid(),
+        Err(e) => {
+            log::warn!("control socket: cannot tell who is asking: {e}");
+            false
+        }
+    }
+}
+
+impl Request {
+    /// The command's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::List => "list",
+            Request::Show { .. } => "show",
+            Request::Flush { .. } => "flush",
+            Request::Hold { .. } => "hold",
+            Request::Release { .. } => "release",
+            Request::Delete { .. } => "delete",
+            Request::Expire { .. } => "expire",
+            Request::Pickup => "pickup",
+            Request::Quota { .. } => "quota",
+            Request::Stats => "stats",
+        }
+    }
 }
 
 fn handle(req: Request, queue: &Queue, pickup: &Sender<()>) -> Response {

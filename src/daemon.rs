@@ -82,12 +82,15 @@ pub fn serve(config: Config) -> Result<(), String> {
         let queue = Arc::clone(&queue);
         std::thread::Builder::new()
             .name("mailqueue-pickup".into())
-            .spawn(move || loop {
-                sendmail::pickup(&queue);
-                crossbeam_channel::select! {
-                    recv(pickup_rx) -> _ => {}
-                    recv(pickup_stopped) -> _ => return,
-                    default(PICKUP_INTERVAL) => {}
+            .spawn(move || {
+                let mut pickup = sendmail::Pickup::default();
+                loop {
+                    pickup.run(&queue);
+                    crossbeam_channel::select! {
+                        recv(pickup_rx) -> _ => {}
+                        recv(pickup_stopped) -> _ => return,
+                        default(PICKUP_INTERVAL) => {}
+                    }
                 }
             })
             .map_err(|e| format!("cannot start the pickup thread: {e}"))?

@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod queue;
 pub mod sendmail;
 pub mod smtp;
+pub mod sys;
 
 pub use address::{Address, AddressError, ReversePath};
 pub use config::{Config, ConfigError};

@@ -100,6 +100,35 @@ fn load_config(
     Ok((config, path))
 }
 
+/// The configuration a set-group-id sendmail uses: only the system-wide
+/// file (or the defaults), since the caller chooses `--config`, `--spool`
+/// and `$MAILQUEUE_CONFIG`. Its errors do not quote the file: with the
+/// privilege, a caller must learn nothing of a file they cannot read.
+fn load_system_config() -> Result<Config, String> {
+    let path = Path::new(SYSTEM_CONFIG);
+    if !path.exists() {
+        return Ok(Config::default());
+    }
+    Config::load(path).map_err(|_| {
+        format!("{SYSTEM_CONFIG} cannot be loaded; `mailqueue check` run by its owner says why")
+    })
+}
+
+const SYSTEM_CONFIG: &str = "/etc/mailqueue.toml";
+
+/// Gives up a set-group-id privilege, for every command but sendmail's
+/// submission: listing, flushing and the daemon must run with the
+/// caller's own rights.
+fn unprivileged() -> Result<(), ExitCode> {
+    if !mailqueue::sys::is_privileged() {
+        return Ok(());
+    }
+    mailqueue::sys::drop_privileges().map_err(|e| {
+        eprintln!("mailqueue: cannot drop the set-group-id privilege: {e}");
+        ExitCode::from(exit::SOFTWARE)
+    })
+}
+
 fn init_logs() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 }
@@ -116,6 +145,9 @@ fn main() -> ExitCode {
     match program {
         "sendmail" => return run_sendmail(None, None, &args[1..]),
         "mailq" => {
+            if let Err(code) = unprivileged() {
+                return code;
+            }
             let (config, _) = match load_config(None, None) {
                 Ok(c) => c,
                 Err(e) => {
@@ -131,6 +163,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Sendmail { args } = &cli.command {
         return run_sendmail(cli.config.clone(), cli.spool.clone(), args);
+    }
+    if let Err(code) = unprivileged() {
+        return code;
     }
     let (config, path) = match load_config(cli.config, cli.spool) {
         Ok(c) => c,
@@ -193,7 +228,17 @@ fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]
             return ExitCode::from(exit::USAGE);
         }
     };
-    let (config, _) = match load_config(config, spool) {
+    if opts.mode != Mode::Send {
+        if let Err(code) = unprivileged() {
+            return code;
+        }
+    }
+    let loaded = if mailqueue::sys::is_privileged() {
+        load_system_config()
+    } else {
+        load_config(config, spool).map(|(c, _)| c)
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sendmail: {e}");

@@ -5,10 +5,18 @@
 //! there safely.
 //!
 //! An incoming file is one line of JSON (the envelope) and then the
-//! message exactly as it will be queued.
+//! message as it will be queued, less the `Received:` line the daemon
+//! adds at pickup from what the kernel says of the file (its owner), not
+//! from anything the submitter wrote.
+//!
+//! Any local user may submit: as the spool's owner, root, a member of the
+//! spool's group, or through a binary installed set-group-id to that
+//! group. Nothing in `incoming/` is trusted: pickup takes only regular
+//! files of bounded size and quarantines the rest.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +34,7 @@ pub mod exit {
     pub const OK: u8 = 0;
     pub const USAGE: u8 = 64;
     pub const DATAERR: u8 = 65;
+    pub const NOUSER: u8 = 67;
     pub const SOFTWARE: u8 = 70;
     pub const CANTCREAT: u8 = 73;
     pub const IOERR: u8 = 74;
@@ -34,6 +43,20 @@ pub mod exit {
 
 /// Largest message taken on standard input when no config says otherwise.
 const DEFAULT_MAX_SIZE: u64 = 32 * 1024 * 1024;
+
+/// Longest envelope line pickup reads: far beyond any real recipient list
+/// (`max_recipients` addresses), and small enough to hold in memory.
+const MAX_ENVELOPE_LINE: u64 = 64 * 1024;
+
+/// What sendmail may add to a message of `max_message_size` bytes (From,
+/// Date, Message-ID), so that a message it accepted is never refused at
+/// pickup.
+const ADDED_HEADERS: u64 = 4096;
+
+/// Mode of an incoming file: the daemon reads it through the spool's
+/// group (the file's owner is whoever submitted it); the submitter's
+/// umask must not take that away.
+const INCOMING_FILE_MODE: u32 = 0o640;
 
 /// What the command line asked for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -312,7 +335,7 @@ fn without_bcc(header: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Adds Received, and From, Date and Message-ID when missing.
+/// Adds From, Date and Message-ID when missing.
 fn complete_message(
     config: &Config,
     opts: &Options,
@@ -321,15 +344,8 @@ fn complete_message(
     body: &[u8],
 ) -> Vec<u8> {
     let now = std::time::SystemTime::now();
-    let uid = fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(0);
-    let mut m = format!(
-        "Received: by {} (mailqueue, from userid {uid});\r\n\t{}\r\n",
-        config.hostname,
-        rfc5322(now)
-    )
-    .into_bytes();
+    // Received is the daemon's to write (at pickup, from the file's owner).
+    let mut m = Vec::with_capacity(header.len() + body.len() + 256);
     if !has_field(header, "From") {
         let addr = sender
             .map(|a| a.to_string())
@@ -366,10 +382,26 @@ fn complete_message(
     m
 }
 
+/// The caller's login name at our host name. The name comes from the
+/// password database for the real uid: `$USER` and `$LOGNAME` are the
+/// caller's to set, and would let anyone send as anyone.
 fn default_sender(config: &Config) -> Result<Address, Failure> {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "root".into());
+    let uid = crate::sys::real_uid();
+    let user = match crate::sys::user_name(uid) {
+        Ok(Some(name)) => name,
+        Ok(None) => {
+            return Err(fail(
+                exit::NOUSER,
+                format!("user id {uid} has no login name; give the sender with -f"),
+            ))
+        }
+        Err(e) => {
+            return Err(fail(
+                exit::TEMPFAIL,
+                format!("cannot look up the login name of user id {uid}: {e}"),
+            ))
+        }
+    };
     Address::parse(&format!("{user}@{}", config.hostname))
         .map_err(|e| fail(exit::DATAERR, format!("sender: {e}")))
 }
@@ -397,107 +429,386 @@ fn check_quota(config: &Config, size: u64) -> Result<(), Failure> {
     }
 }
 
-/// Writes the incoming file: temporary name, fsync, rename, fsync dir.
+/// Writes the incoming file: temporary name, fsync, rename, then makes
+/// the rename durable. Once the file has its final name the message is
+/// queued (a running daemon may already have taken it), so no error is
+/// reported after that point unless the file could be taken back.
 fn write_incoming(
     spool: &Path,
     envelope: &IncomingEnvelope,
     message: &[u8],
 ) -> Result<PathBuf, Failure> {
     let dir = spool.join("incoming");
+    let spool_owner = spool_owner(spool)?;
     let id = MessageId::generate();
-    let tmp = dir.join(format!(".{id}.tmp"));
-    let dst = dir.join(format!("{id}.mail"));
+    // The random tail keeps other submitters, who may write into
+    // incoming/ but not list it, from guessing a name to open or replace.
+    let tail = fastrand::u64(..);
+    let tmp = dir.join(format!(".{id}-{tail:016x}.tmp"));
+    let dst = dir.join(format!("{id}-{tail:016x}.mail"));
     let cant = |e: io::Error, p: &Path| {
         let code = match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => exit::CANTCREAT,
-            _ if e.raw_os_error() == Some(28) => exit::TEMPFAIL, // ENOSPC: try again later
+            _ if e.raw_os_error() == Some(libc::ENOSPC) => exit::TEMPFAIL,
             _ => exit::IOERR,
         };
-        fail(code, format!("{}: {e}", p.display()))
+        let hint = if e.kind() == io::ErrorKind::PermissionDenied {
+            NOT_ALLOWED_HINT
+        } else {
+            ""
+        };
+        fail(code, format!("{}: {e}{hint}", p.display()))
     };
-    // Creates the spool with its private modes when it is not there yet.
-    crate::queue::spool::Spool::open(spool).map_err(|e| fail(exit::CANTCREAT, e.to_string()))?;
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(INCOMING_FILE_MODE)
         .open(&tmp)
-        .map_err(|e| cant(e, &tmp))?;
-    let mut line = serde_json::to_vec(envelope).unwrap_or_default();
-    line.push(b'\n');
-    let written = file
-        .write_all(&line)
+        .map_err(|e| cant(e, &dir))?;
+    let written = give_to_daemon(&file, spool_owner)
+        .and_then(|_| {
+            let mut line = serde_json::to_vec(envelope).unwrap_or_default();
+            line.push(b'\n');
+            file.write_all(&line)
+        })
         .and_then(|_| file.write_all(message))
-        .and_then(|_| file.sync_all());
-    if let Err(e) = written {
+        .and_then(|_| file.sync_all())
+        .map_err(|e| cant(e, &tmp))
+        .and_then(|_| fs::rename(&tmp, &dst).map_err(|e| cant(e, &dst)));
+    if let Err(f) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(cant(e, &tmp));
+        return Err(f);
     }
-    fs::rename(&tmp, &dst).map_err(|e| cant(e, &dst))?;
-    sync_dir(&dir).map_err(|e| fail(exit::IOERR, e.to_string()))?;
+    if let Err(e) = make_rename_durable(&dir, &file) {
+        // Not durable: take the message back if it is still there, so
+        // that the error we report is true. Gone means the daemon has it,
+        // durably, in its queue.
+        return match fs::remove_file(&dst) {
+            Ok(()) => Err(fail(
+                exit::IOERR,
+                format!("{}: not queued: {e}", dir.display()),
+            )),
+            Err(_) => Ok(dst),
+        };
+    }
     Ok(dst)
 }
 
-/// Daemon side: queues every complete file in `incoming/`. A file is
-/// removed only once its message is durable in the queue.
-pub fn pickup(queue: &Queue) -> usize {
-    let dir = queue.config().spool.join("incoming");
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return 0;
-    };
-    let mut names: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "mail"))
-        .collect();
-    names.sort();
-    let mut queued = 0;
-    for path in names {
-        match pickup_one(queue, &path) {
-            Ok(id) => {
-                let _ = fs::remove_file(&path);
-                log::info!("{id}: picked up {}", path.display());
-                queued += 1;
-            }
-            Err(PickupError::Later(e)) => {
-                log::warn!("{}: left for later: {e}", path.display());
-                break;
-            }
-            Err(PickupError::Corrupt(why)) => {
-                let to = queue
-                    .config()
-                    .spool
-                    .join("corrupt")
-                    .join(path.file_name().unwrap_or_default());
-                log::error!("{}: moved to {}: {why}", path.display(), to.display());
-                let _ = fs::rename(&path, &to);
-            }
+const NOT_ALLOWED_HINT: &str = " (only root, the spool's owner and members of its group may \
+     submit, unless the mailqueue binary is installed set-group-id to that group: see the \
+     README, \"Feeding it mail\")";
+
+/// The owner and group of the spool; the daemon reads incoming files
+/// through the group. A missing spool is created (owned by the caller) only when the caller
+/// runs with its own rights: a set-group-id sendmail must not create a
+/// spool the daemon could not use.
+fn spool_owner(spool: &Path) -> Result<(u32, u32), Failure> {
+    match fs::metadata(spool) {
+        Ok(m) => Ok((m.uid(), m.gid())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !crate::sys::is_privileged() => {
+            crate::queue::spool::Spool::open(spool)
+                .map_err(|e| fail(exit::CANTCREAT, e.to_string()))?;
+            fs::metadata(spool)
+                .map(|m| (m.uid(), m.gid()))
+                .map_err(|e| fail(exit::CANTCREAT, format!("{}: {e}", spool.display())))
+        }
+        Err(e) => {
+            let hint = match e.kind() {
+                io::ErrorKind::PermissionDenied => NOT_ALLOWED_HINT,
+                io::ErrorKind::NotFound => " (no spool: has the daemon been set up?)",
+                _ => "",
+            };
+            Err(fail(
+                exit::CANTCREAT,
+                format!("spool {}: {e}{hint}", spool.display()),
+            ))
         }
     }
-    queued
 }
 
+/// Lets the daemon read the file whatever the submitter's umask and
+/// primary group: mode 0640 and the spool's group. The owner stays the
+/// submitter, which is what pickup records in the Received line.
+fn give_to_daemon(file: &File, (spool_uid, spool_gid): (u32, u32)) -> io::Result<()> {
+    if let Err(e) = std::os::unix::fs::fchown(file, None, Some(spool_gid)) {
+        // The spool's owner need not be in its group: the daemon runs as
+        // the owner and reads the file as such.
+        if crate::sys::effective_uid() != spool_uid {
+            return Err(e);
+        }
+    }
+    file.set_permissions(fs::Permissions::from_mode(INCOMING_FILE_MODE))
+}
+
+/// Makes the rename into `dir` durable. Submitters other than the owner
+/// may write to incoming/ but not read it, so cannot open it to fsync it:
+/// for them, sync the whole file system the file is on instead.
+fn make_rename_durable(dir: &Path, file: &File) -> io::Result<()> {
+    match File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => crate::sys::syncfs(file),
+        Err(e) => Err(e),
+    }
+}
+
+/// Daemon side, one pass: queues every complete file in `incoming/`.
+pub fn pickup(queue: &Queue) -> usize {
+    Pickup::default().run(queue)
+}
+
+/// The daemon's pickup of `incoming/`, pass after pass. It remembers the
+/// files it had to leave, so that one it cannot read is reported when
+/// first met (and when the reason changes), not every few seconds.
+#[derive(Debug, Default)]
+pub struct Pickup {
+    left: std::collections::HashMap<PathBuf, String>,
+}
+
+impl Pickup {
+    /// Queues every complete file in `incoming/`. A file is removed only
+    /// once its message is durable in the queue. One file that cannot be
+    /// taken now never holds up the others.
+    pub fn run(&mut self, queue: &Queue) -> usize {
+        let dir = queue.config().spool.join("incoming");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut left = std::collections::HashMap::new();
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "mail"))
+            .collect();
+        names.sort();
+        let mut queued = 0;
+        for path in names {
+            match pickup_one(queue, &path) {
+                Ok((id, uid)) => {
+                    if let Err(e) = fs::remove_file(&path) {
+                        // It would be queued again at the next pass.
+                        log::error!(
+                            "{id}: picked up {} but cannot remove it: {e}",
+                            path.display()
+                        );
+                    } else {
+                        log::info!("{id}: picked up {} from userid {uid}", path.display());
+                    }
+                    queued += 1;
+                }
+                Err(PickupError::Later(why)) => {
+                    if self.left.get(&path) == Some(&why) {
+                        log::debug!("{}: left for a later pass: {why}", path.display());
+                    } else {
+                        log::warn!("{}: left for a later pass: {why}", path.display());
+                    }
+                    left.insert(path, why);
+                }
+                Err(PickupError::Queue(e)) => {
+                    // The queue refuses (full, closing): so it would for the rest.
+                    log::warn!("{}: left for a later pass: {e}", path.display());
+                    break;
+                }
+                Err(PickupError::Corrupt(why)) => {
+                    let to = queue
+                        .config()
+                        .spool
+                        .join("corrupt")
+                        .join(path.file_name().unwrap_or_default());
+                    match fs::rename(&path, &to) {
+                        Ok(()) => {
+                            log::error!("{}: moved to {}: {why}", path.display(), to.display())
+                        }
+                        Err(e) => log::error!(
+                            "{}: {why}; cannot move it to {}: {e}",
+                            path.display(),
+                            to.display()
+                        ),
+                    }
+                }
+            }
+        }
+        if queued > 0 {
+            // A removal lost in a crash would queue the message a second time.
+            if let Err(e) = sync_dir(&dir) {
+                log::warn!("{}: {e}", dir.display());
+            }
+        }
+        self.left = left;
+        queued
+    }
+}
+
+/// Why a file in `incoming/` was not queued.
+#[derive(Debug, thiserror::Error)]
 enum PickupError {
+    /// This file cannot be read now (permissions, an I/O error): try it
+    /// again at the next pass, and go on with the others.
+    #[error("{0}")]
     Later(String),
+    /// The queue refuses new mail now: the other files would fail alike.
+    #[error(transparent)]
+    Queue(crate::queue::QueueError),
+    /// The file is not a submission and never will be: quarantine it.
+    #[error("{0}")]
     Corrupt(String),
 }
 
-fn pickup_one(queue: &Queue, path: &Path) -> Result<MessageId, PickupError> {
-    let file = File::open(path).map_err(|e| PickupError::Later(e.to_string()))?;
+fn pickup_one(queue: &Queue, path: &Path) -> Result<(MessageId, u32), PickupError> {
+    // Look before opening: opening a FIFO would block and opening a
+    // device may act on it.
+    let meta = fs::symlink_metadata(path).map_err(|e| PickupError::Later(e.to_string()))?;
+    if !meta.file_type().is_file() {
+        return Err(PickupError::Corrupt(format!(
+            "not a regular file but {}",
+            file_kind(&meta)
+        )));
+    }
+    // And check again what was opened: the name may have been replaced
+    // in between. O_NOFOLLOW refuses a symlink put there meanwhile;
+    // O_NONBLOCK keeps a FIFO from blocking.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => PickupError::Corrupt("a symbolic link".into()),
+            _ => PickupError::Later(format!("cannot open it: {e}")),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| PickupError::Later(e.to_string()))?;
+    if !meta.file_type().is_file() {
+        return Err(PickupError::Corrupt(format!(
+            "not a regular file but {}",
+            file_kind(&meta)
+        )));
+    }
+    // sendmail's file has one name. A second one is a hard link some
+    // submitter made to a file of someone else's, which the daemon may
+    // be able to read and they not.
+    if meta.nlink() != 1 {
+        return Err(PickupError::Corrupt(format!(
+            "{} hard links to it: not a file sendmail wrote",
+            meta.nlink()
+        )));
+    }
+    let uid = meta.uid();
+    let max_message = queue
+        .config()
+        .listen
+        .max_message_size
+        .saturating_add(ADDED_HEADERS);
+    let max_file = max_message.saturating_add(MAX_ENVELOPE_LINE);
+    if meta.len() > max_file {
+        return Err(PickupError::Corrupt(format!(
+            "{} bytes, more than a submission may have ({max_file}: [listen] max_message_size \
+             and the envelope line)",
+            meta.len()
+        )));
+    }
+
     let mut reader = io::BufReader::new(file);
-    let mut line = String::new();
-    reader
-        .read_line(&mut line)
-        .map_err(|e| PickupError::Corrupt(e.to_string()))?;
-    let env: IncomingEnvelope = serde_json::from_str(&line)
+    let mut line = Vec::new();
+    (&mut reader)
+        .take(MAX_ENVELOPE_LINE)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| PickupError::Later(format!("reading it: {e}")))?;
+    if line.last() != Some(&b'\n') {
+        return Err(PickupError::Corrupt(format!(
+            "no envelope line (a JSON line of at most {MAX_ENVELOPE_LINE} bytes)"
+        )));
+    }
+    let env: IncomingEnvelope = serde_json::from_slice(&line)
         .map_err(|e| PickupError::Corrupt(format!("bad envelope line: {e}")))?;
     if env.recipients.is_empty() {
         return Err(PickupError::Corrupt("no recipients".into()));
     }
     let envelope = Envelope::new(env.sender, env.recipients);
-    let mut rest: Box<dyn Read> = Box::new(reader);
-    queue
-        .enqueue_from(&envelope, &mut rest)
-        .map_err(|e| PickupError::Later(e.to_string()))
+
+    // Who submitted is what the kernel says owns the file, never a name
+    // the submitter wrote (as Postfix's pickup does).
+    let received = format!(
+        "Received: by {} (mailqueue, from userid {uid});\r\n\t{}\r\n",
+        queue.config().hostname,
+        rfc5322(std::time::SystemTime::now())
+    );
+    let mut body = Bounded {
+        inner: reader,
+        left: max_message,
+        failure: None,
+    };
+    let mut message = received.as_bytes().chain(&mut body);
+    let queued = queue.enqueue_from(&envelope, &mut message);
+    match (queued, body.failure) {
+        (Ok(id), _) => Ok((id, uid)),
+        (Err(_), Some(SourceFailure::TooLarge)) => Err(PickupError::Corrupt(format!(
+            "the message grew past {max_message} bytes while being read"
+        ))),
+        (Err(_), Some(SourceFailure::Read(e))) => {
+            Err(PickupError::Later(format!("reading it: {e}")))
+        }
+        (Err(e), None) => Err(PickupError::Queue(e)),
+    }
+}
+
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "of an unknown kind"
+    }
+}
+
+/// Why reading the submitted file (not writing the queue) failed.
+enum SourceFailure {
+    TooLarge,
+    Read(io::Error),
+}
+
+/// A reader that fails past `left` bytes, and remembers whether a failure
+/// was its own, so pickup can tell a bad file from a queue that refuses.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    failure: Option<SourceFailure>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // One byte past the limit tells a file that ends there from one
+        // that goes on.
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX).max(1));
+        let n = match self.inner.read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.failure = Some(SourceFailure::Read(e));
+                return Err(copy);
+            }
+        };
+        if n as u64 > self.left {
+            self.failure = Some(SourceFailure::TooLarge);
+            return Err(io::Error::other("the message is too large"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -540,6 +851,27 @@ mod tests {
             read_message(&mut &input[..], true, 5).unwrap_err().code,
             exit::DATAERR
         );
+    }
+
+    #[test]
+    fn bounded_reads_up_to_its_limit_and_fails_past_it() {
+        let mut ok = Bounded {
+            inner: &b"12345"[..],
+            left: 5,
+            failure: None,
+        };
+        let mut out = Vec::new();
+        ok.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"12345");
+        assert!(ok.failure.is_none());
+
+        let mut over = Bounded {
+            inner: &b"123456"[..],
+            left: 5,
+            failure: None,
+        };
+        assert!(over.read_to_end(&mut Vec::new()).is_err());
+        assert!(matches!(over.failure, Some(SourceFailure::TooLarge)));
     }
 
     #[test]

@@ -265,15 +265,18 @@ impl Spool {
             incoming: root.join("incoming"),
             queue_sync: GroupSync::default(),
         };
-        // Private to the spool's owner; `incoming/` also lets the owner's
-        // group drop mail (sendmail run by users in that group) without
-        // letting anyone list or read what waits there.
+        // Private to the spool's owner, except that the owner's group may
+        // pass through the spool (0710) to drop mail into `incoming/` and
+        // reach the control socket: sendmail run by users in that group,
+        // or installed set-group-id to it. They may not list or read what
+        // waits in `incoming/`, and the sticky bit keeps them from
+        // removing or replacing each other's files there.
         for (dir, mode) in [
-            (&spool.root, 0o700),
+            (&spool.root, 0o710),
             (&spool.queue, 0o700),
             (&spool.tmp, 0o700),
             (&spool.corrupt, 0o700),
-            (&spool.incoming, 0o730),
+            (&spool.incoming, 0o1730),
         ] {
             if !dir.exists() {
                 fs::DirBuilder::new()
@@ -281,7 +284,7 @@ impl Spool {
                     .mode(mode)
                     .create(dir)
                     .map_err(io_error(dir))?;
-                // The umask would take the group's write bit off incoming/.
+                // The umask would take the group's bits off.
                 fs::set_permissions(dir, fs::Permissions::from_mode(mode))
                     .map_err(io_error(dir))?;
             }

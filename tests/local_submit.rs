@@ -1,0 +1,618 @@
+//! Local submission by users other than the daemon's: the sendmail
+//! command run by root with a tight umask, by a member of the spool's
+//! group, and by anyone through a set-group-id binary; and pickup facing
+//! files in `incoming/` that are not submissions.
+//!
+//! The daemon runs as its own unprivileged user, as in production; the
+//! other users are bare numeric ids (no accounts are created), which
+//! setpriv(1) switches to. These tests need root.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::daemon::{binary, free_port, wait_child, Daemon, Setup};
+use common::peers::SmtpSink;
+use common::wait_for;
+
+/// The daemon's user and the spool's group.
+const DAEMON_UID: u32 = 47_110;
+const SPOOL_GID: u32 = 47_110;
+/// nobody: a user with a name in the password database, put in the
+/// spool's group where a test needs a member.
+const NOBODY: u32 = 65_534;
+/// A user in no group of the spool's.
+const OUTSIDER: u32 = 47_112;
+
+const LONG: Duration = Duration::from_secs(15);
+
+fn is_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Who runs a command.
+#[derive(Clone, Copy)]
+struct User {
+    uid: u32,
+    gid: u32,
+    groups: &'static [u32],
+}
+
+const ROOT: User = User {
+    uid: 0,
+    gid: 0,
+    groups: &[0],
+};
+const MEMBER: User = User {
+    uid: NOBODY,
+    gid: NOBODY,
+    groups: &[SPOOL_GID],
+};
+const STRANGER: User = User {
+    uid: OUTSIDER,
+    gid: OUTSIDER,
+    groups: &[],
+};
+const DAEMON_USER: User = User {
+    uid: DAEMON_UID,
+    gid: SPOOL_GID,
+    groups: &[SPOOL_GID],
+};
+
+/// `setpriv` arguments that run the rest of a command line as `user`.
+fn setpriv(user: User) -> Vec<String> {
+    let groups = if user.groups.is_empty() {
+        "--clear-groups".to_string()
+    } else {
+        let list: Vec<String> = user.groups.iter().map(u32::to_string).collect();
+        format!("--groups={}", list.join(","))
+    };
+    vec![
+        "setpriv".into(),
+        format!("--reuid={}", user.uid),
+        format!("--regid={}", user.gid),
+        groups,
+        "--".into(),
+    ]
+}
+
+fn chown(path: &Path, uid: u32, gid: u32, mode: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A daemon running as DAEMON_UID:SPOOL_GID on a spool it creates in a
+/// directory the spool's group may pass through.
+struct UserDaemon {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl UserDaemon {
+    fn start(setup: &Setup) -> UserDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        chown(dir.path(), DAEMON_UID, SPOOL_GID, 0o710);
+        let config = dir.path().join("mailqueue.toml");
+        fs::write(&config, setup.toml(&dir.path().join("spool"), free_port())).unwrap();
+        chown(&config, DAEMON_UID, SPOOL_GID, 0o640);
+        let log = fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let argv = setpriv(DAEMON_USER);
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .arg(binary())
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .env_remove("MAILQUEUE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut d = UserDaemon { child, dir };
+        let sock = d.spool().join("control.sock");
+        let up = wait_for(LONG, || {
+            sock.exists() || wait_child(&mut d.child, Duration::ZERO).is_some()
+        });
+        assert!(up && sock.exists(), "daemon did not start:\n{}", d.log());
+        d
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("mailqueue.toml")
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    fn incoming(&self) -> Vec<String> {
+        common::files_in(&self.spool().join("incoming"))
+    }
+}
+
+impl Drop for UserDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `program args` as `user` with `stdin`, through `sh -c 'umask
+/// UMASK; exec ...'`, with extra environment; returns (exit code, stderr).
+fn run_as(
+    user: User,
+    umask: &str,
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> (i32, String) {
+    let mut argv = setpriv(user);
+    argv.push(program.display().to_string());
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("umask {umask} && exec \"$@\""))
+        .arg("sh")
+        .args(&argv)
+        .env_remove("MAILQUEUE_CONFIG")
+        .env_remove("USER")
+        .env_remove("LOGNAME");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    finish(cmd, stdin)
+}
+
+fn finish(mut cmd: Command, stdin: &[u8]) -> (i32, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let status = wait_child(&mut child, LONG).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("{cmd:?} did not exit")
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+/// `mailqueue --config CONFIG sendmail ARGS` as `user`.
+fn sendmail_as(
+    user: User,
+    umask: &str,
+    config: &Path,
+    args: &[&str],
+    stdin: &[u8],
+) -> (i32, String) {
+    let mut all = vec!["--config", config.to_str().unwrap(), "sendmail"];
+    all.extend_from_slice(args);
+    run_as(user, umask, Path::new(binary()), &all, &[], stdin)
+}
+
+/// The message the sink got that carries `needle`.
+fn delivered(sink: &SmtpSink, needle: &str, limit: Duration) -> Option<String> {
+    let mut found = None;
+    wait_for(limit, || {
+        found = sink.messages().into_iter().find(|m| m.contains(needle));
+        found.is_some()
+    });
+    found
+}
+
+/// An incoming file as sendmail writes it, for `rcpt`.
+fn submission(rcpt: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "{{\"sender\":\"s@example.org\",\"recipients\":[\"{rcpt}\"]}}\n\
+         From: s@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_root_submission_with_umask_077_reaches_a_daemon_running_as_its_own_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the daemon as another user");
+        return;
+    }
+    let sink = SmtpSink::start(&[]);
+    let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
+    // What an older sendmail run with umask 077 left: the daemon cannot
+    // read it. It must not hold up the files after it.
+    let stuck = d.spool().join("incoming").join("0-unreadable.mail");
+    fs::write(&stuck, submission("stuck@example.org", "stuck")).unwrap();
+    chown(&stuck, 0, 0, 0o600);
+
+    let (code, err) = sendmail_as(
+        ROOT,
+        "077",
+        &d.config(),
+        &["-i", "-f", "cron@example.org", "root-rcpt@example.org"],
+        b"Subject: from cron\n\nnightly report\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let got = delivered(&sink, "Subject: from cron", LONG)
+        .unwrap_or_else(|| panic!("root's message not delivered:\n{}", d.log()));
+    assert!(got.contains("(mailqueue, from userid 0)"), "{got}");
+
+    let (code, err) = sendmail_as(
+        MEMBER,
+        "022",
+        &d.config(),
+        &["-i", "-f", "app@example.org", "later@example.org"],
+        b"Subject: after it\n\nhello\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        delivered(&sink, "Subject: after it", LONG).is_some(),
+        "a later submission waits behind an unreadable file:\n{}",
+        d.log()
+    );
+    // Reported once (several passes have met it by now), not every pass.
+    assert_eq!(
+        d.log()
+            .matches("0-unreadable.mail: left for a later pass")
+            .count(),
+        1,
+        "{}",
+        d.log()
+    );
+    // Pickup removes a file once its message is queued, which may be just
+    // after the delivery.
+    assert!(
+        wait_for(LONG, || d.incoming() == vec!["0-unreadable.mail"]),
+        "only the unreadable file stays: {:?}",
+        d.incoming()
+    );
+}
+
+#[test]
+fn pickup_quarantines_what_is_not_a_bounded_regular_file_and_goes_on() {
+    let sink = SmtpSink::start(&[]);
+    let mut d = Daemon::start(&Setup::to(&sink.url("smtp")).listen("max_message_size = 1048576"));
+    let incoming = d.spool().join("incoming");
+    // A FIFO nobody writes to: opening or reading it would block for ever.
+    let fifo = incoming.join("00-fifo.mail");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    fs::create_dir(incoming.join("01-dir.mail")).unwrap();
+    // A symlink to a valid submission elsewhere: following it would send
+    // whatever file the link names.
+    let elsewhere = d.dir.path().join("elsewhere.mail");
+    fs::write(&elsewhere, submission("stolen@example.org", "via a link")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, incoming.join("02-link.mail")).unwrap();
+    // A hard link to a file of someone else's (that the daemon can read).
+    let other = d.dir.path().join("other.mail");
+    fs::write(&other, submission("linked@example.org", "via a hard link")).unwrap();
+    fs::hard_link(&other, incoming.join("06-hardlink.mail")).unwrap();
+    // 8 GiB, all holes: it costs no disk, but reading it costs 8 GiB.
+    let sparse = fs::File::create(incoming.join("03-sparse.mail")).unwrap();
+    sparse.set_len(8 << 30).unwrap();
+    drop(sparse);
+    // An envelope line that never ends.
+    fs::write(incoming.join("04-long.mail"), vec![b'{'; 100 * 1024]).unwrap();
+    // Just over the limit with its envelope line.
+    let mut big = submission("big@example.org", "big");
+    big.resize(1024 * 1024 + 64 * 1024 + 8192, b'x');
+    fs::write(incoming.join("05-big.mail"), big).unwrap();
+
+    let started = Instant::now();
+    let (code, err) = finish(
+        {
+            let mut c = Command::new(binary());
+            c.arg("--config")
+                .arg(d.config_path())
+                .args(["sendmail", "-i", "-f", "s@example.org", "good@example.org"])
+                .env_remove("MAILQUEUE_CONFIG");
+            c
+        },
+        b"Subject: good\n\nfine\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        delivered(&sink, "Subject: good", Duration::from_secs(10)).is_some(),
+        "the good file was not delivered:\n{}",
+        d.log()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let corrupt = d.spool().join("corrupt");
+    assert!(
+        wait_for(LONG, || common::files_in(&corrupt).len() == 7),
+        "{:?}\n{}",
+        common::files_in(&corrupt),
+        d.log()
+    );
+    let log = d.log();
+    for (name, why) in [
+        ("00-fifo.mail", "not a regular file but a FIFO"),
+        ("01-dir.mail", "not a regular file but a directory"),
+        ("02-link.mail", "not a regular file but a symbolic link"),
+        (
+            "03-sparse.mail",
+            "8589934592 bytes, more than a submission may have",
+        ),
+        ("04-long.mail", "no envelope line"),
+        ("05-big.mail", "more than a submission may have"),
+        ("06-hardlink.mail", "2 hard links to it"),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(name) && l.contains(why)),
+            "no log line for {name} ({why}):\n{log}"
+        );
+    }
+    assert!(fs::symlink_metadata(corrupt.join("02-link.mail"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(wait_for(LONG, || common::files_in(&incoming).is_empty()));
+    assert!(!sink
+        .messages()
+        .iter()
+        .any(|m| m.contains("stolen@example.org") || m.contains("linked@example.org")));
+
+    d.terminate();
+    assert!(
+        d.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "the daemon did not stop promptly:\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_group_member_submits_with_exit_0_and_the_daemon_is_told_at_once() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let sink = SmtpSink::start(&[]);
+    let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
+    // As the README has operators set it (and new spools are made): the
+    // group may pass through the spool to incoming/, not read it.
+    fs::set_permissions(d.spool(), fs::Permissions::from_mode(0o710)).unwrap();
+    let started = Instant::now();
+    let (code, err) = sendmail_as(
+        MEMBER,
+        "022",
+        &d.config(),
+        &["-i", "-f", "app@example.org", "member@example.org"],
+        b"Subject: from a member\n\nhello\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    // The daemon also looks every 5 s; well before that means it was told.
+    let got = delivered(&sink, "Subject: from a member", Duration::from_secs(4))
+        .unwrap_or_else(|| panic!("not picked up promptly:\n{}", d.log()));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(got.contains("(mailqueue, from userid 65534)"), "{got}");
+    // Exactly once: an exit status that lied would make callers retry.
+    assert_eq!(sink.count(), 1);
+}
+
+#[test]
+fn the_default_sender_comes_from_the_uid_not_from_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let sink = SmtpSink::start(&[]);
+    let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
+    let config = d.config();
+    for (user, name) in [(ROOT, "root"), (MEMBER, "nobody")] {
+        let subject = format!("Subject: who is {name}");
+        let (code, err) = run_as(
+            user,
+            "022",
+            Path::new(binary()),
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "sendmail",
+                "-i",
+                "rcpt@example.org",
+            ],
+            &[("USER", "ceo"), ("LOGNAME", "ceo")],
+            format!("{subject}\n\nhello\n").as_bytes(),
+        );
+        assert_eq!(code, 0, "{err}");
+        let got = delivered(&sink, &subject, LONG)
+            .unwrap_or_else(|| panic!("not delivered:\n{}", d.log()));
+        assert!(
+            got.contains(&format!("X-Mail-Args: <{name}@mq.test>")),
+            "{got}"
+        );
+        assert!(got.contains(&format!("From: {name}@mq.test")), "{got}");
+        assert!(!got.contains("ceo"), "{got}");
+    }
+}
+
+#[test]
+fn pickup_records_the_owner_of_the_file_not_what_it_says() {
+    if !is_root() {
+        eprintln!("skipped: needs root to give a file to another user");
+        return;
+    }
+    let sink = SmtpSink::start(&[]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let file = d.spool().join("incoming").join("forged.mail");
+    let mut text = submission("rcpt@example.org", "forged");
+    // Put a forged Received line at the top of the header.
+    let at = text.iter().position(|b| *b == b'\n').unwrap() + 1;
+    text.splice(
+        at..at,
+        b"Received: by mq.test (mailqueue, from userid 0);\r\n\tMon, 1 Jan 2024 00:00:00 +0000\r\n"
+            .iter()
+            .copied(),
+    );
+    let tmp = d.dir.path().join("forged.tmp");
+    fs::write(&tmp, text).unwrap();
+    chown(&tmp, 4242, 4242, 0o640);
+    fs::rename(&tmp, &file).unwrap();
+    let got = delivered(&sink, "Subject: forged", LONG)
+        .unwrap_or_else(|| panic!("not picked up:\n{}", d.log()));
+    // smtp-sink puts its X- lines and Received first; ours comes next,
+    // above what the file said.
+    let first = got
+        .lines()
+        .find(|l| l.starts_with("Received: by mq.test"))
+        .unwrap_or_default();
+    assert_eq!(
+        first, "Received: by mq.test (mailqueue, from userid 4242);",
+        "{got}"
+    );
+    assert!(d.log().contains("from userid 4242"), "{}", d.log());
+}
+
+#[test]
+fn a_group_member_meets_the_quota_but_may_not_manage_the_queue() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    // Nothing listens at the target: mail stays queued.
+    let d = UserDaemon::start(&Setup::default().queue("max_messages = 1"));
+    let (code, err) = sendmail_as(
+        MEMBER,
+        "022",
+        &d.config(),
+        &["-i", "-f", "app@example.org", "first@example.org"],
+        b"Subject: first\n\nhello\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let queue = d.spool().join("queue");
+    assert!(
+        wait_for(LONG, || common::files_in(&queue)
+            .iter()
+            .any(|f| f.ends_with(".msg"))),
+        "not queued:\n{}",
+        d.log()
+    );
+    let id = common::files_in(&queue)
+        .into_iter()
+        .find_map(|f| f.strip_suffix(".msg").map(str::to_string))
+        .unwrap();
+
+    let (code, err) = sendmail_as(
+        MEMBER,
+        "022",
+        &d.config(),
+        &["-i", "-f", "app@example.org", "second@example.org"],
+        b"Subject: second\n\nhello\n",
+    );
+    assert_eq!(
+        code, 75,
+        "the daemon's quota applies to the group too: {err}"
+    );
+    assert!(err.contains("queue full"), "{err}");
+
+    let config = d.config();
+    let (code, err) = run_as(
+        MEMBER,
+        "022",
+        Path::new(binary()),
+        &["--config", config.to_str().unwrap(), "delete", &id],
+        &[],
+        b"",
+    );
+    assert_ne!(code, 0, "a group member deleted a message");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(queue.join(format!("{id}.msg")).exists());
+    assert!(
+        d.log().contains("refused delete from userid 65534"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_setgid_sendmail_lets_any_user_submit_and_trusts_none_of_their_config() {
+    if !is_root() {
+        eprintln!("skipped: needs root to install a set-group-id binary");
+        return;
+    }
+    let sink = SmtpSink::start(&[]);
+    let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
+
+    // Installed as the README says: group of the spool, mode 2755.
+    let bin = tempfile::tempdir().unwrap();
+    chown(bin.path(), 0, 0, 0o755);
+    let program = bin.path().join("mailqueue");
+    fs::copy(binary(), &program).unwrap();
+    chown(&program, 0, SPOOL_GID, 0o2755);
+    let public_config = bin.path().join("mailqueue.toml");
+    fs::copy(d.config(), &public_config).unwrap();
+    chown(&public_config, 0, 0, 0o644);
+
+    // Without the privilege, a user outside the group is told why.
+    let (code, err) = sendmail_as(
+        STRANGER,
+        "022",
+        &public_config,
+        &["-i", "-f", "x@example.org", "r@example.org"],
+        b"Subject: no\n\nno\n",
+    );
+    assert_eq!(code, 73, "{err}");
+    assert!(err.contains("set-group-id"), "{err}");
+    assert!(!err.contains("queue/"), "{err}");
+
+    // A file the group may read but the caller may not: the privileged
+    // sendmail must neither use it nor quote it.
+    let secret = d.dir.path().join("secret.toml");
+    fs::write(&secret, "hostname = \"SECRET-TEXT\"\nspool = [broken\n").unwrap();
+    chown(&secret, 0, SPOOL_GID, 0o640);
+    // /etc/mailqueue.toml, seen only by this command: an overlay of /etc
+    // in a mount namespace of its own.
+    let etc = tempfile::tempdir().unwrap();
+    chown(etc.path(), 0, 0, 0o755);
+    fs::copy(d.config(), etc.path().join("mailqueue.toml")).unwrap();
+    chown(&etc.path().join("mailqueue.toml"), 0, 0, 0o644);
+
+    let mut argv = setpriv(STRANGER);
+    argv.extend(
+        [
+            program.to_str().unwrap(),
+            "--config",
+            secret.to_str().unwrap(),
+            "--spool",
+            "/tmp",
+            "sendmail",
+            "-i",
+            "-f",
+            "web@example.org",
+            "setgid@example.org",
+        ]
+        .map(String::from),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "sh", "-c"])
+        .arg(format!(
+            "mount --make-rprivate / && \
+             mount -t overlay overlay -o lowerdir={}:/etc /etc && exec \"$@\"",
+            etc.path().display()
+        ))
+        .arg("sh")
+        .args(&argv)
+        .env("MAILQUEUE_CONFIG", &secret);
+    let (code, err) = finish(cmd, b"Subject: through setgid\n\nhello\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
+    let got = delivered(&sink, "Subject: through setgid", LONG)
+        .unwrap_or_else(|| panic!("not delivered:\n{}", d.log()));
+    assert!(got.contains("(mailqueue, from userid 47112)"), "{got}");
+    assert!(!got.contains("SECRET"), "{got}");
+}
