@@ -31,6 +31,16 @@ const OUTSIDER: u32 = 47_112;
 
 const LONG: Duration = Duration::from_secs(15);
 
+/// These tests switch users: without root they fail, naming why, rather
+/// than pass without testing anything.
+#[track_caller]
+fn require_root(what: &str) {
+    assert!(
+        is_root(),
+        "this test must run as root {what} (CI runs as root)"
+    );
+}
+
 fn is_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
@@ -226,10 +236,7 @@ fn submission(rcpt: &str, subject: &str) -> Vec<u8> {
 
 #[test]
 fn a_root_submission_with_umask_077_reaches_a_daemon_running_as_its_own_user() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the daemon as another user");
-        return;
-    }
+    require_root("to run the daemon as another user");
     let sink = SmtpSink::start(&[]);
     let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
     // What an older sendmail run with umask 077 left: the daemon cannot
@@ -377,10 +384,7 @@ fn pickup_quarantines_what_is_not_a_bounded_regular_file_and_goes_on() {
 
 #[test]
 fn a_group_member_submits_with_exit_0_and_the_daemon_is_told_at_once() {
-    if !is_root() {
-        eprintln!("skipped: needs root to switch users");
-        return;
-    }
+    require_root("to switch users");
     let sink = SmtpSink::start(&[]);
     let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
     // As the README has operators set it (and new spools are made): the
@@ -406,10 +410,7 @@ fn a_group_member_submits_with_exit_0_and_the_daemon_is_told_at_once() {
 
 #[test]
 fn the_default_sender_comes_from_the_uid_not_from_user() {
-    if !is_root() {
-        eprintln!("skipped: needs root to switch users");
-        return;
-    }
+    require_root("to switch users");
     let sink = SmtpSink::start(&[]);
     let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
     let config = d.config();
@@ -443,10 +444,7 @@ fn the_default_sender_comes_from_the_uid_not_from_user() {
 
 #[test]
 fn pickup_records_the_owner_of_the_file_not_what_it_says() {
-    if !is_root() {
-        eprintln!("skipped: needs root to give a file to another user");
-        return;
-    }
+    require_root("to give a file to another user");
     let sink = SmtpSink::start(&[]);
     let d = Daemon::start(&Setup::to(&sink.url("smtp")));
     let file = d.spool().join("incoming").join("forged.mail");
@@ -480,10 +478,7 @@ fn pickup_records_the_owner_of_the_file_not_what_it_says() {
 
 #[test]
 fn a_group_member_meets_the_quota_but_may_not_manage_the_queue() {
-    if !is_root() {
-        eprintln!("skipped: needs root to switch users");
-        return;
-    }
+    require_root("to switch users");
     // Nothing listens at the target: mail stays queued.
     let d = UserDaemon::start(&Setup::default().queue("max_messages = 1"));
     let (code, err) = sendmail_as(
@@ -541,10 +536,7 @@ fn a_group_member_meets_the_quota_but_may_not_manage_the_queue() {
 
 #[test]
 fn a_setgid_sendmail_lets_any_user_submit_and_trusts_none_of_their_config() {
-    if !is_root() {
-        eprintln!("skipped: needs root to install a set-group-id binary");
-        return;
-    }
+    require_root("to install a set-group-id binary");
     let sink = SmtpSink::start(&[]);
     let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
 
