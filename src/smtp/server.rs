@@ -687,7 +687,9 @@ impl<'a> Session<'a> {
         let r = match result {
             Err(e) if is_timeout(&e) => {
                 // A client silent in DATA is told why it is dropped, as
-                // one silent between commands is (RFC 5321 4.5.3.2).
+                // one silent between commands is (RFC 5321 4.5.3.2); the
+                // partial message is gone before it hears.
+                drop(incoming.take());
                 log::info!("{}: timeout during DATA", self.peer);
                 self.send(&self.timeout_reply());
                 let _ = self.flush(true);
