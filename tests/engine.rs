@@ -573,3 +573,62 @@ fn a_second_queue_on_the_same_spool_is_refused() {
     queue.close();
     Queue::open(config, target).unwrap().close();
 }
+
+/// Panics in `start` for one sender; otherwise hands over to `inner`.
+struct PanicsFor {
+    sender: &'static str,
+    inner: Scripted,
+    panics: std::sync::atomic::AtomicUsize,
+}
+
+impl DeliveryTarget for PanicsFor {
+    fn start(
+        &self,
+        msg: &MessageInfo,
+    ) -> Result<Box<dyn mailqueue::Delivery + '_>, mailqueue::DeliveryError> {
+        if msg.sender.as_ref().map(|a| a.to_string()).as_deref() == Some(self.sender) {
+            self.panics
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            panic!("a bug on this message");
+        }
+        self.inner.start(msg)
+    }
+}
+
+#[test]
+fn a_panicking_attempt_keeps_its_worker_and_the_message_is_quarantined_after_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.queue.workers = 1;
+    let inner = Scripted::new(vec![]);
+    let target = Arc::new(PanicsFor {
+        sender: "boom@example.org",
+        inner: inner.clone(),
+        panics: Default::default(),
+    });
+    let queue = Queue::open(config.clone(), target.clone()).unwrap();
+    let bad = queue
+        .enqueue(
+            &Envelope::new(sender("boom@example.org"), vec![addr("b@x.org")]),
+            MSG,
+        )
+        .unwrap();
+    for _ in 0..3 {
+        queue.enqueue(&envelope(&["c@x.org"]), MSG).unwrap();
+    }
+    // The only worker survived the panic and delivered the others.
+    assert!(wait_for(LONG, || inner.attempts() == 3));
+    // Retried like a temporary failure, then set aside, not lost.
+    assert!(wait_for(LONG, || spool_empty(&config)));
+    assert_eq!(target.panics.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let corrupt = files_in(&config.spool.join("corrupt"));
+    assert!(
+        corrupt.contains(&format!("{bad}.msg")),
+        "not quarantined: {corrupt:?}"
+    );
+    assert_eq!(queue.usage().0, 0);
+    // And the worker still works.
+    queue.enqueue(&envelope(&["d@x.org"]), MSG).unwrap();
+    assert!(wait_for(LONG, || inner.attempts() == 4 && spool_empty(&config)));
+    queue.close();
+}

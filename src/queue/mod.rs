@@ -30,7 +30,7 @@ pub mod stats;
 pub mod timer;
 mod worker;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     /// A sender of the job channel for messages due at once; taken away
     /// at shutdown.
     pub direct_jobs: Mutex<Option<Sender<Job>>>,
+    /// Panicked attempts by message, in this process; see `worker::MAX_PANICS`.
+    pub panics: Mutex<HashMap<MessageId, u32>>,
     pub stats: stats::Stats,
 }
 
@@ -263,6 +265,7 @@ impl Queue {
             bytes: AtomicU64::new(report.messages.iter().map(|m| m.size).sum()),
             inflight: Mutex::new(HashSet::new()),
             direct_jobs,
+            panics: Mutex::new(HashMap::new()),
             stats: stats::Stats::default(),
         });
         for meta in &report.messages {

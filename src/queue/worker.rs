@@ -23,6 +23,10 @@ use crate::queue::dsn::{self, Action};
 use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
 use crate::queue::{Job, MessageId, QueueError, Shared};
 
+/// Panics of one message's attempts before it is quarantined: a bug hit
+/// by that message alone must neither stop the queue nor loop forever.
+pub(crate) const MAX_PANICS: u32 = 3;
+
 /// Worker thread body: attempts messages until the job channel closes.
 pub(crate) fn run(shared: &Shared, jobs: &Receiver<Job>) {
     while let Ok(Job { id, due }) = jobs.recv() {
@@ -34,10 +38,20 @@ pub(crate) fn run(shared: &Shared, jobs: &Receiver<Job>) {
             // Still on disk: the next start schedules it again.
             continue;
         }
-        match attempt(shared, id) {
-            Ok(Some(next)) => shared.schedule(id, next),
-            Ok(None) => {}
-            Err(e) => {
+        // A panic (a bug, a parser edge, a panicking target) ends this
+        // attempt only: the worker lives on, and the message is deferred
+        // with its metadata as it was, so no outcome is half-recorded.
+        // The guards (in-flight mark, message lock) are released by the
+        // unwinding; every mutex the workers share tolerates poisoning.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| attempt(shared, id)));
+        match result {
+            Ok(Ok(next)) => {
+                forget_panics(shared, id);
+                if let Some(next) = next {
+                    shared.schedule(id, next);
+                }
+            }
+            Ok(Err(e)) => {
                 // Typically a full disk: the results of this attempt could
                 // not be written, so it will be repeated later.
                 let wait = shared.policy.initial.min(Duration::from_secs(60));
@@ -47,8 +61,61 @@ pub(crate) fn run(shared: &Shared, jobs: &Receiver<Job>) {
                 );
                 shared.schedule(id, Timestamp::now().plus(wait));
             }
+            Err(payload) => contain_panic(shared, id, &*payload),
         }
     }
+}
+
+/// Clears the panic count of a message whose attempt ended normally.
+fn forget_panics(shared: &Shared, id: MessageId) {
+    let mut panics = shared.panics.lock().unwrap_or_else(|p| p.into_inner());
+    if !panics.is_empty() {
+        panics.remove(&id);
+    }
+}
+
+/// Defers a message whose attempt panicked, or quarantines it once it
+/// has panicked [`MAX_PANICS`] times in this process.
+fn contain_panic(shared: &Shared, id: MessageId, payload: &(dyn std::any::Any + Send)) {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without message".to_string());
+    let count = {
+        let mut panics = shared.panics.lock().unwrap_or_else(|p| p.into_inner());
+        let n = panics.entry(id).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if count >= MAX_PANICS {
+        log::error!("{id}: attempt panicked ({what}), {count} times: quarantining the message");
+        // Under its lock, so no operator command is halfway through it.
+        let lock = shared.spool.lock_message(&id).ok().flatten();
+        let size = lock
+            .as_ref()
+            .and_then(|l| shared.spool.read_locked(&id, l).ok())
+            .map(|m| m.size);
+        if lock.is_some() {
+            shared.spool.quarantine(
+                id.as_str(),
+                &format!("its delivery attempts panicked {count} times: {what}"),
+            );
+            shared.forget(size.unwrap_or(0));
+        }
+        shared
+            .panics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        return;
+    }
+    let wait = shared.policy.delay(count);
+    log::error!(
+        "{id}: attempt panicked ({what}), {count} of {MAX_PANICS} times; retrying in {:.1}s",
+        wait.as_secs_f64()
+    );
+    shared.schedule(id, Timestamp::now().plus(wait));
 }
 
 /// What happened to one recipient in an attempt: delivered (through which
