@@ -626,9 +626,82 @@ fn a_panicking_attempt_keeps_its_worker_and_the_message_is_quarantined_after_3()
         corrupt.contains(&format!("{bad}.msg")),
         "not quarantined: {corrupt:?}"
     );
-    assert_eq!(queue.usage().0, 0);
+    assert!(wait_for(LONG, || queue.usage().0 == 0));
     // And the worker still works.
     queue.enqueue(&envelope(&["d@x.org"]), MSG).unwrap();
     assert!(wait_for(LONG, || inner.attempts() == 4 && spool_empty(&config)));
+    queue.close();
+}
+
+/// Takes every recipient but `c@x.org` (deferred) and holds its commit
+/// until the test lets it go.
+struct SlowCommit {
+    entered: crossbeam_channel::Sender<()>,
+    release: crossbeam_channel::Receiver<()>,
+}
+
+struct SlowAttempt<'a>(&'a SlowCommit);
+
+impl DeliveryTarget for SlowCommit {
+    fn start(
+        &self,
+        _msg: &MessageInfo,
+    ) -> Result<Box<dyn mailqueue::Delivery + '_>, mailqueue::DeliveryError> {
+        Ok(Box::new(SlowAttempt(self)))
+    }
+}
+
+impl mailqueue::Delivery for SlowAttempt<'_> {
+    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), mailqueue::DeliveryError> {
+        if rcpt.address.to_string() == "c@x.org" {
+            return Err(temp("mailbox busy"));
+        }
+        Ok(())
+    }
+    fn body(&mut self, _body: &Body) -> Result<(), mailqueue::DeliveryError> {
+        Ok(())
+    }
+    fn commit(self: Box<Self>) -> Result<(), mailqueue::DeliveryError> {
+        self.0.entered.send(()).unwrap();
+        self.0.release.recv().unwrap();
+        Ok(())
+    }
+    fn abort(self: Box<Self>) {}
+}
+
+#[test]
+fn expire_during_an_attempt_bounces_only_what_the_attempt_left_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let (entered_tx, entered) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded();
+    let target = Arc::new(SlowCommit {
+        entered: entered_tx,
+        release: release_rx,
+    });
+    let bounces = Scripted::new(vec![]);
+    let queue = Queue::open_with_bounce_target(config.clone(), target, bounces.arc()).unwrap();
+    let id = queue
+        .enqueue(&envelope(&["b@x.org", "c@x.org"]), MSG)
+        .unwrap();
+    entered.recv_timeout(LONG).unwrap();
+    // The final reply is not in yet: b@x.org's fate is open.
+    queue.admin().expire(id).unwrap();
+    release.send(()).unwrap();
+    assert!(wait_for(LONG, || spool_empty(&config) && bounces.attempts() == 1));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(bounces.attempts(), 1, "one notice only");
+    let (dsn, _) = notice(&bounces, 0);
+    let named: Vec<&str> = dsn
+        .recipients
+        .iter()
+        .map(|r| r["Final-Recipient"].as_str())
+        .collect();
+    assert_eq!(
+        named,
+        vec!["rfc822; c@x.org"],
+        "the delivered b@x.org was bounced"
+    );
+    assert_eq!(dsn.recipients[0]["Action"], "failed");
     queue.close();
 }

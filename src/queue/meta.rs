@@ -144,6 +144,11 @@ pub struct MessageMeta {
     /// This message is a delivery status notification made by the queue.
     #[serde(default)]
     pub is_dsn: bool,
+    /// The operator expired the message while an attempt ran: the
+    /// attempt's results are recorded first, then every recipient still
+    /// pending fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expire_requested: bool,
     pub recipients: Vec<RecipientMeta>,
 }
 
@@ -165,6 +170,7 @@ impl MessageMeta {
             held_since: None,
             held_ms: 0,
             is_dsn: false,
+            expire_requested: false,
             recipients: envelope
                 .recipients
                 .iter()

@@ -5,8 +5,9 @@
 //! The message lock is held only while reading and while recording, not
 //! during the network transaction, so an operator's hold, delete or expire
 //! never waits for a slow server. Recording re-reads the metadata: a
-//! message deleted meanwhile stays deleted, and a hold set meanwhile stays
-//! set.
+//! message deleted meanwhile stays deleted, a hold set meanwhile stays
+//! set, and an expire issued meanwhile is applied after the attempt's
+//! results, to the recipients it left pending.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -19,6 +20,7 @@ use crate::delivery::{
     Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, Severity, StatusCollector,
 };
 use crate::envelope::Recipient;
+use crate::queue::admin::give_up_pending;
 use crate::queue::dsn::{self, Action};
 use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
 use crate::queue::{Job, MessageId, QueueError, Shared};
@@ -168,15 +170,26 @@ fn read(
 
 /// Runs one attempt; returns when to try again, or `None` when the
 /// message is finished (or held, or gone, or already being attempted).
+///
+/// Wherever the message lock is held, the in-flight mark is dropped
+/// before the lock: an operator command that holds the lock and sees the
+/// mark knows this attempt will still read the metadata it writes.
 fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueError> {
-    let Some(_inflight) = InFlight::claim(shared, id) else {
+    let Some(inflight) = InFlight::claim(shared, id) else {
         // The running attempt reschedules the message when it ends.
         return Ok(None);
     };
-    let Some((meta, lock)) = read(shared, &id)? else {
+    let Some((mut meta, lock)) = read(shared, &id)? else {
         return Ok(None);
     };
+    if meta.expire_requested {
+        // Expired by the operator at the very start of this attempt.
+        let result = record(shared, &mut meta, &[], Vec::new(), Vec::new());
+        drop(inflight);
+        return result;
+    }
     if meta.hold {
+        drop(inflight);
         return Ok(None);
     }
     let pending: Vec<usize> = (0..meta.recipients.len())
@@ -185,6 +198,7 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
     if pending.is_empty() {
         shared.spool.remove(&id)?;
         shared.forget(meta.size);
+        drop(inflight);
         return Ok(None);
     }
     let file = lock.file();
@@ -208,11 +222,14 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
     let body = Body::from_open_file(file, meta.size, meta.checksum);
     let (outcomes, relays) = deliver(target, &info, &recipients, &body);
 
-    let Some((mut meta, _lock)) = read(shared, &id)? else {
+    let Some((mut meta, lock)) = read(shared, &id)? else {
         log::info!("{id}: removed during the attempt; its results are dropped");
         return Ok(None);
     };
-    record(shared, &mut meta, &pending, outcomes, relays)
+    let result = record(shared, &mut meta, &pending, outcomes, relays);
+    drop(inflight);
+    drop(lock);
+    result
 }
 
 /// Applies the outcomes to the metadata, sends the failure notice and
@@ -282,6 +299,21 @@ fn record(
             age.as_secs_f64(),
             reply.map(|r| format!(" ({r})")).unwrap_or_default()
         );
+    }
+
+    // An expire the operator issued during the attempt, applied after its
+    // results: what it delivered stays delivered and is not bounced.
+    if meta.expire_requested {
+        for i in give_up_pending(meta) {
+            let r = &meta.recipients[i];
+            log::info!(
+                "{id}: to=<{}>, relay=none, tries={}, delay={:.1}s, status=bounced (expired by the operator)",
+                r.address,
+                r.tries,
+                age.as_secs_f64()
+            );
+            failed.push((i, Action::Failed));
+        }
     }
 
     // One delay warning per recipient, once it has waited long enough.
