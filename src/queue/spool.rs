@@ -21,7 +21,10 @@
 //! removed at start. The metadata carries a CRC-32 of the message, checked
 //! while it is sent: what a power loss tore in an unacknowledged write, or
 //! the disk damaged later, is never passed on. Removal unlinks the `.msg`
-//! first, so a crash in between leaves a lone `.meta`, removed at start.
+//! first, so a crash in between leaves a lone `.meta`, removed at start,
+//! and fsyncs the directory (grouped like creations) before the removal
+//! counts as done: a deleted or finished message does not come back after
+//! a power loss. Quarantines fsync `corrupt/`, then `queue/`.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -496,11 +499,19 @@ impl Spool {
         }))
     }
 
-    /// Removes a finished message. The message file goes first: a crash
-    /// in between leaves a lone `.meta`, which start-up removes, where the
-    /// other order would leave a message file whose trailer still lists
-    /// every recipient as pending.
+    /// Removes a finished message, durably: when this returns, a power
+    /// loss cannot bring the message back to be sent again. The message
+    /// file goes first: a crash in between leaves a lone `.meta`, which
+    /// start-up removes, where the other order would leave a message file
+    /// whose trailer still lists every recipient as pending. The directory
+    /// fsync is shared with concurrent creations and removals.
     pub fn remove(&self, id: &MessageId) -> Result<(), QueueError> {
+        self.unlink(id)?;
+        self.queue_sync.sync(&self.queue)
+    }
+
+    /// Unlinks a message's files without making that durable.
+    fn unlink(&self, id: &MessageId) -> Result<(), QueueError> {
         for path in [self.message_path(id), self.meta_path(id)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -513,6 +524,11 @@ impl Spool {
 
     /// Moves whatever files a message has into `corrupt/`, logging why.
     pub fn quarantine(&self, id: &str, reason: &str) {
+        self.move_to_corrupt(id, reason);
+        self.sync_quarantine();
+    }
+
+    fn move_to_corrupt(&self, id: &str, reason: &str) {
         log::error!("{id}: moved to {}: {reason}", self.corrupt.display());
         for ext in ["meta", "msg"] {
             let from = self.queue.join(format!("{id}.{ext}"));
@@ -523,7 +539,16 @@ impl Spool {
                 Err(e) => log::error!("{id}: cannot quarantine {}: {e}", from.display()),
             }
         }
-        let _ = sync_dir(&self.queue);
+    }
+
+    /// Makes renames into `corrupt/` durable: the new entries first, so a
+    /// power loss never leaves a quarantined file in neither directory.
+    fn sync_quarantine(&self) {
+        for dir in [&self.corrupt, &self.queue] {
+            if let Err(e) = sync_dir(dir) {
+                log::error!("{e}");
+            }
+        }
     }
 
     /// Reads a whole message, as received, if it is at most `limit` bytes.
@@ -579,6 +604,9 @@ impl Spool {
             msg: bool,
             meta: bool,
         }
+        // Every removal and quarantine below is made durable by one
+        // directory fsync at the end, before any message is scheduled.
+        let mut changed = false;
         let mut found: HashMap<String, Found> = HashMap::new();
         for entry in fs::read_dir(&self.queue).map_err(io_error(&self.queue))? {
             let entry = entry.map_err(io_error(&self.queue))?;
@@ -593,6 +621,7 @@ impl Spool {
                     );
                     let _ = fs::rename(self.queue.join(&name), self.corrupt.join(&name));
                     report.quarantined += 1;
+                    changed = true;
                 }
             }
         }
@@ -600,8 +629,9 @@ impl Spool {
         let mut candidates = Vec::new();
         for (stem, f) in found {
             let Ok(id) = stem.parse::<MessageId>() else {
-                self.quarantine(&stem, "file name is not a queue id");
+                self.move_to_corrupt(&stem, "file name is not a queue id");
                 report.quarantined += 1;
+                changed = true;
                 continue;
             };
             match (f.msg, f.meta) {
@@ -611,6 +641,7 @@ impl Spool {
                     let path = self.meta_path(&id);
                     fs::remove_file(&path).map_err(io_error(&path))?;
                     report.removed += 1;
+                    changed = true;
                 }
                 (false, false) => {}
             }
@@ -628,6 +659,7 @@ impl Spool {
                     let path = self.message_path(&id);
                     fs::remove_file(&path).map_err(io_error(&path))?;
                     report.removed += 1;
+                    changed = true;
                 }
                 Loaded::Meta(m) => parsed.push((id, Ok(m))),
                 Loaded::Corrupt(reason) => parsed.push((id, Err(reason))),
@@ -637,15 +669,21 @@ impl Spool {
             match result {
                 Ok(meta) if !meta.pending => {
                     // Finished, but the crash came before the files were removed.
-                    self.remove(&id)?;
+                    self.unlink(&id)?;
                     report.removed += 1;
+                    changed = true;
                 }
                 Ok(meta) => report.messages.push(meta),
                 Err(reason) => {
-                    self.quarantine(id.as_str(), &reason);
+                    self.move_to_corrupt(id.as_str(), &reason);
                     report.quarantined += 1;
+                    changed = true;
                 }
             }
+        }
+        if changed {
+            sync_dir(&self.corrupt)?;
+            sync_dir(&self.queue)?;
         }
         report.messages.sort_by_key(|m| m.id);
         Ok(report)
