@@ -5,7 +5,7 @@
 //!
 //! One file, not two, because most messages leave at their first attempt:
 //! such a message then costs one file creation, one fdatasync and one
-//! unlink, where a separate metadata file doubled each of them (and added a
+//! unlink (besides the grouped directory fsyncs), where a separate metadata file doubled each of them (and added a
 //! rename), and those file-system operations are most of the cost of
 //! relaying a message.
 //!
@@ -32,17 +32,25 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 use rayon::prelude::*;
 
 use crate::queue::meta::{MessageMeta, Queued};
 use crate::queue::{MessageId, QueueError};
 
+/// How long a starting queue waits for commands that work on the spool
+/// directly to finish.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The spool directory of one queue.
 #[derive(Debug)]
 pub struct Spool {
     queue_sync: GroupSync,
+    /// The spool directory's owner and group: files this process creates
+    /// are given to them when it runs as someone else (root running a
+    /// command on a stopped daemon's spool), so the daemon can read them.
+    owner: Option<(u32, u32)>,
     root: PathBuf,
     queue: PathBuf,
     tmp: PathBuf,
@@ -260,14 +268,16 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), QueueError> {
 impl Spool {
     /// Opens (creating if needed) the spool directories.
     pub fn open(root: &Path) -> Result<Spool, QueueError> {
-        let spool = Spool {
+        let mut spool = Spool {
             root: root.to_path_buf(),
             queue: root.join("queue"),
             tmp: root.join("tmp"),
             corrupt: root.join("corrupt"),
             incoming: root.join("incoming"),
             queue_sync: GroupSync::default(),
+            owner: None,
         };
+        let root_existed = root.exists();
         // Private to the spool's owner; `incoming/` also lets the owner's
         // group drop mail (sendmail run by users in that group) without
         // letting anyone list or read what waits there.
@@ -287,9 +297,37 @@ impl Spool {
                 // The umask would take the group's write bit off incoming/.
                 fs::set_permissions(dir, fs::Permissions::from_mode(mode))
                     .map_err(io_error(dir))?;
+                if root_existed {
+                    let owner = fs::metadata(root).map_err(io_error(root))?;
+                    let created = fs::metadata(dir).map_err(io_error(dir))?;
+                    if created.uid() != owner.uid() {
+                        std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()))
+                            .map_err(io_error(dir))?;
+                    }
+                }
             }
         }
+        let owner = fs::metadata(root).map_err(io_error(root))?;
+        spool.owner = Some((owner.uid(), owner.gid()));
         Ok(spool)
+    }
+
+    /// Gives a file this process created to the spool's owner, if the
+    /// process runs as another user: a file root leaves behind with mode
+    /// 0600 would otherwise be unreadable to the daemon, which would then
+    /// quarantine it as corrupt.
+    fn adopt(&self, file: &File, path: &Path) -> Result<(), QueueError> {
+        let Some((uid, gid)) = self.owner else {
+            return Ok(());
+        };
+        // Only the user differing counts: a daemon whose primary group
+        // is not the directory's is still the owner. One fstat, next to
+        // the fsyncs every created file costs.
+        let needed = file.metadata().map_err(io_error(path))?.uid() != uid;
+        if needed {
+            std::os::unix::fs::fchown(file, Some(uid), Some(gid)).map_err(io_error(path))?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -304,28 +342,58 @@ impl Spool {
         &self.incoming
     }
 
-    /// Takes the exclusive lock that one running queue holds on a spool.
-    pub fn lock_exclusive(&self) -> Result<SpoolLock, QueueError> {
+    fn open_lock_file(&self) -> Result<(File, PathBuf), QueueError> {
         let path = self.root.join("lock");
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o644)
             .open(&path)
             .map_err(io_error(&path))?;
-        if fs2::FileExt::try_lock_exclusive(&file).is_err() {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            return Err(QueueError::Locked {
-                spool: self.root.clone(),
-                holder: pid.trim().to_string(),
-            });
+        self.adopt(&file, &path)?;
+        Ok((file, path))
+    }
+
+    /// Takes the exclusive lock that one running queue holds on a spool.
+    /// Commands run directly on the spool hold it shared for a moment:
+    /// those are waited for (up to [`LOCK_WAIT`]); a running queue is
+    /// not, and the result is [`QueueError::Locked`].
+    pub fn lock_exclusive(&self) -> Result<SpoolLock, QueueError> {
+        let (mut file, path) = self.open_lock_file()?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        while fs2::FileExt::try_lock_exclusive(&file).is_err() {
+            // Shared lockers only (no queue): the lock can be had shared.
+            let other = File::open(&path).map_err(io_error(&path))?;
+            let commands_only = fs2::FileExt::try_lock_shared(&other).is_ok();
+            drop(other);
+            if !commands_only || std::time::Instant::now() >= deadline {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(QueueError::Locked {
+                    spool: self.root.clone(),
+                    holder: pid.trim().to_string(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         // The pid is only a hint for the operator; the lock is what counts.
         let _ = file.set_len(0);
         let _ = writeln!(file, "{}", std::process::id());
         Ok(SpoolLock { _file: file })
+    }
+
+    /// Takes the spool lock shared, for a command that works on the spool
+    /// with no queue running; `None` when a queue holds it (it may still
+    /// be starting: its control socket is not up yet). While this lock
+    /// lives, no queue starts on the spool.
+    pub fn lock_shared(&self) -> Result<Option<SpoolLock>, QueueError> {
+        let (file, _) = self.open_lock_file()?;
+        match fs2::FileExt::try_lock_shared(&file) {
+            Ok(()) => Ok(Some(SpoolLock { _file: file })),
+            Err(_) => Ok(None),
+        }
     }
 
     pub fn message_path(&self, id: &MessageId) -> PathBuf {
@@ -341,8 +409,17 @@ impl Spool {
         loop {
             let id = MessageId::generate();
             let path = self.message_path(&id);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
                 Ok(file) => {
+                    if let Err(e) = self.adopt(&file, &path) {
+                        let _ = fs::remove_file(&path);
+                        return Err(e);
+                    }
                     return Ok(MessageWriter {
                         id,
                         path,
@@ -350,7 +427,7 @@ impl Spool {
                         size: 0,
                         checksum: crc32fast::Hasher::new(),
                         done: false,
-                    })
+                    });
                 }
                 // An id collision: never overwrite, take another id.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -414,7 +491,14 @@ impl Spool {
 
     fn write_meta_file(&self, meta: &MessageMeta) -> Result<(), QueueError> {
         let tmp = self.tmp.join(format!("{}.meta", meta.id));
-        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_error(&tmp))?;
+        self.adopt(&file, &tmp)?;
         file.write_all(&meta.to_json())
             .and_then(|_| file.sync_data())
             .map_err(io_error(&tmp))?;
