@@ -17,8 +17,9 @@
 //! 2. the `queue/` directory is fsynced. Only then is the message acknowledged.
 //!
 //! Later states go to `tmp/<id>.meta`, fsynced, renamed to `queue/<id>.meta`,
-//! directory fsynced. A `.msg` without footer is an unfinished write and is
-//! removed at start. The metadata carries a CRC-32 of the message, checked
+//! directory fsynced. A `.msg` without footer written since the last start
+//! is an unfinished write and is removed at start; a garbled footer, or a
+//! missing one on an older file, is damage and is quarantined. The metadata carries a CRC-32 of the message, checked
 //! while it is sent: what a power loss tore in an unacknowledged write, or
 //! the disk damaged later, is never passed on. Removal unlinks the `.msg`
 //! first, so a crash in between leaves a lone `.meta`, removed at start,
@@ -51,6 +52,12 @@ pub struct Spool {
     /// are given to them when it runs as someone else (root running a
     /// command on a stopped daemon's spool), so the daemon can read them.
     owner: Option<(u32, u32)>,
+    /// When the queue before this one started on the spool (the lock
+    /// file's time before this start rewrote it); `None` when unknown.
+    /// A message file without footer written since then is an unfinished
+    /// write of that run; an older one was complete at that start, and
+    /// has been damaged since.
+    last_start: Mutex<Option<std::time::SystemTime>>,
     root: PathBuf,
     queue: PathBuf,
     tmp: PathBuf,
@@ -150,16 +157,22 @@ fn read_trailer(file: &File) -> Result<(u64, Vec<u8>), TrailerError> {
         .map_err(TrailerError::Io)?;
     let foot = &tail[tail.len() - FOOTER_LEN as usize..];
     let digits = &foot[FOOTER_MAGIC.len()..FOOTER_LEN as usize - 1];
-    if !foot.starts_with(FOOTER_MAGIC)
-        || foot[FOOTER_LEN as usize - 1] != b'\n'
-        || !digits.iter().all(u8::is_ascii_digit)
-    {
+    // The footer is written last and whole: a cut one does not begin
+    // where a footer begins. Its magic there with the rest garbled is
+    // damage to a file that was complete.
+    if !foot.starts_with(FOOTER_MAGIC) {
         return Err(TrailerError::Missing);
     }
     let json_len: u64 = std::str::from_utf8(digits)
         .ok()
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()) && foot[FOOTER_LEN as usize - 1] == b'\n')
         .and_then(|d| d.parse().ok())
-        .ok_or(TrailerError::Missing)?;
+        .ok_or_else(|| {
+            TrailerError::Corrupt(format!(
+                "garbled footer {:?}",
+                String::from_utf8_lossy(foot)
+            ))
+        })?;
     if json_len + FOOTER_LEN > len {
         return Err(TrailerError::Corrupt(format!(
             "the footer names {json_len} bytes of metadata in a file of {len}"
@@ -276,6 +289,7 @@ impl Spool {
             incoming: root.join("incoming"),
             queue_sync: GroupSync::default(),
             owner: None,
+            last_start: Mutex::new(None),
         };
         let root_existed = root.exists();
         // Private to the spool's owner; `incoming/` also lets the owner's
@@ -378,6 +392,13 @@ impl Spool {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        // Empty: no queue ever started here (a command created the file).
+        let before = file
+            .metadata()
+            .ok()
+            .filter(|m| m.len() > 0)
+            .and_then(|m| m.modified().ok());
+        *self.last_start.lock().unwrap_or_else(|p| p.into_inner()) = before;
         // The pid is only a hint for the operator; the lock is what counts.
         let _ = file.set_len(0);
         let _ = writeln!(file, "{}", std::process::id());
@@ -821,7 +842,7 @@ impl Spool {
                     Ok(q) => (q, body_len),
                     Err(reason) => return Loaded::Corrupt(reason),
                 },
-                Err(TrailerError::Missing) => return Loaded::Unfinished,
+                Err(TrailerError::Missing) => return self.missing_footer(&file),
                 Err(TrailerError::Corrupt(reason)) => return Loaded::Corrupt(reason),
                 Err(TrailerError::Io(e)) => {
                     return Loaded::Corrupt(format!("{}: {e}", path.display()))
@@ -840,6 +861,25 @@ impl Spool {
             ));
         }
         Loaded::Meta(queued)
+    }
+}
+
+impl Spool {
+    /// A message file without footer: the write that made it never
+    /// finished (it was never acknowledged) if it is newer than the last
+    /// start; older, it was complete then and lost its end since.
+    fn missing_footer(&self, file: &File) -> Loaded {
+        let last_start = *self.last_start.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(last_start) = last_start else {
+            return Loaded::Unfinished;
+        };
+        match file.metadata().and_then(|m| m.modified()) {
+            Ok(written) if written >= last_start => Loaded::Unfinished,
+            Ok(_) => Loaded::Corrupt(
+                "no metadata trailer in a file older than the last start: damaged".into(),
+            ),
+            Err(e) => Loaded::Corrupt(format!("no metadata trailer: {e}")),
+        }
     }
 }
 
