@@ -19,8 +19,9 @@ pub const META_VERSION: u32 = 1;
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
+    /// Now, by the engine's clock: see [`crate::queue::clock`].
     pub fn now() -> Timestamp {
-        Timestamp::from_system(SystemTime::now())
+        crate::queue::clock::now()
     }
 
     pub fn from_system(t: SystemTime) -> Timestamp {

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod admin;
+pub mod clock;
 pub mod dsn;
 mod id;
 pub mod meta;
@@ -125,7 +126,7 @@ pub struct Job {
 impl Shared {
     /// Hands a message to the time wheel for `when` (wall-clock).
     pub fn schedule(&self, id: MessageId, when: Timestamp) {
-        let wait = when.since(Timestamp::now());
+        let wait = clock::wait_until(when, Timestamp::now(), self.policy.max_interval);
         if wait.is_zero() {
             // Due now and a worker free: skip the timer thread's wake-up.
             let direct = self.direct_jobs.lock().unwrap_or_else(|p| p.into_inner());
