@@ -321,8 +321,7 @@ impl Spool {
                 }
             }
         }
-        let owner = fs::metadata(root).map_err(io_error(root))?;
-        spool.owner = Some((owner.uid(), owner.gid()));
+        spool.owner = fs::metadata(root).ok().map(|m| (m.uid(), m.gid()));
         Ok(spool)
     }
 
