@@ -4,6 +4,8 @@
 //! `stats`, which only a running daemon can answer.
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -101,7 +103,7 @@ fn to_request(cmd: &AdminCommand) -> Result<Request, String> {
 }
 
 /// Carries out a request on the spool itself (no daemon running).
-fn direct(config: &Config, request: &Request) -> Result<Response, QueueError> {
+fn direct(config: &Config, request: &Request) -> Result<Response, DirectError> {
     if !config.spool.join("queue").exists() {
         // No spool yet: an empty queue, and no message to act on.
         let mut r = Response {
@@ -110,7 +112,7 @@ fn direct(config: &Config, request: &Request) -> Result<Response, QueueError> {
         };
         match request {
             Request::List | Request::Flush { .. } => {}
-            Request::Show { id } => return Err(QueueError::UnknownId(*id)),
+            Request::Show { id } => return Err(QueueError::UnknownId(*id).into()),
             Request::Hold { ids }
             | Request::Release { ids }
             | Request::Delete { ids }
@@ -127,7 +129,42 @@ fn direct(config: &Config, request: &Request) -> Result<Response, QueueError> {
         return Ok(r);
     }
     let spool = Spool::open(&config.spool)?;
-    Ok(control::apply(&Admin::direct(&spool, config), request))
+    // A queue holding the spool lock may be starting (reading the spool
+    // back) with its control socket not up yet: writing to the spool now
+    // would race it, so wait for the socket, or for the lock to be free.
+    let deadline = Instant::now() + DAEMON_START_WAIT;
+    loop {
+        if let Some(_lock) = spool.lock_shared()? {
+            return Ok(control::apply(&Admin::direct(&spool, config), request));
+        }
+        match control::request(&config.spool, request) {
+            Ok(r) => return Ok(r),
+            Err(ControlError::NoDaemon) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(ControlError::NoDaemon) => {
+                return Err(DirectError::DaemonNotAnswering {
+                    spool: config.spool.clone(),
+                    waited: DAEMON_START_WAIT,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How long a command waits for a starting daemon's control socket.
+const DAEMON_START_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a command could not be carried out without the daemon.
+#[derive(Debug, thiserror::Error)]
+enum DirectError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("spool {}: a daemon holds it but its control socket did not answer within {}s", spool.display(), waited.as_secs())]
+    DaemonNotAnswering { spool: PathBuf, waited: Duration },
 }
 
 fn report(config: &Config, cmd: &AdminCommand, r: &Response) -> u8 {

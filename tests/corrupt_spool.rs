@@ -177,3 +177,71 @@ fn stray_and_foreign_files_do_not_stop_the_queue() {
     assert!(files_in(&config.spool.join("tmp")).is_empty());
     queue.close();
 }
+
+/// A message file never tried (state only in its trailer) whose footer
+/// is damaged is quarantined; only a footerless file written since the
+/// last start is an unfinished write, and removed.
+#[test]
+fn a_damaged_footer_is_quarantined_and_only_an_unfinished_write_removed() {
+    use mailqueue::queue::spool::Spool;
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let spool = Spool::open(dir.path()).unwrap();
+    let store = |n: usize| {
+        let mut w = spool.create_message().unwrap();
+        w.copy_from(&mut format!("Subject: {n}\r\n\r\nbody\r\n").as_bytes())
+            .unwrap();
+        let env = Envelope::new(sender("s@example.org"), vec![addr("r@x.org")]);
+        spool.store(w, &env, false).unwrap().id
+    };
+    let (garbled, cut_old) = (store(1), store(2));
+    // A queue ran (and stopped) after they were written.
+    drop(spool.lock_exclusive().unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    let path = |id: MessageId| dir.path().join("queue").join(format!("{id}.msg"));
+
+    // The footer's digits hit: the file was complete.
+    let mut bytes = fs::read(path(garbled)).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] = b'x';
+    fs::write(path(garbled), &bytes).unwrap();
+    // The end cut off a file that was there, complete, at the last start.
+    let bytes = fs::read(path(cut_old)).unwrap();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(path(cut_old))
+        .unwrap();
+    file.set_len(bytes.len() as u64 - 30).unwrap();
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    drop(file);
+    // Written since the last start and never finished: no footer.
+    let unfinished = {
+        let mut w = spool.create_message().unwrap();
+        w.copy_from(&mut &b"Subject: half\r\n\r\nbo"[..]).unwrap();
+        std::io::Write::flush(&mut w).unwrap();
+        let id = w.id();
+        fs::copy(path(id), dir.path().join("half")).unwrap();
+        drop(w);
+        fs::copy(dir.path().join("half"), path(id)).unwrap();
+        id
+    };
+
+    let target = Scripted::new(vec![]);
+    let queue = Queue::open(config.clone(), target.arc()).unwrap();
+    let corrupt: BTreeSet<String> = files_in(&dir.path().join("corrupt")).into_iter().collect();
+    let want: BTreeSet<String> = [garbled, cut_old]
+        .iter()
+        .map(|id| format!("{id}.msg"))
+        .collect();
+    assert_eq!(corrupt, want, "damage must be quarantined, not removed");
+    assert!(!path(unfinished).exists(), "the unfinished write stayed");
+    assert!(!dir
+        .path()
+        .join("corrupt")
+        .join(format!("{unfinished}.msg"))
+        .exists());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(target.attempts(), 0);
+    queue.close();
+}

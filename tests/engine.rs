@@ -573,3 +573,135 @@ fn a_second_queue_on_the_same_spool_is_refused() {
     queue.close();
     Queue::open(config, target).unwrap().close();
 }
+
+/// Panics in `start` for one sender; otherwise hands over to `inner`.
+struct PanicsFor {
+    sender: &'static str,
+    inner: Scripted,
+    panics: std::sync::atomic::AtomicUsize,
+}
+
+impl DeliveryTarget for PanicsFor {
+    fn start(
+        &self,
+        msg: &MessageInfo,
+    ) -> Result<Box<dyn mailqueue::Delivery + '_>, mailqueue::DeliveryError> {
+        if msg.sender.as_ref().map(|a| a.to_string()).as_deref() == Some(self.sender) {
+            self.panics
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            panic!("a bug on this message");
+        }
+        self.inner.start(msg)
+    }
+}
+
+#[test]
+fn a_panicking_attempt_keeps_its_worker_and_the_message_is_quarantined_after_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.queue.workers = 1;
+    let inner = Scripted::new(vec![]);
+    let target = Arc::new(PanicsFor {
+        sender: "boom@example.org",
+        inner: inner.clone(),
+        panics: Default::default(),
+    });
+    let queue = Queue::open(config.clone(), target.clone()).unwrap();
+    let bad = queue
+        .enqueue(
+            &Envelope::new(sender("boom@example.org"), vec![addr("b@x.org")]),
+            MSG,
+        )
+        .unwrap();
+    for _ in 0..3 {
+        queue.enqueue(&envelope(&["c@x.org"]), MSG).unwrap();
+    }
+    // The only worker survived the panic and delivered the others.
+    assert!(wait_for(LONG, || inner.attempts() == 3));
+    // Retried like a temporary failure, then set aside, not lost.
+    assert!(wait_for(LONG, || spool_empty(&config)));
+    assert_eq!(target.panics.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let corrupt = files_in(&config.spool.join("corrupt"));
+    assert!(
+        corrupt.contains(&format!("{bad}.msg")),
+        "not quarantined: {corrupt:?}"
+    );
+    assert!(wait_for(LONG, || queue.usage().0 == 0));
+    // And the worker still works.
+    queue.enqueue(&envelope(&["d@x.org"]), MSG).unwrap();
+    assert!(wait_for(LONG, || inner.attempts() == 4 && spool_empty(&config)));
+    queue.close();
+}
+
+/// Takes every recipient but `c@x.org` (deferred) and holds its commit
+/// until the test lets it go.
+struct SlowCommit {
+    entered: crossbeam_channel::Sender<()>,
+    release: crossbeam_channel::Receiver<()>,
+}
+
+struct SlowAttempt<'a>(&'a SlowCommit);
+
+impl DeliveryTarget for SlowCommit {
+    fn start(
+        &self,
+        _msg: &MessageInfo,
+    ) -> Result<Box<dyn mailqueue::Delivery + '_>, mailqueue::DeliveryError> {
+        Ok(Box::new(SlowAttempt(self)))
+    }
+}
+
+impl mailqueue::Delivery for SlowAttempt<'_> {
+    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), mailqueue::DeliveryError> {
+        if rcpt.address.to_string() == "c@x.org" {
+            return Err(temp("mailbox busy"));
+        }
+        Ok(())
+    }
+    fn body(&mut self, _body: &Body) -> Result<(), mailqueue::DeliveryError> {
+        Ok(())
+    }
+    fn commit(self: Box<Self>) -> Result<(), mailqueue::DeliveryError> {
+        self.0.entered.send(()).unwrap();
+        self.0.release.recv().unwrap();
+        Ok(())
+    }
+    fn abort(self: Box<Self>) {}
+}
+
+#[test]
+fn expire_during_an_attempt_bounces_only_what_the_attempt_left_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let (entered_tx, entered) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded();
+    let target = Arc::new(SlowCommit {
+        entered: entered_tx,
+        release: release_rx,
+    });
+    let bounces = Scripted::new(vec![]);
+    let queue = Queue::open_with_bounce_target(config.clone(), target, bounces.arc()).unwrap();
+    let id = queue
+        .enqueue(&envelope(&["b@x.org", "c@x.org"]), MSG)
+        .unwrap();
+    entered.recv_timeout(LONG).unwrap();
+    // The final reply is not in yet: b@x.org's fate is open.
+    queue.admin().expire(id).unwrap();
+    release.send(()).unwrap();
+    assert!(wait_for(LONG, || spool_empty(&config) && bounces.attempts() == 1));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(bounces.attempts(), 1, "one notice only");
+    let (dsn, _) = notice(&bounces, 0);
+    let named: Vec<&str> = dsn
+        .recipients
+        .iter()
+        .map(|r| r["Final-Recipient"].as_str())
+        .collect();
+    assert_eq!(
+        named,
+        vec!["rfc822; c@x.org"],
+        "the delivered b@x.org was bounced"
+    );
+    assert_eq!(dsn.recipients[0]["Action"], "failed");
+    queue.close();
+}

@@ -508,6 +508,7 @@ fn message_meta() -> impl Strategy<Value = MessageMeta> {
                 held_since: held_since.map(Timestamp),
                 held_ms,
                 is_dsn,
+                expire_requested: false,
                 recipients,
             },
         )

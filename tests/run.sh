@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the test peers (Postfix's smtp-sink/smtp-source, dnsmasq,
-# Python's aiosmtpd, OpenSSL headers for native-tls), then runs the tests.
+# Python's aiosmtpd, OpenSSL headers for native-tls, strace), then runs the tests.
 # Safe to run again: installed pieces are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,10 @@ command -v smtp-sink >/dev/null 2>&1 || need_apt+=(postfix)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq)
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# strace shows which files and directories the spool tests fsync;
+# setpriv and unshare (util-linux) switch users in the submission tests.
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)
+command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   as_root apt-get update -qq

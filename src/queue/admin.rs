@@ -140,26 +140,28 @@ impl<'a> Admin<'a> {
     }
 
     /// Gives up a message now: every pending recipient fails and the
-    /// sender gets a failure notice.
+    /// sender gets a failure notice. During an attempt the decision is
+    /// recorded and carried out by the attempt once its results are in,
+    /// so a recipient it delivers is neither failed nor bounced.
     pub fn expire(&self, id: MessageId) -> Result<(), QueueError> {
         let (mut meta, _lock) = self.lock(id)?;
-        let now = Timestamp::now();
-        meta.last_attempt.get_or_insert(now);
-        let mut failed = Vec::new();
-        for (i, r) in meta.recipients.iter_mut().enumerate() {
-            if r.status == RcptStatus::Pending {
-                r.status = RcptStatus::Failed;
-                r.expired = true;
-                r.last_error.get_or_insert_with(|| {
-                    SmtpReply::with_code(
-                        554,
-                        (5, 4, 7),
-                        "delivery time expired: given up by the operator",
-                    )
-                });
-                failed.push(i);
+        if let Some(s) = self.shared {
+            // Under the message lock: the worker takes it to record its
+            // results and leaves the in-flight set before releasing it,
+            // so it re-reads this flag or has not started yet.
+            let inflight = s
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id);
+            if inflight {
+                meta.expire_requested = true;
+                self.spool.write_meta(&meta)?;
+                log::info!("{id}: expired by the operator; applied when the running attempt ends");
+                return Ok(());
             }
         }
+        let failed = give_up_pending(&mut meta);
         if let Some((envelope, bytes)) =
             dsn::failure_notice(self.config, self.spool, &meta, &failed)
         {
@@ -216,4 +218,28 @@ impl<'a> Admin<'a> {
         change(&mut meta);
         self.spool.write_meta(&meta)
     }
+}
+
+/// Fails every pending recipient of a message the operator expired;
+/// returns their indexes, for the failure notice.
+pub(crate) fn give_up_pending(meta: &mut MessageMeta) -> Vec<usize> {
+    let now = Timestamp::now();
+    meta.last_attempt.get_or_insert(now);
+    meta.expire_requested = false;
+    let mut failed = Vec::new();
+    for (i, r) in meta.recipients.iter_mut().enumerate() {
+        if r.status == RcptStatus::Pending {
+            r.status = RcptStatus::Failed;
+            r.expired = true;
+            r.last_error.get_or_insert_with(|| {
+                SmtpReply::with_code(
+                    554,
+                    (5, 4, 7),
+                    "delivery time expired: given up by the operator",
+                )
+            });
+            failed.push(i);
+        }
+    }
+    failed
 }

@@ -19,8 +19,9 @@ pub const META_VERSION: u32 = 1;
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
+    /// Now, by the engine's clock: see [`crate::queue::clock`].
     pub fn now() -> Timestamp {
-        Timestamp::from_system(SystemTime::now())
+        crate::queue::clock::now()
     }
 
     pub fn from_system(t: SystemTime) -> Timestamp {
@@ -144,6 +145,11 @@ pub struct MessageMeta {
     /// This message is a delivery status notification made by the queue.
     #[serde(default)]
     pub is_dsn: bool,
+    /// The operator expired the message while an attempt ran: the
+    /// attempt's results are recorded first, then every recipient still
+    /// pending fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expire_requested: bool,
     pub recipients: Vec<RecipientMeta>,
 }
 
@@ -165,6 +171,7 @@ impl MessageMeta {
             held_since: None,
             held_ms: 0,
             is_dsn: false,
+            expire_requested: false,
             recipients: envelope
                 .recipients
                 .iter()

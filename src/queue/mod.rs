@@ -21,6 +21,7 @@
 //! ```
 
 pub mod admin;
+pub mod clock;
 pub mod dsn;
 mod id;
 pub mod meta;
@@ -30,7 +31,7 @@ pub mod stats;
 pub mod timer;
 mod worker;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,6 +110,8 @@ pub(crate) struct Shared {
     /// A sender of the job channel for messages due at once; taken away
     /// at shutdown.
     pub direct_jobs: Mutex<Option<Sender<Job>>>,
+    /// Panicked attempts by message, in this process; see `worker::MAX_PANICS`.
+    pub panics: Mutex<HashMap<MessageId, u32>>,
     pub stats: stats::Stats,
 }
 
@@ -123,7 +126,7 @@ pub struct Job {
 impl Shared {
     /// Hands a message to the time wheel for `when` (wall-clock).
     pub fn schedule(&self, id: MessageId, when: Timestamp) {
-        let wait = when.since(Timestamp::now());
+        let wait = clock::wait_until(when, Timestamp::now(), self.policy.max_interval);
         if wait.is_zero() {
             // Due now and a worker free: skip the timer thread's wake-up.
             let direct = self.direct_jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -263,6 +266,7 @@ impl Queue {
             bytes: AtomicU64::new(report.messages.iter().map(|m| m.size).sum()),
             inflight: Mutex::new(HashSet::new()),
             direct_jobs,
+            panics: Mutex::new(HashMap::new()),
             stats: stats::Stats::default(),
         });
         for meta in &report.messages {

@@ -5,7 +5,7 @@
 //!
 //! One file, not two, because most messages leave at their first attempt:
 //! such a message then costs one file creation, one fdatasync and one
-//! unlink, where a separate metadata file doubled each of them (and added a
+//! unlink (besides the grouped directory fsyncs), where a separate metadata file doubled each of them (and added a
 //! rename), and those file-system operations are most of the cost of
 //! relaying a message.
 //!
@@ -17,11 +17,15 @@
 //! 2. the `queue/` directory is fsynced. Only then is the message acknowledged.
 //!
 //! Later states go to `tmp/<id>.meta`, fsynced, renamed to `queue/<id>.meta`,
-//! directory fsynced. A `.msg` without footer is an unfinished write and is
-//! removed at start. The metadata carries a CRC-32 of the message, checked
+//! directory fsynced. A `.msg` without footer written since the last start
+//! is an unfinished write and is removed at start; a garbled footer, or a
+//! missing one on an older file, is damage and is quarantined. The metadata carries a CRC-32 of the message, checked
 //! while it is sent: what a power loss tore in an unacknowledged write, or
 //! the disk damaged later, is never passed on. Removal unlinks the `.msg`
-//! first, so a crash in between leaves a lone `.meta`, removed at start.
+//! first, so a crash in between leaves a lone `.meta`, removed at start,
+//! and fsyncs the directory (grouped like creations) before the removal
+//! counts as done: a deleted or finished message does not come back after
+//! a power loss. Quarantines fsync `corrupt/`, then `queue/`.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -29,17 +33,31 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 use rayon::prelude::*;
 
 use crate::queue::meta::{MessageMeta, Queued};
 use crate::queue::{MessageId, QueueError};
 
+/// How long a starting queue waits for commands that work on the spool
+/// directly to finish.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The spool directory of one queue.
 #[derive(Debug)]
 pub struct Spool {
     queue_sync: GroupSync,
+    /// The spool directory's owner and group: files this process creates
+    /// are given to them when it runs as someone else (root running a
+    /// command on a stopped daemon's spool), so the daemon can read them.
+    owner: Option<(u32, u32)>,
+    /// When the queue before this one started on the spool (the lock
+    /// file's time before this start rewrote it); `None` when unknown.
+    /// A message file without footer written since then is an unfinished
+    /// write of that run; an older one was complete at that start, and
+    /// has been damaged since.
+    last_start: Mutex<Option<std::time::SystemTime>>,
     root: PathBuf,
     queue: PathBuf,
     tmp: PathBuf,
@@ -139,16 +157,22 @@ fn read_trailer(file: &File) -> Result<(u64, Vec<u8>), TrailerError> {
         .map_err(TrailerError::Io)?;
     let foot = &tail[tail.len() - FOOTER_LEN as usize..];
     let digits = &foot[FOOTER_MAGIC.len()..FOOTER_LEN as usize - 1];
-    if !foot.starts_with(FOOTER_MAGIC)
-        || foot[FOOTER_LEN as usize - 1] != b'\n'
-        || !digits.iter().all(u8::is_ascii_digit)
-    {
+    // The footer is written last and whole: a cut one does not begin
+    // where a footer begins. Its magic there with the rest garbled is
+    // damage to a file that was complete.
+    if !foot.starts_with(FOOTER_MAGIC) {
         return Err(TrailerError::Missing);
     }
     let json_len: u64 = std::str::from_utf8(digits)
         .ok()
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()) && foot[FOOTER_LEN as usize - 1] == b'\n')
         .and_then(|d| d.parse().ok())
-        .ok_or(TrailerError::Missing)?;
+        .ok_or_else(|| {
+            TrailerError::Corrupt(format!(
+                "garbled footer {:?}",
+                String::from_utf8_lossy(foot)
+            ))
+        })?;
     if json_len + FOOTER_LEN > len {
         return Err(TrailerError::Corrupt(format!(
             "the footer names {json_len} bytes of metadata in a file of {len}"
@@ -257,14 +281,17 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), QueueError> {
 impl Spool {
     /// Opens (creating if needed) the spool directories.
     pub fn open(root: &Path) -> Result<Spool, QueueError> {
-        let spool = Spool {
+        let mut spool = Spool {
             root: root.to_path_buf(),
             queue: root.join("queue"),
             tmp: root.join("tmp"),
             corrupt: root.join("corrupt"),
             incoming: root.join("incoming"),
             queue_sync: GroupSync::default(),
+            owner: None,
+            last_start: Mutex::new(None),
         };
+        let root_existed = root.exists();
         // Private to the spool's owner, except that the owner's group may
         // pass through the spool (0710) to drop mail into `incoming/` and
         // reach the control socket: sendmail run by users in that group,
@@ -287,9 +314,36 @@ impl Spool {
                 // The umask would take the group's bits off.
                 fs::set_permissions(dir, fs::Permissions::from_mode(mode))
                     .map_err(io_error(dir))?;
+                if root_existed {
+                    let owner = fs::metadata(root).map_err(io_error(root))?;
+                    let created = fs::metadata(dir).map_err(io_error(dir))?;
+                    if created.uid() != owner.uid() {
+                        std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()))
+                            .map_err(io_error(dir))?;
+                    }
+                }
             }
         }
+        spool.owner = fs::metadata(root).ok().map(|m| (m.uid(), m.gid()));
         Ok(spool)
+    }
+
+    /// Gives a file this process created to the spool's owner, if the
+    /// process runs as another user: a file root leaves behind with mode
+    /// 0600 would otherwise be unreadable to the daemon, which would then
+    /// quarantine it as corrupt.
+    fn adopt(&self, file: &File, path: &Path) -> Result<(), QueueError> {
+        let Some((uid, gid)) = self.owner else {
+            return Ok(());
+        };
+        // Only the user differing counts: a daemon whose primary group
+        // is not the directory's is still the owner. One fstat, next to
+        // the fsyncs every created file costs.
+        let needed = file.metadata().map_err(io_error(path))?.uid() != uid;
+        if needed {
+            std::os::unix::fs::fchown(file, Some(uid), Some(gid)).map_err(io_error(path))?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -304,28 +358,65 @@ impl Spool {
         &self.incoming
     }
 
-    /// Takes the exclusive lock that one running queue holds on a spool.
-    pub fn lock_exclusive(&self) -> Result<SpoolLock, QueueError> {
+    fn open_lock_file(&self) -> Result<(File, PathBuf), QueueError> {
         let path = self.root.join("lock");
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o644)
             .open(&path)
             .map_err(io_error(&path))?;
-        if fs2::FileExt::try_lock_exclusive(&file).is_err() {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            return Err(QueueError::Locked {
-                spool: self.root.clone(),
-                holder: pid.trim().to_string(),
-            });
+        self.adopt(&file, &path)?;
+        Ok((file, path))
+    }
+
+    /// Takes the exclusive lock that one running queue holds on a spool.
+    /// Commands run directly on the spool hold it shared for a moment:
+    /// those are waited for (up to [`LOCK_WAIT`]); a running queue is
+    /// not, and the result is [`QueueError::Locked`].
+    pub fn lock_exclusive(&self) -> Result<SpoolLock, QueueError> {
+        let (mut file, path) = self.open_lock_file()?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        while fs2::FileExt::try_lock_exclusive(&file).is_err() {
+            // Shared lockers only (no queue): the lock can be had shared.
+            let other = File::open(&path).map_err(io_error(&path))?;
+            let commands_only = fs2::FileExt::try_lock_shared(&other).is_ok();
+            drop(other);
+            if !commands_only || std::time::Instant::now() >= deadline {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(QueueError::Locked {
+                    spool: self.root.clone(),
+                    holder: pid.trim().to_string(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        // Empty: no queue ever started here (a command created the file).
+        let before = file
+            .metadata()
+            .ok()
+            .filter(|m| m.len() > 0)
+            .and_then(|m| m.modified().ok());
+        *self.last_start.lock().unwrap_or_else(|p| p.into_inner()) = before;
         // The pid is only a hint for the operator; the lock is what counts.
         let _ = file.set_len(0);
         let _ = writeln!(file, "{}", std::process::id());
         Ok(SpoolLock { _file: file })
+    }
+
+    /// Takes the spool lock shared, for a command that works on the spool
+    /// with no queue running; `None` when a queue holds it (it may still
+    /// be starting: its control socket is not up yet). While this lock
+    /// lives, no queue starts on the spool.
+    pub fn lock_shared(&self) -> Result<Option<SpoolLock>, QueueError> {
+        let (file, _) = self.open_lock_file()?;
+        match fs2::FileExt::try_lock_shared(&file) {
+            Ok(()) => Ok(Some(SpoolLock { _file: file })),
+            Err(_) => Ok(None),
+        }
     }
 
     pub fn message_path(&self, id: &MessageId) -> PathBuf {
@@ -341,8 +432,17 @@ impl Spool {
         loop {
             let id = MessageId::generate();
             let path = self.message_path(&id);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
                 Ok(file) => {
+                    if let Err(e) = self.adopt(&file, &path) {
+                        let _ = fs::remove_file(&path);
+                        return Err(e);
+                    }
                     return Ok(MessageWriter {
                         id,
                         path,
@@ -350,7 +450,7 @@ impl Spool {
                         size: 0,
                         checksum: crc32fast::Hasher::new(),
                         done: false,
-                    })
+                    });
                 }
                 // An id collision: never overwrite, take another id.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -414,7 +514,14 @@ impl Spool {
 
     fn write_meta_file(&self, meta: &MessageMeta) -> Result<(), QueueError> {
         let tmp = self.tmp.join(format!("{}.meta", meta.id));
-        let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_error(&tmp))?;
+        self.adopt(&file, &tmp)?;
         file.write_all(&meta.to_json())
             .and_then(|_| file.sync_data())
             .map_err(io_error(&tmp))?;
@@ -499,11 +606,19 @@ impl Spool {
         }))
     }
 
-    /// Removes a finished message. The message file goes first: a crash
-    /// in between leaves a lone `.meta`, which start-up removes, where the
-    /// other order would leave a message file whose trailer still lists
-    /// every recipient as pending.
+    /// Removes a finished message, durably: when this returns, a power
+    /// loss cannot bring the message back to be sent again. The message
+    /// file goes first: a crash in between leaves a lone `.meta`, which
+    /// start-up removes, where the other order would leave a message file
+    /// whose trailer still lists every recipient as pending. The directory
+    /// fsync is shared with concurrent creations and removals.
     pub fn remove(&self, id: &MessageId) -> Result<(), QueueError> {
+        self.unlink(id)?;
+        self.queue_sync.sync(&self.queue)
+    }
+
+    /// Unlinks a message's files without making that durable.
+    fn unlink(&self, id: &MessageId) -> Result<(), QueueError> {
         for path in [self.message_path(id), self.meta_path(id)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -516,6 +631,11 @@ impl Spool {
 
     /// Moves whatever files a message has into `corrupt/`, logging why.
     pub fn quarantine(&self, id: &str, reason: &str) {
+        self.move_to_corrupt(id, reason);
+        self.sync_quarantine();
+    }
+
+    fn move_to_corrupt(&self, id: &str, reason: &str) {
         log::error!("{id}: moved to {}: {reason}", self.corrupt.display());
         for ext in ["meta", "msg"] {
             let from = self.queue.join(format!("{id}.{ext}"));
@@ -526,7 +646,16 @@ impl Spool {
                 Err(e) => log::error!("{id}: cannot quarantine {}: {e}", from.display()),
             }
         }
-        let _ = sync_dir(&self.queue);
+    }
+
+    /// Makes renames into `corrupt/` durable: the new entries first, so a
+    /// power loss never leaves a quarantined file in neither directory.
+    fn sync_quarantine(&self) {
+        for dir in [&self.corrupt, &self.queue] {
+            if let Err(e) = sync_dir(dir) {
+                log::error!("{e}");
+            }
+        }
     }
 
     /// Reads a whole message, as received, if it is at most `limit` bytes.
@@ -582,6 +711,9 @@ impl Spool {
             msg: bool,
             meta: bool,
         }
+        // Every removal and quarantine below is made durable by one
+        // directory fsync at the end, before any message is scheduled.
+        let mut changed = false;
         let mut found: HashMap<String, Found> = HashMap::new();
         for entry in fs::read_dir(&self.queue).map_err(io_error(&self.queue))? {
             let entry = entry.map_err(io_error(&self.queue))?;
@@ -596,6 +728,7 @@ impl Spool {
                     );
                     let _ = fs::rename(self.queue.join(&name), self.corrupt.join(&name));
                     report.quarantined += 1;
+                    changed = true;
                 }
             }
         }
@@ -603,8 +736,9 @@ impl Spool {
         let mut candidates = Vec::new();
         for (stem, f) in found {
             let Ok(id) = stem.parse::<MessageId>() else {
-                self.quarantine(&stem, "file name is not a queue id");
+                self.move_to_corrupt(&stem, "file name is not a queue id");
                 report.quarantined += 1;
+                changed = true;
                 continue;
             };
             match (f.msg, f.meta) {
@@ -614,6 +748,7 @@ impl Spool {
                     let path = self.meta_path(&id);
                     fs::remove_file(&path).map_err(io_error(&path))?;
                     report.removed += 1;
+                    changed = true;
                 }
                 (false, false) => {}
             }
@@ -631,6 +766,7 @@ impl Spool {
                     let path = self.message_path(&id);
                     fs::remove_file(&path).map_err(io_error(&path))?;
                     report.removed += 1;
+                    changed = true;
                 }
                 Loaded::Meta(m) => parsed.push((id, Ok(m))),
                 Loaded::Corrupt(reason) => parsed.push((id, Err(reason))),
@@ -640,15 +776,21 @@ impl Spool {
             match result {
                 Ok(meta) if !meta.pending => {
                     // Finished, but the crash came before the files were removed.
-                    self.remove(&id)?;
+                    self.unlink(&id)?;
                     report.removed += 1;
+                    changed = true;
                 }
                 Ok(meta) => report.messages.push(meta),
                 Err(reason) => {
-                    self.quarantine(id.as_str(), &reason);
+                    self.move_to_corrupt(id.as_str(), &reason);
                     report.quarantined += 1;
+                    changed = true;
                 }
             }
+        }
+        if changed {
+            sync_dir(&self.corrupt)?;
+            sync_dir(&self.queue)?;
         }
         report.messages.sort_by_key(|m| m.id);
         Ok(report)
@@ -702,7 +844,7 @@ impl Spool {
                     Ok(q) => (q, body_len),
                     Err(reason) => return Loaded::Corrupt(reason),
                 },
-                Err(TrailerError::Missing) => return Loaded::Unfinished,
+                Err(TrailerError::Missing) => return self.missing_footer(&file),
                 Err(TrailerError::Corrupt(reason)) => return Loaded::Corrupt(reason),
                 Err(TrailerError::Io(e)) => {
                     return Loaded::Corrupt(format!("{}: {e}", path.display()))
@@ -721,6 +863,25 @@ impl Spool {
             ));
         }
         Loaded::Meta(queued)
+    }
+}
+
+impl Spool {
+    /// A message file without footer: the write that made it never
+    /// finished (it was never acknowledged) if it is newer than the last
+    /// start; older, it was complete then and lost its end since.
+    fn missing_footer(&self, file: &File) -> Loaded {
+        let last_start = *self.last_start.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(last_start) = last_start else {
+            return Loaded::Unfinished;
+        };
+        match file.metadata().and_then(|m| m.modified()) {
+            Ok(written) if written >= last_start => Loaded::Unfinished,
+            Ok(_) => Loaded::Corrupt(
+                "no metadata trailer in a file older than the last start: damaged".into(),
+            ),
+            Err(e) => Loaded::Corrupt(format!("no metadata trailer: {e}")),
+        }
     }
 }
 

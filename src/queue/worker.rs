@@ -5,8 +5,9 @@
 //! The message lock is held only while reading and while recording, not
 //! during the network transaction, so an operator's hold, delete or expire
 //! never waits for a slow server. Recording re-reads the metadata: a
-//! message deleted meanwhile stays deleted, and a hold set meanwhile stays
-//! set.
+//! message deleted meanwhile stays deleted, a hold set meanwhile stays
+//! set, and an expire issued meanwhile is applied after the attempt's
+//! results, to the recipients it left pending.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -19,9 +20,14 @@ use crate::delivery::{
     Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, Severity, StatusCollector,
 };
 use crate::envelope::Recipient;
+use crate::queue::admin::give_up_pending;
 use crate::queue::dsn::{self, Action};
 use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
 use crate::queue::{Job, MessageId, QueueError, Shared};
+
+/// Panics of one message's attempts before it is quarantined: a bug hit
+/// by that message alone must neither stop the queue nor loop forever.
+pub(crate) const MAX_PANICS: u32 = 3;
 
 /// Worker thread body: attempts messages until the job channel closes.
 pub(crate) fn run(shared: &Shared, jobs: &Receiver<Job>) {
@@ -34,10 +40,20 @@ pub(crate) fn run(shared: &Shared, jobs: &Receiver<Job>) {
             // Still on disk: the next start schedules it again.
             continue;
         }
-        match attempt(shared, id) {
-            Ok(Some(next)) => shared.schedule(id, next),
-            Ok(None) => {}
-            Err(e) => {
+        // A panic (a bug, a parser edge, a panicking target) ends this
+        // attempt only: the worker lives on, and the message is deferred
+        // with its metadata as it was, so no outcome is half-recorded.
+        // The guards (in-flight mark, message lock) are released by the
+        // unwinding; every mutex the workers share tolerates poisoning.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| attempt(shared, id)));
+        match result {
+            Ok(Ok(next)) => {
+                forget_panics(shared, id);
+                if let Some(next) = next {
+                    shared.schedule(id, next);
+                }
+            }
+            Ok(Err(e)) => {
                 // Typically a full disk: the results of this attempt could
                 // not be written, so it will be repeated later.
                 let wait = shared.policy.initial.min(Duration::from_secs(60));
@@ -47,8 +63,61 @@ pub(crate) fn run(shared: &Shared, jobs: &Receiver<Job>) {
                 );
                 shared.schedule(id, Timestamp::now().plus(wait));
             }
+            Err(payload) => contain_panic(shared, id, &*payload),
         }
     }
+}
+
+/// Clears the panic count of a message whose attempt ended normally.
+fn forget_panics(shared: &Shared, id: MessageId) {
+    let mut panics = shared.panics.lock().unwrap_or_else(|p| p.into_inner());
+    if !panics.is_empty() {
+        panics.remove(&id);
+    }
+}
+
+/// Defers a message whose attempt panicked, or quarantines it once it
+/// has panicked [`MAX_PANICS`] times in this process.
+fn contain_panic(shared: &Shared, id: MessageId, payload: &(dyn std::any::Any + Send)) {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without message".to_string());
+    let count = {
+        let mut panics = shared.panics.lock().unwrap_or_else(|p| p.into_inner());
+        let n = panics.entry(id).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if count >= MAX_PANICS {
+        log::error!("{id}: attempt panicked ({what}), {count} times: quarantining the message");
+        // Under its lock, so no operator command is halfway through it.
+        let lock = shared.spool.lock_message(&id).ok().flatten();
+        let size = lock
+            .as_ref()
+            .and_then(|l| shared.spool.read_locked(&id, l).ok())
+            .map(|m| m.size);
+        if lock.is_some() {
+            shared.spool.quarantine(
+                id.as_str(),
+                &format!("its delivery attempts panicked {count} times: {what}"),
+            );
+            shared.forget(size.unwrap_or(0));
+        }
+        shared
+            .panics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        return;
+    }
+    let wait = shared.policy.delay(count);
+    log::error!(
+        "{id}: attempt panicked ({what}), {count} of {MAX_PANICS} times; retrying in {:.1}s",
+        wait.as_secs_f64()
+    );
+    shared.schedule(id, Timestamp::now().plus(wait));
 }
 
 /// What happened to one recipient in an attempt: delivered (through which
@@ -101,15 +170,26 @@ fn read(
 
 /// Runs one attempt; returns when to try again, or `None` when the
 /// message is finished (or held, or gone, or already being attempted).
+///
+/// Wherever the message lock is held, the in-flight mark is dropped
+/// before the lock: an operator command that holds the lock and sees the
+/// mark knows this attempt will still read the metadata it writes.
 fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueError> {
-    let Some(_inflight) = InFlight::claim(shared, id) else {
+    let Some(inflight) = InFlight::claim(shared, id) else {
         // The running attempt reschedules the message when it ends.
         return Ok(None);
     };
-    let Some((meta, lock)) = read(shared, &id)? else {
+    let Some((mut meta, lock)) = read(shared, &id)? else {
         return Ok(None);
     };
+    if meta.expire_requested {
+        // Expired by the operator at the very start of this attempt.
+        let result = record(shared, &mut meta, &[], Vec::new(), Vec::new());
+        drop(inflight);
+        return result;
+    }
     if meta.hold {
+        drop(inflight);
         return Ok(None);
     }
     let pending: Vec<usize> = (0..meta.recipients.len())
@@ -118,6 +198,7 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
     if pending.is_empty() {
         shared.spool.remove(&id)?;
         shared.forget(meta.size);
+        drop(inflight);
         return Ok(None);
     }
     let file = lock.file();
@@ -141,11 +222,14 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
     let body = Body::from_open_file(file, meta.size, meta.checksum);
     let (outcomes, relays) = deliver(target, &info, &recipients, &body);
 
-    let Some((mut meta, _lock)) = read(shared, &id)? else {
+    let Some((mut meta, lock)) = read(shared, &id)? else {
         log::info!("{id}: removed during the attempt; its results are dropped");
         return Ok(None);
     };
-    record(shared, &mut meta, &pending, outcomes, relays)
+    let result = record(shared, &mut meta, &pending, outcomes, relays);
+    drop(inflight);
+    drop(lock);
+    result
 }
 
 /// Applies the outcomes to the metadata, sends the failure notice and
@@ -215,6 +299,21 @@ fn record(
             age.as_secs_f64(),
             reply.map(|r| format!(" ({r})")).unwrap_or_default()
         );
+    }
+
+    // An expire the operator issued during the attempt, applied after its
+    // results: what it delivered stays delivered and is not bounced.
+    if meta.expire_requested {
+        for i in give_up_pending(meta) {
+            let r = &meta.recipients[i];
+            log::info!(
+                "{id}: to=<{}>, relay=none, tries={}, delay={:.1}s, status=bounced (expired by the operator)",
+                r.address,
+                r.tries,
+                age.as_secs_f64()
+            );
+            failed.push((i, Action::Failed));
+        }
     }
 
     // One delay warning per recipient, once it has waited long enough.
