@@ -641,3 +641,43 @@ fn a_message_damaged_in_the_spool_is_never_sent_and_the_sender_is_told() {
     assert_eq!(peer.messages().len(), 1, "{:?}", peer.events());
     assert!(!notice.text().contains("Jello."), "{}", notice.text());
 }
+
+/// Queues `n` messages over `clients` connections at once, so several
+/// deliveries run together and leave several sessions in the pool.
+fn submit_many(d: &Daemon, clients: usize, n: usize, tag: &str) {
+    std::thread::scope(|s| {
+        for c in 0..clients {
+            s.spawn(move || {
+                let mut client = Client::connect(d.addr()).unwrap();
+                for i in (c..n).step_by(clients) {
+                    let rcpt = format!("{tag}{i}@example.net");
+                    queued_id(&client.mail("a@example.org", &[&rcpt], MSG));
+                    client.cmd("RSET").expect(250, "2.0.0");
+                }
+                client.quit();
+            });
+        }
+    });
+}
+
+#[test]
+fn after_the_next_hop_restarts_no_message_waits_on_a_dead_pooled_session() {
+    // Sessions kept from the first batch are closed by the restart; the
+    // second batch must not spend a retry interval (15 minutes here) on
+    // any of them.
+    let mut sink = SmtpSink::start(&[]);
+    let d = Daemon::start(
+        &Setup::to(&sink.url("smtp"))
+            .queue("workers = 8\ninitial_retry = \"15m\"\nmax_retry_interval = \"15m\"")
+            .delivery("connection_cache_time = \"60s\""),
+    );
+    submit_many(&d, 8, 80, "first");
+    wait_sink(&d, &sink, 80);
+    sink.restart();
+    submit_many(&d, 8, 80, "second");
+    let dumps = wait_sink(&d, &sink, 160);
+    assert_eq!(dumps.len(), 160);
+    let log = d.log();
+    assert!(!log.contains("status=deferred"), "{log}");
+    assert_eq!(log.matches("status=sent").count(), 160, "{log}");
+}

@@ -122,6 +122,9 @@ pub struct Session {
     /// The reply to a DATA pipelined behind the envelope, until the body
     /// (or a lone dot, if the message is abandoned) answers it.
     data_reply: Option<SmtpReply>,
+    /// The server has answered something since the current transaction
+    /// began: a failure after that may be about this message.
+    heard: bool,
 }
 
 /// Most time the reply to QUIT is waited for.
@@ -284,6 +287,7 @@ impl Session {
             broken: false,
             idle: true,
             data_reply: None,
+            heard: false,
         };
         let greeting = session.read_reply(settings.command_timeout)?;
         if greeting.reply.code != 220 {
@@ -374,6 +378,7 @@ impl Session {
         }
         let result = self.read_reply_within(Instant::now() + timeout);
         self.broken = result.is_err();
+        self.heard |= result.is_ok();
         result
     }
 
@@ -517,6 +522,7 @@ impl Session {
             broken: false,
             idle: true,
             data_reply: None,
+            heard: false,
         };
         session.hello()?;
         Ok(session)
@@ -653,6 +659,7 @@ impl Session {
         let rcpt_lines: Vec<String> = rcpts.iter().map(|r| self.rcpt_line(r)).collect();
 
         self.idle = false;
+        self.heard = false;
         if self.ext.pipelining {
             // DATA goes in the same batch (RFC 2920): one round trip for
             // the whole envelope. The server refuses it if no recipient
@@ -810,6 +817,27 @@ impl Session {
         if self.send("QUIT\r\n").is_ok() {
             let _ = self.read_reply(wait);
         }
+    }
+
+    /// Whether an idle session can carry another transaction: in step,
+    /// nothing unread, and the server has not closed it meanwhile (its
+    /// idle timeout, a restart). A session found dead is marked broken, so
+    /// `quit` just closes it.
+    pub fn still_open(&mut self) -> bool {
+        let open = self.is_idle()
+            && self.data_reply.is_none()
+            && self.io.buffer().is_empty()
+            && self.io.get_ref().idle_and_open();
+        self.broken |= !open;
+        open
+    }
+
+    /// True when the server answered nothing since the transaction began:
+    /// a failure then says nothing about the message (a connection closed
+    /// while idle), and the transaction can be tried again elsewhere at
+    /// once.
+    pub fn nothing_heard(&self) -> bool {
+        !self.heard
     }
 
     /// True when an error left the session unusable (see `broken`).

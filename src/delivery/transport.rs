@@ -55,6 +55,43 @@ impl Transport {
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
     }
+
+    /// Whether an idle connection is still worth a transaction: false when
+    /// the peer closed it (EOF, reset) or sent something nobody asked for
+    /// (a 421 before an idle timeout hang-up). Looks without waiting.
+    pub fn idle_and_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self {
+            Transport::Tcp(s) => peek_now(s, |s| s.peek(&mut probe)),
+            // Bytes on the socket under TLS are an alert or a close_notify
+            // as far as an idle SMTP session goes.
+            Transport::Tls(s) => peek_now(s.get_ref(), |s| s.peek(&mut probe)),
+            // UnixStream::peek is not stable; a byte read here would end
+            // the session anyway.
+            Transport::Unix(s) => {
+                if s.set_nonblocking(true).is_err() {
+                    return false;
+                }
+                let mut reader: &UnixStream = s;
+                let r = reader.read(&mut probe);
+                s.set_nonblocking(false).is_ok() && is_would_block(&r)
+            }
+        }
+    }
+}
+
+/// Runs `peek` on `s` made non-blocking for the call: true when nothing
+/// is waiting and the connection is open.
+fn peek_now(s: &TcpStream, peek: impl FnOnce(&TcpStream) -> io::Result<usize>) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let r = peek(s);
+    s.set_nonblocking(false).is_ok() && is_would_block(&r)
+}
+
+fn is_would_block(r: &io::Result<usize>) -> bool {
+    matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 impl Read for Transport {
