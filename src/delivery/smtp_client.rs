@@ -172,6 +172,59 @@ impl BufRead for Deadline<'_> {
     }
 }
 
+/// Writes to a session's stream with a deadline for the whole of it, as
+/// [`Deadline`] does for reads: a per-call socket timeout alone lets a
+/// server that reads a byte now and then hold a worker for ever. Each
+/// write call gets only the time left; a blocking write that runs out
+/// returns what it wrote, so the next call sees the deadline passed.
+struct WriteDeadline<'a> {
+    io: &'a mut Transport,
+    end: Instant,
+}
+
+impl Write for WriteDeadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, DEADLINE_PASSED));
+        }
+        self.io.set_write_timeout(left)?;
+        self.io.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.io.flush()
+    }
+}
+
+const DEADLINE_PASSED: &str = "deadline passed";
+
+/// Writes `bytes` within `timeout`; the error names the timeout.
+fn write_within(io: &mut Transport, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    let mut w = WriteDeadline {
+        io,
+        end: Instant::now() + timeout,
+    };
+    w.write_all(bytes)
+        .and_then(|_| w.flush())
+        .map_err(|e| name_timeout(e, timeout))
+}
+
+/// A write that ran out of time says so, instead of "Resource temporarily
+/// unavailable" (what a socket write timeout reports).
+fn name_timeout(e: io::Error, timeout: Duration) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the server did not take it within {}",
+                crate::config::format_duration(timeout)
+            ),
+        ),
+        _ => e,
+    }
+}
+
 fn protocol_error(what: &str) -> DeliveryError {
     DeliveryError::temporary(451, (4, 5, 0), what)
 }
@@ -352,19 +405,15 @@ impl Session {
     }
 
     fn send(&mut self, text: &str) -> Result<(), DeliveryError> {
+        self.send_within(text, self.settings.command_timeout)
+    }
+
+    /// Writes a command (or a pipelined batch), all of it within `timeout`.
+    fn send_within(&mut self, text: &str, timeout: Duration) -> Result<(), DeliveryError> {
         if self.broken {
             return Err(self.out_of_step());
         }
-        // Reads set their own deadline; the body may have left the longer
-        // DATA timeout on the write side.
-        let _ = self
-            .io
-            .get_ref()
-            .set_write_timeout(self.settings.command_timeout);
-        let t = self.io.get_mut();
-        let result = t
-            .write_all(text.as_bytes())
-            .and_then(|_| t.flush())
+        let result = write_within(self.io.get_mut(), text.as_bytes(), timeout)
             .map_err(|e| DeliveryError::network(&format!("write to {}", self.relay), &e));
         self.broken = result.is_err();
         result
@@ -738,10 +787,6 @@ impl Session {
         if r.code != 354 {
             return Err(self.rejected(r));
         }
-        let _ = self
-            .io
-            .get_ref()
-            .set_write_timeout(self.settings.data_timeout);
         // From here until the final dot the server reads message text: a
         // failure leaves the session in the middle of DATA.
         self.broken = true;
@@ -753,8 +798,15 @@ impl Session {
             )
         })?;
         {
-            // write_dot_stuffed writes in large pieces: no buffer here.
-            write_dot_stuffed(&mut reader, self.io.get_mut()).map_err(|e| {
+            // write_dot_stuffed writes in large pieces: no buffer here. The
+            // whole body has `data_timeout`, not each piece of it.
+            let timeout = self.settings.data_timeout;
+            let mut out = WriteDeadline {
+                io: self.io.get_mut(),
+                end: Instant::now() + timeout,
+            };
+            write_dot_stuffed(&mut reader, &mut out).map_err(|e| {
+                let e = name_timeout(e, timeout);
                 match DamagedBody::from_io(&e) {
                     // Left in the middle of DATA, without the final dot: the
                     // server drops what it got when the session is closed.
@@ -814,7 +866,7 @@ impl Session {
             return;
         }
         let wait = self.settings.command_timeout.min(QUIT_TIMEOUT);
-        if self.send("QUIT\r\n").is_ok() {
+        if self.send_within("QUIT\r\n", wait).is_ok() {
             let _ = self.read_reply(wait);
         }
     }
@@ -1022,6 +1074,129 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(100));
         let seen = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(!seen.contains("RSET") && !seen.contains("QUIT"), "{seen:?}");
+    }
+
+    /// How a test server reads once it has stopped answering.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Reading {
+        /// Never reads again.
+        Stopped,
+        /// Reads 16 KiB every 100 ms: each write call makes progress well
+        /// within the timeout, the whole never gets there.
+        Trickling,
+    }
+
+    /// A server that takes MAIL and RCPT (PIPELINING when `pipelining`)
+    /// and, at DATA (`at_data`) or right after EHLO, reads as `reading`.
+    fn slow_reader(at_data: bool, reading: Reading) -> Endpoint {
+        server(move |s| {
+            small_buffer(&s, libc::SO_RCVBUF);
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            w.write_all(b"220 ok\r\n").unwrap();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                let reply: &[u8] = match verb.as_str() {
+                    "EHLO" if at_data => b"250 ok\r\n",
+                    "EHLO" => b"250-ok\r\n250 PIPELINING\r\n",
+                    "DATA" => b"354 go\r\n",
+                    _ => b"250 ok\r\n",
+                };
+                w.write_all(reply).unwrap();
+                if verb == "DATA" || (verb == "EHLO" && !at_data) {
+                    break;
+                }
+            }
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                if reading == Reading::Stopped {
+                    std::thread::sleep(Duration::from_secs(60));
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+    }
+
+    /// Shrinks a socket buffer to 16 KiB, so that a writer blocks early
+    /// and wakes at each small read of the peer, whatever the kernel's
+    /// buffer auto-tuning would do.
+    fn small_buffer(s: &impl std::os::fd::AsRawFd, which: libc::c_int) {
+        let size: libc::c_int = 16 * 1024;
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                which,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
+    }
+
+    fn open_with_small_send_buffer(endpoint: &Endpoint) -> Session {
+        let session = Session::open(&settings(Duration::from_secs(1)), endpoint, false).unwrap();
+        let Transport::Tcp(s) = session.io.get_ref() else {
+            unreachable!("a TCP endpoint")
+        };
+        small_buffer(s, libc::SO_SNDBUF);
+        session
+    }
+
+    #[test]
+    fn a_body_the_server_reads_slowly_or_not_at_all_ends_at_the_data_timeout() {
+        // 4 MB: some 25 s at the trickle's pace.
+        let body = Body::from_bytes(vec![b'x'; 4 << 20]);
+        let r = Recipient::new("a@example.net".parse().unwrap());
+        let sender: ReversePath = Some("s@example.org".parse().unwrap());
+        for reading in [Reading::Trickling, Reading::Stopped] {
+            let endpoint = slow_reader(true, reading);
+            let mut session = open_with_small_send_buffer(&endpoint);
+            session
+                .envelope(&sender, &MailParams::default(), body.len(), &[&r])
+                .unwrap();
+            let started = Instant::now();
+            let e = session.data(&body, 1).expect_err("the body cannot all go");
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(3), "{took:?}");
+            assert!(!e.is_permanent());
+            assert_eq!(e.reply.status().to_string(), "4.4.2", "{e}");
+            assert!(e.to_string().contains("did not take it within 1s"), "{e}");
+            assert!(session.is_broken());
+        }
+    }
+
+    #[test]
+    fn a_command_the_server_reads_slowly_or_not_at_all_ends_at_the_command_timeout() {
+        // A pipelined envelope of some 1.5 MB: 50 000 recipients.
+        let rcpts: Vec<Recipient> = (0..50_000)
+            .map(|i| Recipient::new(format!("user{i}@example.net").parse().unwrap()))
+            .collect();
+        let refs: Vec<&Recipient> = rcpts.iter().collect();
+        let sender: ReversePath = Some("s@example.org".parse().unwrap());
+        for reading in [Reading::Trickling, Reading::Stopped] {
+            let endpoint = slow_reader(false, reading);
+            let mut session = open_with_small_send_buffer(&endpoint);
+            let started = Instant::now();
+            let e = session
+                .envelope(&sender, &MailParams::default(), 10, &refs)
+                .expect_err("the envelope cannot all go");
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(3), "{took:?}");
+            assert_eq!(e.reply.status().to_string(), "4.4.2", "{e}");
+            assert!(e.to_string().contains("did not take it within 1s"), "{e}");
+        }
     }
 
     #[test]
