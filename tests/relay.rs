@@ -681,3 +681,99 @@ fn after_the_next_hop_restarts_no_message_waits_on_a_dead_pooled_session() {
     assert!(!log.contains("status=deferred"), "{log}");
     assert_eq!(log.matches("status=sent").count(), 160, "{log}");
 }
+
+/// A next hop on a thread: answers RCPT for `hostile@` addresses with a
+/// 550 of `lines` lines of 2 500 bytes, takes other mail and keeps it.
+fn hostile_next_hop(lines: usize) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&got);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let kept = std::sync::Arc::clone(&kept);
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let _ = w.write_all(b"220 hostile.test ESMTP\r\n");
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&line).to_ascii_uppercase();
+                    let reply = if text.starts_with("RCPT") && text.contains("<HOSTILE@") {
+                        let filler = "z".repeat(2490);
+                        let mut reply = String::new();
+                        for i in 0..lines - 1 {
+                            reply.push_str(&format!("550-5.1.1 {i:04}{filler}\r\n"));
+                        }
+                        reply.push_str("550 5.1.1 no such user\r\n");
+                        reply
+                    } else if text.starts_with("DATA") {
+                        let _ = w.write_all(b"354 go ahead\r\n");
+                        let mut body = Vec::new();
+                        loop {
+                            line.clear();
+                            if r.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == b".\r\n" {
+                                break;
+                            }
+                            body.extend_from_slice(&line);
+                        }
+                        kept.lock().unwrap().push(body);
+                        "250 2.0.0 kept\r\n".to_string()
+                    } else if text.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        "250 ok\r\n".to_string()
+                    };
+                    if w.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn a_500_kb_reply_leaves_a_bounded_error_and_a_well_formed_bounce() {
+    let (port, got) = hostile_next_hop(200);
+    let d = Daemon::start(&Setup::to(&format!("smtp://127.0.0.1:{port}")));
+    let id = submit(&d, "a@example.org", &["hostile@example.net"]);
+    assert!(
+        wait_for(LONG, || !got.lock().unwrap().is_empty()),
+        "no notice arrived\n{}",
+        d.log()
+    );
+    let bounce = got.lock().unwrap()[0].clone();
+    assert!(
+        bounce.len() < 16 * 1024,
+        "a notice of {} bytes",
+        bounce.len()
+    );
+    for line in bounce.split(|&b| b == b'\n') {
+        assert!(line.len() <= 999, "a line of {} bytes", line.len());
+    }
+    let dsn = common::dsn::parse(&bounce);
+    let diag = &dsn.recipients[0]["Diagnostic-Code"];
+    assert!(diag.starts_with("smtp; 550 5.1.1 0000zzz"), "{diag}");
+    assert!(diag.ends_with("[...]"), "{diag}");
+    assert!(diag.len() < 1200, "{}", diag.len());
+    assert_eq!(dsn.recipients[0]["Status"], "5.1.1");
+    // The log line (and so the stored error) is as short.
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("{id}: to=<hostile@example.net>")))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("status=bounced (550 5.1.1 0000zzz"), "{line}");
+    assert!(line.len() < 1400, "a log line of {} bytes", line.len());
+}

@@ -20,8 +20,17 @@ use crate::smtp::xtext;
 
 /// Longest reply line accepted (RFC 5321 allows 512; servers send more).
 const MAX_REPLY_LINE: usize = 4096;
-/// Most lines in one multi-line reply.
+/// Most lines in one multi-line reply: more is not an answer but a stream.
+/// With [`MAX_REPLY_LINE`] this bounds what one reply makes us read.
 const MAX_REPLY_LINES: usize = 200;
+/// Most bytes of a reply's lines kept as lines (EHLO keywords, a few
+/// hundred bytes in practice); the rest is read and dropped.
+const MAX_KEPT_LINES: usize = 16 * 1024;
+/// Most text of one reply kept: it goes into metadata, log lines and
+/// notices, and a hostile server can send a megabyte of it.
+const MAX_REPLY_TEXT: usize = 1024;
+/// Ends a reply text cut at [`MAX_REPLY_TEXT`].
+const CUT_MARK: &str = " [...]";
 
 /// A user name and password for AUTH. Debug output hides the password.
 #[derive(Clone)]
@@ -223,6 +232,15 @@ fn name_timeout(e: io::Error, timeout: Duration) -> io::Error {
         ),
         _ => e,
     }
+}
+
+/// The start of `text`, at most `max` bytes, cut at a character boundary.
+fn cut_text(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn protocol_error(what: &str) -> DeliveryError {
@@ -435,6 +453,13 @@ impl Session {
         let mut lines = Vec::new();
         let mut line = Vec::new();
         let mut code: Option<String> = None;
+        let mut enhanced = None;
+        // The reply's text, kept up to MAX_REPLY_TEXT; `cut` once more came.
+        let mut text = String::new();
+        let mut cut = false;
+        // Lines read, and bytes of them kept.
+        let mut count = 0usize;
+        let mut kept = 0usize;
         loop {
             let mut reader = Deadline {
                 io: &mut self.io,
@@ -446,25 +471,52 @@ impl Session {
                 let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed");
                 return Err(self.io_failed("reading reply from", &eof));
             }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\r', '\n']);
-            let bytes = text.as_bytes();
+            let raw = String::from_utf8_lossy(&line);
+            let raw = raw.trim_end_matches(['\r', '\n']);
+            let bytes = raw.as_bytes();
             let ok = bytes.len() >= 3
                 && bytes[..3].iter().all(u8::is_ascii_digit)
                 && (bytes.len() == 3 || bytes[3] == b' ' || bytes[3] == b'-');
-            if !ok || code.as_deref().is_some_and(|c| c != &text[..3]) {
+            if !ok || code.as_deref().is_some_and(|c| c != &raw[..3]) {
                 return Err(protocol_error(&format!(
                     "malformed reply from {}: {:?}",
-                    self.relay, text
+                    self.relay,
+                    cut_text(raw, 200)
                 ))
                 .at(self.host.clone()));
             }
-            code.get_or_insert_with(|| text[..3].to_string());
-            lines.push(text.get(4..).unwrap_or("").to_string());
+            let first = code.is_none();
+            let c = code.get_or_insert_with(|| raw[..3].to_string());
+            let numeric: u16 = c.parse().unwrap_or(0);
+            let line_text = raw.get(4..).unwrap_or("");
+            // The enhanced code of the first line; every line's text after it.
+            if first {
+                enhanced = split_enhanced(numeric, line_text).0;
+            }
+            let shown = if enhanced.is_some() {
+                split_enhanced(numeric, line_text).1
+            } else {
+                line_text
+            };
+            if !cut {
+                if !text.is_empty() {
+                    text.push(' ');
+                }
+                text.push_str(shown);
+                if text.len() > MAX_REPLY_TEXT {
+                    text = cut_text(&text, MAX_REPLY_TEXT).to_string();
+                    cut = true;
+                }
+            }
+            if kept + line_text.len() <= MAX_KEPT_LINES {
+                kept += line_text.len();
+                lines.push(line_text.to_string());
+            }
             if bytes.len() == 3 || bytes[3] == b' ' {
                 break;
             }
-            if lines.len() > MAX_REPLY_LINES {
+            count += 1;
+            if count > MAX_REPLY_LINES {
                 return Err(
                     protocol_error(&format!("endless reply from {}", self.relay))
                         .at(self.host.clone()),
@@ -478,20 +530,11 @@ impl Session {
                     .at(self.host.clone()),
             );
         }
-        // The enhanced code of the first line; every line's text after it.
-        let (enhanced, _) = split_enhanced(code, &lines[0]);
-        let texts: Vec<&str> = lines
-            .iter()
-            .map(|l| {
-                if enhanced.is_some() {
-                    split_enhanced(code, l).1
-                } else {
-                    l.as_str()
-                }
-            })
-            .collect();
+        if cut {
+            text.push_str(CUT_MARK);
+        }
         Ok(FullReply {
-            reply: SmtpReply::new(code, enhanced, &texts.join(" ")),
+            reply: SmtpReply::new(code, enhanced, &text),
             lines,
         })
     }
@@ -1197,6 +1240,75 @@ mod tests {
             assert_eq!(e.reply.status().to_string(), "4.4.2", "{e}");
             assert!(e.to_string().contains("did not take it within 1s"), "{e}");
         }
+    }
+
+    /// A server that answers RCPT with a 550 of `lines` lines of 500 bytes.
+    fn huge_rcpt_reply(lines: usize) -> Endpoint {
+        server(move |s| {
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            w.write_all(b"220 ok\r\n").unwrap();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                let reply = if verb == "RCPT" {
+                    let filler = "y".repeat(490);
+                    let mut reply = String::new();
+                    for i in 0..lines - 1 {
+                        reply.push_str(&format!("550-5.1.1 {i:04}{filler}\r\n"));
+                    }
+                    reply.push_str("550 5.1.1 the end\r\n");
+                    reply
+                } else {
+                    "250 ok\r\n".to_string()
+                };
+                if w.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_huge_reply_keeps_its_code_and_only_the_start_of_its_text() {
+        let r = Recipient::new("a@example.net".parse().unwrap());
+        let sender: ReversePath = Some("s@example.org".parse().unwrap());
+        // 200 lines, 100 KB: read through, kept short.
+        let endpoint = huge_rcpt_reply(200);
+        let mut session =
+            Session::open(&settings(Duration::from_secs(5)), &endpoint, false).unwrap();
+        let results = session
+            .envelope(&sender, &MailParams::default(), 10, &[&r])
+            .unwrap();
+        let e = results[0].clone().expect_err("550 at RCPT");
+        assert!(e.is_permanent());
+        assert_eq!(e.reply.code, 550);
+        assert_eq!(e.reply.status().to_string(), "5.1.1");
+        assert!(
+            e.reply.text.len() <= MAX_REPLY_TEXT + CUT_MARK.len(),
+            "{}",
+            e.reply.text.len()
+        );
+        assert!(e.reply.text.starts_with("0000yyy"), "{}", e.reply.text);
+        assert!(e.reply.text.ends_with(CUT_MARK), "{}", e.reply.text);
+        // In step: the session goes on.
+        assert!(session.reset().is_ok());
+
+        // 3 000 lines: not a reply but a stream; given up on.
+        let endpoint = huge_rcpt_reply(3000);
+        let mut session =
+            Session::open(&settings(Duration::from_secs(5)), &endpoint, false).unwrap();
+        let e = session
+            .envelope(&sender, &MailParams::default(), 10, &[&r])
+            .expect_err("no end to the reply");
+        assert!(!e.is_permanent());
+        assert!(e.to_string().contains("endless reply"), "{e}");
+        assert!(e.to_string().len() < 200);
+        assert!(session.is_broken());
     }
 
     #[test]
