@@ -777,3 +777,75 @@ fn a_500_kb_reply_leaves_a_bounded_error_and_a_well_formed_bounce() {
     assert!(line.contains("status=bounced (550 5.1.1 0000zzz"), "{line}");
     assert!(line.len() < 1400, "a log line of {} bytes", line.len());
 }
+
+#[test]
+fn a_next_hop_that_reads_the_message_slowly_is_cut_off_at_data_timeout() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // Takes the envelope, then reads 16 KiB of the message every 100 ms:
+    // each write makes progress, the whole would take some 25 s.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::with_capacity(16 * 1024, s);
+                let _ = w.write_all(b"220 slow.test ESMTP\r\n");
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line.to_ascii_uppercase().starts_with("DATA") {
+                        break;
+                    }
+                    if w.write_all(b"250 ok\r\n").is_err() {
+                        return;
+                    }
+                }
+                let _ = w.write_all(b"354 go ahead\r\n");
+                let _ = tx.send(std::time::Instant::now());
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    std::thread::sleep(Duration::from_millis(100));
+                    match r.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    let d = Daemon::start(
+        &Setup::to(&format!("smtp://127.0.0.1:{port}"))
+            .queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"")
+            .delivery("data_timeout = \"1s\""),
+    );
+    let mut message = MSG.to_vec();
+    for _ in 0..50_000 {
+        message.extend_from_slice(
+            b"0123456789012345678901234567890123456789012345678901234567890123456789012345678\r\n",
+        );
+    }
+    let mut c = Client::connect(d.addr()).unwrap();
+    let id = queued_id(&c.mail("a@example.org", &["b@example.net"], &message));
+    c.quit();
+    let data_began = rx.recv_timeout(LONG).expect("DATA never came");
+    let expected = format!("{id}: to=<b@example.net>, relay=127.0.0.1[127.0.0.1]:{port}, tries=1");
+    assert!(d.wait_log(&expected, LONG), "{}", d.log());
+    let took = data_began.elapsed();
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains(&expected)).unwrap();
+    assert!(
+        line.ends_with(&format!(
+            "status=deferred (451 4.4.2 sending data to 127.0.0.1[127.0.0.1]:{port}: \
+             the server did not take it within 1s)"
+        )),
+        "{line}"
+    );
+    // The log line comes after the attempt; allow for a busy machine.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+}
