@@ -323,6 +323,10 @@ mod tests {
         None,
         /// Hangs up, without a word, on reading the n-th MAIL.
         HangUpAtMail(usize),
+        /// Says 421 and hangs up on reading the n-th MAIL.
+        Say421AtMail(usize),
+        /// Answers the n-th MAIL with 451.
+        RefuseMail(usize),
         /// Hangs up once it has answered the first message's dot.
         HangUpAfterFirst,
     }
@@ -383,6 +387,14 @@ mod tests {
                 "MAIL" => {
                     mails += 1;
                     if matches!(quirk, Quirk::HangUpAtMail(n) if n == mails) {
+                        return;
+                    }
+                    if matches!(quirk, Quirk::RefuseMail(n) if n == mails) {
+                        let _ = w.write_all(b"451 4.3.0 not now\r\n");
+                        continue;
+                    }
+                    if matches!(quirk, Quirk::Say421AtMail(n) if n == mails) {
+                        let _ = w.write_all(b"421 4.4.2 idle too long\r\n");
                         return;
                     }
                     b"250 2.1.0 ok\r\n"
@@ -460,6 +472,29 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(server.connections.load(Ordering::SeqCst), 2);
         assert_eq!(*server.bodies.lock().unwrap(), ["one\r\n", "two\r\n"]);
+    }
+
+    #[test]
+    fn a_reused_session_answered_with_421_is_tried_again_on_a_new_one() {
+        let server = Server::start(vec![Quirk::Say421AtMail(2), Quirk::None]);
+        let target = server.target();
+        assert!(send(&target, "one\r\n").is_empty());
+        let errors = send(&target, "two\r\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_reused_session_that_refuses_the_message_is_not_tried_again() {
+        // A real answer about the message (a 451 to MAIL) is the
+        // server's word, on a reused session as on a new one.
+        let server = Server::start(vec![Quirk::RefuseMail(2)]);
+        let target = server.target();
+        assert!(send(&target, "one\r\n").is_empty());
+        let errors = send(&target, "two\r\n");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].reply.code, 451, "{}", errors[0]);
+        assert_eq!(server.connections.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -131,8 +131,9 @@ pub struct Session {
     /// The reply to a DATA pipelined behind the envelope, until the body
     /// (or a lone dot, if the message is abandoned) answers it.
     data_reply: Option<SmtpReply>,
-    /// The server has answered something since the current transaction
-    /// began: a failure after that may be about this message.
+    /// The server has answered something (other than 421) since the
+    /// current transaction began: a failure after that may be about this
+    /// message.
     heard: bool,
 }
 
@@ -445,7 +446,9 @@ impl Session {
         }
         let result = self.read_reply_within(Instant::now() + timeout);
         self.broken = result.is_err();
-        self.heard |= result.is_ok();
+        // A 421 is about the channel, not the transaction: the way many
+        // servers end an idle connection is a 421 to the next command.
+        self.heard |= result.as_ref().is_ok_and(|r| r.reply.code != 421);
         result
     }
 
@@ -927,10 +930,10 @@ impl Session {
         open
     }
 
-    /// True when the server answered nothing since the transaction began:
-    /// a failure then says nothing about the message (a connection closed
-    /// while idle), and the transaction can be tried again elsewhere at
-    /// once.
+    /// True when the server answered nothing (or only 421) since the
+    /// transaction began: a failure then says nothing about the message (a
+    /// connection closed while idle), and the transaction can be tried
+    /// again on a new connection at once.
     pub fn nothing_heard(&self) -> bool {
         !self.heard
     }
