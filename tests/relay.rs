@@ -641,3 +641,211 @@ fn a_message_damaged_in_the_spool_is_never_sent_and_the_sender_is_told() {
     assert_eq!(peer.messages().len(), 1, "{:?}", peer.events());
     assert!(!notice.text().contains("Jello."), "{}", notice.text());
 }
+
+/// Queues `n` messages over `clients` connections at once, so several
+/// deliveries run together and leave several sessions in the pool.
+fn submit_many(d: &Daemon, clients: usize, n: usize, tag: &str) {
+    std::thread::scope(|s| {
+        for c in 0..clients {
+            s.spawn(move || {
+                let mut client = Client::connect(d.addr()).unwrap();
+                for i in (c..n).step_by(clients) {
+                    let rcpt = format!("{tag}{i}@example.net");
+                    queued_id(&client.mail("a@example.org", &[&rcpt], MSG));
+                    client.cmd("RSET").expect(250, "2.0.0");
+                }
+                client.quit();
+            });
+        }
+    });
+}
+
+#[test]
+fn after_the_next_hop_restarts_no_message_waits_on_a_dead_pooled_session() {
+    // Sessions kept from the first batch are closed by the restart; the
+    // second batch must not spend a retry interval (15 minutes here) on
+    // any of them.
+    let mut sink = SmtpSink::start(&[]);
+    let d = Daemon::start(
+        &Setup::to(&sink.url("smtp"))
+            .queue("workers = 8\ninitial_retry = \"15m\"\nmax_retry_interval = \"15m\"")
+            .delivery("connection_cache_time = \"60s\""),
+    );
+    submit_many(&d, 8, 80, "first");
+    wait_sink(&d, &sink, 80);
+    sink.restart();
+    submit_many(&d, 8, 80, "second");
+    let dumps = wait_sink(&d, &sink, 160);
+    assert_eq!(dumps.len(), 160);
+    let log = d.log();
+    assert!(!log.contains("status=deferred"), "{log}");
+    assert_eq!(log.matches("status=sent").count(), 160, "{log}");
+}
+
+/// A next hop on a thread: answers RCPT for `hostile@` addresses with a
+/// 550 of `lines` lines of 2 500 bytes, takes other mail and keeps it.
+fn hostile_next_hop(lines: usize) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&got);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let kept = std::sync::Arc::clone(&kept);
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let _ = w.write_all(b"220 hostile.test ESMTP\r\n");
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    if r.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&line).to_ascii_uppercase();
+                    let reply = if text.starts_with("RCPT") && text.contains("<HOSTILE@") {
+                        let filler = "z".repeat(2490);
+                        let mut reply = String::new();
+                        for i in 0..lines - 1 {
+                            reply.push_str(&format!("550-5.1.1 {i:04}{filler}\r\n"));
+                        }
+                        reply.push_str("550 5.1.1 no such user\r\n");
+                        reply
+                    } else if text.starts_with("DATA") {
+                        let _ = w.write_all(b"354 go ahead\r\n");
+                        let mut body = Vec::new();
+                        loop {
+                            line.clear();
+                            if r.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == b".\r\n" {
+                                break;
+                            }
+                            body.extend_from_slice(&line);
+                        }
+                        kept.lock().unwrap().push(body);
+                        "250 2.0.0 kept\r\n".to_string()
+                    } else if text.starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        "250 ok\r\n".to_string()
+                    };
+                    if w.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn a_500_kb_reply_leaves_a_bounded_error_and_a_well_formed_bounce() {
+    let (port, got) = hostile_next_hop(200);
+    let d = Daemon::start(&Setup::to(&format!("smtp://127.0.0.1:{port}")));
+    let id = submit(&d, "a@example.org", &["hostile@example.net"]);
+    assert!(
+        wait_for(LONG, || !got.lock().unwrap().is_empty()),
+        "no notice arrived\n{}",
+        d.log()
+    );
+    let bounce = got.lock().unwrap()[0].clone();
+    assert!(
+        bounce.len() < 16 * 1024,
+        "a notice of {} bytes",
+        bounce.len()
+    );
+    for line in bounce.split(|&b| b == b'\n') {
+        assert!(line.len() <= 999, "a line of {} bytes", line.len());
+    }
+    let dsn = common::dsn::parse(&bounce);
+    let diag = &dsn.recipients[0]["Diagnostic-Code"];
+    assert!(diag.starts_with("smtp; 550 5.1.1 0000zzz"), "{diag}");
+    assert!(diag.ends_with("[...]"), "{diag}");
+    assert!(diag.len() < 1200, "{}", diag.len());
+    assert_eq!(dsn.recipients[0]["Status"], "5.1.1");
+    // The log line (and so the stored error) is as short.
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("{id}: to=<hostile@example.net>")))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("status=bounced (550 5.1.1 0000zzz"), "{line}");
+    assert!(line.len() < 1400, "a log line of {} bytes", line.len());
+}
+
+#[test]
+fn a_next_hop_that_reads_the_message_slowly_is_cut_off_at_data_timeout() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // Takes the envelope, then reads 16 KiB of the message every 100 ms:
+    // each write makes progress, the whole would take some 25 s.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::with_capacity(16 * 1024, s);
+                let _ = w.write_all(b"220 slow.test ESMTP\r\n");
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line.to_ascii_uppercase().starts_with("DATA") {
+                        break;
+                    }
+                    if w.write_all(b"250 ok\r\n").is_err() {
+                        return;
+                    }
+                }
+                let _ = w.write_all(b"354 go ahead\r\n");
+                let _ = tx.send(std::time::Instant::now());
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    std::thread::sleep(Duration::from_millis(100));
+                    match r.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    let d = Daemon::start(
+        &Setup::to(&format!("smtp://127.0.0.1:{port}"))
+            .queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"")
+            .delivery("data_timeout = \"1s\""),
+    );
+    let mut message = MSG.to_vec();
+    for _ in 0..50_000 {
+        message.extend_from_slice(
+            b"0123456789012345678901234567890123456789012345678901234567890123456789012345678\r\n",
+        );
+    }
+    let mut c = Client::connect(d.addr()).unwrap();
+    let id = queued_id(&c.mail("a@example.org", &["b@example.net"], &message));
+    c.quit();
+    let data_began = rx.recv_timeout(LONG).expect("DATA never came");
+    let expected = format!("{id}: to=<b@example.net>, relay=127.0.0.1[127.0.0.1]:{port}, tries=1");
+    assert!(d.wait_log(&expected, LONG), "{}", d.log());
+    let took = data_began.elapsed();
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains(&expected)).unwrap();
+    assert!(
+        line.ends_with(&format!(
+            "status=deferred (451 4.4.2 sending data to 127.0.0.1[127.0.0.1]:{port}: \
+             the server did not take it within 1s)"
+        )),
+        "{line}"
+    );
+    // The log line comes after the attempt; allow for a busy machine.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+}

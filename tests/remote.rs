@@ -428,3 +428,50 @@ fn under_tls_may_a_botched_handshake_falls_back_to_clear_text() {
     );
     queue.close();
 }
+
+#[test]
+fn a_hanging_destination_does_not_take_every_worker() {
+    // hang.test's server accepts and never greets; fast.test's is
+    // smtp-sink. With 4 workers and destination_concurrency 20, hang.test
+    // may hold 3 of them: mail for fast.test still goes out at once.
+    let port = free_tcp_port();
+    let hang = TcpListener::bind(("127.0.0.2", port)).unwrap();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = Arc::clone(&held);
+        std::thread::spawn(move || {
+            for s in hang.incoming().flatten() {
+                held.lock().unwrap().push(s);
+            }
+        });
+    }
+    let fast = tempfile::tempdir().unwrap();
+    let _sink = sink("127.0.0.3", port, fast.path(), &[]);
+    let (_dns, dns_port) = dnsmasq(&[
+        "--mx-host=hang.test,mx.hang.test,10".into(),
+        "--host-record=mx.hang.test,127.0.0.2".into(),
+        "--mx-host=fast.test,mx.fast.test,10".into(),
+        "--host-record=mx.fast.test,127.0.0.3".into(),
+    ]);
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = remote_config(spool.path(), dns_port, port);
+    config.queue.workers = 4;
+    config.delivery.destination_concurrency = 20;
+    config.delivery.command_timeout = Duration::from_secs(8);
+    let bounces = Scripted::new(vec![]);
+    let queue = open(&config, &bounces);
+    for i in 0..6 {
+        send(&queue, &[&format!("u{i}@hang.test")]);
+    }
+    // The hanging server has what it may get before fast.test's turn.
+    assert!(wait_for(LONG, || held.lock().unwrap().len() >= 3));
+    std::thread::sleep(Duration::from_millis(300));
+    send(&queue, &["v@fast.test"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || !dumps(fast.path()).is_empty()),
+        "fast.test waited for hang.test; {} connections to hang.test",
+        held.lock().unwrap().len()
+    );
+    assert_eq!(held.lock().unwrap().len(), 3, "the share of 4 workers is 3");
+    queue.close();
+}

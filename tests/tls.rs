@@ -369,3 +369,25 @@ fn private(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+#[test]
+fn an_idle_tls_session_is_reused_not_taken_for_closed() {
+    // The check before reuse peeks under TLS: an open session with
+    // nothing to read must pass it, so messages one after the other share
+    // one connection (one STARTTLS, two EHLOs).
+    let cert = self_signed(&["peer.test"]);
+    let peer = PyServer::start(&["--tls-cert", cert.cert_arg(), "--tls-key", cert.key_arg()]);
+    let d = Daemon::start(
+        &Setup::to(&peer.url("smtp"))
+            .delivery("tls = \"encrypt\"\nconnection_cache_time = \"60s\""),
+    );
+    for n in 1..=3 {
+        submit(&d, &format!("b{n}@example.net"));
+        peer.wait_messages(n, LONG);
+        // Idle a moment, so whatever the server sends after TLS is there.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ehlos = peer.events().iter().filter(|e| e["step"] == "ehlo").count();
+    assert_eq!(ehlos, 2, "{:?}", peer.events());
+    assert!(!d.log().contains("status=deferred"), "{}", d.log());
+}

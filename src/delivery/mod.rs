@@ -390,6 +390,17 @@ fn read_password_file(path: &std::path::Path) -> Result<String, String> {
     Ok(text.trim_end_matches(['\r', '\n']).to_string())
 }
 
+/// Most connections one MX destination may hold at once: the configured
+/// `destination_concurrency`, but never more than four fifths of the
+/// workers (at least one). Each connection holds a worker for as long as
+/// it lasts, so a destination that hangs (up to the timeouts) at a limit
+/// above the worker count would take every worker and stop the mail for
+/// all other destinations; the fifth left over keeps it going. (Postfix
+/// caps a destination at 20 of its 100 delivery processes by default.)
+pub fn destination_limit(configured: usize, workers: usize) -> usize {
+    configured.min((workers * 4 / 5).max(1))
+}
+
 /// Builds the target a configuration names.
 pub fn build_target(
     spec: &crate::config::TargetSpec,
@@ -433,7 +444,10 @@ pub fn build_target(
             let remote = remote::RemoteSettings {
                 client: Arc::new(settings),
                 mx_port: d.mx_port,
-                destination_concurrency: d.destination_concurrency,
+                destination_concurrency: destination_limit(
+                    d.destination_concurrency,
+                    config.queue.workers,
+                ),
                 connection_cache_time: d.connection_cache_time,
             };
             return Ok(Arc::new(remote::RemoteTarget::new(resolver, remote)));
@@ -452,4 +466,19 @@ pub fn build_target(
         implicit_tls,
         d.connection_cache_time,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::destination_limit;
+
+    #[test]
+    fn one_destination_gets_at_most_four_fifths_of_the_workers() {
+        assert_eq!(destination_limit(20, 16), 12);
+        assert_eq!(destination_limit(20, 100), 20);
+        assert_eq!(destination_limit(5, 16), 5);
+        assert_eq!(destination_limit(20, 4), 3);
+        assert_eq!(destination_limit(20, 2), 1);
+        assert_eq!(destination_limit(20, 1), 1);
+    }
 }

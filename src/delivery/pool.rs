@@ -26,6 +26,12 @@ impl Pooled {
     pub fn fresh(session: Session) -> Pooled {
         Pooled { session, uses: 0 }
     }
+
+    /// True when the session carried a message before: the server may
+    /// have closed it since without our knowing.
+    pub fn reused(&self) -> bool {
+        self.uses > 0
+    }
 }
 
 struct Idle {
@@ -58,16 +64,27 @@ impl SessionPool {
     pub fn take(&self, key: &str) -> Option<Pooled> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
-        while let Some(s) = list.pop() {
-            if s.since.elapsed() < self.max_idle {
-                return Some(Pooled {
+        // Newest first: the most likely to be still open. A session the
+        // server closed while idle would fail the next message with a
+        // network error and make it wait a whole retry interval.
+        let mut dead = Vec::new();
+        let mut found = None;
+        while let Some(mut s) = list.pop() {
+            if s.since.elapsed() < self.max_idle && s.session.still_open() {
+                found = Some(Pooled {
                     session: s.session,
                     uses: s.uses,
                 });
+                break;
             }
-            s.session.quit();
+            dead.push(s.session);
         }
-        None
+        drop(idle);
+        // Outside the lock: a QUIT waits for its reply.
+        for s in dead {
+            s.quit();
+        }
+        found
     }
 
     /// Gives a session back after a transaction. It is kept only when it

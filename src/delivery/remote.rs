@@ -240,16 +240,17 @@ impl RemoteTarget {
                 Err(e) => return DomainResult::all(rcpts, Err(e), None),
             },
         };
-        let relay = Some(pooled.session.relay().to_string());
         if let Err(e) = pooled
             .session
             .check_message(&info.sender, &info.params, info.size)
         {
+            let relay = Some(pooled.session.relay().to_string());
             self.pool.put(domain, pooled);
             return DomainResult::all(rcpts, Err(e), relay);
         }
 
         let mut hop = HopDelivery::new(pooled, info.clone(), false);
+        hop.reopen = Some(Box::new(|| self.connect(domain)));
         let mut collect = Collect::default();
         let mut offered = Vec::new();
         for r in rcpts {
@@ -262,6 +263,8 @@ impl RemoteTarget {
             hop.transfer(body, &mut collect);
         }
         let handoff = hop.handoff();
+        // After the session it ended on, which may be a new one.
+        let relay = hop.session_relay();
         if let Some(pooled) = hop.into_session() {
             self.pool.put(domain, pooled);
         }

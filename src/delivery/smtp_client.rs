@@ -20,8 +20,17 @@ use crate::smtp::xtext;
 
 /// Longest reply line accepted (RFC 5321 allows 512; servers send more).
 const MAX_REPLY_LINE: usize = 4096;
-/// Most lines in one multi-line reply.
+/// Most lines in one multi-line reply: more is not an answer but a stream.
+/// With [`MAX_REPLY_LINE`] this bounds what one reply makes us read.
 const MAX_REPLY_LINES: usize = 200;
+/// Most bytes of a reply's lines kept as lines (EHLO keywords, a few
+/// hundred bytes in practice); the rest is read and dropped.
+const MAX_KEPT_LINES: usize = 16 * 1024;
+/// Most text of one reply kept: it goes into metadata, log lines and
+/// notices, and a hostile server can send a megabyte of it.
+const MAX_REPLY_TEXT: usize = 1024;
+/// Ends a reply text cut at [`MAX_REPLY_TEXT`].
+const CUT_MARK: &str = " [...]";
 
 /// A user name and password for AUTH. Debug output hides the password.
 #[derive(Clone)]
@@ -122,6 +131,10 @@ pub struct Session {
     /// The reply to a DATA pipelined behind the envelope, until the body
     /// (or a lone dot, if the message is abandoned) answers it.
     data_reply: Option<SmtpReply>,
+    /// The server has answered something (other than 421) since the
+    /// current transaction began: a failure after that may be about this
+    /// message.
+    heard: bool,
 }
 
 /// Most time the reply to QUIT is waited for.
@@ -167,6 +180,68 @@ impl BufRead for Deadline<'_> {
     fn consume(&mut self, n: usize) {
         self.io.consume(n);
     }
+}
+
+/// Writes to a session's stream with a deadline for the whole of it, as
+/// [`Deadline`] does for reads: a per-call socket timeout alone lets a
+/// server that reads a byte now and then hold a worker for ever. Each
+/// write call gets only the time left; a blocking write that runs out
+/// returns what it wrote, so the next call sees the deadline passed.
+struct WriteDeadline<'a> {
+    io: &'a mut Transport,
+    end: Instant,
+}
+
+impl Write for WriteDeadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, DEADLINE_PASSED));
+        }
+        self.io.set_write_timeout(left)?;
+        self.io.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.io.flush()
+    }
+}
+
+const DEADLINE_PASSED: &str = "deadline passed";
+
+/// Writes `bytes` within `timeout`; the error names the timeout.
+fn write_within(io: &mut Transport, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    let mut w = WriteDeadline {
+        io,
+        end: Instant::now() + timeout,
+    };
+    w.write_all(bytes)
+        .and_then(|_| w.flush())
+        .map_err(|e| name_timeout(e, timeout))
+}
+
+/// A write that ran out of time says so, instead of "Resource temporarily
+/// unavailable" (what a socket write timeout reports).
+fn name_timeout(e: io::Error, timeout: Duration) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the server did not take it within {}",
+                crate::config::format_duration(timeout)
+            ),
+        ),
+        _ => e,
+    }
+}
+
+/// The start of `text`, at most `max` bytes, cut at a character boundary.
+fn cut_text(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn protocol_error(what: &str) -> DeliveryError {
@@ -284,6 +359,7 @@ impl Session {
             broken: false,
             idle: true,
             data_reply: None,
+            heard: false,
         };
         let greeting = session.read_reply(settings.command_timeout)?;
         if greeting.reply.code != 220 {
@@ -348,19 +424,15 @@ impl Session {
     }
 
     fn send(&mut self, text: &str) -> Result<(), DeliveryError> {
+        self.send_within(text, self.settings.command_timeout)
+    }
+
+    /// Writes a command (or a pipelined batch), all of it within `timeout`.
+    fn send_within(&mut self, text: &str, timeout: Duration) -> Result<(), DeliveryError> {
         if self.broken {
             return Err(self.out_of_step());
         }
-        // Reads set their own deadline; the body may have left the longer
-        // DATA timeout on the write side.
-        let _ = self
-            .io
-            .get_ref()
-            .set_write_timeout(self.settings.command_timeout);
-        let t = self.io.get_mut();
-        let result = t
-            .write_all(text.as_bytes())
-            .and_then(|_| t.flush())
+        let result = write_within(self.io.get_mut(), text.as_bytes(), timeout)
             .map_err(|e| DeliveryError::network(&format!("write to {}", self.relay), &e));
         self.broken = result.is_err();
         result
@@ -374,6 +446,9 @@ impl Session {
         }
         let result = self.read_reply_within(Instant::now() + timeout);
         self.broken = result.is_err();
+        // A 421 is about the channel, not the transaction: the way many
+        // servers end an idle connection is a 421 to the next command.
+        self.heard |= result.as_ref().is_ok_and(|r| r.reply.code != 421);
         result
     }
 
@@ -381,6 +456,13 @@ impl Session {
         let mut lines = Vec::new();
         let mut line = Vec::new();
         let mut code: Option<String> = None;
+        let mut enhanced = None;
+        // The reply's text, kept up to MAX_REPLY_TEXT; `cut` once more came.
+        let mut text = String::new();
+        let mut cut = false;
+        // Lines read, and bytes of them kept.
+        let mut count = 0usize;
+        let mut kept = 0usize;
         loop {
             let mut reader = Deadline {
                 io: &mut self.io,
@@ -392,25 +474,52 @@ impl Session {
                 let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed");
                 return Err(self.io_failed("reading reply from", &eof));
             }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\r', '\n']);
-            let bytes = text.as_bytes();
+            let raw = String::from_utf8_lossy(&line);
+            let raw = raw.trim_end_matches(['\r', '\n']);
+            let bytes = raw.as_bytes();
             let ok = bytes.len() >= 3
                 && bytes[..3].iter().all(u8::is_ascii_digit)
                 && (bytes.len() == 3 || bytes[3] == b' ' || bytes[3] == b'-');
-            if !ok || code.as_deref().is_some_and(|c| c != &text[..3]) {
+            if !ok || code.as_deref().is_some_and(|c| c != &raw[..3]) {
                 return Err(protocol_error(&format!(
                     "malformed reply from {}: {:?}",
-                    self.relay, text
+                    self.relay,
+                    cut_text(raw, 200)
                 ))
                 .at(self.host.clone()));
             }
-            code.get_or_insert_with(|| text[..3].to_string());
-            lines.push(text.get(4..).unwrap_or("").to_string());
+            let first = code.is_none();
+            let c = code.get_or_insert_with(|| raw[..3].to_string());
+            let numeric: u16 = c.parse().unwrap_or(0);
+            let line_text = raw.get(4..).unwrap_or("");
+            // The enhanced code of the first line; every line's text after it.
+            if first {
+                enhanced = split_enhanced(numeric, line_text).0;
+            }
+            let shown = if enhanced.is_some() {
+                split_enhanced(numeric, line_text).1
+            } else {
+                line_text
+            };
+            if !cut {
+                if !text.is_empty() {
+                    text.push(' ');
+                }
+                text.push_str(shown);
+                if text.len() > MAX_REPLY_TEXT {
+                    text = cut_text(&text, MAX_REPLY_TEXT).to_string();
+                    cut = true;
+                }
+            }
+            if kept + line_text.len() <= MAX_KEPT_LINES {
+                kept += line_text.len();
+                lines.push(line_text.to_string());
+            }
             if bytes.len() == 3 || bytes[3] == b' ' {
                 break;
             }
-            if lines.len() > MAX_REPLY_LINES {
+            count += 1;
+            if count > MAX_REPLY_LINES {
                 return Err(
                     protocol_error(&format!("endless reply from {}", self.relay))
                         .at(self.host.clone()),
@@ -424,20 +533,11 @@ impl Session {
                     .at(self.host.clone()),
             );
         }
-        // The enhanced code of the first line; every line's text after it.
-        let (enhanced, _) = split_enhanced(code, &lines[0]);
-        let texts: Vec<&str> = lines
-            .iter()
-            .map(|l| {
-                if enhanced.is_some() {
-                    split_enhanced(code, l).1
-                } else {
-                    l.as_str()
-                }
-            })
-            .collect();
+        if cut {
+            text.push_str(CUT_MARK);
+        }
         Ok(FullReply {
-            reply: SmtpReply::new(code, enhanced, &texts.join(" ")),
+            reply: SmtpReply::new(code, enhanced, &text),
             lines,
         })
     }
@@ -517,6 +617,7 @@ impl Session {
             broken: false,
             idle: true,
             data_reply: None,
+            heard: false,
         };
         session.hello()?;
         Ok(session)
@@ -653,6 +754,7 @@ impl Session {
         let rcpt_lines: Vec<String> = rcpts.iter().map(|r| self.rcpt_line(r)).collect();
 
         self.idle = false;
+        self.heard = false;
         if self.ext.pipelining {
             // DATA goes in the same batch (RFC 2920): one round trip for
             // the whole envelope. The server refuses it if no recipient
@@ -731,10 +833,6 @@ impl Session {
         if r.code != 354 {
             return Err(self.rejected(r));
         }
-        let _ = self
-            .io
-            .get_ref()
-            .set_write_timeout(self.settings.data_timeout);
         // From here until the final dot the server reads message text: a
         // failure leaves the session in the middle of DATA.
         self.broken = true;
@@ -746,8 +844,15 @@ impl Session {
             )
         })?;
         {
-            // write_dot_stuffed writes in large pieces: no buffer here.
-            write_dot_stuffed(&mut reader, self.io.get_mut()).map_err(|e| {
+            // write_dot_stuffed writes in large pieces: no buffer here. The
+            // whole body has `data_timeout`, not each piece of it.
+            let timeout = self.settings.data_timeout;
+            let mut out = WriteDeadline {
+                io: self.io.get_mut(),
+                end: Instant::now() + timeout,
+            };
+            write_dot_stuffed(&mut reader, &mut out).map_err(|e| {
+                let e = name_timeout(e, timeout);
                 match DamagedBody::from_io(&e) {
                     // Left in the middle of DATA, without the final dot: the
                     // server drops what it got when the session is closed.
@@ -807,9 +912,30 @@ impl Session {
             return;
         }
         let wait = self.settings.command_timeout.min(QUIT_TIMEOUT);
-        if self.send("QUIT\r\n").is_ok() {
+        if self.send_within("QUIT\r\n", wait).is_ok() {
             let _ = self.read_reply(wait);
         }
+    }
+
+    /// Whether an idle session can carry another transaction: in step,
+    /// nothing unread, and the server has not closed it meanwhile (its
+    /// idle timeout, a restart). A session found dead is marked broken, so
+    /// `quit` just closes it.
+    pub fn still_open(&mut self) -> bool {
+        let open = self.is_idle()
+            && self.data_reply.is_none()
+            && self.io.buffer().is_empty()
+            && self.io.get_ref().idle_and_open();
+        self.broken |= !open;
+        open
+    }
+
+    /// True when the server answered nothing (or only 421) since the
+    /// transaction began: a failure then says nothing about the message (a
+    /// connection closed while idle), and the transaction can be tried
+    /// again on a new connection at once.
+    pub fn nothing_heard(&self) -> bool {
+        !self.heard
     }
 
     /// True when an error left the session unusable (see `broken`).
@@ -994,6 +1120,198 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(100));
         let seen = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(!seen.contains("RSET") && !seen.contains("QUIT"), "{seen:?}");
+    }
+
+    /// How a test server reads once it has stopped answering.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Reading {
+        /// Never reads again.
+        Stopped,
+        /// Reads 16 KiB every 100 ms: each write call makes progress well
+        /// within the timeout, the whole never gets there.
+        Trickling,
+    }
+
+    /// A server that takes MAIL and RCPT (PIPELINING when `pipelining`)
+    /// and, at DATA (`at_data`) or right after EHLO, reads as `reading`.
+    fn slow_reader(at_data: bool, reading: Reading) -> Endpoint {
+        server(move |s| {
+            small_buffer(&s, libc::SO_RCVBUF);
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            w.write_all(b"220 ok\r\n").unwrap();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                let reply: &[u8] = match verb.as_str() {
+                    "EHLO" if at_data => b"250 ok\r\n",
+                    "EHLO" => b"250-ok\r\n250 PIPELINING\r\n",
+                    "DATA" => b"354 go\r\n",
+                    _ => b"250 ok\r\n",
+                };
+                w.write_all(reply).unwrap();
+                if verb == "DATA" || (verb == "EHLO" && !at_data) {
+                    break;
+                }
+            }
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                if reading == Reading::Stopped {
+                    std::thread::sleep(Duration::from_secs(60));
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+    }
+
+    /// Shrinks a socket buffer to 16 KiB, so that a writer blocks early
+    /// and wakes at each small read of the peer, whatever the kernel's
+    /// buffer auto-tuning would do.
+    fn small_buffer(s: &impl std::os::fd::AsRawFd, which: libc::c_int) {
+        let size: libc::c_int = 16 * 1024;
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                which,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
+    }
+
+    fn open_with_small_send_buffer(endpoint: &Endpoint) -> Session {
+        let session = Session::open(&settings(Duration::from_secs(1)), endpoint, false).unwrap();
+        let Transport::Tcp(s) = session.io.get_ref() else {
+            unreachable!("a TCP endpoint")
+        };
+        small_buffer(s, libc::SO_SNDBUF);
+        session
+    }
+
+    #[test]
+    fn a_body_the_server_reads_slowly_or_not_at_all_ends_at_the_data_timeout() {
+        // 4 MB: some 25 s at the trickle's pace.
+        let body = Body::from_bytes(vec![b'x'; 4 << 20]);
+        let r = Recipient::new("a@example.net".parse().unwrap());
+        let sender: ReversePath = Some("s@example.org".parse().unwrap());
+        for reading in [Reading::Trickling, Reading::Stopped] {
+            let endpoint = slow_reader(true, reading);
+            let mut session = open_with_small_send_buffer(&endpoint);
+            session
+                .envelope(&sender, &MailParams::default(), body.len(), &[&r])
+                .unwrap();
+            let started = Instant::now();
+            let e = session.data(&body, 1).expect_err("the body cannot all go");
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(3), "{took:?}");
+            assert!(!e.is_permanent());
+            assert_eq!(e.reply.status().to_string(), "4.4.2", "{e}");
+            assert!(e.to_string().contains("did not take it within 1s"), "{e}");
+            assert!(session.is_broken());
+        }
+    }
+
+    #[test]
+    fn a_command_the_server_reads_slowly_or_not_at_all_ends_at_the_command_timeout() {
+        // A pipelined envelope of some 1.5 MB: 50 000 recipients.
+        let rcpts: Vec<Recipient> = (0..50_000)
+            .map(|i| Recipient::new(format!("user{i}@example.net").parse().unwrap()))
+            .collect();
+        let refs: Vec<&Recipient> = rcpts.iter().collect();
+        let sender: ReversePath = Some("s@example.org".parse().unwrap());
+        for reading in [Reading::Trickling, Reading::Stopped] {
+            let endpoint = slow_reader(false, reading);
+            let mut session = open_with_small_send_buffer(&endpoint);
+            let started = Instant::now();
+            let e = session
+                .envelope(&sender, &MailParams::default(), 10, &refs)
+                .expect_err("the envelope cannot all go");
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(3), "{took:?}");
+            assert_eq!(e.reply.status().to_string(), "4.4.2", "{e}");
+            assert!(e.to_string().contains("did not take it within 1s"), "{e}");
+        }
+    }
+
+    /// A server that answers RCPT with a 550 of `lines` lines of 500 bytes.
+    fn huge_rcpt_reply(lines: usize) -> Endpoint {
+        server(move |s| {
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            w.write_all(b"220 ok\r\n").unwrap();
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                let reply = if verb == "RCPT" {
+                    let filler = "y".repeat(490);
+                    let mut reply = String::new();
+                    for i in 0..lines - 1 {
+                        reply.push_str(&format!("550-5.1.1 {i:04}{filler}\r\n"));
+                    }
+                    reply.push_str("550 5.1.1 the end\r\n");
+                    reply
+                } else {
+                    "250 ok\r\n".to_string()
+                };
+                if w.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_huge_reply_keeps_its_code_and_only_the_start_of_its_text() {
+        let r = Recipient::new("a@example.net".parse().unwrap());
+        let sender: ReversePath = Some("s@example.org".parse().unwrap());
+        // 200 lines, 100 KB: read through, kept short.
+        let endpoint = huge_rcpt_reply(200);
+        let mut session =
+            Session::open(&settings(Duration::from_secs(5)), &endpoint, false).unwrap();
+        let results = session
+            .envelope(&sender, &MailParams::default(), 10, &[&r])
+            .unwrap();
+        let e = results[0].clone().expect_err("550 at RCPT");
+        assert!(e.is_permanent());
+        assert_eq!(e.reply.code, 550);
+        assert_eq!(e.reply.status().to_string(), "5.1.1");
+        assert!(
+            e.reply.text.len() <= MAX_REPLY_TEXT + CUT_MARK.len(),
+            "{}",
+            e.reply.text.len()
+        );
+        assert!(e.reply.text.starts_with("0000yyy"), "{}", e.reply.text);
+        assert!(e.reply.text.ends_with(CUT_MARK), "{}", e.reply.text);
+        // In step: the session goes on.
+        assert!(session.reset().is_ok());
+
+        // 3 000 lines: not a reply but a stream; given up on.
+        let endpoint = huge_rcpt_reply(3000);
+        let mut session =
+            Session::open(&settings(Duration::from_secs(5)), &endpoint, false).unwrap();
+        let e = session
+            .envelope(&sender, &MailParams::default(), 10, &[&r])
+            .expect_err("no end to the reply");
+        assert!(!e.is_permanent());
+        assert!(e.to_string().contains("endless reply"), "{e}");
+        assert!(e.to_string().len() < 200);
+        assert!(session.is_broken());
     }
 
     #[test]

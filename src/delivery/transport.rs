@@ -55,6 +55,43 @@ impl Transport {
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
     }
+
+    /// Whether an idle connection is still worth a transaction: false when
+    /// the peer closed it (EOF, reset) or sent something nobody asked for
+    /// (a 421 before an idle timeout hang-up). Looks without waiting.
+    pub fn idle_and_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self {
+            Transport::Tcp(s) => peek_now(s, |s| s.peek(&mut probe)),
+            // Bytes on the socket under TLS are an alert or a close_notify
+            // as far as an idle SMTP session goes.
+            Transport::Tls(s) => peek_now(s.get_ref(), |s| s.peek(&mut probe)),
+            // UnixStream::peek is not stable; a byte read here would end
+            // the session anyway.
+            Transport::Unix(s) => {
+                if s.set_nonblocking(true).is_err() {
+                    return false;
+                }
+                let mut reader: &UnixStream = s;
+                let r = reader.read(&mut probe);
+                s.set_nonblocking(false).is_ok() && is_would_block(&r)
+            }
+        }
+    }
+}
+
+/// Runs `peek` on `s` made non-blocking for the call: true when nothing
+/// is waiting and the connection is open.
+fn peek_now(s: &TcpStream, peek: impl FnOnce(&TcpStream) -> io::Result<usize>) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let r = peek(s);
+    s.set_nonblocking(false).is_ok() && is_would_block(&r)
+}
+
+fn is_would_block(r: &io::Result<usize>) -> bool {
+    matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 impl Read for Transport {
@@ -114,7 +151,14 @@ pub fn read_line_limited<R: io::BufRead>(
 }
 
 /// Copies a message into `out` as SMTP DATA: lines starting with `.` get
-/// another `.`, bare LF becomes CRLF, and the terminating `.` line is added.
+/// another `.`, bare LF and bare CR become CRLF, and the terminating `.`
+/// line is added.
+///
+/// A bare CR must not reach the next hop as it is: servers disagree on
+/// whether it ends a line, and `<CR>.<CR>` or `<LF>.<CR><LF>` read as the
+/// end of DATA by one of them smuggles a second message past the other
+/// (SMTP smuggling). As a line break it is harmless, and a dot after it is
+/// stuffed like any other.
 ///
 /// Output goes out in writes of about 64 KiB, the terminating line with the
 /// last of them: a short message is one write. The buffers are the
@@ -150,7 +194,10 @@ fn stuff(
 ) -> io::Result<()> {
     output.clear();
     let mut line_start = true;
-    let mut last_cr = false;
+    // A CR read but not yet written: whether it ends a CRLF or stands
+    // alone is known only from the next byte, which may be in the next
+    // read.
+    let mut held_cr = false;
     loop {
         let n = match reader.read(input) {
             Ok(0) => break,
@@ -159,23 +206,36 @@ fn stuff(
             Err(e) => return Err(e),
         };
         for &b in &input[..n] {
-            if line_start && b == b'.' {
-                output.push(b'.');
+            if held_cr {
+                held_cr = false;
+                output.extend_from_slice(b"\r\n");
+                line_start = true;
+                if b == b'\n' {
+                    continue;
+                }
             }
-            if b == b'\n' && !last_cr {
-                output.push(b'\r');
+            match b {
+                b'\r' => held_cr = true,
+                b'\n' => {
+                    output.extend_from_slice(b"\r\n");
+                    line_start = true;
+                }
+                _ => {
+                    if line_start && b == b'.' {
+                        output.push(b'.');
+                    }
+                    output.push(b);
+                    line_start = false;
+                }
             }
-            output.push(b);
-            last_cr = b == b'\r';
-            line_start = b == b'\n';
         }
         if output.len() >= CHUNK {
             out.write_all(output)?;
             output.clear();
         }
     }
-    if !line_start {
-        output.extend_from_slice(if last_cr { b"\n" } else { b"\r\n" });
+    if held_cr || !line_start {
+        output.extend_from_slice(b"\r\n");
     }
     output.extend_from_slice(b".\r\n");
     out.write_all(output)?;
@@ -229,6 +289,94 @@ mod tests {
         // Twice on one thread: the kept buffers start clean.
         assert_eq!(stuffed(&input), want);
         assert_eq!(stuffed(&input), want);
+    }
+
+    #[test]
+    fn a_bare_cr_becomes_a_line_break_and_a_dot_after_it_is_stuffed() {
+        assert_eq!(stuffed(b"a\rb\r\n"), b"a\r\nb\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r.b\r\n"), b"a\r\n..b\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r\r\n"), b"a\r\n\r\n.\r\n");
+        assert_eq!(stuffed(b"\r"), b"\r\n.\r\n");
+        // The smuggling sequences: none may end DATA early at any reader.
+        for evil in [
+            &b"x\r.\r\nMAIL FROM:<e@vil>\r\n"[..],
+            b"x\n.\rMAIL FROM:<e@vil>\r\n",
+            b"x\r\n.\rMAIL FROM:<e@vil>\r\n",
+            b"x\r.\rMAIL FROM:<e@vil>\r\n",
+        ] {
+            let out = stuffed(evil);
+            assert_eq!(
+                out.iter().filter(|&&b| b == b'\r').count(),
+                out.iter().filter(|&&b| b == b'\n').count(),
+                "{:?}",
+                String::from_utf8_lossy(&out)
+            );
+            assert!(out.windows(2).all(|w| (w[0] == b'\r') == (w[1] == b'\n')));
+            assert_eq!(out, b"x\r\n..\r\nMAIL FROM:<e@vil>\r\n.\r\n");
+            assert_eq!(
+                out.windows(5).filter(|w| w == b"\r\n.\r\n").count(),
+                1,
+                "{:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+
+    /// Hands out its input in reads of the given sizes, in turn.
+    struct Pieces<'a> {
+        data: &'a [u8],
+        sizes: &'a [usize],
+        turn: usize,
+    }
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let want = self.sizes[self.turn % self.sizes.len()];
+            self.turn += 1;
+            let n = want.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_bare_cr_at_the_end_of_a_read_or_a_chunk_is_still_known_for_what_it_is() {
+        // A CR as the last byte of a full 64 KiB read, followed by a dot,
+        // by LF, or by text, and CRs at the ends of tiny reads.
+        for next in [&b".x\r\n"[..], b"\n.y\r\n", b"z\r\n"] {
+            let mut input = vec![b'a'; CHUNK - 1];
+            input.push(b'\r');
+            input.extend_from_slice(next);
+            let mut want = vec![b'a'; CHUNK - 1];
+            want.extend_from_slice(b"\r\n");
+            match next[0] {
+                b'.' => want.extend_from_slice(b"..x\r\n"),
+                b'\n' => want.extend_from_slice(b"..y\r\n"),
+                _ => want.extend_from_slice(b"z\r\n"),
+            }
+            want.extend_from_slice(b".\r\n");
+            assert_eq!(stuffed(&input), want);
+            let mut out = Vec::new();
+            let mut r = Pieces {
+                data: &input,
+                sizes: &[CHUNK, 1, 7],
+                turn: 0,
+            };
+            write_dot_stuffed(&mut r, &mut out).unwrap();
+            assert_eq!(out, want);
+        }
+        let input = b"a\r.b\r\nc\r\r.d\n";
+        for sizes in [&[1usize][..], &[2], &[3, 1]] {
+            let mut out = Vec::new();
+            let mut r = Pieces {
+                data: input,
+                sizes,
+                turn: 0,
+            };
+            write_dot_stuffed(&mut r, &mut out).unwrap();
+            assert_eq!(out, b"a\r\n..b\r\nc\r\n\r\n..d\r\n.\r\n");
+        }
     }
 
     #[test]

@@ -227,8 +227,10 @@ pub fn build(n: &Notice<'_>) -> Option<(Envelope, Vec<u8>)> {
     Some((envelope, body))
 }
 
-fn write_recipient_text(m: &mut String, r: &Reported<'_>) {
-    let _ = write!(m, "<{}>: ", r.rcpt.reported_address());
+fn write_recipient_text(out: &mut String, r: &Reported<'_>) {
+    let mut line = String::new();
+    let _ = write!(line, "<{}>: ", r.rcpt.reported_address());
+    let m = &mut line;
     let reply = r.rcpt.last_error.as_ref();
     match (r.action, reply) {
         (Action::Failed, Some(reply)) if r.rcpt.expired => {
@@ -246,7 +248,7 @@ fn write_recipient_text(m: &mut String, r: &Reported<'_>) {
     if let Some(mta) = &r.rcpt.remote_mta {
         let _ = write!(m, " (from {})", mta.trim_start_matches("dns;").trim());
     }
-    m.push_str("\r\n");
+    out.push_str(&folded(&line, "    "));
 }
 
 fn write_recipient_fields(
@@ -269,12 +271,8 @@ fn write_recipient_fields(
     );
     if let Some(orcpt) = &r.rcpt.orcpt {
         let (kind, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
-        let _ = write!(
-            m,
-            "Original-Recipient: {}; {}\r\n",
-            kind.trim(),
-            addr.trim()
-        );
+        let field = format!("Original-Recipient: {}; {}", kind.trim(), addr.trim());
+        m.push_str(&folded(&field, " "));
     }
     let _ = write!(m, "Action: {}\r\nStatus: {status}\r\n", r.action.as_str());
     if let Some(mta) = &r.rcpt.remote_mta {
@@ -285,7 +283,10 @@ fn write_recipient_fields(
         );
     }
     if let (Some(reply), Action::Failed | Action::Delayed) = (reply, r.action) {
-        let _ = write!(m, "Diagnostic-Code: smtp; {reply}\r\n");
+        // A server's reply can be long (up to the 1 KiB the client keeps,
+        // more in metadata written before that limit): folded, so that no
+        // line passes 998 characters (RFC 5322 §2.1.1).
+        m.push_str(&folded(&format!("Diagnostic-Code: smtp; {reply}"), " "));
     }
     if let Some(t) = last_attempt {
         let _ = write!(m, "Last-Attempt-Date: {}\r\n", rfc5322(t));
@@ -293,6 +294,54 @@ fn write_recipient_fields(
     if let (Some(t), Action::Delayed) = (until, r.action) {
         let _ = write!(m, "Will-Retry-Until: {}\r\n", rfc5322(t));
     }
+}
+
+/// Lines are folded at a space once they pass this (RFC 5322's "SHOULD").
+const FOLD_AT: usize = 78;
+/// No line may pass this, spaces or not (RFC 5322 §2.1.1's "MUST").
+const MAX_LINE: usize = 998;
+
+/// `line` ended by CRLF; when it is longer than [`MAX_LINE`], folded at
+/// spaces after [`FOLD_AT`] into lines whose continuations start with
+/// `indent` (white space, so a header field unfolds to its value), and a
+/// word too long even for a line of its own cut at [`MAX_LINE`]. Lines
+/// within the limit stay as they are, as readers and tests know them.
+fn folded(line: &str, indent: &str) -> String {
+    if line.len() <= MAX_LINE {
+        return format!("{line}\r\n");
+    }
+    let mut out = String::with_capacity(line.len() + line.len() / FOLD_AT * 8);
+    let mut current = String::new();
+    for word in line
+        .split([' ', '\t', '\r', '\n'])
+        .filter(|w| !w.is_empty())
+    {
+        let bare = current.is_empty() || current == indent;
+        if !bare && current.len() + 1 + word.len() > FOLD_AT {
+            out.push_str(&current);
+            out.push_str("\r\n");
+            current = indent.to_string();
+        }
+        if !current.is_empty() && !current.ends_with(' ') {
+            current.push(' ');
+        }
+        let mut word = word;
+        while current.len() + word.len() > MAX_LINE {
+            let mut cut = MAX_LINE - current.len();
+            while !word.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            current.push_str(&word[..cut]);
+            out.push_str(&current);
+            out.push_str("\r\n");
+            current = indent.to_string();
+            word = &word[cut..];
+        }
+        current.push_str(word);
+    }
+    out.push_str(&current);
+    out.push_str("\r\n");
+    out
 }
 
 /// Appends text with every line ending turned into CRLF.
@@ -401,4 +450,49 @@ pub(crate) fn failure_notice(
 ) -> Option<(Envelope, Vec<u8>)> {
     let reported: Vec<(usize, Action)> = failed.iter().map(|&i| (i, Action::Failed)).collect();
     notice(config, spool, meta, &reported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_lines_stay_as_they_are() {
+        let line = "Diagnostic-Code: smtp; 550 5.1.1  <b@x.org>: no such user";
+        assert_eq!(folded(line, " "), format!("{line}\r\n"));
+        let line = "x".repeat(MAX_LINE);
+        assert_eq!(folded(&line, " "), format!("{line}\r\n"));
+    }
+
+    #[test]
+    fn long_lines_are_folded_within_998_and_unfold_to_the_same_text() {
+        let words: Vec<String> = (0..400).map(|i| format!("word{i}")).collect();
+        let huge_word = "é".repeat(1500);
+        for text in [
+            words.join(" "),
+            format!("550 5.1.1 {huge_word} end"),
+            huge_word.clone(),
+        ] {
+            let line = format!("Diagnostic-Code: smtp; {text}");
+            let out = folded(&line, " ");
+            assert!(out.ends_with("\r\n"));
+            let lines: Vec<&str> = out.trim_end_matches("\r\n").split("\r\n").collect();
+            assert!(lines.len() > 1);
+            for (i, l) in lines.iter().enumerate() {
+                assert!(l.len() <= MAX_LINE, "{}", l.len());
+                assert!(!l.contains('\r') && !l.contains('\n'));
+                // Continuations start with white space: the field goes on.
+                assert_eq!(i > 0, l.starts_with(' '), "{l:?}");
+                assert!(!l.trim().is_empty());
+            }
+            if !text.contains(&huge_word) {
+                assert!(lines.iter().all(|l| l.len() <= FOLD_AT), "{out}");
+                assert_eq!(out.replace("\r\n", "").trim_end(), line);
+            } else {
+                // The cuts inside the long word add white space, no more.
+                let squeeze = |t: &str| t.split_whitespace().collect::<String>();
+                assert_eq!(squeeze(&out), squeeze(&line));
+            }
+        }
+    }
 }

@@ -213,35 +213,23 @@ pub struct SmtpSink {
     _child: Reaper,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl SmtpSink {
     /// Starts `smtp-sink -u <user> -d <dir>/%M. <extra> 127.0.0.1:PORT 256`.
     pub fn start(extra: &[&str]) -> SmtpSink {
-        let program = require_tool("smtp-sink", "Debian package postfix");
-        let user = current_user();
         let dir = tempfile::tempdir().unwrap();
-        let dump = format!("{}/%M.", dir.path().join("mail").display());
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // The port may be taken between free_port and smtp-sink's bind.
         for _ in 0..5 {
             let port = free_port();
-            let log = fs::File::create(dir.path().join("sink.log")).unwrap();
-            let child = Command::new(&program)
-                .args(["-u", &user, "-d", &dump])
-                .args(extra)
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("256")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("cannot start smtp-sink");
-            let mut child = Reaper(child);
-            if wait_port(port, &mut child.0) {
+            if let Some(child) = spawn_sink(port, dir.path(), &extra) {
                 return SmtpSink {
                     _child: child,
                     port,
                     dir,
+                    extra,
                 };
             }
         }
@@ -249,6 +237,27 @@ impl SmtpSink {
             "smtp-sink did not start:\n{}",
             fs::read_to_string(dir.path().join("sink.log")).unwrap_or_default()
         );
+    }
+
+    /// Kills the sink (its connections die with it) and starts a new one
+    /// on the same port and directory: a next hop restarting.
+    pub fn restart(&mut self) {
+        let _ = self._child.0.kill();
+        let _ = self._child.0.wait();
+        let end = Instant::now() + START_LIMIT;
+        loop {
+            if let Some(child) = spawn_sink(self.port, self.dir.path(), &self.extra) {
+                self._child = child;
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "smtp-sink did not start again on port {}:\n{}",
+                self.port,
+                fs::read_to_string(self.dir.path().join("sink.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn url(&self, scheme: &str) -> String {
@@ -278,6 +287,30 @@ impl SmtpSink {
             .filter(|f| fs::metadata(dir.join(f)).is_ok_and(|m| m.len() > 0))
             .count()
     }
+}
+
+/// Starts smtp-sink on `port`, dumping into `<dir>/mail/`; `None` when it
+/// does not come up (the port is taken).
+fn spawn_sink(port: u16, dir: &Path, extra: &[String]) -> Option<Reaper> {
+    let program = require_tool("smtp-sink", "Debian package postfix");
+    let dump = format!("{}/%M.", dir.join("mail").display());
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("sink.log"))
+        .unwrap();
+    let child = Command::new(&program)
+        .args(["-u", &current_user(), "-d", &dump])
+        .args(extra)
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("256")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("cannot start smtp-sink");
+    let mut child = Reaper(child);
+    wait_port(port, &mut child.0).then_some(child)
 }
 
 /// Waits until `port` accepts connections, or the child exits.
