@@ -285,7 +285,6 @@ fn data_is_unstuffed_and_8bit_and_utf8_bodies_arrive_byte_for_byte() {
     queued_id(&c.data_raw(&dot_stuff(&body)));
     let got = peer.wait_messages(1, LONG);
     let received = &got[0].body;
-    let mut body = body;
     let cr = body.windows(3).position(|w| w == b"e\rC").unwrap() + 1;
     body.insert(cr + 1, b'\n');
     assert!(received.starts_with(b"Received: "), "{}", got[0].text());
