@@ -265,6 +265,7 @@ impl Request {
 fn handle(req: Request, queue: &Queue, pickup: &Sender<()>) -> Response {
     match req {
         Request::Pickup => {
+            log::debug!("control socket: pickup asked for");
             let _ = pickup.try_send(());
             Response::ok()
         }
