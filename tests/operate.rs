@@ -402,3 +402,40 @@ fn stats_count_attempts_and_their_lag_while_the_daemon_runs() {
     assert_eq!(code, 69, "{err}");
     assert!(err.contains("no daemon"), "{err}");
 }
+
+#[test]
+fn expire_during_a_slow_final_dot_reply_bounces_nothing_that_was_delivered() {
+    // The sink waits 3 s before its 250 to the final dot: the attempt is
+    // in flight, the message already sent, when the operator expires it.
+    let sink = common::faulty::FaultySink::start(&["--reply-delay", "3:3"]);
+    let d = Daemon::start(&Setup::to(&sink.url()));
+    let cfg = d.config_path();
+    let id = submit(&d, "slow@example.org");
+    std::thread::sleep(Duration::from_millis(1000));
+    let (code, _, err) = mq(&cfg, &["expire", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(d.wait_log("status=sent", LONG), "{}", d.log());
+    assert!(
+        wait_for(LONG, || d.queued().is_empty()),
+        "the message stayed queued:\n{}",
+        d.log()
+    );
+    // A notice would reach the same sink (3 s later, by its delay).
+    std::thread::sleep(Duration::from_secs(5));
+    let notices: Vec<Value> = sink
+        .deliveries()
+        .into_iter()
+        .filter(|m| m["sender"].as_str().unwrap_or("").is_empty())
+        .collect();
+    assert!(
+        notices.is_empty(),
+        "the sender was told a delivered message failed: {notices:?}\n{}",
+        d.log()
+    );
+    assert!(
+        !d.log().contains("non-delivery notification"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(sink.count(), 1);
+}
