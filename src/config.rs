@@ -440,6 +440,14 @@ impl Config {
                  offered to every MX host that asks",
             ));
         }
+        if !d.username.is_empty() && d.tls == TlsPolicy::None && !d.target.is_local() {
+            return Err(invalid(
+                "delivery.tls",
+                "none",
+                "AUTH is never sent in clear but to loopback: the smarthost would refuse \
+                 every message; use tls = \"verify\"",
+            ));
+        }
         if !d.username.is_empty() && d.tls != TlsPolicy::Verify && !d.tls_insecure_auth {
             return Err(invalid(
                 "delivery.tls",
@@ -531,6 +539,27 @@ fn optional_target<'de, D: Deserializer<'de>>(de: D) -> Result<Option<TargetSpec
         return Ok(None);
     }
     text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+impl TargetSpec {
+    /// True for a next hop on this machine: a loopback address,
+    /// `localhost`, or a Unix socket.
+    pub fn is_local(&self) -> bool {
+        match self {
+            TargetSpec::Remote => false,
+            TargetSpec::LmtpUnix { .. } => true,
+            TargetSpec::Smtp { host, .. }
+            | TargetSpec::Smtps { host, .. }
+            | TargetSpec::Lmtp { host, .. } => {
+                host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for TargetSpec {

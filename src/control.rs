@@ -6,14 +6,14 @@
 //! check and wake up pickup; every other request is taken only from root
 //! and the daemon's own user, as the kernel reports the peer (SO_PEERCRED).
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,19 @@ use crate::queue::admin::Admin;
 use crate::queue::meta::MessageMeta;
 use crate::queue::stats::StatsSnapshot;
 use crate::queue::{MessageId, Queue, QueueError};
+
+/// How long a client has to send its whole request, and to take the reply.
+const REQUEST_TIME: Duration = Duration::from_secs(10);
+/// Longest request from root or the daemon's user: room for the ids of a
+/// bulk command on a large queue.
+const MAX_OWNER_REQUEST: usize = 64 << 20;
+/// Longest request from anyone else the socket's mode lets in (a pickup
+/// wake-up or a quota check is a few dozen bytes).
+const MAX_OTHER_REQUEST: usize = 4096;
+/// Requests served at once; more wait in the listen backlog, so a group
+/// member opening connections cannot make the daemon start threads
+/// without end.
+const MAX_CONNECTIONS: usize = 16;
 
 /// A request to the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,15 +176,32 @@ impl ControlServer {
         let thread = thread::Builder::new()
             .name("mailqueue-control".into())
             .spawn(move || {
+                let busy = Arc::new(AtomicUsize::new(0));
                 for stream in listener.incoming() {
                     if flag.load(Ordering::SeqCst) {
                         return;
                     }
                     let Ok(stream) = stream else { continue };
+                    // Root and the daemon's user are always served; others
+                    // share a few slots and are turned away past them (the
+                    // accept loop never waits, so the owner is never held up).
+                    let slot = if is_owner(&stream) {
+                        None
+                    } else if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                        reply(&stream, &Response::error("busy, try again later"));
+                        continue;
+                    } else {
+                        Some(Slot(Arc::clone(&busy)))
+                    };
                     let (queue, pickup) = (Arc::clone(&queue), pickup.clone());
                     let _ = thread::Builder::new()
                         .name("mailqueue-control-conn".into())
-                        .spawn(move || serve_one(stream, &queue, &pickup));
+                        .spawn(move || {
+                            let _slot = slot;
+                            serve_one(stream, &queue, &pickup)
+                        });
                 }
             })?;
         Ok(ControlServer {
@@ -202,13 +232,79 @@ impl Drop for ControlServer {
     }
 }
 
-fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
+/// True when the peer is root or the daemon's own user.
+fn is_owner(stream: &UnixStream) -> bool {
+    crate::sys::peer_uid(stream).is_ok_and(|uid| uid == 0 || uid == crate::sys::effective_uid())
+}
+
+fn reply(stream: &UnixStream, response: &Response) {
+    let mut out = serde_json::to_vec(response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = (&*stream).write_all(&out);
+}
+
+/// One connection's place among the [`MAX_CONNECTIONS`].
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Reads the request line: the whole of it within [`REQUEST_TIME`] and
+/// `limit` bytes, so that a client trickling bytes, or sending without
+/// end, holds neither a thread nor memory for long.
+fn read_request(stream: &UnixStream, limit: usize) -> io::Result<Vec<u8>> {
+    let deadline = Instant::now() + REQUEST_TIME;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request not complete in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match (&*stream).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let end = buf[..n].iter().position(|&b| b == b'\n');
+        line.extend_from_slice(&buf[..end.unwrap_or(n)]);
+        if line.len() > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("request longer than {limit} bytes"),
+            ));
+        }
+        if n == 0 || end.is_some() {
+            return Ok(line);
+        }
+    }
+}
+
+fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
+    let _ = stream.set_write_timeout(Some(REQUEST_TIME));
+    let limit = if is_owner(&stream) {
+        MAX_OWNER_REQUEST
+    } else {
+        MAX_OTHER_REQUEST
+    };
+    let line = match read_request(&stream, limit) {
+        Ok(l) => String::from_utf8_lossy(&l).into_owned(),
+        Err(e) => {
+            let who = crate::sys::peer_uid(&stream)
+                .map(|uid| format!("userid {uid}"))
+                .unwrap_or_else(|_| "an unknown user".into());
+            log::warn!("control socket: request from {who} dropped: {e}");
+            reply(&stream, &Response::error(e));
+            return;
+        }
+    };
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(req) if !allowed(&stream, &req) => {
             let who = crate::sys::peer_uid(&stream)
@@ -223,9 +319,7 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
         Ok(req) => handle(req, queue, pickup),
         Err(e) => Response::error(format!("bad request: {e}")),
     };
-    let mut out = serde_json::to_vec(&response).unwrap_or_default();
-    out.push(b'\n');
-    let _ = (&stream).write_all(&out);
+    reply(&stream, &response);
 }
 
 /// Root and the daemon's own user may ask anything; others (the spool's

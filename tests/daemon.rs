@@ -362,3 +362,31 @@ fn a_password_file_others_may_read_is_refused_naming_its_mode() {
     assert!(!status.success());
     assert!(err.contains("0640"), "{err}");
 }
+
+#[test]
+fn auth_in_clear_to_a_smarthost_off_this_machine_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = private_password(dir.path());
+    let (ok, err) = check_delivery(
+        dir.path(),
+        &format!(
+            "target = \"smtp://smtp.example.net:587\"\ntls = \"none\"\ntls_insecure_auth = true\n\
+             username = \"u\"\npassword_file = {pw:?}"
+        ),
+    );
+    assert!(!ok, "a config that can never deliver passed check");
+    assert!(err.contains("never sent in clear"), "{err}");
+}
+
+#[test]
+fn a_password_file_of_another_user_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = private_password(dir.path());
+    std::os::unix::fs::chown(&pw, Some(65534), None).unwrap();
+    let (ok, err) = check_delivery(
+        dir.path(),
+        &format!("tls = \"verify\"\nusername = \"u\"\npassword_file = {pw:?}"),
+    );
+    assert!(!ok, "a password file owned by another user was accepted");
+    assert!(err.contains("belongs to user id 65534"), "{err}");
+}

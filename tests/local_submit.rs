@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{binary, free_port, wait_child, Daemon, Setup};
+use common::daemon::{binary, free_port, run_mailqueue, wait_child, Daemon, Setup};
 use common::peers::SmtpSink;
 use common::wait_for;
 
@@ -614,4 +614,103 @@ fn a_setgid_sendmail_lets_any_user_submit_and_trusts_none_of_their_config() {
         .unwrap_or_else(|| panic!("not delivered:\n{}", d.log()));
     assert!(got.contains("(mailqueue, from userid 47112)"), "{got}");
     assert!(!got.contains("SECRET"), "{got}");
+}
+
+#[test]
+fn a_group_member_cannot_flood_the_control_socket() {
+    require_root("to switch users");
+    let d = UserDaemon::start(&Setup::default());
+    fs::set_permissions(d.spool(), fs::Permissions::from_mode(0o710)).unwrap();
+    let sock = d.spool().join("control.sock");
+    // 64 MiB without a newline, then 40 connections held open at once.
+    let script = r#"
+import socket, sys
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+sent = 0
+chunk = b"A" * 65536
+try:
+    while sent < 64 << 20:
+        sent += s.send(chunk)
+except OSError:
+    pass
+print("sent", sent, file=sys.stderr)
+held, busy = [], 0
+for _ in range(40):
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(path)
+    c.settimeout(0.5)
+    try:
+        if b"busy" in c.recv(200):
+            busy += 1
+    except OSError:
+        pass
+    held.append(c)
+print("busy", busy, file=sys.stderr)
+sys.stdout.flush()
+import time; time.sleep(3)
+"#;
+    let member = std::thread::spawn({
+        let sock = sock.clone();
+        move || {
+            run_as(
+                MEMBER,
+                "022",
+                Path::new("/usr/bin/python3"),
+                &["-c", script, sock.to_str().unwrap()],
+                &[],
+                b"",
+            )
+        }
+    });
+    // While the member holds its connections, the owner is still served.
+    std::thread::sleep(Duration::from_millis(1500));
+    let config = d.config();
+    let (code, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "list"]);
+    let (_, said) = member.join().unwrap();
+    assert!(code.success(), "the owner was not served: {err}\n{said}");
+    let sent: usize = said
+        .lines()
+        .find_map(|l| l.strip_prefix("sent "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    // The socket buffers hold a few hundred KiB; the daemon stops reading
+    // after 4 KiB instead of taking all 64 MiB into memory.
+    assert!(sent < 8 << 20, "the daemon read {sent} bytes: {said}");
+    assert!(
+        d.log().contains("request longer than 4096 bytes"),
+        "{}",
+        d.log()
+    );
+    let busy: usize = said
+        .lines()
+        .find_map(|l| l.strip_prefix("busy "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(
+        busy >= 20,
+        "every one of 40 connections got a thread: {said}"
+    );
+}
+
+#[test]
+fn the_spool_lock_is_out_of_the_groups_reach() {
+    require_root("to switch users");
+    let d = UserDaemon::start(&Setup::default());
+    fs::set_permissions(d.spool(), fs::Permissions::from_mode(0o710)).unwrap();
+    let lock = d.spool().join("lock");
+    assert_eq!(fs::metadata(&lock).unwrap().mode() & 0o777, 0o600);
+    // Readable, a member could hold it shared and keep a daemon from
+    // starting (and read the daemon's pid).
+    let (code, err) = run_as(
+        MEMBER,
+        "022",
+        Path::new("/usr/bin/flock"),
+        &["-n", "-s", lock.to_str().unwrap(), "true"],
+        &[],
+        b"",
+    );
+    assert_ne!(code, 0, "a group member could open the spool lock");
+    assert!(err.contains("Permission denied"), "{err}");
 }

@@ -372,10 +372,20 @@ fn read_password_file(path: &std::path::Path) -> Result<String, String> {
     use std::os::unix::fs::MetadataExt;
     let mut file = std::fs::File::open(path)
         .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
-    let mode = file
+    let meta = file
         .metadata()
-        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?
-        .mode();
+        .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
+    let mode = meta.mode();
+    // Another user owning it could read or change it at will.
+    let me = crate::sys::effective_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "password_file {} belongs to user id {}: it must belong to the daemon's user \
+             (id {me}) or root",
+            path.display(),
+            meta.uid()
+        ));
+    }
     if mode & 0o077 != 0 {
         return Err(format!(
             "password_file {} is readable by group or others (mode {:04o}): \

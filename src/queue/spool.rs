@@ -365,10 +365,18 @@ impl Spool {
             .truncate(false)
             .read(true)
             .write(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&path)
             .map_err(io_error(&path))?;
         self.adopt(&file, &path)?;
+        // The spool's group may pass through the spool: were the lock
+        // readable to it, a member could hold it shared and keep the
+        // daemon from starting. Spools made before were 0644.
+        let mode = file.metadata().map_err(io_error(&path))?.mode();
+        if mode & 0o077 != 0 {
+            file.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(io_error(&path))?;
+        }
         Ok((file, path))
     }
 
