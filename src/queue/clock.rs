@@ -1,5 +1,6 @@
 //! The engine's time: the wall clock as read at the process's first
-//! reading, advanced by the monotonic clock since.
+//! reading, advanced by the time since boot (`CLOCK_BOOTTIME`: monotonic,
+//! and counting time suspended).
 //!
 //! Every stamp the engine stores (arrival, next attempt, hold) and every
 //! age it computes from them come from this one clock, so a step of the
@@ -11,14 +12,15 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::queue::meta::Timestamp;
 
 /// Where the clock reads its time; a seam for tests.
 pub trait Source: Send + Sync {
     fn wall(&self) -> SystemTime;
-    fn mono(&self) -> Instant;
+    /// A clock that never steps, from any origin.
+    fn mono(&self) -> Duration;
 }
 
 /// The system's clocks.
@@ -28,8 +30,8 @@ impl Source for System {
     fn wall(&self) -> SystemTime {
         SystemTime::now()
     }
-    fn mono(&self) -> Instant {
-        Instant::now()
+    fn mono(&self) -> Duration {
+        crate::sys::boot_time()
     }
 }
 
@@ -40,7 +42,7 @@ const STEP_LOGGED: Duration = Duration::from_secs(60);
 pub struct SteadyClock<S: Source = System> {
     source: S,
     wall0: SystemTime,
-    mono0: Instant,
+    mono0: Duration,
     /// Offset of the wall clock from this clock last logged, in ms.
     logged_offset: AtomicI64,
 }
@@ -57,14 +59,14 @@ impl<S: Source> SteadyClock<S> {
 
     /// Now, as the engine counts it.
     pub fn now(&self) -> Timestamp {
-        let now = self.wall0 + self.source.mono().saturating_duration_since(self.mono0);
+        let now = self.wall0 + self.source.mono().saturating_sub(self.mono0);
         self.note_step(now);
         Timestamp::from_system(now)
     }
 
     /// How far the wall clock is from this clock (positive: ahead), in ms.
     pub fn offset_ms(&self) -> i64 {
-        let now = self.wall0 + self.source.mono().saturating_duration_since(self.mono0);
+        let now = self.wall0 + self.source.mono().saturating_sub(self.mono0);
         millis(self.source.wall()) - millis(now)
     }
 
@@ -117,11 +119,14 @@ mod tests {
 
     /// Clocks the test sets by hand.
     #[derive(Clone)]
-    struct Fake(Arc<Mutex<(SystemTime, Instant)>>);
+    struct Fake(Arc<Mutex<(SystemTime, Duration)>>);
 
     impl Fake {
         fn new() -> Fake {
-            Fake(Arc::new(Mutex::new((SystemTime::now(), Instant::now()))))
+            Fake(Arc::new(Mutex::new((
+                SystemTime::now(),
+                Duration::from_secs(1000),
+            ))))
         }
         /// Time passes: both clocks move.
         fn pass(&self, d: Duration) {
@@ -142,7 +147,7 @@ mod tests {
         fn wall(&self) -> SystemTime {
             self.0.lock().unwrap().0
         }
-        fn mono(&self) -> Instant {
+        fn mono(&self) -> Duration {
             self.0.lock().unwrap().1
         }
     }
