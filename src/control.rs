@@ -59,7 +59,9 @@ pub enum Request {
     Expire {
         ids: Vec<MessageId>,
     },
-    /// New files wait in `incoming/`.
+    /// New files wait in `incoming/`. The daemon fsyncs `incoming/`
+    /// before it answers (and says so in `incoming_synced`): a submitter
+    /// that may not open it relies on that to make its rename durable.
     Pickup,
     /// May a message of `size` bytes be queued now?
     Quota {
@@ -87,6 +89,11 @@ pub struct Response {
     /// For `stats`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsSnapshot>,
+    /// For `pickup`: `incoming/` was fsynced before this answer, so every
+    /// rename into it made before the request is durable. A daemon that
+    /// does not say so (an older one) did not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incoming_synced: bool,
 }
 
 impl Response {
@@ -359,9 +366,20 @@ impl Request {
 fn handle(req: Request, queue: &Queue, pickup: &Sender<()>) -> Response {
     match req {
         Request::Pickup => {
-            log::debug!("control socket: pickup asked for");
+            let incoming = queue.config().spool.join("incoming");
+            let incoming_synced = match crate::queue::spool::sync_dir(&incoming) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("pickup: {e}");
+                    false
+                }
+            };
+            log::debug!("control socket: pickup asked for (incoming/ synced: {incoming_synced})");
             let _ = pickup.try_send(());
-            Response::ok()
+            Response {
+                incoming_synced,
+                ..Response::ok()
+            }
         }
         Request::Quota { size } => match queue.check_quota(size) {
             Ok(()) => Response::ok(),

@@ -133,6 +133,19 @@ fn init_logs() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 }
 
+/// sendmail's log lines (warnings only, unless `RUST_LOG` says more) go
+/// to standard error. Run set-group-id, it takes no level from the
+/// caller's environment.
+fn init_sendmail_logs() {
+    if mailqueue::sys::is_privileged() {
+        env_logger::Builder::new()
+            .filter_level(log::LevelFilter::Warn)
+            .init();
+    } else {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let program = args
@@ -254,6 +267,7 @@ fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]
         }
         Mode::Send => {}
     }
+    init_sendmail_logs();
     let stdin = std::io::stdin();
     let mut input: Box<dyn BufRead> = Box::new(stdin.lock());
     match sendmail::submit(&config, &opts, &mut input) {

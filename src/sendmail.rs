@@ -212,14 +212,28 @@ pub fn submit(
             "no recipients given (name them, or use -t)",
         ));
     }
+    // Pickup would refuse (quarantine) more: say so now, while the caller
+    // can still act on it.
+    let max = config.listen.max_recipients;
+    if recipients.len() > max {
+        return Err(fail(
+            exit::DATAERR,
+            format!(
+                "{} recipients, more than [listen] max_recipients ({max})",
+                recipients.len()
+            ),
+        ));
+    }
 
     let message = complete_message(config, opts, sender.as_ref(), &header, &body);
     check_quota(config, message.len() as u64)?;
     let envelope = IncomingEnvelope { sender, recipients };
-    let path = write_incoming(&config.spool, &envelope, &message)?;
-    match control::request(&config.spool, &Request::Pickup) {
-        Ok(_) | Err(ControlError::NoDaemon) => {}
-        Err(e) => log::warn!("message queued but the daemon was not told: {e}"),
+    let (path, told) = write_incoming(&config.spool, &envelope, &message)?;
+    if !told {
+        match control::request(&config.spool, &Request::Pickup) {
+            Ok(_) | Err(ControlError::NoDaemon) => {}
+            Err(e) => log::warn!("message queued but the daemon was not told: {e}"),
+        }
     }
     Ok(path)
 }
@@ -432,12 +446,14 @@ fn check_quota(config: &Config, size: u64) -> Result<(), Failure> {
 /// Writes the incoming file: temporary name, fsync, rename, then makes
 /// the rename durable. Once the file has its final name the message is
 /// queued (a running daemon may already have taken it), so no error is
-/// reported after that point unless the file could be taken back.
+/// reported after that point unless the file could be taken back (see
+/// [`settle`]). Also returns whether the daemon was told (it is when it
+/// made the rename durable).
 fn write_incoming(
     spool: &Path,
     envelope: &IncomingEnvelope,
     message: &[u8],
-) -> Result<PathBuf, Failure> {
+) -> Result<(PathBuf, bool), Failure> {
     let dir = spool.join("incoming");
     let spool_owner = spool_owner(spool)?;
     let id = MessageId::generate();
@@ -479,19 +495,48 @@ fn write_incoming(
         let _ = fs::remove_file(&tmp);
         return Err(f);
     }
-    if let Err(e) = make_rename_durable(&dir, &file) {
-        // Not durable: take the message back if it is still there, so
-        // that the error we report is true. Gone means the daemon has it,
-        // durably, in its queue.
-        return match fs::remove_file(&dst) {
-            Ok(()) => Err(fail(
-                exit::IOERR,
-                format!("{}: not queued: {e}", dir.display()),
-            )),
-            Err(_) => Ok(dst),
-        };
+    let durable = make_rename_durable(spool, &dir, &file);
+    let told = matches!(durable, Ok(Durable::ByTheDaemon));
+    settle(durable.map(|_| ()), || fs::remove_file(&dst), &dir)?;
+    Ok((dst, told))
+}
+
+/// What to report once the file has its final name, from whether the
+/// rename is durable and, when it is not, from taking the file back.
+///
+/// Exit 0 means durable; any other code means not queued, so the caller
+/// may retry without sending the message twice. Taking the file back
+/// establishes "not queued"; finding it gone establishes that the daemon
+/// has it (it removes a file only once the message is durable in its
+/// queue). When the removal fails otherwise, neither holds: the file is
+/// there, maybe not durable, and the daemon may still take it. Exit 0
+/// would then promise what a crash can undo (mail lost without anyone
+/// told), a failure risks a duplicate if the caller retries: a duplicate
+/// is the lesser harm, so it is a failure (74), whose message says the
+/// message may still be delivered.
+fn settle(
+    durable: io::Result<()>,
+    take_back: impl FnOnce() -> io::Result<()>,
+    dir: &Path,
+) -> Result<(), Failure> {
+    let Err(e) = durable else {
+        return Ok(());
+    };
+    match take_back() {
+        Ok(()) => Err(fail(
+            exit::IOERR,
+            format!("{}: not queued: {e}", dir.display()),
+        )),
+        Err(gone) if gone.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(r) => Err(fail(
+            exit::IOERR,
+            format!(
+                "{}: the message may not survive a crash ({e}) and could not be taken back \
+                 ({r}): it may still be delivered",
+                dir.display()
+            ),
+        )),
     }
-    Ok(dst)
 }
 
 const NOT_ALLOWED_HINT: &str = " (only root, the spool's owner and members of its group may \
@@ -540,13 +585,43 @@ fn give_to_daemon(file: &File, (spool_uid, spool_gid): (u32, u32)) -> io::Result
     file.set_permissions(fs::Permissions::from_mode(INCOMING_FILE_MODE))
 }
 
+/// How a rename into `incoming/` was made durable.
+#[derive(Debug, PartialEq, Eq)]
+enum Durable {
+    /// By fsyncing `incoming/` here.
+    Here,
+    /// By the running daemon, which fsynced `incoming/` before answering
+    /// the pickup request (which also woke it up).
+    ByTheDaemon,
+    /// By syncing the whole file system.
+    Syncfs,
+}
+
 /// Makes the rename into `dir` durable. Submitters other than the owner
-/// may write to incoming/ but not read it, so cannot open it to fsync it:
-/// for them, sync the whole file system the file is on instead.
-fn make_rename_durable(dir: &Path, file: &File) -> io::Result<()> {
+/// may write to incoming/ but not read it, so cannot open it to fsync
+/// it: the running daemon, asked to pick up, fsyncs it before it answers.
+/// With no daemon to ask (or one that does not say it did), sync the
+/// whole file system the file is on instead, which on a busy disk may
+/// take seconds.
+fn make_rename_durable(spool: &Path, dir: &Path, file: &File) -> io::Result<Durable> {
     match File::open(dir).and_then(|d| d.sync_all()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => crate::sys::syncfs(file),
+        Ok(()) => Ok(Durable::Here),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            match control::request(spool, &Request::Pickup) {
+                Ok(r) if r.ok && r.incoming_synced => {
+                    log::debug!("{}: made durable by the daemon", dir.display());
+                    return Ok(Durable::ByTheDaemon);
+                }
+                Ok(r) => log::debug!(
+                    "the daemon did not sync {}: {}",
+                    dir.display(),
+                    r.error.as_deref().unwrap_or("an older daemon")
+                ),
+                Err(e) => log::debug!("no daemon to sync {}: {e}", dir.display()),
+            }
+            log::debug!("{}: made durable by syncfs", dir.display());
+            crate::sys::syncfs(file).map(|()| Durable::Syncfs)
+        }
         Err(e) => Err(e),
     }
 }
@@ -556,12 +631,32 @@ pub fn pickup(queue: &Queue) -> usize {
     Pickup::default().run(queue)
 }
 
+/// How long a temporary file (or any other file not named `*.mail`) may
+/// stay in `incoming/` unchanged before pickup removes it. sendmail holds
+/// one only while it writes and fsyncs a message it has already read
+/// whole; one this old was left by a submitter that was killed (or ran
+/// out of file size) before the rename, and would otherwise stay for
+/// ever, filling the disk outside any queue quota.
+pub const STALE_TMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The daemon's pickup of `incoming/`, pass after pass. It remembers the
-/// files it had to leave, so that one it cannot read is reported when
-/// first met (and when the reason changes), not every few seconds.
+/// files it had to leave (or could not quarantine), so that one it cannot
+/// handle is reported when first met (and when the reason changes), not
+/// every few seconds.
 #[derive(Debug, Default)]
 pub struct Pickup {
     left: std::collections::HashMap<PathBuf, String>,
+    /// Why the queue refused new mail at the last pass, if it did.
+    refused: Option<String>,
+}
+
+/// What one pass changed in the directories, to be made durable at its end.
+#[derive(Default)]
+struct Changes {
+    /// Names removed from `incoming/` (queued, or stale temporary files).
+    removed: bool,
+    /// Names renamed from `incoming/` into `corrupt/`.
+    quarantined: bool,
 }
 
 impl Pickup {
@@ -570,17 +665,39 @@ impl Pickup {
     /// taken now never holds up the others.
     pub fn run(&mut self, queue: &Queue) -> usize {
         let dir = queue.config().spool.join("incoming");
+        let corrupt = queue.config().spool.join("corrupt");
         let Ok(entries) = fs::read_dir(&dir) else {
             return 0;
         };
         let mut left = std::collections::HashMap::new();
-        let mut names: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "mail"))
-            .collect();
+        let mut names = Vec::new();
+        let mut temporary = Vec::new();
+        for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+            if path.extension().is_some_and(|x| x == "mail") {
+                names.push(path);
+            } else {
+                // sendmail's temporary files, and whatever else a member
+                // of the spool's group dropped there under another name.
+                temporary.push(path);
+            }
+        }
         names.sort();
+        let mut changes = Changes::default();
+        for path in temporary {
+            changes.removed |= remove_if_stale(&path);
+        }
+        // A queue over quota would refuse every file, after reading it
+        // whole: leave them all for a later pass.
+        let mut open = true;
+        if !names.is_empty() {
+            if let Err(e) = queue.check_quota(0) {
+                self.refused_now(&e.to_string(), names.len());
+                names.clear();
+                open = false;
+            }
+        }
         let mut queued = 0;
+        let mut refused = None;
         for path in names {
             match pickup_one(queue, &path) {
                 Ok((id, uid)) => {
@@ -592,49 +709,134 @@ impl Pickup {
                         );
                     } else {
                         log::info!("{id}: picked up {} from userid {uid}", path.display());
+                        changes.removed = true;
                     }
                     queued += 1;
                 }
                 Err(PickupError::Later(why)) => {
-                    if self.left.get(&path) == Some(&why) {
-                        log::debug!("{}: left for a later pass: {why}", path.display());
-                    } else {
-                        log::warn!("{}: left for a later pass: {why}", path.display());
-                    }
+                    self.note(&path, &why, log::Level::Warn, |why| {
+                        format!("left for a later pass: {why}")
+                    });
                     left.insert(path, why);
                 }
                 Err(PickupError::Queue(e)) => {
                     // The queue refuses (full, closing): so it would for the rest.
-                    log::warn!("{}: left for a later pass: {e}", path.display());
+                    refused = Some(e.to_string());
                     break;
                 }
                 Err(PickupError::Corrupt(why)) => {
-                    let to = queue
-                        .config()
-                        .spool
-                        .join("corrupt")
-                        .join(path.file_name().unwrap_or_default());
+                    let to = corrupt.join(path.file_name().unwrap_or_default());
                     match fs::rename(&path, &to) {
                         Ok(()) => {
-                            log::error!("{}: moved to {}: {why}", path.display(), to.display())
+                            log::error!("{}: moved to {}: {why}", path.display(), to.display());
+                            changes.quarantined = true;
                         }
-                        Err(e) => log::error!(
-                            "{}: {why}; cannot move it to {}: {e}",
-                            path.display(),
-                            to.display()
-                        ),
+                        Err(e) => {
+                            // Say so once: it would fail alike every pass
+                            // (another user's directory cannot be moved
+                            // out of the sticky incoming/).
+                            let why = format!("{why}; cannot move it to {}: {e}", to.display());
+                            self.note(&path, &why, log::Level::Error, |why| why.to_string());
+                            left.insert(path, why);
+                        }
                     }
                 }
             }
         }
-        if queued > 0 {
-            // A removal lost in a crash would queue the message a second time.
+        match refused {
+            Some(why) => self.refused_now(&why, 1),
+            None if open => self.refused = None,
+            None => {}
+        }
+        if changes.quarantined {
+            // The new names first, then the old ones' removal: a crash in
+            // between leaves a file in both places, never in neither.
+            if let Err(e) = sync_dir(&corrupt) {
+                log::warn!("{}: {e}", corrupt.display());
+            }
+        }
+        if changes.removed || changes.quarantined {
+            // A removal lost in a crash would queue the message a second
+            // time, or bring back a file already quarantined.
             if let Err(e) = sync_dir(&dir) {
                 log::warn!("{}: {e}", dir.display());
             }
         }
         self.left = left;
         queued
+    }
+
+    /// Logs what happened to `path`: at `level` when first met or when
+    /// the reason changed since the last pass, at debug level after that.
+    fn note(&self, path: &Path, why: &str, level: log::Level, text: impl Fn(&str) -> String) {
+        let level = if self.left.get(path).is_some_and(|w| w == why) {
+            log::Level::Debug
+        } else {
+            level
+        };
+        log::log!(level, "{}: {}", path.display(), text(why));
+    }
+
+    /// The queue refuses new mail: say so when it starts, not every pass.
+    fn refused_now(&mut self, why: &str, waiting: usize) {
+        let level = if self.refused.as_deref() == Some(why) {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            level,
+            "incoming: {waiting} file(s) left for a later pass: {why}"
+        );
+        self.refused = Some(why.to_string());
+    }
+}
+
+/// Removes a temporary file, or any file not named `*.mail` (a symbolic
+/// link is removed, never followed), that has not changed for
+/// [`STALE_TMP_AGE`]; true when it did. Directories, FIFOs and the like
+/// are left alone (they hold no data).
+fn remove_if_stale(path: &Path) -> bool {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return false;
+    };
+    let kind = meta.file_type();
+    if !(kind.is_file() || kind.is_symlink()) {
+        return false;
+    }
+    let age = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .unwrap_or_default();
+    if age < STALE_TMP_AGE {
+        return false;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let what = if name.starts_with('.') && name.ends_with(".tmp") {
+                "an unfinished submission"
+            } else {
+                "not a submission"
+            };
+            log::info!(
+                "{}: removed, {what} of userid {} ({} bytes, unchanged for {}s)",
+                path.display(),
+                meta.uid(),
+                meta.len(),
+                age.as_secs()
+            );
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => {
+            log::warn!(
+                "{}: cannot remove a stale temporary file: {e}",
+                path.display()
+            );
+            false
+        }
     }
 }
 
@@ -722,6 +924,18 @@ fn pickup_one(queue: &Queue, path: &Path) -> Result<(MessageId, u32), PickupErro
         .map_err(|e| PickupError::Corrupt(format!("bad envelope line: {e}")))?;
     if env.recipients.is_empty() {
         return Err(PickupError::Corrupt("no recipients".into()));
+    }
+    // sendmail enforces the limit; a file written into incoming/ directly
+    // (the spool's group may) must not get past it either.
+    let max = queue.config().listen.max_recipients;
+    let mut distinct: Vec<&Address> = env.recipients.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() > max {
+        return Err(PickupError::Corrupt(format!(
+            "{} recipients, more than [listen] max_recipients ({max})",
+            distinct.len()
+        )));
     }
     let envelope = Envelope::new(env.sender, env.recipients);
 
@@ -872,6 +1086,37 @@ mod tests {
         };
         assert!(over.read_to_end(&mut Vec::new()).is_err());
         assert!(matches!(over.failure, Some(SourceFailure::TooLarge)));
+    }
+
+    #[test]
+    fn exit_0_only_when_the_rename_is_durable() {
+        let dir = Path::new("/spool/incoming");
+        let unsynced = || Err(io::Error::other("fsync failed"));
+        let kind = |k: io::ErrorKind| move || Err(io::Error::from(k));
+        // Durable: whatever taking back would do, it is not tried.
+        assert!(settle(Ok(()), || panic!("taken back"), dir).is_ok());
+        // Not durable, taken back: not queued.
+        let f = settle(unsynced(), || Ok(()), dir).unwrap_err();
+        assert_eq!(f.code, exit::IOERR);
+        assert!(f.message.contains("not queued"), "{}", f.message);
+        // Gone: the daemon has it, durably.
+        assert!(settle(unsynced(), kind(io::ErrorKind::NotFound), dir).is_ok());
+        // Still there and maybe not durable: never exit 0, and say that
+        // it may be delivered all the same.
+        for k in [
+            io::ErrorKind::PermissionDenied,
+            io::ErrorKind::Other,
+            io::ErrorKind::ReadOnlyFilesystem,
+        ] {
+            let f = settle(unsynced(), kind(k), dir).unwrap_err();
+            assert_ne!(f.code, exit::OK);
+            assert!(
+                f.message.contains("may still be delivered"),
+                "{}",
+                f.message
+            );
+            assert!(!f.message.contains("not queued"), "{}", f.message);
+        }
     }
 
     #[test]

@@ -714,3 +714,298 @@ fn the_spool_lock_is_out_of_the_groups_reach() {
     assert_ne!(code, 0, "a group member could open the spool lock");
     assert!(err.contains("Permission denied"), "{err}");
 }
+
+/// Sets a file's modification time `ago` back, without following a
+/// symbolic link (touch -h).
+fn age(path: &Path, ago: Duration) {
+    let when = std::time::SystemTime::now() - ago;
+    let secs = when
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let status = Command::new("touch")
+        .args(["-h", "-d"])
+        .arg(format!("@{secs}"))
+        .arg(path)
+        .status()
+        .expect("touch(1) is needed to age a symbolic link");
+    assert!(status.success(), "touch -h {}", path.display());
+}
+
+#[test]
+fn pickup_removes_temporary_files_a_killed_sendmail_left_behind() {
+    let d = Daemon::start(&Setup::default());
+    let incoming = d.spool().join("incoming");
+    let two_hours = Duration::from_secs(2 * 3600);
+    // What a sendmail killed between create and rename leaves.
+    let old = incoming.join(".0123456789abcdef0123-00000000000000aa.tmp");
+    fs::write(&old, submission("old@example.org", "abandoned")).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - two_hours)
+        .unwrap();
+    // A link is removed, never followed: what it names stays.
+    let target = d.dir.path().join("precious");
+    fs::write(&target, "keep me").unwrap();
+    let link = incoming.join(".link-00000000000000bb.tmp");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    age(&link, two_hours);
+    // Not even a submission's name: removed too, or it would fill the
+    // disk as well.
+    let junk = incoming.join("junk");
+    fs::write(&junk, "x".repeat(1000)).unwrap();
+    age(&junk, two_hours);
+    // One being written now stays, and so does what is neither a file
+    // nor a link.
+    let fresh = incoming.join(".fresh-00000000000000cc.tmp");
+    fs::write(&fresh, "being written").unwrap();
+    let dir = incoming.join(".dir-00000000000000dd.tmp");
+    fs::create_dir(&dir).unwrap();
+    age(&dir, two_hours);
+
+    assert!(
+        wait_for(LONG, || !old.exists()
+            && fs::symlink_metadata(&link).is_err()),
+        "stale temporary files were not removed: {:?}\n{}",
+        common::files_in(&incoming),
+        d.log()
+    );
+    assert_eq!(fs::read_to_string(&target).unwrap(), "keep me");
+    assert!(
+        fresh.exists() && dir.is_dir(),
+        "{:?}",
+        common::files_in(&incoming)
+    );
+    let log = d.log();
+    for name in [&old, &link] {
+        let name = name.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            log.lines()
+                .filter(|l| l.contains(name) && l.contains("removed, an unfinished submission"))
+                .count(),
+            1,
+            "{log}"
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/junk: removed, not a submission of userid 0 (1000 bytes")),
+        "{log}"
+    );
+    // Nothing is ever queued from a temporary file.
+    assert!(d.queued().is_empty(), "{:?}", d.queued());
+}
+
+#[test]
+fn what_cannot_be_quarantined_is_reported_once_not_every_pass() {
+    require_root("to run the daemon as another user");
+    let sink = SmtpSink::start(&[]);
+    let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
+    // Another user's directory: the daemon may not move it out of
+    // incoming/ (renaming a directory needs write access to it).
+    let stuck = d.spool().join("incoming").join("0-dir.mail");
+    fs::create_dir(&stuck).unwrap();
+    chown(&stuck, 0, 0, 0o755);
+    // Each submission is a pickup pass (it wakes the daemon, and is
+    // delivered only once that pass ran).
+    for n in 0..3 {
+        let subject = format!("Subject: pass {n}");
+        let (code, err) = sendmail_as(
+            ROOT,
+            "022",
+            &d.config(),
+            &["-i", "-f", "s@example.org", "r@example.org"],
+            format!("{subject}\n\nhello\n").as_bytes(),
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            delivered(&sink, &subject, LONG).is_some(),
+            "not delivered:\n{}",
+            d.log()
+        );
+    }
+    assert!(stuck.is_dir());
+    let log = d.log();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("0-dir.mail: not a regular file but a directory"))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("0-dir.mail")
+            && l.contains("ERROR")
+            && l.contains("cannot move it to")),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_group_member_has_the_daemon_make_its_rename_durable_not_syncfs() {
+    require_root("to switch users");
+    let sink = SmtpSink::start(&[]);
+    let mut d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
+    let config = d.config();
+    let member_sendmail = |subject: &str| {
+        run_as(
+            MEMBER,
+            "022",
+            Path::new(binary()),
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "sendmail",
+                "-i",
+                "-f",
+                "app@example.org",
+                "member@example.org",
+            ],
+            &[("RUST_LOG", "mailqueue::sendmail=debug")],
+            format!("Subject: {subject}\n\nhello\n").as_bytes(),
+        )
+    };
+    let (code, err) = member_sendmail("durable by the daemon");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("made durable by the daemon"), "{err}");
+    assert!(!err.contains("syncfs"), "{err}");
+    assert!(
+        d.log()
+            .contains("pickup asked for (incoming/ synced: true)"),
+        "{}",
+        d.log()
+    );
+    assert!(delivered(&sink, "Subject: durable by the daemon", LONG).is_some());
+    // The daemon was told once, by the request that made the rename
+    // durable.
+    assert_eq!(
+        d.log().matches("control socket: pickup asked for").count(),
+        1
+    );
+
+    // With no daemon to ask, the whole file system is synced.
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    let (code, err) = member_sendmail("no daemon");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("made durable by syncfs"), "{err}");
+    assert_eq!(d.incoming().len(), 1, "{:?}", d.incoming());
+}
+
+#[test]
+fn pickup_refuses_more_recipients_than_max_recipients() {
+    let sink = SmtpSink::start(&[]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")).listen("max_recipients = 2"));
+    let incoming = d.spool().join("incoming");
+    // Written straight into incoming/, as the spool's group may.
+    let three = b"{\"sender\":\"s@example.org\",\"recipients\":[\"a@example.org\",\
+        \"b@example.org\",\"c@example.org\"]}\nSubject: three\r\n\r\nbody\r\n";
+    fs::write(incoming.join("0-three.mail"), three).unwrap();
+    // Two distinct recipients, one named twice: within the limit.
+    let twice = b"{\"sender\":\"s@example.org\",\"recipients\":[\"a@example.org\",\
+        \"b@example.org\",\"a@example.org\"]}\nSubject: two\r\n\r\nbody\r\n";
+    fs::write(incoming.join("1-two.mail"), twice).unwrap();
+    assert!(
+        delivered(&sink, "Subject: two", LONG).is_some(),
+        "{}",
+        d.log()
+    );
+    let corrupt = d.spool().join("corrupt");
+    assert!(
+        wait_for(LONG, || common::files_in(&corrupt) == vec!["0-three.mail"]),
+        "{:?}\n{}",
+        common::files_in(&corrupt),
+        d.log()
+    );
+    assert!(
+        d.log()
+            .contains("3 recipients, more than [listen] max_recipients (2)"),
+        "{}",
+        d.log()
+    );
+    assert!(!sink.messages().iter().any(|m| m.contains("Subject: three")));
+
+    // sendmail says so itself, rather than exit 0 for a message pickup
+    // would refuse.
+    let (code, err) = finish(
+        {
+            let mut c = Command::new(binary());
+            c.arg("--config")
+                .arg(d.config_path())
+                .args([
+                    "sendmail",
+                    "-i",
+                    "a@example.org",
+                    "b@example.org",
+                    "c@example.org",
+                ])
+                .env_remove("MAILQUEUE_CONFIG");
+            c
+        },
+        b"Subject: three again\n\nbody\n",
+    );
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("max_recipients"), "{err}");
+}
+
+#[test]
+fn a_full_queue_leaves_direct_submissions_waiting_and_says_so_once() {
+    // Nothing listens at the target, and the next try is an hour away:
+    // mail stays queued.
+    let d = Daemon::start(
+        &Setup::default()
+            .queue("max_messages = 1\ninitial_retry = \"1h\"\nmax_retry_interval = \"1h\""),
+    );
+    let incoming = d.spool().join("incoming");
+    fs::write(
+        incoming.join("0-first.mail"),
+        submission("a@example.org", "first"),
+    )
+    .unwrap();
+    assert!(
+        wait_for(LONG, || d.queued().len() == 1),
+        "{:?}\n{}",
+        d.queued(),
+        d.log()
+    );
+    fs::write(
+        incoming.join("1-second.mail"),
+        submission("b@example.org", "second"),
+    )
+    .unwrap();
+    assert!(
+        d.wait_log("left for a later pass: queue full", LONG),
+        "{}",
+        d.log()
+    );
+    // Two more passes (one every 5 s).
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(
+        common::files_in(&incoming),
+        vec!["1-second.mail"],
+        "{}",
+        d.log()
+    );
+    assert!(common::files_in(&d.spool().join("corrupt")).is_empty());
+    assert_eq!(
+        d.log().matches("left for a later pass: queue full").count(),
+        1,
+        "{}",
+        d.log()
+    );
+
+    // Room again: it is queued.
+    let id = d.queued()[0].trim_end_matches(".msg").to_string();
+    let config = d.config_path();
+    let (status, _, err) =
+        common::daemon::run_mailqueue(&["--config", config.to_str().unwrap(), "delete", &id]);
+    assert!(status.success(), "{err}");
+    assert!(
+        wait_for(LONG, || common::files_in(&incoming).is_empty()),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.queued().len(), 1, "{:?}", d.queued());
+}
