@@ -85,7 +85,15 @@ pub fn serve(config: Config) -> Result<(), String> {
             .spawn(move || {
                 let mut pickup = sendmail::Pickup::default();
                 loop {
-                    pickup.run(&queue);
+                    // A bug hit by one submission must not end pickup for
+                    // all the others (and, silently, for good).
+                    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        pickup.run(&queue);
+                    }));
+                    if pass.is_err() {
+                        log::error!("pickup pass panicked; the next pass starts afresh");
+                        pickup = sendmail::Pickup::default();
+                    }
                     crossbeam_channel::select! {
                         recv(pickup_rx) -> _ => {}
                         recv(pickup_stopped) -> _ => return,
