@@ -94,6 +94,10 @@ pub struct Response {
     /// does not say so (an older one) did not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incoming_synced: bool,
+    /// For `quota`: refused because the queue is full. Any other refusal
+    /// (busy, say) says nothing about the quota.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quota_full: bool,
 }
 
 impl Response {
@@ -323,7 +327,7 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
                 req.name()
             ))
         }
-        Ok(req) => handle(req, queue, pickup),
+        Ok(req) => handle(req, queue, pickup, is_owner(&stream)),
         Err(e) => Response::error(format!("bad request: {e}")),
     };
     reply(&stream, &response);
@@ -363,7 +367,7 @@ impl Request {
     }
 }
 
-fn handle(req: Request, queue: &Queue, pickup: &Sender<()>) -> Response {
+fn handle(req: Request, queue: &Queue, pickup: &Sender<()>, owner: bool) -> Response {
     match req {
         Request::Pickup => {
             let incoming = queue.config().spool.join("incoming");
@@ -383,6 +387,16 @@ fn handle(req: Request, queue: &Queue, pickup: &Sender<()>) -> Response {
         }
         Request::Quota { size } => match queue.check_quota(size) {
             Ok(()) => Response::ok(),
+            // The figures (bytes queued, space free) are the owner's to
+            // see, as with `stats`; the group learns only that it is full.
+            Err(e @ QueueError::Quota(_)) => Response {
+                quota_full: true,
+                ..Response::error(if owner {
+                    e.to_string()
+                } else {
+                    "queue full".into()
+                })
+            },
             Err(e) => Response::error(e),
         },
         Request::Stats => Response {

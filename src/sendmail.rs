@@ -424,11 +424,14 @@ fn default_sender(config: &Config) -> Result<Address, Failure> {
 fn check_quota(config: &Config, size: u64) -> Result<(), Failure> {
     match control::request(&config.spool, &Request::Quota { size }) {
         Ok(r) if r.ok => Ok(()),
-        Ok(r) => Err(fail(
+        Ok(r) if r.quota_full => Err(fail(
             exit::TEMPFAIL,
             r.error.unwrap_or_else(|| "queue full".into()),
         )),
-        Err(_) => {
+        // Any other answer (busy, say: a group member may hold the
+        // socket's shared slots) tells nothing of the quota: judge by the
+        // disk, as with no daemon, rather than refuse the mail.
+        _ => {
             let min = config.queue.min_free_bytes;
             match fs2::available_space(&config.spool) {
                 Ok(free) if free < min.saturating_add(size) => Err(fail(

@@ -1009,3 +1009,50 @@ fn a_full_queue_leaves_direct_submissions_waiting_and_says_so_once() {
     );
     assert_eq!(d.queued().len(), 1, "{:?}", d.queued());
 }
+
+#[test]
+fn a_member_holding_every_control_slot_does_not_stop_submissions() {
+    require_root("to switch users");
+    let sink = SmtpSink::start(&[]);
+    let d = UserDaemon::start(&Setup::to(&sink.url("smtp")));
+    fs::set_permissions(d.spool(), fs::Permissions::from_mode(0o710)).unwrap();
+    let sock = d.spool().join("control.sock");
+    let script = r#"
+import socket, sys, time
+held = []
+for _ in range(40):
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(sys.argv[1])
+    held.append(c)
+print("holding", file=sys.stderr, flush=True)
+time.sleep(4)
+"#;
+    let holder = std::thread::spawn({
+        let sock = sock.clone();
+        move || {
+            run_as(
+                MEMBER,
+                "022",
+                Path::new("/usr/bin/python3"),
+                &["-c", script, sock.to_str().unwrap()],
+                &[],
+                b"",
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, err) = sendmail_as(
+        MEMBER,
+        "022",
+        &d.config(),
+        &["-i", "-f", "app@example.org", "busy@example.org"],
+        b"Subject: while busy\n\nhello\n",
+    );
+    let _ = holder.join();
+    assert_eq!(code, 0, "a busy control socket refused the mail: {err}");
+    assert!(
+        delivered(&sink, "Subject: while busy", LONG).is_some(),
+        "{}",
+        d.log()
+    );
+}
