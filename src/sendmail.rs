@@ -44,9 +44,26 @@ pub mod exit {
 /// Largest message taken on standard input when no config says otherwise.
 const DEFAULT_MAX_SIZE: u64 = 32 * 1024 * 1024;
 
-/// Longest envelope line pickup reads: far beyond any real recipient list
-/// (`max_recipients` addresses), and small enough to hold in memory.
-const MAX_ENVELOPE_LINE: u64 = 64 * 1024;
+/// Room in the envelope line for one recipient: the longest address
+/// (64 + 1 + 255 bytes) twice over for JSON escapes, with its quotes.
+const ENVELOPE_BYTES_PER_RECIPIENT: u64 = 700;
+
+/// Longest envelope line pickup reads, for a configuration: every
+/// recipient `max_recipients` allows at its longest, and the sender;
+/// bounded, so it can be held in memory. sendmail checks what it writes
+/// against the same figure, so it never reports as queued a file that
+/// pickup would refuse.
+fn max_envelope_line(config: &Config) -> u64 {
+    (config.listen.max_recipients as u64)
+        .saturating_mul(ENVELOPE_BYTES_PER_RECIPIENT)
+        .saturating_add(4096)
+}
+
+/// Largest message (after the envelope line) pickup takes: what sendmail
+/// may have accepted plus the header fields it adds.
+fn max_incoming_message(config: &Config) -> u64 {
+    config.listen.max_message_size.saturating_add(ADDED_HEADERS)
+}
 
 /// What sendmail may add to a message of `max_message_size` bytes (From,
 /// Date, Message-ID), so that a message it accepted is never refused at
@@ -226,8 +243,30 @@ pub fn submit(
     }
 
     let message = complete_message(config, opts, sender.as_ref(), &header, &body);
+    // What pickup would refuse must not be reported as queued.
+    let max = max_incoming_message(config);
+    if message.len() as u64 > max {
+        return Err(fail(
+            exit::DATAERR,
+            format!(
+                "the message with the header fields added is {} bytes, more than {max} \
+                 (max_message_size and {ADDED_HEADERS} bytes of added header; a long -F?)",
+                message.len()
+            ),
+        ));
+    }
     check_quota(config, message.len() as u64)?;
     let envelope = IncomingEnvelope { sender, recipients };
+    let line = serde_json::to_vec(&envelope).map_or(0, |l| l.len() as u64 + 1);
+    if line > max_envelope_line(config) {
+        return Err(fail(
+            exit::DATAERR,
+            format!(
+                "the envelope is {line} bytes, more than {} (fewer or shorter recipients)",
+                max_envelope_line(config)
+            ),
+        ));
+    }
     let (path, told) = write_incoming(&config.spool, &envelope, &message)?;
     if !told {
         match control::request(&config.spool, &Request::Pickup) {
@@ -898,12 +937,9 @@ fn pickup_one(queue: &Queue, path: &Path) -> Result<(MessageId, u32), PickupErro
         )));
     }
     let uid = meta.uid();
-    let max_message = queue
-        .config()
-        .listen
-        .max_message_size
-        .saturating_add(ADDED_HEADERS);
-    let max_file = max_message.saturating_add(MAX_ENVELOPE_LINE);
+    let max_message = max_incoming_message(queue.config());
+    let max_line = max_envelope_line(queue.config());
+    let max_file = max_message.saturating_add(max_line);
     if meta.len() > max_file {
         return Err(PickupError::Corrupt(format!(
             "{} bytes, more than a submission may have ({max_file}: [listen] max_message_size \
@@ -915,12 +951,12 @@ fn pickup_one(queue: &Queue, path: &Path) -> Result<(MessageId, u32), PickupErro
     let mut reader = io::BufReader::new(file);
     let mut line = Vec::new();
     (&mut reader)
-        .take(MAX_ENVELOPE_LINE)
+        .take(max_line)
         .read_until(b'\n', &mut line)
         .map_err(|e| PickupError::Later(format!("reading it: {e}")))?;
     if line.last() != Some(&b'\n') {
         return Err(PickupError::Corrupt(format!(
-            "no envelope line (a JSON line of at most {MAX_ENVELOPE_LINE} bytes)"
+            "no envelope line (a JSON line of at most {max_line} bytes)"
         )));
     }
     let env: IncomingEnvelope = serde_json::from_slice(&line)
@@ -930,17 +966,19 @@ fn pickup_one(queue: &Queue, path: &Path) -> Result<(MessageId, u32), PickupErro
     }
     // sendmail enforces the limit; a file written into incoming/ directly
     // (the spool's group may) must not get past it either.
+    // Each recipient once, as sendmail writes them: a list that repeats
+    // one address must not carry it past the limit.
     let max = queue.config().listen.max_recipients;
-    let mut distinct: Vec<&Address> = env.recipients.iter().collect();
-    distinct.sort();
-    distinct.dedup();
-    if distinct.len() > max {
+    let mut recipients = env.recipients;
+    recipients.sort();
+    recipients.dedup();
+    if recipients.len() > max {
         return Err(PickupError::Corrupt(format!(
             "{} recipients, more than [listen] max_recipients ({max})",
-            distinct.len()
+            recipients.len()
         )));
     }
-    let envelope = Envelope::new(env.sender, env.recipients);
+    let envelope = Envelope::new(env.sender, recipients);
 
     // Who submitted is what the kernel says owns the file, never a name
     // the submitter wrote (as Postfix's pickup does).

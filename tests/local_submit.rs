@@ -292,7 +292,10 @@ fn a_root_submission_with_umask_077_reaches_a_daemon_running_as_its_own_user() {
 #[test]
 fn pickup_quarantines_what_is_not_a_bounded_regular_file_and_goes_on() {
     let sink = SmtpSink::start(&[]);
-    let mut d = Daemon::start(&Setup::to(&sink.url("smtp")).listen("max_message_size = 1048576"));
+    // The envelope line may hold max_recipients long addresses: 11 KiB.
+    let mut d = Daemon::start(
+        &Setup::to(&sink.url("smtp")).listen("max_message_size = 1048576\nmax_recipients = 10"),
+    );
     let incoming = d.spool().join("incoming");
     // A FIFO nobody writes to: opening or reading it would block for ever.
     let fifo = incoming.join("00-fifo.mail");

@@ -439,3 +439,71 @@ fn expire_during_a_slow_final_dot_reply_bounces_nothing_that_was_delivered() {
     );
     assert_eq!(sink.count(), 1);
 }
+
+/// An address of about 200 bytes, the `n`th.
+fn long_address(n: usize) -> String {
+    let label = |c: char| std::iter::repeat_n(c, 60).collect::<String>();
+    format!("u{n}@{}.{}.{}.example", label('a'), label('b'), label('c'))
+}
+
+#[test]
+fn what_sendmail_reports_queued_pickup_takes() {
+    let peer = common::peers::PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")).listen("max_message_size = 100000"));
+    let cfg = d.config_path();
+    // 400 recipients of 200 bytes: an envelope line over 64 KiB, within
+    // max_recipients (1000).
+    let rcpts: Vec<String> = (0..400).map(long_address).collect();
+    let mut args = vec!["-i", "-f", "a@example.org"];
+    args.extend(rcpts.iter().map(String::as_str));
+    let (code, err) = sendmail(&cfg, &args, b"Subject: many\n\nhello\n");
+    assert_eq!(code, 0, "{err}");
+    let got = peer.wait_messages(1, LONG);
+    assert_eq!(got[0].recipients().len(), 400, "{}", d.log());
+    // A full name that takes a message of nearly max_message_size past
+    // what pickup takes is refused by sendmail itself, not quarantined.
+    let name = "N".repeat(6000);
+    let body = format!("Subject: big\n\n{}\n", "x".repeat(98_000));
+    let (code, err) = sendmail(
+        &cfg,
+        &["-i", "-f", "a@example.org", "-F", &name, "b@example.org"],
+        body.as_bytes(),
+    );
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("-F"), "{err}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        common::files_in(&d.spool().join("corrupt")).is_empty(),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_recipient_repeated_in_a_direct_submission_is_queued_once() {
+    let peer = common::peers::PyServer::start(&[]);
+    let d = Daemon::start(&Setup::to(&peer.url("smtp")).listen("max_recipients = 2"));
+    let envelope = format!(
+        "{{\"sender\":\"a@example.org\",\"recipients\":[{}]}}\n",
+        vec!["\"v@example.net\""; 50].join(",")
+    );
+    let file = d
+        .spool()
+        .join("incoming")
+        .join("0000000000000000000000-1.mail");
+    std::fs::write(&file, format!("{envelope}Subject: dup\r\n\r\nx\r\n")).unwrap();
+    let (code, _, err) = mq(&d.config_path(), &["flush"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = sendmail(
+        &d.config_path(),
+        &["-i", "-f", "a@example.org", "w@example.net"],
+        b"Subject: wake\n\nx\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let got = peer.wait_messages(2, LONG);
+    let dup = got
+        .iter()
+        .find(|m| m.text().contains("Subject: dup"))
+        .unwrap();
+    assert_eq!(dup.recipients(), vec!["v@example.net"]);
+}
