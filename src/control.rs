@@ -243,6 +243,28 @@ impl Drop for ControlServer {
     }
 }
 
+/// Logs a refusal, at most one line a second: a group member looping on
+/// the socket must not flood the log. Lines held back are counted in the
+/// next one.
+fn warn_limited(line: &str) {
+    static LAST: std::sync::Mutex<Option<(Instant, u64)>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    match *last {
+        Some((at, held)) if now.duration_since(at) < Duration::from_secs(1) => {
+            *last = Some((at, held + 1));
+        }
+        Some((_, held)) if held > 0 => {
+            log::warn!("{line} (and {held} more refusals in the second before)");
+            *last = Some((now, 0));
+        }
+        _ => {
+            log::warn!("{line}");
+            *last = Some((now, 0));
+        }
+    }
+}
+
 /// True when the peer is root or the daemon's own user.
 fn is_owner(stream: &UnixStream) -> bool {
     crate::sys::peer_uid(stream).is_ok_and(|uid| uid == 0 || uid == crate::sys::effective_uid())
@@ -311,7 +333,7 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
             let who = crate::sys::peer_uid(&stream)
                 .map(|uid| format!("userid {uid}"))
                 .unwrap_or_else(|_| "an unknown user".into());
-            log::warn!("control socket: request from {who} dropped: {e}");
+            warn_limited(&format!("control socket: request from {who} dropped: {e}"));
             reply(&stream, &Response::error(e));
             return;
         }
@@ -321,7 +343,10 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
             let who = crate::sys::peer_uid(&stream)
                 .map(|uid| format!("userid {uid}"))
                 .unwrap_or_else(|_| "an unknown user".into());
-            log::warn!("control socket: refused {} from {who}", req.name());
+            warn_limited(&format!(
+                "control socket: refused {} from {who}",
+                req.name()
+            ));
             Response::error(format!(
                 "permission denied: only root and the spool's owner may {}",
                 req.name()

@@ -688,8 +688,17 @@ pub const STALE_TMP_AGE: std::time::Duration = std::time::Duration::from_secs(36
 #[derive(Debug, Default)]
 pub struct Pickup {
     left: std::collections::HashMap<PathBuf, String>,
+    /// When this process first saw each name that is not taken at once:
+    /// its own clock, where a file's mtime is its owner's to set.
+    seen: std::collections::HashMap<PathBuf, std::time::Instant>,
     /// Why the queue refused new mail at the last pass, if it did.
     refused: Option<String>,
+}
+
+/// A path for a log line: control characters escaped, so that a file
+/// name cannot forge log lines (the spool's group chooses the names).
+fn shown(path: &Path) -> String {
+    path.to_string_lossy().escape_debug().to_string()
 }
 
 /// What one pass changed in the directories, to be made durable at its end.
@@ -725,8 +734,17 @@ impl Pickup {
         }
         names.sort();
         let mut changes = Changes::default();
+        let now = std::time::Instant::now();
+        let previous = std::mem::take(&mut self.seen);
+        let mut seen = std::collections::HashMap::new();
+        let mut first_seen = |path: &Path| {
+            let t = previous.get(path).copied().unwrap_or(now);
+            seen.insert(path.to_path_buf(), t);
+            now.duration_since(t)
+        };
         for path in temporary {
-            changes.removed |= remove_if_stale(&path);
+            let known = first_seen(&path);
+            changes.removed |= remove_if_stale(&path, known);
         }
         // A queue over quota would refuse every file, after reading it
         // whole: leave them all for a later pass.
@@ -741,25 +759,43 @@ impl Pickup {
         let mut queued = 0;
         let mut refused = None;
         for path in names {
-            match pickup_one(queue, &path) {
+            // A bug hit by one file (a parser edge) must not stop the
+            // others: the file is quarantined, as a bad one would be.
+            let taken =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pickup_one(queue, &path)))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(PickupError::Corrupt(format!(
+                            "pickup panicked on it: {what}"
+                        )))
+                    });
+            match taken {
                 Ok((id, uid)) => {
                     if let Err(e) = fs::remove_file(&path) {
                         // It would be queued again at the next pass.
-                        log::error!(
-                            "{id}: picked up {} but cannot remove it: {e}",
-                            path.display()
-                        );
+                        log::error!("{id}: picked up {} but cannot remove it: {e}", shown(&path));
                     } else {
-                        log::info!("{id}: picked up {} from userid {uid}", path.display());
+                        log::info!("{id}: picked up {} from userid {uid}", shown(&path));
                         changes.removed = true;
                     }
                     queued += 1;
                 }
-                Err(PickupError::Later(why)) => {
+                Err(PickupError::Later(why)) if first_seen(&path) < STALE_TMP_AGE => {
                     self.note(&path, &why, log::Level::Warn, |why| {
                         format!("left for a later pass: {why}")
                     });
                     left.insert(path, why);
+                }
+                Err(PickupError::Later(why)) => {
+                    // Unreadable for an hour (its owner took the daemon's
+                    // read right away, say): it will not get better, and
+                    // would stay outside every quota.
+                    let why = format!("{why}, for over {}s", STALE_TMP_AGE.as_secs());
+                    changes.quarantined |= self.quarantine(&path, &corrupt, why, &mut left);
                 }
                 Err(PickupError::Queue(e)) => {
                     // The queue refuses (full, closing): so it would for the rest.
@@ -767,21 +803,7 @@ impl Pickup {
                     break;
                 }
                 Err(PickupError::Corrupt(why)) => {
-                    let to = corrupt.join(path.file_name().unwrap_or_default());
-                    match fs::rename(&path, &to) {
-                        Ok(()) => {
-                            log::error!("{}: moved to {}: {why}", path.display(), to.display());
-                            changes.quarantined = true;
-                        }
-                        Err(e) => {
-                            // Say so once: it would fail alike every pass
-                            // (another user's directory cannot be moved
-                            // out of the sticky incoming/).
-                            let why = format!("{why}; cannot move it to {}: {e}", to.display());
-                            self.note(&path, &why, log::Level::Error, |why| why.to_string());
-                            left.insert(path, why);
-                        }
-                    }
+                    changes.quarantined |= self.quarantine(&path, &corrupt, why, &mut left);
                 }
             }
         }
@@ -805,7 +827,33 @@ impl Pickup {
             }
         }
         self.left = left;
+        self.seen = seen;
         queued
+    }
+
+    /// Moves `path` into `corrupt/`; true when it did. A failure is said
+    /// once: it would fail alike every pass (another user's directory
+    /// cannot be moved out of the sticky `incoming/`).
+    fn quarantine(
+        &self,
+        path: &Path,
+        corrupt: &Path,
+        why: String,
+        left: &mut std::collections::HashMap<PathBuf, String>,
+    ) -> bool {
+        let to = corrupt.join(path.file_name().unwrap_or_default());
+        match fs::rename(path, &to) {
+            Ok(()) => {
+                log::error!("{}: moved to {}: {why}", shown(path), shown(&to));
+                true
+            }
+            Err(e) => {
+                let why = format!("{why}; cannot move it to {}: {e}", shown(&to));
+                self.note(path, &why, log::Level::Error, |why| why.to_string());
+                left.insert(path.to_path_buf(), why);
+                false
+            }
+        }
     }
 
     /// Logs what happened to `path`: at `level` when first met or when
@@ -816,7 +864,7 @@ impl Pickup {
         } else {
             level
         };
-        log::log!(level, "{}: {}", path.display(), text(why));
+        log::log!(level, "{}: {}", shown(path), text(why));
     }
 
     /// The queue refuses new mail: say so when it starts, not every pass.
@@ -838,7 +886,7 @@ impl Pickup {
 /// link is removed, never followed), that has not changed for
 /// [`STALE_TMP_AGE`]; true when it did. Directories, FIFOs and the like
 /// are left alone (they hold no data).
-fn remove_if_stale(path: &Path) -> bool {
+fn remove_if_stale(path: &Path, known: std::time::Duration) -> bool {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return false;
     };
@@ -846,11 +894,14 @@ fn remove_if_stale(path: &Path) -> bool {
     if !(kind.is_file() || kind.is_symlink()) {
         return false;
     }
+    // Unchanged for the hour by its mtime, or known to this process that
+    // long: a time stamp in the future must not keep a file for ever.
     let age = meta
         .modified()
         .ok()
         .and_then(|m| m.elapsed().ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .max(known);
     if age < STALE_TMP_AGE {
         return false;
     }
@@ -864,7 +915,7 @@ fn remove_if_stale(path: &Path) -> bool {
             };
             log::info!(
                 "{}: removed, {what} of userid {} ({} bytes, unchanged for {}s)",
-                path.display(),
+                shown(path),
                 meta.uid(),
                 meta.len(),
                 age.as_secs()
@@ -873,10 +924,7 @@ fn remove_if_stale(path: &Path) -> bool {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => {
-            log::warn!(
-                "{}: cannot remove a stale temporary file: {e}",
-                path.display()
-            );
+            log::warn!("{}: cannot remove a stale temporary file: {e}", shown(path));
             false
         }
     }
@@ -1069,6 +1117,33 @@ impl<R: Read> Read for Bounded<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_file_goes_by_the_daemons_clock_when_its_mtime_lies() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk");
+        fs::write(&junk, b"filler").unwrap();
+        // Its owner set the time stamp a century ahead.
+        let future =
+            std::time::SystemTime::now() + std::time::Duration::from_secs(100 * 365 * 86_400);
+        File::options()
+            .write(true)
+            .open(&junk)
+            .unwrap()
+            .set_modified(future)
+            .unwrap();
+        assert!(!remove_if_stale(&junk, std::time::Duration::ZERO));
+        assert!(junk.exists());
+        // Known to the daemon for the hour: gone, whatever its mtime says.
+        assert!(remove_if_stale(&junk, STALE_TMP_AGE));
+        assert!(!junk.exists());
+    }
+
+    #[test]
+    fn names_in_log_lines_cannot_start_a_line() {
+        let forged = Path::new("/s/incoming/x\n[2026] INFO 1: to=<a>, status=sent\n.mail");
+        assert!(!shown(forged).contains('\n'), "{}", shown(forged));
+    }
 
     #[test]
     fn options_with_separate_and_joined_values() {

@@ -389,4 +389,19 @@ fn a_password_file_of_another_user_is_refused() {
     );
     assert!(!ok, "a password file owned by another user was accepted");
     assert!(err.contains("belongs to user id 65534"), "{err}");
+    // check run as root judges the file as the daemon's user (the spool's
+    // owner) will: its own file passes, one of root's would be unreadable.
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    std::os::unix::fs::chown(&spool, Some(65534), Some(65534)).unwrap();
+    let delivery = format!("tls = \"verify\"\nusername = \"u\"\npassword_file = {pw:?}");
+    let (ok, err) = check_delivery(dir.path(), &delivery);
+    assert!(ok, "{err}");
+    std::os::unix::fs::chown(&pw, Some(0), None).unwrap();
+    let (ok, err) = check_delivery(dir.path(), &delivery);
+    assert!(
+        !ok,
+        "a root-only password file passed for a daemon running as 65534"
+    );
+    assert!(err.contains("id 65534, the spool's owner"), "{err}");
 }

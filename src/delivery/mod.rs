@@ -367,7 +367,7 @@ pub trait StatusCollector {
 
 /// Reads the smarthost password. Like ssh with its keys, refuses a file
 /// that other users may read: the password would not be a secret.
-fn read_password_file(path: &std::path::Path) -> Result<String, String> {
+fn read_password_file(path: &std::path::Path, spool: &std::path::Path) -> Result<String, String> {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let mut file = std::fs::File::open(path)
@@ -376,12 +376,17 @@ fn read_password_file(path: &std::path::Path) -> Result<String, String> {
         .metadata()
         .map_err(|e| format!("cannot read password_file {}: {e}", path.display()))?;
     let mode = meta.mode();
-    // Another user owning it could read or change it at will.
-    let me = crate::sys::effective_uid();
-    if meta.uid() != me && meta.uid() != 0 {
+    // Another user owning it could read or change it at will; and a file
+    // of root's, mode 0600, the daemon's user could not read. The daemon's
+    // user is the spool's owner (so `check` run as root judges the file
+    // as the daemon will), or whoever runs this when there is no spool yet.
+    let daemon = std::fs::metadata(spool)
+        .map(|m| m.uid())
+        .unwrap_or_else(|_| crate::sys::effective_uid());
+    if meta.uid() != daemon {
         return Err(format!(
             "password_file {} belongs to user id {}: it must belong to the daemon's user \
-             (id {me}) or root",
+             (id {daemon}, the spool's owner)",
             path.display(),
             meta.uid()
         ));
@@ -435,7 +440,7 @@ pub fn build_target(
     } else {
         Some(Credentials {
             username: d.username.clone(),
-            password: read_password_file(&d.password_file)?,
+            password: read_password_file(&d.password_file, &config.spool)?,
         })
     };
     let settings = ClientSettings {
