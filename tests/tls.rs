@@ -4,8 +4,9 @@
 
 mod common;
 
+use std::io::Write;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::daemon::{queued_id, Client, Daemon, Setup};
 use common::peers::PyServer;
@@ -390,4 +391,31 @@ fn an_idle_tls_session_is_reused_not_taken_for_closed() {
     let ehlos = peer.events().iter().filter(|e| e["step"] == "ehlo").count();
     assert_eq!(ehlos, 2, "{:?}", peer.events());
     assert!(!d.log().contains("status=deferred"), "{}", d.log());
+}
+
+#[test]
+fn a_client_trickling_its_tls_hello_is_cut_off_at_the_command_timeout() {
+    let cert = self_signed(&["mq.test"]);
+    let d = Daemon::start(&Setup::default().listen(&format!(
+        "tls_cert = {:?}\ntls_key = {:?}\ncommand_timeout = \"1s\"",
+        cert.cert_arg(),
+        cert.key_arg()
+    )));
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("STARTTLS").expect(220, "2.0.0");
+    // A handshake record announced 16 KiB long, then a byte every 100 ms:
+    // each read is within the timeout, the handshake never is.
+    let started = Instant::now();
+    c.send(&[0x16, 0x03, 0x01, 0x40, 0x00]);
+    let s = c.io.get_mut();
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until && s.write_all(&[0]).is_ok() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the listener waited {:?} for the handshake",
+        started.elapsed()
+    );
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::address::ReversePath;
 use crate::config::TlsPolicy;
-use crate::delivery::transport::{read_line_limited, write_dot_stuffed, Transport};
+use crate::delivery::transport::{read_line_limited, write_dot_stuffed, Transport, Watchdog};
 use crate::delivery::{Body, DamagedBody, DeliveryError};
 use crate::envelope::{BodyType, MailParams, Recipient, Ret};
 use crate::smtp::reply::{split_enhanced, SmtpReply};
@@ -966,6 +966,9 @@ fn tls_handshake(
         .as_ref()
         .ok_or_else(|| DeliveryError::temporary(451, (4, 7, 0), "TLS is not configured"))?;
     let name = host.trim_end_matches('.');
+    // The whole handshake within command_timeout, as Postfix's
+    // smtp_starttls_timeout: each read and write alone is not enough.
+    let _deadline = Watchdog::arm(&tcp, settings.command_timeout);
     match connector.connect(name, tcp) {
         Ok(s) => Ok(Transport::Tls(Box::new(s))),
         // 4.7.5, "cryptographic failure": lets the MX client tell a failed
@@ -1059,6 +1062,41 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
         }
+    }
+
+    #[test]
+    fn a_tls_handshake_trickled_byte_by_byte_ends_at_the_command_timeout() {
+        // After the client's hello, a server record announced 16 KiB long
+        // arrives a byte every 100 ms: each read is within the timeout, the
+        // handshake never is. Bounded: the server gives up after 15 s.
+        let endpoint = server(|mut s| {
+            let mut hello = [0u8; 512];
+            let _ = s.read(&mut hello);
+            if s.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]).is_err() {
+                return;
+            }
+            let until = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < until && s.write_all(&[0]).is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let settings = Arc::new(ClientSettings {
+            tls: TlsPolicy::Encrypt,
+            tls_connector: tls_connector(TlsPolicy::Encrypt, None)
+                .unwrap()
+                .map(Arc::new),
+            ..(*settings(Duration::from_millis(500))).clone()
+        });
+        let started = Instant::now();
+        let e = Session::open(&settings, &endpoint, true)
+            .err()
+            .expect("a handshake that never ends cannot open a session");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(e.reply.code, 451, "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! Unix socket, with one place to set timeouts.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -146,6 +146,49 @@ pub fn read_line_limited<R: io::BufRead>(
         r.consume(take);
         if done {
             return Ok(out.len());
+        }
+    }
+}
+
+/// Shuts a socket down if a blocking step on it is not over within a
+/// time limit. A TLS handshake reads and writes through calls of its own,
+/// each with only the socket's per-call timeout: a peer that trickles a
+/// byte now and then would hold the thread for as long as it likes.
+/// Disarmed when dropped.
+pub struct Watchdog {
+    disarm: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Starts watching `stream`; `None` when the socket cannot be cloned
+    /// or no thread started (the per-call timeouts still hold then).
+    pub fn arm(stream: &TcpStream, limit: Duration) -> Option<Watchdog> {
+        let socket = stream.try_clone().ok()?;
+        let (disarm, disarmed) = crossbeam_channel::bounded::<()>(0);
+        let thread = std::thread::Builder::new()
+            .name("mailqueue-deadline".into())
+            .spawn(move || {
+                if disarmed.recv_timeout(limit) == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                {
+                    let _ = socket.shutdown(Shutdown::Both);
+                }
+            })
+            .ok()?;
+        Some(Watchdog {
+            disarm: Some(disarm),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Closing the channel wakes the thread; joining it means no
+        // shutdown can come after the step is over.
+        drop(self.disarm.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

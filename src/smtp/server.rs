@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use crate::address::ReversePath;
 use crate::config::BareNewline;
 use crate::date::rfc5322;
-use crate::delivery::transport::Transport;
+use crate::delivery::transport::{Transport, Watchdog};
 use crate::envelope::{BodyType, Envelope, MailParams, Notify, Recipient, Ret};
 use crate::queue::{is_no_space, IncomingMessage, Queue, QueueError};
 use crate::smtp::command::{self, Command};
@@ -518,7 +518,12 @@ impl<'a> Session<'a> {
         let Transport::Tcp(tcp) = io.into_inner() else {
             return None;
         };
-        match acceptor.accept(tcp) {
+        // The whole handshake within the command timeout: a client
+        // trickling its hello a byte at a time must not hold the thread.
+        let deadline = Watchdog::arm(&tcp, s.command_timeout);
+        let accepted = acceptor.accept(tcp);
+        drop(deadline);
+        match accepted {
             Ok(tls) => {
                 let transport = Transport::Tls(Box::new(tls));
                 let _ = transport.set_timeout(s.command_timeout);
