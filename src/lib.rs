@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod date;
 pub mod delivery;
 pub mod envelope;
+mod id;
 pub mod queue;
 pub mod sendmail;
 pub mod smtp;
@@ -30,5 +31,6 @@ pub use delivery::{
     StatusCollector,
 };
 pub use envelope::{BodyType, Envelope, MailParams, Notify, Recipient, Ret};
-pub use queue::{MessageId, Queue, QueueError};
+pub use id::{BadMessageId, MessageId};
+pub use queue::{Queue, QueueError};
 pub use smtp::reply::{EnhancedCode, SmtpReply};

@@ -507,7 +507,7 @@ fn write_incoming(
     let cant = |e: io::Error, p: &Path| {
         let code = match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => exit::CANTCREAT,
-            _ if e.raw_os_error() == Some(libc::ENOSPC) => exit::TEMPFAIL,
+            _ if crate::queue::is_no_space(&e) => exit::TEMPFAIL,
             _ => exit::IOERR,
         };
         let hint = if e.kind() == io::ErrorKind::PermissionDenied {

@@ -9,7 +9,6 @@ pub mod pool;
 pub mod relay;
 pub mod remote;
 pub mod smtp_client;
-pub mod transport;
 
 use std::fmt;
 use std::fs::File;
@@ -19,7 +18,7 @@ use std::sync::Arc;
 
 use crate::address::{Address, ReversePath};
 use crate::envelope::{MailParams, Recipient};
-use crate::queue::MessageId;
+use crate::id::MessageId;
 use crate::smtp::reply::SmtpReply;
 
 /// Whether a failure may go away by itself.

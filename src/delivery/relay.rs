@@ -297,7 +297,7 @@ impl PartialDelivery for HopDelivery<'_> {
 mod tests {
     use super::*;
     use crate::config::TlsPolicy;
-    use crate::queue::MessageId;
+    use crate::id::MessageId;
     use std::io::{BufRead, BufReader, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use crate::address::ReversePath;
 use crate::config::TlsPolicy;
-use crate::delivery::transport::{read_line_limited, write_dot_stuffed, Transport, Watchdog};
 use crate::delivery::{Body, DamagedBody, DeliveryError};
 use crate::envelope::{BodyType, MailParams, Recipient, Ret};
 use crate::smtp::reply::{split_enhanced, SmtpReply};
+use crate::smtp::transport::{read_line_limited, write_dot_stuffed, Transport, Watchdog};
 use crate::smtp::xtext;
 
 /// Longest reply line accepted (RFC 5321 allows 512; servers send more).

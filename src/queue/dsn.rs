@@ -12,9 +12,9 @@ use crate::address::Address;
 use crate::config::Config;
 use crate::date::rfc5322;
 use crate::envelope::{Envelope, MailParams, Recipient, Ret};
+use crate::id::MessageId;
 use crate::queue::meta::{MessageMeta, RecipientMeta};
 use crate::queue::spool::Spool;
-use crate::queue::MessageId;
 use crate::smtp::reply::{EnhancedCode, SmtpReply};
 
 /// Largest original header a notice quotes.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, ReversePath};
 use crate::envelope::{Envelope, MailParams, Notify, Recipient};
-use crate::queue::MessageId;
+use crate::id::MessageId;
 use crate::smtp::reply::SmtpReply;
 
 /// The metadata format written by this version.

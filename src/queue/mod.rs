@@ -23,7 +23,6 @@
 pub mod admin;
 pub mod clock;
 pub mod dsn;
-mod id;
 pub mod meta;
 pub mod retry;
 pub mod spool;
@@ -46,7 +45,7 @@ use crate::config::Config;
 use crate::delivery::{Body, Delivery, DeliveryError, DeliveryTarget, MessageInfo};
 use crate::envelope::{Envelope, MailParams, Recipient};
 
-pub use id::{BadMessageId, MessageId};
+pub use crate::id::{BadMessageId, MessageId};
 use meta::{MessageMeta, Timestamp};
 use retry::RetryPolicy;
 use spool::{MessageWriter, Spool, SpoolLock};
@@ -86,9 +85,12 @@ impl QueueError {
     }
 }
 
-/// ENOSPC or EDQUOT: the disk is full, for now.
+/// The disk, or the user's disk quota, is full, for now (ENOSPC, EDQUOT).
 pub fn is_no_space(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(28) | Some(122))
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// State shared by the queue handle and its worker threads.

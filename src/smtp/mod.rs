@@ -1,8 +1,10 @@
-//! The SMTP protocol pieces: replies, command parsing, xtext, and the
-//! ingest listener with its session threads.
+//! The SMTP protocol pieces: replies, command parsing, xtext, the byte
+//! stream both directions talk over (`transport`), and the ingest
+//! listener with its session threads.
 
 pub mod command;
 pub mod reply;
 pub mod server;
 pub mod threads;
+pub mod transport;
 pub mod xtext;

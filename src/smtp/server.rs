@@ -14,12 +14,12 @@ use ipnet::IpNet;
 use crate::address::ReversePath;
 use crate::config::BareNewline;
 use crate::date::rfc5322;
-use crate::delivery::transport::{Transport, Watchdog};
 use crate::envelope::{BodyType, Envelope, MailParams, Notify, Recipient, Ret};
 use crate::queue::{is_no_space, IncomingMessage, Queue, QueueError};
 use crate::smtp::command::{self, Command};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::threads::Reused;
+use crate::smtp::transport::{Transport, Watchdog};
 use crate::smtp::xtext;
 
 /// Longest command line accepted; RFC 5321 asks for at least 512.
