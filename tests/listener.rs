@@ -485,6 +485,16 @@ fn smuggling_attempt(ending: &[u8]) -> Vec<u8> {
     data
 }
 
+/// A session at the start of DATA: EHLO, MAIL, RCPT and DATA answered.
+fn in_data(d: &Daemon) -> Client {
+    let mut c = connect(d);
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
+    c.cmd("RCPT TO:<b@example.net>").expect(250, "2.1.5");
+    c.cmd("DATA").expect(354, "");
+    c
+}
+
 const SMUGGLING_ENDINGS: [&[u8]; 5] = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r"];
 
 #[test]
@@ -492,11 +502,7 @@ fn smuggled_endings_do_not_end_data_and_the_forged_sender_never_reaches_the_sink
     let peer = PyServer::start(&[]);
     let d = Daemon::start(&Setup::to(&peer.url("smtp")));
     for ending in SMUGGLING_ENDINGS {
-        let mut c = connect(&d);
-        c.cmd("EHLO client.test").expect(250, "");
-        c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
-        c.cmd("RCPT TO:<b@example.net>").expect(250, "2.1.5");
-        c.cmd("DATA").expect(354, "");
+        let mut c = in_data(&d);
         c.send(&smuggling_attempt(ending));
         // One DATA, one reply: the smuggled MAIL, RCPT and DATA were text.
         queued_id(&c.reply());
@@ -543,11 +549,7 @@ fn with_bare_newline_reject_a_bare_lf_in_data_gets_550_5_5_2_and_the_session_end
     let d = daemon_with("bare_newline = \"reject\"");
     let with_bare_lf = [&b"\n.\n"[..], b"\n.\r\n", b"\r\n.\n"];
     for ending in with_bare_lf {
-        let mut c = connect(&d);
-        c.cmd("EHLO client.test").expect(250, "");
-        c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
-        c.cmd("RCPT TO:<b@example.net>").expect(250, "2.1.5");
-        c.cmd("DATA").expect(354, "");
+        let mut c = in_data(&d);
         c.send(&smuggling_attempt(ending));
         c.reply().expect(550, "5.5.2");
         assert!(c.closed(), "the session goes on after a bare LF");
@@ -555,11 +557,7 @@ fn with_bare_newline_reject_a_bare_lf_in_data_gets_550_5_5_2_and_the_session_end
     assert!(d.queued().is_empty(), "{:?}", d.queued());
     // Endings without a bare LF: one message each, the would-be end text.
     for ending in [&b"\r.\r\n"[..], b"\r\n.\r"] {
-        let mut c = connect(&d);
-        c.cmd("EHLO client.test").expect(250, "");
-        c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
-        c.cmd("RCPT TO:<b@example.net>").expect(250, "2.1.5");
-        c.cmd("DATA").expect(354, "");
+        let mut c = in_data(&d);
         c.send(&smuggling_attempt(ending));
         queued_id(&c.reply());
         c.cmd("QUIT").expect(221, "");

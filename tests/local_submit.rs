@@ -619,6 +619,22 @@ fn a_setgid_sendmail_lets_any_user_submit_and_trusts_none_of_their_config() {
     assert!(!got.contains("SECRET"), "{got}");
 }
 
+/// Runs a Python `script` as a member of the spool's group, on its own
+/// thread, with `socket` as its argument; join for (exit code, stderr).
+fn python_as_member(script: &'static str, socket: &Path) -> std::thread::JoinHandle<(i32, String)> {
+    let socket = socket.to_str().unwrap().to_string();
+    std::thread::spawn(move || {
+        run_as(
+            MEMBER,
+            "022",
+            Path::new("/usr/bin/python3"),
+            &["-c", script, &socket],
+            &[],
+            b"",
+        )
+    })
+}
+
 #[test]
 fn a_group_member_cannot_flood_the_control_socket() {
     require_root("to switch users");
@@ -654,19 +670,7 @@ print("busy", busy, file=sys.stderr)
 sys.stdout.flush()
 import time; time.sleep(3)
 "#;
-    let member = std::thread::spawn({
-        let sock = sock.clone();
-        move || {
-            run_as(
-                MEMBER,
-                "022",
-                Path::new("/usr/bin/python3"),
-                &["-c", script, sock.to_str().unwrap()],
-                &[],
-                b"",
-            )
-        }
-    });
+    let member = python_as_member(script, &sock);
     // While the member holds its connections, the owner is still served.
     std::thread::sleep(Duration::from_millis(1500));
     let config = d.config();
@@ -1030,19 +1034,7 @@ for _ in range(40):
 print("holding", file=sys.stderr, flush=True)
 time.sleep(4)
 "#;
-    let holder = std::thread::spawn({
-        let sock = sock.clone();
-        move || {
-            run_as(
-                MEMBER,
-                "022",
-                Path::new("/usr/bin/python3"),
-                &["-c", script, sock.to_str().unwrap()],
-                &[],
-                b"",
-            )
-        }
-    });
+    let holder = python_as_member(script, &sock);
     std::thread::sleep(Duration::from_millis(1500));
     let (code, err) = sendmail_as(
         MEMBER,
