@@ -12,7 +12,7 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mailqueue::queue::timer::TimeWheel;
+use mailqueue::queue::wheel::TimeWheel;
 
 const SIZES: [usize; 4] = [1_000, 10_000, 100_000, 1_000_000];
 /// Retry delays are spread over an hour (in microseconds).

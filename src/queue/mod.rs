@@ -28,6 +28,7 @@ pub mod retry;
 pub mod spool;
 pub mod stats;
 pub mod timer;
+pub mod wheel;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
