@@ -45,7 +45,7 @@ const TICK_ZERO: u64 = 1 << 63;
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use mailqueue::queue::timer::TimeWheel;
+/// use mailqueue::queue::wheel::TimeWheel;
 /// let now = Instant::now();
 /// let mut w = TimeWheel::new();
 /// w.add("late", now + Duration::from_secs(60));
