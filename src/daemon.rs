@@ -10,8 +10,8 @@ use signal_hook::iterator::Signals;
 use crate::config::Config;
 use crate::control::ControlServer;
 use crate::delivery::{build_target, DeliveryTarget};
+use crate::pickup;
 use crate::queue::Queue;
-use crate::sendmail;
 use crate::smtp::server::{self, Server, ServerSettings};
 
 /// How long running attempts may take to finish after a stop signal.
@@ -83,7 +83,7 @@ pub fn serve(config: Config) -> Result<(), String> {
         std::thread::Builder::new()
             .name("mailqueue-pickup".into())
             .spawn(move || {
-                let mut pickup = sendmail::Pickup::default();
+                let mut pickup = pickup::Pickup::default();
                 loop {
                     // A bug hit by one submission must not end pickup for
                     // all the others (and, silently, for good).
@@ -92,7 +92,7 @@ pub fn serve(config: Config) -> Result<(), String> {
                     }));
                     if pass.is_err() {
                         log::error!("pickup pass panicked; the next pass starts afresh");
-                        pickup = sendmail::Pickup::default();
+                        pickup = pickup::Pickup::default();
                     }
                     crossbeam_channel::select! {
                         recv(pickup_rx) -> _ => {}

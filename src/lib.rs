@@ -19,6 +19,7 @@ pub mod date;
 pub mod delivery;
 pub mod envelope;
 mod id;
+pub mod pickup;
 pub mod queue;
 pub mod sendmail;
 pub mod smtp;
