@@ -322,7 +322,17 @@ fn read_request(stream: &UnixStream, limit: usize) -> io::Result<Vec<u8>> {
 
 fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
     let _ = stream.set_write_timeout(Some(REQUEST_TIME));
-    let limit = if is_owner(&stream) {
+    // Who asks, read once: it sets the request size, what may be asked,
+    // and what the answers and log lines show.
+    let peer = crate::sys::peer_uid(&stream);
+    let owner = peer
+        .as_ref()
+        .is_ok_and(|&uid| uid == 0 || uid == crate::sys::effective_uid());
+    let who = match &peer {
+        Ok(uid) => format!("userid {uid}"),
+        Err(e) => format!("an unknown user ({e})"),
+    };
+    let limit = if owner {
         MAX_OWNER_REQUEST
     } else {
         MAX_OTHER_REQUEST
@@ -330,19 +340,13 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
     let line = match read_request(&stream, limit) {
         Ok(l) => String::from_utf8_lossy(&l).into_owned(),
         Err(e) => {
-            let who = crate::sys::peer_uid(&stream)
-                .map(|uid| format!("userid {uid}"))
-                .unwrap_or_else(|_| "an unknown user".into());
             warn_limited(&format!("control socket: request from {who} dropped: {e}"));
             reply(&stream, &Response::error(e));
             return;
         }
     };
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(req) if !allowed(&stream, &req) => {
-            let who = crate::sys::peer_uid(&stream)
-                .map(|uid| format!("userid {uid}"))
-                .unwrap_or_else(|_| "an unknown user".into());
+        Ok(req) if !(owner || allowed_to_others(&req)) => {
             warn_limited(&format!(
                 "control socket: refused {} from {who}",
                 req.name()
@@ -352,26 +356,17 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
                 req.name()
             ))
         }
-        Ok(req) => handle(req, queue, pickup, is_owner(&stream)),
+        Ok(req) => handle(req, queue, pickup, owner),
         Err(e) => Response::error(format!("bad request: {e}")),
     };
     reply(&stream, &response);
 }
 
-/// Root and the daemon's own user may ask anything; others (the spool's
-/// group, whom the socket's mode lets in) only what sendmail needs, which
-/// neither shows nor changes queued mail.
-fn allowed(stream: &UnixStream, req: &Request) -> bool {
-    if matches!(req, Request::Pickup | Request::Quota { .. }) {
-        return true;
-    }
-    match crate::sys::peer_uid(stream) {
-        Ok(uid) => uid == 0 || uid == crate::sys::effective_uid(),
-        Err(e) => {
-            log::warn!("control socket: cannot tell who is asking: {e}");
-            false
-        }
-    }
+/// What others than root and the daemon's own user (the spool's group,
+/// whom the socket's mode lets in) may ask: only what sendmail needs,
+/// which neither shows nor changes queued mail.
+fn allowed_to_others(req: &Request) -> bool {
+    matches!(req, Request::Pickup | Request::Quota { .. })
 }
 
 impl Request {
