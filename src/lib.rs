@@ -11,17 +11,12 @@
 //! I/O.
 
 pub mod address;
-pub mod commands;
 pub mod config;
-pub mod control;
-pub mod daemon;
 pub mod date;
 pub mod delivery;
 pub mod envelope;
 mod id;
-pub mod pickup;
 pub mod queue;
-pub mod sendmail;
 pub mod smtp;
 pub mod sys;
 

@@ -6,81 +6,15 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use mailqueue::commands::{self, AdminCommand};
-use mailqueue::sendmail::{self, exit, Mode};
+use clap::Parser;
 use mailqueue::Config;
 
-/// sysexits EX_CONFIG.
-const EX_CONFIG: u8 = 78;
+mod cli;
 
-#[derive(Parser)]
-#[command(
-    name = "mailqueue",
-    version,
-    about = "A durable, synchronous mail queue"
-)]
-struct Cli {
-    /// Configuration file (default: $MAILQUEUE_CONFIG, else /etc/mailqueue.toml if present, else built-in defaults).
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Spool directory, overriding the configuration.
-    #[arg(long, global = true, value_name = "DIR")]
-    spool: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the daemon in the foreground.
-    Serve,
-    /// Read a message on standard input and queue it (sendmail options).
-    #[command(disable_help_flag = true)]
-    Sendmail {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// List the queue.
-    List {
-        /// One JSON object per message per line.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show a message's envelope, per-recipient state and header.
-    Show { id: String },
-    /// Retry now: the given messages, or all.
-    Flush { ids: Vec<String> },
-    /// Stop delivering messages until released.
-    Hold {
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
-    /// Resume delivering held messages.
-    Release {
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
-    /// Remove messages without telling their senders.
-    Delete {
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
-    /// Give messages up now, telling their senders.
-    Expire {
-        #[arg(required = true)]
-        ids: Vec<String>,
-    },
-    /// Show the running daemon's counters: queue size, attempts,
-    /// scheduling lag.
-    Stats {
-        /// One JSON object.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Validate the configuration and exit.
-    Check,
-}
+use cli::args::{Cli, Cmd};
+use cli::commands::{self, AdminCommand};
+use cli::exit;
+use cli::sendmail::{self, Mode};
 
 /// Finds and loads the configuration; `None` for the path means built-in defaults.
 fn load_config(
@@ -165,7 +99,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("mailq: {e}");
-                    return ExitCode::from(EX_CONFIG);
+                    return ExitCode::from(exit::CONFIG);
                 }
             };
             return ExitCode::from(commands::run(&config, AdminCommand::List { json: false }));
@@ -184,7 +118,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mailqueue: {e}");
-            return ExitCode::from(EX_CONFIG);
+            return ExitCode::from(exit::CONFIG);
         }
     };
     let admin = |cmd| ExitCode::from(commands::run(&config, cmd));
@@ -195,8 +129,8 @@ fn main() -> ExitCode {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "built-in defaults".into());
             // Also load what the daemon would load: passwords, certificates.
-            let checked = mailqueue::daemon::targets(&config)
-                .and_then(|_| mailqueue::daemon::server_settings(&config));
+            let checked =
+                cli::daemon::targets(&config).and_then(|_| cli::daemon::server_settings(&config));
             for w in config.warnings() {
                 eprintln!("mailqueue: {source}: warning: {w}");
             }
@@ -207,13 +141,13 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("mailqueue: {source}: {e}");
-                    ExitCode::from(EX_CONFIG)
+                    ExitCode::from(exit::CONFIG)
                 }
             }
         }
         Cmd::Serve => {
             init_logs();
-            match mailqueue::daemon::serve(config) {
+            match cli::daemon::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mailqueue: {e}");
@@ -255,7 +189,7 @@ fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]
         Ok(c) => c,
         Err(e) => {
             eprintln!("sendmail: {e}");
-            return ExitCode::from(EX_CONFIG);
+            return ExitCode::from(exit::CONFIG);
         }
     };
     match opts.mode {

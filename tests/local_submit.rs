@@ -119,7 +119,7 @@ impl UserDaemon {
             .arg(&config)
             .arg("serve")
             // The control socket's debug lines show who woke the daemon.
-            .env("RUST_LOG", "info,mailqueue::control=debug")
+            .env("RUST_LOG", "info,mailqueue::cli::control=debug")
             .env_remove("MAILQUEUE_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -870,7 +870,7 @@ fn a_group_member_has_the_daemon_make_its_rename_durable_not_syncfs() {
                 "app@example.org",
                 "member@example.org",
             ],
-            &[("RUST_LOG", "mailqueue::sendmail=debug")],
+            &[("RUST_LOG", "mailqueue::cli::sendmail=debug")],
             format!("Subject: {subject}\n\nhello\n").as_bytes(),
         )
     };

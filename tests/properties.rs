@@ -10,7 +10,6 @@ use proptest::test_runner::Config;
 
 use mailqueue::delivery::dns::{build_query, parse_response, to_ascii, Record, RecordType};
 use mailqueue::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Timestamp, META_VERSION};
-use mailqueue::sendmail::parse_args;
 use mailqueue::smtp::command::{parse, Command};
 use mailqueue::smtp::xtext;
 use mailqueue::{Address, BodyType, EnhancedCode, MailParams, MessageId, Notify, Ret, SmtpReply};
@@ -776,30 +775,4 @@ fn dns_regressions() {
     assert!(build_query(1, ".d\u{1}test", RecordType::A).is_err());
     assert!(to_ascii(".d.test").is_err());
     assert!(to_ascii("a\u{ff0e}\u{ff0e}b").is_err());
-}
-
-// ---------------------------------------------------------------- sendmail
-
-proptest! {
-    #![proptest_config(config(256))]
-
-    #[test]
-    fn sendmail_arguments_never_panic(
-        args in prop::collection::vec(prop_oneof![
-            any::<String>(),
-            "-(t|i|oi|f|r|F|bp|bm|q|N|R|V|B|X|o[a-z]|v)[a-z@.]{0,6}",
-            "[a-z]{1,5}@[a-z]{1,5}\\.org",
-            Just("--".to_string()),
-            Just("-".to_string()),
-        ], 0..6)
-    ) {
-        if let Ok(o) = parse_args(&args) {
-            for r in &o.recipients {
-                prop_assert!(args.contains(r), "{:?} not among {:?}", r, args);
-            }
-            if let Some(s) = &o.sender {
-                prop_assert!(args.iter().any(|a| a.ends_with(s.as_str())));
-            }
-        }
-    }
 }

@@ -4,7 +4,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailqueue::sendmail::parse_args;
+
+// The parser lives in the binary's tree and depends on std alone.
+#[path = "../../src/cli/sendmail/args.rs"]
+#[allow(dead_code)]
+mod args;
+use args::parse_args;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

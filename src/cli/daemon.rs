@@ -7,12 +7,14 @@ use std::time::Duration;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::config::Config;
-use crate::control::ControlServer;
-use crate::delivery::{build_target, DeliveryTarget};
-use crate::pickup;
-use crate::queue::Queue;
-use crate::smtp::server::{self, Server, ServerSettings};
+use mailqueue::config::Config;
+use mailqueue::delivery::build_target;
+use mailqueue::queue::pickup::Pickup;
+use mailqueue::smtp::server::{self, Server, ServerSettings};
+use mailqueue::{DeliveryTarget, Queue};
+
+use super::control::ControlServer;
+use super::sendmail;
 
 /// How long running attempts may take to finish after a stop signal.
 const GRACE: Duration = Duration::from_secs(30);
@@ -80,10 +82,12 @@ pub fn serve(config: Config) -> Result<(), String> {
     let (stop_pickup, pickup_stopped) = crossbeam_channel::bounded::<()>(0);
     let picker = {
         let queue = Arc::clone(&queue);
+        let config = config.clone();
         std::thread::Builder::new()
             .name("mailqueue-pickup".into())
             .spawn(move || {
-                let mut pickup = pickup::Pickup::default();
+                let new = || Pickup::new(sendmail::limits(&config));
+                let mut pickup = new();
                 loop {
                     // A bug hit by one submission must not end pickup for
                     // all the others (and, silently, for good).
@@ -92,7 +96,7 @@ pub fn serve(config: Config) -> Result<(), String> {
                     }));
                     if pass.is_err() {
                         log::error!("pickup pass panicked; the next pass starts afresh");
-                        pickup = pickup::Pickup::default();
+                        pickup = new();
                     }
                     crossbeam_channel::select! {
                         recv(pickup_rx) -> _ => {}

@@ -9,21 +9,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::config::Config;
-use crate::control::{self, ControlError, Request, Response};
-use crate::date::rfc5322;
-use crate::queue::admin::Admin;
-use crate::queue::meta::{MessageMeta, RcptStatus};
-use crate::queue::spool::Spool;
-use crate::queue::stats::StatsSnapshot;
-use crate::queue::{MessageId, QueueError};
+use mailqueue::config::Config;
+use mailqueue::date::rfc5322;
+use mailqueue::queue::admin::Admin;
+use mailqueue::queue::meta::{MessageMeta, RcptStatus};
+use mailqueue::queue::spool::Spool;
+use mailqueue::queue::stats::StatsSnapshot;
+use mailqueue::queue::QueueError;
+use mailqueue::MessageId;
 
-/// Exit codes: success, a failed operation, bad usage, the spool or
-/// daemon unreachable.
-pub const OK: u8 = 0;
-pub const FAILED: u8 = 1;
-pub const USAGE: u8 = 64;
-pub const UNAVAILABLE: u8 = 69;
+use super::control::{self, ControlError, Request, Response};
+
+use super::exit::{FAILED, OK, UNAVAILABLE, USAGE};
 
 /// One management command.
 #[derive(Debug, Clone)]
@@ -81,7 +78,7 @@ fn to_request(cmd: &AdminCommand) -> Result<Request, String> {
         AdminCommand::Show(id) => Request::Show {
             id: id
                 .parse()
-                .map_err(|e: crate::queue::BadMessageId| e.to_string())?,
+                .map_err(|e: mailqueue::BadMessageId| e.to_string())?,
         },
         AdminCommand::Flush(ids) => Request::Flush {
             ids: parse_ids(ids)?,
@@ -312,7 +309,7 @@ pub fn list_table(messages: &[MessageMeta]) -> String {
 }
 
 fn show_text(config: &Config, m: &MessageMeta, header: &str) -> String {
-    let when = |t: crate::queue::meta::Timestamp| {
+    let when = |t: mailqueue::queue::meta::Timestamp| {
         format!("{} ({})", rfc5322(t.to_system()), t.unix_seconds())
     };
     let expires = m

@@ -19,155 +19,26 @@ use std::io::{self, BufRead, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use mailqueue::config::Config;
+use mailqueue::date::rfc5322;
+use mailqueue::queue::incoming::{self, IncomingEnvelope, IncomingLimits};
+use mailqueue::{Address, MessageId};
 
-use crate::address::Address;
-use crate::config::Config;
-use crate::control::{self, ControlError, Request};
-use crate::date::rfc5322;
-use crate::queue::MessageId;
+use super::control::{self, ControlError, Request};
+use super::exit;
 
-/// sysexits(3) codes.
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const USAGE: u8 = 64;
-    pub const DATAERR: u8 = 65;
-    pub const NOUSER: u8 = 67;
-    pub const SOFTWARE: u8 = 70;
-    pub const CANTCREAT: u8 = 73;
-    pub const IOERR: u8 = 74;
-    pub const TEMPFAIL: u8 = 75;
-}
+mod args;
+pub use args::{parse_args, Mode, Options};
 
 /// Largest message taken on standard input when no config says otherwise.
 const DEFAULT_MAX_SIZE: u64 = 32 * 1024 * 1024;
 
-/// Room in the envelope line for one recipient: the longest address
-/// (64 + 1 + 255 bytes) twice over for JSON escapes, with its quotes.
-const ENVELOPE_BYTES_PER_RECIPIENT: u64 = 700;
-
-/// Longest envelope line pickup reads, for a configuration: every
-/// recipient `max_recipients` allows at its longest, and the sender;
-/// bounded, so it can be held in memory. sendmail checks what it writes
-/// against the same figure, so it never reports as queued a file that
-/// pickup would refuse.
-pub(crate) fn max_envelope_line(config: &Config) -> u64 {
-    (config.listen.max_recipients as u64)
-        .saturating_mul(ENVELOPE_BYTES_PER_RECIPIENT)
-        .saturating_add(4096)
-}
-
-/// Largest message (after the envelope line) pickup takes: what sendmail
-/// may have accepted plus the header fields it adds.
-pub(crate) fn max_incoming_message(config: &Config) -> u64 {
-    config.listen.max_message_size.saturating_add(ADDED_HEADERS)
-}
-
-/// What sendmail may add to a message of `max_message_size` bytes (From,
-/// Date, Message-ID), so that a message it accepted is never refused at
-/// pickup.
-const ADDED_HEADERS: u64 = 4096;
-
-/// Mode of an incoming file: the daemon reads it through the spool's
-/// group (the file's owner is whoever submitted it); the submitter's
-/// umask must not take that away.
-const INCOMING_FILE_MODE: u32 = 0o640;
-
-/// What the command line asked for.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Options {
-    /// `-t`: recipients from To, Cc and Bcc (Bcc is then removed).
-    pub extract: bool,
-    /// `-i`/`-oi`: a line with a lone dot does not end the message.
-    pub ignore_dots: bool,
-    pub sender: Option<String>,
-    pub full_name: Option<String>,
-    pub recipients: Vec<String>,
-    pub mode: Mode,
-}
-
-#[derive(Debug, Default, PartialEq, Eq)]
-pub enum Mode {
-    #[default]
-    Send,
-    /// `-bp`: list the queue.
-    List,
-    /// `-q`: flush the queue.
-    Flush,
-}
-
-/// Parses sendmail's command line (without the program name).
-///
-/// ```
-/// use mailqueue::sendmail::{parse_args, Mode};
-/// let o = parse_args(&["-t", "-oi", "-fme@example.org", "-F", "Me", "a@example.org"]).unwrap();
-/// assert!(o.extract && o.ignore_dots);
-/// assert_eq!(o.sender.as_deref(), Some("me@example.org"));
-/// assert_eq!(o.full_name.as_deref(), Some("Me"));
-/// assert_eq!(o.recipients, vec!["a@example.org"]);
-/// assert_eq!(parse_args(&["-bp"]).unwrap().mode, Mode::List);
-/// ```
-pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut i = 0;
-    let value = |i: &mut usize, inline: &str, flag: &str| -> Result<String, String> {
-        if !inline.is_empty() {
-            return Ok(inline.to_string());
-        }
-        *i += 1;
-        args.get(*i)
-            .map(|a| a.as_ref().to_string())
-            .ok_or_else(|| format!("option {flag} needs a value"))
-    };
-    while i < args.len() {
-        let a = args[i].as_ref();
-        if a == "--" {
-            o.recipients
-                .extend(args[i + 1..].iter().map(|a| a.as_ref().to_string()));
-            break;
-        }
-        if !a.starts_with('-') || a == "-" {
-            o.recipients.push(a.to_string());
-            i += 1;
-            continue;
-        }
-        match a {
-            "-t" => o.extract = true,
-            "-i" | "-oi" => o.ignore_dots = true,
-            "-bp" => o.mode = Mode::List,
-            "-bm" => o.mode = Mode::Send,
-            "-v" | "-n" | "-U" | "-m" | "-om" | "-oem" | "-oee" | "-oep" | "-oeq" | "-oew" => {}
-            _ if a.starts_with("-q") => o.mode = Mode::Flush,
-            _ if a.starts_with("-f") || a.starts_with("-r") => {
-                o.sender = Some(value(&mut i, &a[2..], "-f")?)
-            }
-            _ if a.starts_with("-F") => o.full_name = Some(value(&mut i, &a[2..], "-F")?),
-            // Options with a value that sendmail accepts and we ignore.
-            _ if a.starts_with("-N")
-                || a.starts_with("-R")
-                || a.starts_with("-V")
-                || a.starts_with("-B")
-                || a.starts_with("-X") =>
-            {
-                if a.len() == 2 {
-                    value(&mut i, "", a)?;
-                }
-            }
-            // Other -o options (-oX value, -oXvalue) are ignored, as sendmail does.
-            _ if a.starts_with("-o") => {}
-            _ if a.starts_with("-b") => return Err(format!("mode {a} is not supported")),
-            _ => return Err(format!("unknown option {a}")),
-        }
-        i += 1;
+/// The bounds pickup will hold a submission to.
+pub fn limits(config: &Config) -> IncomingLimits {
+    IncomingLimits {
+        max_recipients: config.listen.max_recipients,
+        max_message_size: config.listen.max_message_size,
     }
-    Ok(o)
-}
-
-/// The envelope line of an incoming file.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct IncomingEnvelope {
-    pub(crate) sender: Option<Address>,
-    pub(crate) recipients: Vec<Address>,
 }
 
 /// A sendmail failure with its exit code.
@@ -242,26 +113,27 @@ pub fn submit(
 
     let message = complete_message(config, opts, sender.as_ref(), &header, &body);
     // What pickup would refuse must not be reported as queued.
-    let max = max_incoming_message(config);
+    let max = limits(config).max_message();
     if message.len() as u64 > max {
         return Err(fail(
             exit::DATAERR,
             format!(
                 "the message with the header fields added is {} bytes, more than {max} \
-                 (max_message_size and {ADDED_HEADERS} bytes of added header; a long -F?)",
-                message.len()
+                 (max_message_size and {} bytes of added header; a long -F?)",
+                message.len(),
+                incoming::ADDED_HEADERS
             ),
         ));
     }
     check_quota(config, message.len() as u64)?;
     let envelope = IncomingEnvelope { sender, recipients };
-    let line = serde_json::to_vec(&envelope).map_or(0, |l| l.len() as u64 + 1);
-    if line > max_envelope_line(config) {
+    let line = envelope.to_line().len() as u64;
+    if line > limits(config).max_envelope_line() {
         return Err(fail(
             exit::DATAERR,
             format!(
                 "the envelope is {line} bytes, more than {} (fewer or shorter recipients)",
-                max_envelope_line(config)
+                limits(config).max_envelope_line()
             ),
         ));
     }
@@ -437,8 +309,8 @@ fn complete_message(
 /// password database for the real uid: `$USER` and `$LOGNAME` are the
 /// caller's to set, and would let anyone send as anyone.
 fn default_sender(config: &Config) -> Result<Address, Failure> {
-    let uid = crate::sys::real_uid();
-    let user = match crate::sys::user_name(uid) {
+    let uid = mailqueue::sys::real_uid();
+    let user = match mailqueue::sys::user_name(uid) {
         Ok(Some(name)) => name,
         Ok(None) => {
             return Err(fail(
@@ -496,16 +368,12 @@ fn write_incoming(
 ) -> Result<(PathBuf, bool), Failure> {
     let dir = spool.join("incoming");
     let spool_owner = spool_owner(spool)?;
-    let id = MessageId::generate();
-    // The random tail keeps other submitters, who may write into
-    // incoming/ but not list it, from guessing a name to open or replace.
-    let tail = fastrand::u64(..);
-    let tmp = dir.join(format!(".{id}-{tail:016x}.tmp"));
-    let dst = dir.join(format!("{id}-{tail:016x}.mail"));
+    let (tmp, dst) = incoming::file_names(MessageId::generate());
+    let (tmp, dst) = (dir.join(tmp), dir.join(dst));
     let cant = |e: io::Error, p: &Path| {
         let code = match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => exit::CANTCREAT,
-            _ if crate::queue::is_no_space(&e) => exit::TEMPFAIL,
+            _ if mailqueue::queue::is_no_space(&e) => exit::TEMPFAIL,
             _ => exit::IOERR,
         };
         let hint = if e.kind() == io::ErrorKind::PermissionDenied {
@@ -518,15 +386,11 @@ fn write_incoming(
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(INCOMING_FILE_MODE)
+        .mode(incoming::FILE_MODE)
         .open(&tmp)
         .map_err(|e| cant(e, &dir))?;
     let written = give_to_daemon(&file, spool_owner)
-        .and_then(|_| {
-            let mut line = serde_json::to_vec(envelope).unwrap_or_default();
-            line.push(b'\n');
-            file.write_all(&line)
-        })
+        .and_then(|_| file.write_all(&envelope.to_line()))
         .and_then(|_| file.write_all(message))
         .and_then(|_| file.sync_all())
         .map_err(|e| cant(e, &tmp))
@@ -590,8 +454,8 @@ const NOT_ALLOWED_HINT: &str = " (only root, the spool's owner and members of it
 fn spool_owner(spool: &Path) -> Result<(u32, u32), Failure> {
     match fs::metadata(spool) {
         Ok(m) => Ok((m.uid(), m.gid())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !crate::sys::is_privileged() => {
-            crate::queue::spool::Spool::open(spool)
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !mailqueue::sys::is_privileged() => {
+            mailqueue::queue::spool::Spool::open(spool)
                 .map_err(|e| fail(exit::CANTCREAT, e.to_string()))?;
             fs::metadata(spool)
                 .map(|m| (m.uid(), m.gid()))
@@ -618,11 +482,11 @@ fn give_to_daemon(file: &File, (spool_uid, spool_gid): (u32, u32)) -> io::Result
     if let Err(e) = std::os::unix::fs::fchown(file, None, Some(spool_gid)) {
         // The spool's owner need not be in its group: the daemon runs as
         // the owner and reads the file as such.
-        if crate::sys::effective_uid() != spool_uid {
+        if mailqueue::sys::effective_uid() != spool_uid {
             return Err(e);
         }
     }
-    file.set_permissions(fs::Permissions::from_mode(INCOMING_FILE_MODE))
+    file.set_permissions(fs::Permissions::from_mode(incoming::FILE_MODE))
 }
 
 /// How a rename into `incoming/` was made durable.
@@ -660,7 +524,7 @@ fn make_rename_durable(spool: &Path, dir: &Path, file: &File) -> io::Result<Dura
                 Err(e) => log::debug!("no daemon to sync {}: {e}", dir.display()),
             }
             log::debug!("{}: made durable by syncfs", dir.display());
-            crate::sys::syncfs(file).map(|()| Durable::Syncfs)
+            mailqueue::sys::syncfs(file).map(|()| Durable::Syncfs)
         }
         Err(e) => Err(e),
     }

@@ -1,27 +1,20 @@
-//! The control socket `<spool>/control.sock`: line-delimited JSON between
-//! the management commands (and `sendmail`) and the running daemon.
-//!
-//! One request line, one reply line, per connection. The socket is mode
-//! 0660 so that `sendmail` run by the spool's group can ask for a quota
-//! check and wake up pickup; every other request is taken only from root
-//! and the daemon's own user, as the kernel reports the peer (SO_PEERCRED).
+//! The daemon's side of the control socket: who may ask what, within
+//! which limits, and the answers.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use serde::{Deserialize, Serialize};
 
-use crate::queue::admin::Admin;
-use crate::queue::meta::MessageMeta;
-use crate::queue::stats::StatsSnapshot;
-use crate::queue::{MessageId, Queue, QueueError};
+use mailqueue::queue::{Queue, QueueError};
+
+use super::{apply, socket_path, Request, Response};
 
 /// How long a client has to send its whole request, and to take the reply.
 const REQUEST_TIME: Duration = Duration::from_secs(10);
@@ -35,137 +28,6 @@ const MAX_OTHER_REQUEST: usize = 4096;
 /// member opening connections cannot make the daemon start threads
 /// without end.
 const MAX_CONNECTIONS: usize = 16;
-
-/// A request to the daemon.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "lowercase")]
-pub enum Request {
-    List,
-    Show {
-        id: MessageId,
-    },
-    Flush {
-        ids: Vec<MessageId>,
-    },
-    Hold {
-        ids: Vec<MessageId>,
-    },
-    Release {
-        ids: Vec<MessageId>,
-    },
-    Delete {
-        ids: Vec<MessageId>,
-    },
-    Expire {
-        ids: Vec<MessageId>,
-    },
-    /// New files wait in `incoming/`. The daemon fsyncs `incoming/`
-    /// before it answers (and says so in `incoming_synced`): a submitter
-    /// that may not open it relies on that to make its rename durable.
-    Pickup,
-    /// May a message of `size` bytes be queued now?
-    Quota {
-        size: u64,
-    },
-    /// The running queue's counters.
-    Stats,
-}
-
-/// The daemon's answer.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// For `list`, and `show` (one message).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub messages: Vec<MessageMeta>,
-    /// For `show`: the message header.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
-    /// For commands on several ids: the ones that failed, and why.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failures: Vec<(MessageId, String)>,
-    /// For `stats`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<StatsSnapshot>,
-    /// For `pickup`: `incoming/` was fsynced before this answer, so every
-    /// rename into it made before the request is durable. A daemon that
-    /// does not say so (an older one) did not.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub incoming_synced: bool,
-    /// For `quota`: refused because the queue is full. Any other refusal
-    /// (busy, say) says nothing about the quota.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub quota_full: bool,
-}
-
-impl Response {
-    fn ok() -> Response {
-        Response {
-            ok: true,
-            ..Response::default()
-        }
-    }
-
-    fn error(e: impl ToString) -> Response {
-        Response {
-            ok: false,
-            error: Some(e.to_string()),
-            ..Response::default()
-        }
-    }
-}
-
-/// Why a request did not reach a daemon.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("no daemon is running on this spool")]
-    NoDaemon,
-    #[error("control socket {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("control socket {path}: bad reply: {why}")]
-    BadReply { path: PathBuf, why: String },
-}
-
-pub fn socket_path(spool: &Path) -> PathBuf {
-    spool.join("control.sock")
-}
-
-/// Sends one request to the daemon of `spool`.
-pub fn request(spool: &Path, req: &Request) -> Result<Response, ControlError> {
-    let path = socket_path(spool);
-    let io_err = |source| ControlError::Io {
-        path: path.clone(),
-        source,
-    };
-    let mut stream = match UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(ControlError::NoDaemon)
-        }
-        Err(e) => return Err(io_err(e)),
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .map_err(io_err)?;
-    let mut line = serde_json::to_vec(req).unwrap_or_default();
-    line.push(b'\n');
-    stream.write_all(&line).map_err(io_err)?;
-    let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .map_err(io_err)?;
-    serde_json::from_str(&reply).map_err(|e| ControlError::BadReply {
-        path: path.clone(),
-        why: e.to_string(),
-    })
-}
 
 /// The daemon's side of the socket.
 pub struct ControlServer {
@@ -267,7 +129,8 @@ fn warn_limited(line: &str) {
 
 /// True when the peer is root or the daemon's own user.
 fn is_owner(stream: &UnixStream) -> bool {
-    crate::sys::peer_uid(stream).is_ok_and(|uid| uid == 0 || uid == crate::sys::effective_uid())
+    mailqueue::sys::peer_uid(stream)
+        .is_ok_and(|uid| uid == 0 || uid == mailqueue::sys::effective_uid())
 }
 
 fn reply(stream: &UnixStream, response: &Response) {
@@ -324,10 +187,10 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
     let _ = stream.set_write_timeout(Some(REQUEST_TIME));
     // Who asks, read once: it sets the request size, what may be asked,
     // and what the answers and log lines show.
-    let peer = crate::sys::peer_uid(&stream);
+    let peer = mailqueue::sys::peer_uid(&stream);
     let owner = peer
         .as_ref()
-        .is_ok_and(|&uid| uid == 0 || uid == crate::sys::effective_uid());
+        .is_ok_and(|&uid| uid == 0 || uid == mailqueue::sys::effective_uid());
     let who = match &peer {
         Ok(uid) => format!("userid {uid}"),
         Err(e) => format!("an unknown user ({e})"),
@@ -369,29 +232,10 @@ fn allowed_to_others(req: &Request) -> bool {
     matches!(req, Request::Pickup | Request::Quota { .. })
 }
 
-impl Request {
-    /// The command's name, for messages.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Request::List => "list",
-            Request::Show { .. } => "show",
-            Request::Flush { .. } => "flush",
-            Request::Hold { .. } => "hold",
-            Request::Release { .. } => "release",
-            Request::Delete { .. } => "delete",
-            Request::Expire { .. } => "expire",
-            Request::Pickup => "pickup",
-            Request::Quota { .. } => "quota",
-            Request::Stats => "stats",
-        }
-    }
-}
-
 fn handle(req: Request, queue: &Queue, pickup: &Sender<()>, owner: bool) -> Response {
     match req {
         Request::Pickup => {
-            let incoming = queue.config().spool.join("incoming");
-            let incoming_synced = match crate::queue::spool::sync_dir(&incoming) {
+            let incoming_synced = match mailqueue::queue::pickup::sync_incoming(queue) {
                 Ok(()) => true,
                 Err(e) => {
                     log::warn!("pickup: {e}");
@@ -424,50 +268,5 @@ fn handle(req: Request, queue: &Queue, pickup: &Sender<()>, owner: bool) -> Resp
             ..Response::ok()
         },
         req => apply(&queue.admin(), &req),
-    }
-}
-
-/// Carries out a management request, in the daemon or directly on a
-/// spool. `Pickup` and `Quota` concern a running daemon only: here they
-/// do nothing; `Stats` has nothing to report.
-pub fn apply(admin: &Admin<'_>, req: &Request) -> Response {
-    let each = |ids: &[MessageId], op: &dyn Fn(MessageId) -> Result<(), QueueError>| {
-        let failures: Vec<(MessageId, String)> = ids
-            .iter()
-            .filter_map(|&id| op(id).err().map(|e| (id, e.to_string())))
-            .collect();
-        Response {
-            ok: failures.is_empty(),
-            failures,
-            ..Response::default()
-        }
-    };
-    match req {
-        Request::List => match admin.list() {
-            Ok(messages) => Response {
-                messages,
-                ..Response::ok()
-            },
-            Err(e) => Response::error(e),
-        },
-        Request::Show { id } => match admin.show(*id) {
-            Ok((meta, header)) => Response {
-                messages: vec![meta],
-                header: Some(String::from_utf8_lossy(&header).into_owned()),
-                ..Response::ok()
-            },
-            Err(e) => Response::error(e),
-        },
-        Request::Flush { ids } if ids.is_empty() => match admin.flush(&[]) {
-            Ok(()) => Response::ok(),
-            Err(e) => Response::error(e),
-        },
-        Request::Flush { ids } => each(ids, &|id| admin.flush(&[id])),
-        Request::Hold { ids } => each(ids, &|id| admin.hold(id)),
-        Request::Release { ids } => each(ids, &|id| admin.release(id)),
-        Request::Delete { ids } => each(ids, &|id| admin.delete(id)),
-        Request::Expire { ids } => each(ids, &|id| admin.expire(id)),
-        Request::Pickup | Request::Quota { .. } => Response::ok(),
-        Request::Stats => Response::error(ControlError::NoDaemon),
     }
 }

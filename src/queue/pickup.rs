@@ -11,13 +11,19 @@ use std::path::{Path, PathBuf};
 
 use crate::date::rfc5322;
 use crate::envelope::Envelope;
+use crate::queue::incoming::{IncomingEnvelope, IncomingLimits};
 use crate::queue::spool::sync_dir;
 use crate::queue::{MessageId, Queue};
-use crate::sendmail::{max_envelope_line, max_incoming_message, IncomingEnvelope};
 
 /// Daemon side, one pass: queues every complete file in `incoming/`.
-pub fn pickup(queue: &Queue) -> usize {
-    Pickup::default().run(queue)
+pub fn pickup(queue: &Queue, limits: IncomingLimits) -> usize {
+    Pickup::new(limits).run(queue)
+}
+
+/// Makes every rename into `incoming/` made so far durable: a
+/// submitter that may not open the directory asks the daemon for this.
+pub fn sync_incoming(queue: &Queue) -> Result<(), crate::queue::QueueError> {
+    sync_dir(&queue.config().spool.join("incoming"))
 }
 
 /// How long a temporary file (or any other file not named `*.mail`) may
@@ -32,8 +38,9 @@ pub const STALE_TMP_AGE: std::time::Duration = std::time::Duration::from_secs(36
 /// files it had to leave (or could not quarantine), so that one it cannot
 /// handle is reported when first met (and when the reason changes), not
 /// every few seconds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pickup {
+    limits: IncomingLimits,
     left: std::collections::HashMap<PathBuf, String>,
     /// When this process first saw each name that is not taken at once:
     /// its own clock, where a file's mtime is its owner's to set.
@@ -58,6 +65,16 @@ struct Changes {
 }
 
 impl Pickup {
+    /// A pickup that takes files within `limits`.
+    pub fn new(limits: IncomingLimits) -> Pickup {
+        Pickup {
+            limits,
+            left: Default::default(),
+            seen: Default::default(),
+            refused: None,
+        }
+    }
+
     /// Queues every complete file in `incoming/`. A file is removed only
     /// once its message is durable in the queue. One file that cannot be
     /// taken now never holds up the others.
@@ -108,18 +125,19 @@ impl Pickup {
         for path in names {
             // A bug hit by one file (a parser edge) must not stop the
             // others: the file is quarantined, as a bad one would be.
-            let taken =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pickup_one(queue, &path)))
-                    .unwrap_or_else(|panic| {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        Err(PickupError::Corrupt(format!(
-                            "pickup panicked on it: {what}"
-                        )))
-                    });
+            let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pickup_one(queue, self.limits, &path)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(PickupError::Corrupt(format!(
+                    "pickup panicked on it: {what}"
+                )))
+            });
             match taken {
                 Ok((id, uid)) => {
                     if let Err(e) = fs::remove_file(&path) {
@@ -292,7 +310,11 @@ enum PickupError {
     Corrupt(String),
 }
 
-fn pickup_one(queue: &Queue, path: &Path) -> Result<(MessageId, u32), PickupError> {
+fn pickup_one(
+    queue: &Queue,
+    limits: IncomingLimits,
+    path: &Path,
+) -> Result<(MessageId, u32), PickupError> {
     // Look before opening: opening a FIFO would block and opening a
     // device may act on it.
     let meta = fs::symlink_metadata(path).map_err(|e| PickupError::Later(e.to_string()))?;
@@ -332,8 +354,8 @@ fn pickup_one(queue: &Queue, path: &Path) -> Result<(MessageId, u32), PickupErro
         )));
     }
     let uid = meta.uid();
-    let max_message = max_incoming_message(queue.config());
-    let max_line = max_envelope_line(queue.config());
+    let max_message = limits.max_message();
+    let max_line = limits.max_envelope_line();
     let max_file = max_message.saturating_add(max_line);
     if meta.len() > max_file {
         return Err(PickupError::Corrupt(format!(
@@ -363,7 +385,7 @@ fn pickup_one(queue: &Queue, path: &Path) -> Result<(MessageId, u32), PickupErro
     // (the spool's group may) must not get past it either.
     // Each recipient once, as sendmail writes them: a list that repeats
     // one address must not carry it past the limit.
-    let max = queue.config().listen.max_recipients;
+    let max = limits.max_recipients;
     let mut recipients = env.recipients;
     recipients.sort();
     recipients.dedup();

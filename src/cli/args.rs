@@ -1,0 +1,73 @@
+//! The `mailqueue` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mailqueue",
+    version,
+    about = "A durable, synchronous mail queue"
+)]
+pub struct Cli {
+    /// Configuration file (default: $MAILQUEUE_CONFIG, else /etc/mailqueue.toml if present, else built-in defaults).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Spool directory, overriding the configuration.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the daemon in the foreground.
+    Serve,
+    /// Read a message on standard input and queue it (sendmail options).
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List the queue.
+    List {
+        /// One JSON object per message per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a message's envelope, per-recipient state and header.
+    Show { id: String },
+    /// Retry now: the given messages, or all.
+    Flush { ids: Vec<String> },
+    /// Stop delivering messages until released.
+    Hold {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Resume delivering held messages.
+    Release {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove messages without telling their senders.
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Give messages up now, telling their senders.
+    Expire {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Show the running daemon's counters: queue size, attempts,
+    /// scheduling lag.
+    Stats {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration and exit.
+    Check,
+}

@@ -1,0 +1,43 @@
+//! The commands' side of the control socket.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{socket_path, ControlError, Request, Response};
+
+/// Sends one request to the daemon of `spool`.
+pub fn request(spool: &Path, req: &Request) -> Result<Response, ControlError> {
+    let path = socket_path(spool);
+    let io_err = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ControlError::NoDaemon)
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(io_err)?;
+    let mut line = serde_json::to_vec(req).unwrap_or_default();
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_err)?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(io_err)?;
+    serde_json::from_str(&reply).map_err(|e| ControlError::BadReply {
+        path: path.clone(),
+        why: e.to_string(),
+    })
+}
