@@ -12,7 +12,8 @@ use mailqueue::Config;
 mod cli;
 
 use cli::args::{Cli, Cmd};
-use cli::commands::{self, AdminCommand};
+use cli::commands::{self, Format};
+use cli::control::Request;
 use cli::exit;
 use cli::sendmail::{self, Mode};
 
@@ -102,7 +103,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(exit::CONFIG);
                 }
             };
-            return ExitCode::from(commands::run(&config, AdminCommand::List { json: false }));
+            return ExitCode::from(commands::run(&config, Request::List, Format::Text));
         }
         _ => {}
     }
@@ -121,8 +122,17 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let admin = |cmd| ExitCode::from(commands::run(&config, cmd));
-    match cli.command {
+    let command = match cli.command.into_request() {
+        Ok(Ok((request, format))) => {
+            return ExitCode::from(commands::run(&config, request, format))
+        }
+        Ok(Err(other)) => other,
+        Err(e) => {
+            eprintln!("mailqueue: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    match command {
         Cmd::Check => {
             let source = path
                 .as_deref()
@@ -155,15 +165,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::List { json } => admin(AdminCommand::List { json }),
-        Cmd::Show { id } => admin(AdminCommand::Show(id)),
-        Cmd::Flush { ids } => admin(AdminCommand::Flush(ids)),
-        Cmd::Hold { ids } => admin(AdminCommand::Hold(ids)),
-        Cmd::Release { ids } => admin(AdminCommand::Release(ids)),
-        Cmd::Delete { ids } => admin(AdminCommand::Delete(ids)),
-        Cmd::Expire { ids } => admin(AdminCommand::Expire(ids)),
-        Cmd::Stats { json } => admin(AdminCommand::Stats { json }),
-        Cmd::Sendmail { .. } => unreachable!("handled above"),
+        _ => unreachable!("operator commands and sendmail are handled above"),
     }
 }
 
@@ -193,11 +195,10 @@ fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]
         }
     };
     match opts.mode {
-        Mode::List => {
-            return ExitCode::from(commands::run(&config, AdminCommand::List { json: false }))
-        }
+        Mode::List => return ExitCode::from(commands::run(&config, Request::List, Format::Text)),
         Mode::Flush => {
-            return ExitCode::from(commands::run(&config, AdminCommand::Flush(Vec::new())))
+            let flush = Request::Flush { ids: Vec::new() };
+            return ExitCode::from(commands::run(&config, flush, Format::Text));
         }
         Mode::Send => {}
     }

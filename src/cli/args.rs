@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use super::commands::{parse_ids, Format};
+use super::control::Request;
+
 #[derive(Parser)]
 #[command(
     name = "mailqueue",
@@ -70,4 +73,52 @@ pub enum Cmd {
     },
     /// Validate the configuration and exit.
     Check,
+}
+
+impl Cmd {
+    /// An operator command as the request the daemon (or the spool)
+    /// carries out, with how to print the answer; the other commands
+    /// (serve, sendmail, check) as they are. Bad message ids are an error.
+    pub fn into_request(self) -> Result<Result<(Request, Format), Cmd>, String> {
+        let format = |json| if json { Format::Json } else { Format::Text };
+        Ok(Ok(match self {
+            Cmd::List { json } => (Request::List, format(json)),
+            Cmd::Show { id } => {
+                let id = parse_ids(&[id])?.remove(0);
+                (Request::Show { id }, Format::Text)
+            }
+            Cmd::Flush { ids } => (
+                Request::Flush {
+                    ids: parse_ids(&ids)?,
+                },
+                Format::Text,
+            ),
+            Cmd::Hold { ids } => (
+                Request::Hold {
+                    ids: parse_ids(&ids)?,
+                },
+                Format::Text,
+            ),
+            Cmd::Release { ids } => (
+                Request::Release {
+                    ids: parse_ids(&ids)?,
+                },
+                Format::Text,
+            ),
+            Cmd::Delete { ids } => (
+                Request::Delete {
+                    ids: parse_ids(&ids)?,
+                },
+                Format::Text,
+            ),
+            Cmd::Expire { ids } => (
+                Request::Expire {
+                    ids: parse_ids(&ids)?,
+                },
+                Format::Text,
+            ),
+            Cmd::Stats { json } => (Request::Stats, format(json)),
+            other => return Ok(Err(other)),
+        }))
+    }
 }

@@ -20,36 +20,27 @@ use mailqueue::MessageId;
 
 use super::control::{self, ControlError, Request, Response};
 
-use super::exit::{FAILED, OK, UNAVAILABLE, USAGE};
+use super::exit::{FAILED, OK, UNAVAILABLE};
 
-/// One management command.
-#[derive(Debug, Clone)]
-pub enum AdminCommand {
-    List { json: bool },
-    Show(String),
-    Flush(Vec<String>),
-    Hold(Vec<String>),
-    Release(Vec<String>),
-    Delete(Vec<String>),
-    Expire(Vec<String>),
-    Stats { json: bool },
+/// How a command's answer is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// For people: a table, `name: value` lines.
+    Text,
+    /// For scripts: one JSON object per line.
+    Json,
 }
 
-fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, String> {
+/// Parses message ids given on the command line.
+pub fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, String> {
     ids.iter()
         .map(|i| i.parse::<MessageId>().map_err(|e| e.to_string()))
         .collect()
 }
 
-/// Runs a command; returns the process exit code.
-pub fn run(config: &Config, cmd: AdminCommand) -> u8 {
-    let request = match to_request(&cmd) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("mailqueue: {e}");
-            return USAGE;
-        }
-    };
+/// Runs a command through the daemon, or on the spool when none runs;
+/// returns the process exit code.
+pub fn run(config: &Config, request: Request, format: Format) -> u8 {
     let response = match control::request(&config.spool, &request) {
         Ok(r) => r,
         // Only a running daemon counts.
@@ -69,34 +60,7 @@ pub fn run(config: &Config, cmd: AdminCommand) -> u8 {
             return UNAVAILABLE;
         }
     };
-    report(config, &cmd, &response)
-}
-
-fn to_request(cmd: &AdminCommand) -> Result<Request, String> {
-    Ok(match cmd {
-        AdminCommand::List { .. } => Request::List,
-        AdminCommand::Show(id) => Request::Show {
-            id: id
-                .parse()
-                .map_err(|e: mailqueue::BadMessageId| e.to_string())?,
-        },
-        AdminCommand::Flush(ids) => Request::Flush {
-            ids: parse_ids(ids)?,
-        },
-        AdminCommand::Hold(ids) => Request::Hold {
-            ids: parse_ids(ids)?,
-        },
-        AdminCommand::Release(ids) => Request::Release {
-            ids: parse_ids(ids)?,
-        },
-        AdminCommand::Delete(ids) => Request::Delete {
-            ids: parse_ids(ids)?,
-        },
-        AdminCommand::Expire(ids) => Request::Expire {
-            ids: parse_ids(ids)?,
-        },
-        AdminCommand::Stats { .. } => Request::Stats,
-    })
+    report(config, &request, format, &response)
 }
 
 /// Carries out a request on the spool itself (no daemon running).
@@ -164,7 +128,7 @@ enum DirectError {
     DaemonNotAnswering { spool: PathBuf, waited: Duration },
 }
 
-fn report(config: &Config, cmd: &AdminCommand, r: &Response) -> u8 {
+fn report(config: &Config, request: &Request, format: Format, r: &Response) -> u8 {
     if let Some(e) = &r.error {
         eprintln!("mailqueue: {e}");
         return FAILED;
@@ -174,24 +138,24 @@ fn report(config: &Config, cmd: &AdminCommand, r: &Response) -> u8 {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match cmd {
-        AdminCommand::List { json: true } => {
+    match (request, format) {
+        (Request::List, Format::Json) => {
             for m in &r.messages {
                 let _ = writeln!(out, "{}", list_json(m));
             }
         }
-        AdminCommand::List { json: false } => {
+        (Request::List, Format::Text) => {
             let _ = out.write_all(list_table(&r.messages).as_bytes());
         }
-        AdminCommand::Show(_) => {
+        (Request::Show { .. }, _) => {
             if let Some(m) = r.messages.first() {
                 let _ = out
                     .write_all(show_text(config, m, r.header.as_deref().unwrap_or("")).as_bytes());
             }
         }
-        AdminCommand::Stats { json } => {
+        (Request::Stats, _) => {
             if let Some(s) = &r.stats {
-                let _ = out.write_all(stats_text(s, *json).as_bytes());
+                let _ = out.write_all(stats_text(s, format == Format::Json).as_bytes());
             }
         }
         _ => {}
