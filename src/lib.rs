@@ -10,14 +10,25 @@
 //! There is no async runtime: one timer thread, N worker threads, blocking
 //! I/O.
 
-pub mod address;
-pub mod config;
-pub mod date;
-pub mod delivery;
-pub mod envelope;
+// The embedding API: the items below, re-exported at the root.
+mod address;
+mod envelope;
 mod id;
+
+// The daemon's parts, for the `mailqueue` binary, the tests, benches and
+// fuzz targets. Not part of the embedding API: hidden from the docs and
+// free to change in any release.
+#[doc(hidden)]
+pub mod config;
+#[doc(hidden)]
+pub mod date;
+#[doc(hidden)]
+pub mod delivery;
+#[doc(hidden)]
 pub mod queue;
+#[doc(hidden)]
 pub mod smtp;
+#[doc(hidden)]
 pub mod sys;
 
 pub use address::{Address, AddressError, ReversePath};
@@ -26,7 +37,7 @@ pub use delivery::{
     Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, PartialDelivery,
     StatusCollector,
 };
-pub use envelope::{BodyType, Envelope, MailParams, Notify, Recipient, Ret};
+pub use envelope::{BadNotify, BodyType, Envelope, MailParams, Notify, Recipient, Ret};
 pub use id::{BadMessageId, MessageId};
 pub use queue::{Queue, QueueError};
 pub use smtp::reply::{EnhancedCode, SmtpReply};
