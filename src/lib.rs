@@ -25,6 +25,8 @@ pub mod date;
 #[doc(hidden)]
 pub mod delivery;
 #[doc(hidden)]
+pub mod ingest;
+#[doc(hidden)]
 pub mod queue;
 #[doc(hidden)]
 pub mod smtp;

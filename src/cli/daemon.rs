@@ -9,7 +9,7 @@ use signal_hook::iterator::Signals;
 
 use mailqueue::config::Config;
 use mailqueue::delivery::build_target;
-use mailqueue::queue::pickup::Pickup;
+use mailqueue::ingest::pickup::Pickup;
 use mailqueue::smtp::server::{self, Server, ServerSettings};
 use mailqueue::{DeliveryTarget, Queue};
 

@@ -23,9 +23,7 @@
 pub mod admin;
 pub mod clock;
 pub mod dsn;
-pub mod incoming;
 pub mod meta;
-pub mod pickup;
 pub mod retry;
 pub mod spool;
 pub mod stats;

@@ -235,7 +235,7 @@ fn allowed_to_others(req: &Request) -> bool {
 fn handle(req: Request, queue: &Queue, pickup: &Sender<()>, owner: bool) -> Response {
     match req {
         Request::Pickup => {
-            let incoming_synced = match mailqueue::queue::pickup::sync_incoming(queue) {
+            let incoming_synced = match mailqueue::ingest::pickup::sync_incoming(queue) {
                 Ok(()) => true,
                 Err(e) => {
                     log::warn!("pickup: {e}");

@@ -20,8 +20,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use mailqueue::config::Config;
-use mailqueue::date::rfc5322;
-use mailqueue::queue::incoming::{self, IncomingEnvelope, IncomingLimits};
+use mailqueue::ingest::cleanup;
+use mailqueue::ingest::incoming::{self, IncomingEnvelope, IncomingLimits};
 use mailqueue::{Address, MessageId};
 
 use super::control::{self, ControlError, Request};
@@ -90,8 +90,7 @@ pub fn submit(
     if opts.extract {
         recipients.extend(header_recipients(&header)?);
     }
-    recipients.sort();
-    recipients.dedup();
+    let recipients = cleanup::unique_recipients(recipients);
     if recipients.is_empty() {
         return Err(fail(
             exit::USAGE,
@@ -234,14 +233,6 @@ fn header_recipients(header: &[u8]) -> Result<Vec<Address>, Failure> {
     Ok(out)
 }
 
-fn has_field(header: &[u8], name: &str) -> bool {
-    header.split(|b| *b == b'\n').any(|line| {
-        line.len() > name.len()
-            && line[name.len()] == b':'
-            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-    })
-}
-
 /// The header without Bcc fields (and their continuation lines).
 fn without_bcc(header: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(header.len());
@@ -266,35 +257,15 @@ fn complete_message(
     header: &[u8],
     body: &[u8],
 ) -> Vec<u8> {
-    let now = std::time::SystemTime::now();
     // Received is the daemon's to write (at pickup, from the file's owner).
-    let mut m = Vec::with_capacity(header.len() + body.len() + 256);
-    if !has_field(header, "From") {
-        let addr = sender
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| format!("MAILER-DAEMON@{}", config.hostname));
-        let line = match &opts.full_name {
-            Some(name) => format!(
-                "From: \"{}\" <{addr}>\r\n",
-                name.replace(['"', '\\', '\r', '\n'], "")
-            ),
-            None => format!("From: {addr}\r\n"),
-        };
-        m.extend_from_slice(line.as_bytes());
-    }
-    if !has_field(header, "Date") {
-        m.extend_from_slice(format!("Date: {}\r\n", rfc5322(now)).as_bytes());
-    }
-    if !has_field(header, "Message-ID") {
-        m.extend_from_slice(
-            format!(
-                "Message-ID: <{}@{}>\r\n",
-                MessageId::generate(),
-                config.hostname
-            )
-            .as_bytes(),
-        );
-    }
+    let mut m = cleanup::missing_headers(
+        header,
+        &config.hostname,
+        sender,
+        opts.full_name.as_deref(),
+        std::time::SystemTime::now(),
+    );
+    m.reserve(header.len() + body.len() + 2);
     if opts.extract {
         m.extend_from_slice(&without_bcc(header));
     } else {

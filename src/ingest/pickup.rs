@@ -9,9 +9,9 @@ use std::io::{self, BufRead, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::date::rfc5322;
 use crate::envelope::Envelope;
-use crate::queue::incoming::{IncomingEnvelope, IncomingLimits};
+use crate::ingest::cleanup;
+use crate::ingest::incoming::{IncomingEnvelope, IncomingLimits};
 use crate::queue::spool::sync_dir;
 use crate::queue::{MessageId, Queue};
 
@@ -386,9 +386,7 @@ fn pickup_one(
     // Each recipient once, as sendmail writes them: a list that repeats
     // one address must not carry it past the limit.
     let max = limits.max_recipients;
-    let mut recipients = env.recipients;
-    recipients.sort();
-    recipients.dedup();
+    let recipients = cleanup::unique_recipients(env.recipients);
     if recipients.len() > max {
         return Err(PickupError::Corrupt(format!(
             "{} recipients, more than [listen] max_recipients ({max})",
@@ -399,10 +397,10 @@ fn pickup_one(
 
     // Who submitted is what the kernel says owns the file, never a name
     // the submitter wrote (as Postfix's pickup does).
-    let received = format!(
-        "Received: by {} (mailqueue, from userid {uid});\r\n\t{}\r\n",
-        queue.config().hostname,
-        rfc5322(std::time::SystemTime::now())
+    let received = cleanup::received(
+        &queue.config().hostname,
+        &cleanup::Origin::Local { uid },
+        std::time::SystemTime::now(),
     );
     let mut body = Bounded {
         inner: reader,
