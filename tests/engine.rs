@@ -9,7 +9,10 @@ use std::time::Duration;
 use common::scripted::{addr, perm, sender, temp, Plan, Scripted};
 use common::{files_in, test_config, wait_for};
 use mailqueue::queue::meta::RcptStatus;
-use mailqueue::{Body, Config, DeliveryTarget, Envelope, MessageInfo, Queue, Recipient};
+use mailqueue::{
+    Body, Config, DeliveryTarget, Envelope, Handoff, MessageInfo, Queue, Recipient,
+    RecipientOutcome,
+};
 
 const LONG: Duration = Duration::from_secs(10);
 const MSG: &[u8] =
@@ -290,18 +293,22 @@ fn no_accepted_recipients_means_abort_and_staged_abort_leaves_nothing() {
         params: Default::default(),
         size: MSG.len() as u64,
     };
-    let mut d = queue.start(&info).unwrap();
-    d.add_rcpt(&Recipient::new(addr("z@x.org"))).unwrap();
-    d.body(&Body::from_bytes(MSG.to_vec())).unwrap();
-    d.abort();
+    // A body that cannot be read to its end (its checksum is wrong) is
+    // an aborted delivery.
+    let rcpts = [Recipient::new(addr("z@x.org"))];
+    let damaged = dir.path().join("damaged");
+    std::fs::write(&damaged, MSG).unwrap();
+    let body = Body::from_file(damaged, MSG.len() as u64, Some(0));
+    let outcomes = queue.deliver(&info, &rcpts, &body);
+    assert_eq!(outcomes.len(), 1);
+    assert!(outcomes[0].result.is_err());
     assert!(spool_empty(&config));
     assert!(files_in(&config.spool.join("tmp")).is_empty());
 
     let before = target.attempts();
-    let mut d = queue.start(&info).unwrap();
-    d.add_rcpt(&Recipient::new(addr("z@x.org"))).unwrap();
-    d.body(&Body::from_bytes(MSG.to_vec())).unwrap();
-    d.commit().unwrap();
+    let outcomes = queue.deliver(&info, &rcpts, &Body::from_bytes(MSG.to_vec()));
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].result, Ok(Handoff::Passed));
     assert!(wait_for(LONG, || target.attempts() == before + 1
         && spool_empty(&config)));
     assert_eq!(target.seen().last().unwrap().accepted, vec!["z@x.org"]);
@@ -582,16 +589,18 @@ struct PanicsFor {
 }
 
 impl DeliveryTarget for PanicsFor {
-    fn start(
+    fn deliver(
         &self,
         msg: &MessageInfo,
-    ) -> Result<Box<dyn mailqueue::Delivery + '_>, mailqueue::DeliveryError> {
+        rcpts: &[Recipient],
+        body: &Body,
+    ) -> Vec<RecipientOutcome> {
         if msg.sender.as_ref().map(|a| a.to_string()).as_deref() == Some(self.sender) {
             self.panics
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             panic!("a bug on this message");
         }
-        self.inner.start(msg)
+        self.inner.deliver(msg, rcpts, body)
     }
 }
 
@@ -640,33 +649,26 @@ struct SlowCommit {
     release: crossbeam_channel::Receiver<()>,
 }
 
-struct SlowAttempt<'a>(&'a SlowCommit);
-
 impl DeliveryTarget for SlowCommit {
-    fn start(
+    fn deliver(
         &self,
         _msg: &MessageInfo,
-    ) -> Result<Box<dyn mailqueue::Delivery + '_>, mailqueue::DeliveryError> {
-        Ok(Box::new(SlowAttempt(self)))
-    }
-}
-
-impl mailqueue::Delivery for SlowAttempt<'_> {
-    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), mailqueue::DeliveryError> {
-        if rcpt.address.to_string() == "c@x.org" {
-            return Err(temp("mailbox busy"));
+        rcpts: &[Recipient],
+        _body: &Body,
+    ) -> Vec<RecipientOutcome> {
+        let busy = |r: &Recipient| r.address.to_string() == "c@x.org";
+        if rcpts.iter().any(|r| !busy(r)) {
+            self.entered.send(()).unwrap();
+            self.release.recv().unwrap();
         }
-        Ok(())
+        rcpts
+            .iter()
+            .map(|r| match busy(r) {
+                true => RecipientOutcome::new(Err(temp("mailbox busy"))),
+                false => RecipientOutcome::new(Ok(Handoff::Relayed)),
+            })
+            .collect()
     }
-    fn body(&mut self, _body: &Body) -> Result<(), mailqueue::DeliveryError> {
-        Ok(())
-    }
-    fn commit(self: Box<Self>) -> Result<(), mailqueue::DeliveryError> {
-        self.0.entered.send(()).unwrap();
-        self.0.release.recv().unwrap();
-        Ok(())
-    }
-    fn abort(self: Box<Self>) {}
 }
 
 #[test]
@@ -703,5 +705,58 @@ fn expire_during_an_attempt_bounces_only_what_the_attempt_left_pending() {
         "the delivered b@x.org was bounced"
     );
     assert_eq!(dsn.recipients[0]["Action"], "failed");
+    queue.close();
+}
+
+/// A buggy target: reports only the first recipient, delivered.
+struct ReportsOnlyTheFirst;
+
+impl DeliveryTarget for ReportsOnlyTheFirst {
+    fn deliver(
+        &self,
+        _msg: &MessageInfo,
+        rcpts: &[Recipient],
+        _body: &Body,
+    ) -> Vec<RecipientOutcome> {
+        RecipientOutcome::all(rcpts.len().min(1), Ok(Handoff::Relayed))
+    }
+}
+
+#[test]
+fn recipients_a_target_leaves_without_an_outcome_stay_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.queue.initial_retry = Duration::from_secs(3600);
+    config.queue.max_retry_interval = Duration::from_secs(3600);
+    let queue = Queue::open(config.clone(), Arc::new(ReportsOnlyTheFirst)).unwrap();
+    queue
+        .enqueue(&envelope(&["b@x.org", "c@x.org", "d@x.org"]), MSG)
+        .unwrap();
+    // Attempted: recorded, or gone if every recipient counted as done.
+    assert!(wait_for(LONG, || queue
+        .list()
+        .unwrap()
+        .first()
+        .is_none_or(|m| m.last_attempt.is_some())));
+    let list = queue.list().unwrap();
+    assert_eq!(list.len(), 1, "unreported recipients counted as delivered");
+    let by: HashMap<String, _> = list[0]
+        .recipients
+        .iter()
+        .map(|r| (r.address.to_string(), r))
+        .collect();
+    assert_eq!(by["b@x.org"].status, RcptStatus::Delivered);
+    for unreported in ["c@x.org", "d@x.org"] {
+        let r = by[unreported];
+        assert_eq!(
+            r.status,
+            RcptStatus::Pending,
+            "{unreported}: unreported counted as delivered"
+        );
+        assert_eq!(r.tries, 1);
+        let error = r.last_error.as_ref().unwrap();
+        assert_eq!(error.code, 451, "{error}");
+        assert!(error.to_string().contains("internal error"), "{error}");
+    }
     queue.close();
 }

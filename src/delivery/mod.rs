@@ -1,8 +1,14 @@
 //! Delivery targets: where the queue hands messages on.
 //!
-//! An attempt is `start` → `add_rcpt` for each pending recipient → `body` →
-//! `commit`, or `abort` when nothing is left to commit. Every failure is a
-//! [`DeliveryError`] that says whether trying again later can help.
+//! A target is one trait, [`DeliveryTarget`]: an attempt hands it the
+//! message, its pending recipients and its body, and gets back one
+//! [`RecipientOutcome`] per recipient, in order. How the target gets
+//! there is its own business: the relay and LMTP client runs one SMTP
+//! transaction (MAIL, RCPT for each recipient, DATA; a rejected RCPT fails
+//! only its recipient, a failed DATA all that were accepted, LMTP answers
+//! per recipient), the MX client one transaction per domain, the queue
+//! stores a copy. Every failure is a [`DeliveryError`] that says whether
+//! trying again later can help.
 
 pub mod dns;
 pub mod pool;
@@ -16,7 +22,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::address::{Address, ReversePath};
+use crate::address::ReversePath;
 use crate::envelope::{MailParams, Recipient};
 use crate::id::MessageId;
 use crate::smtp::reply::SmtpReply;
@@ -298,42 +304,83 @@ impl<R: Read> Read for Checked<R> {
 
 /// Somewhere messages can be delivered: a smarthost, MX hosts, an LMTP
 /// server, or the queue itself.
+///
+/// One call delivers one message to the recipients still pending and
+/// returns one [`RecipientOutcome`] per recipient, in the order given.
+/// A target that delivers all or nothing answers every recipient alike
+/// with [`RecipientOutcome::all`]; one that learns a result per recipient
+/// (LMTP, MX delivery by domain) fills them one by one. An outcome left
+/// out is a bug of the target: the queue logs it and retries that
+/// recipient later, it never counts it as delivered.
+///
+/// ```
+/// use mailqueue::{Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo,
+///                 Recipient, RecipientOutcome};
+///
+/// /// Hands every message to some store of the embedder's, all or nothing.
+/// struct Archive;
+///
+/// impl DeliveryTarget for Archive {
+///     fn deliver(&self, msg: &MessageInfo, rcpts: &[Recipient], body: &Body)
+///         -> Vec<RecipientOutcome>
+///     {
+///         let stored = body
+///             .to_vec()
+///             .map(|bytes| println!("{}: {} bytes for {} recipients", msg.id, bytes.len(), rcpts.len()))
+///             .map_err(|e| DeliveryError::temporary(451, (4, 3, 0), &format!("archive: {e}")));
+///         // Final delivery: a sender who asked for it hears "delivered".
+///         RecipientOutcome::all(rcpts.len(), stored.map(|()| Handoff::Delivered))
+///     }
+/// }
+///
+/// let info = MessageInfo {
+///     id: mailqueue::MessageId::generate(),
+///     sender: Some("me@example.org".parse().unwrap()),
+///     params: Default::default(),
+///     size: 5,
+/// };
+/// let rcpts = [Recipient::new("you@example.net".parse().unwrap())];
+/// let outcomes = Archive.deliver(&info, &rcpts, &Body::from_bytes(&b"Hi.\r\n"[..]));
+/// assert_eq!(outcomes.len(), 1);
+/// assert_eq!(outcomes[0].result, Ok(Handoff::Delivered));
+/// ```
 pub trait DeliveryTarget: Send + Sync {
-    /// Opens a transaction for one message. An error here fails every
-    /// pending recipient.
-    fn start(&self, msg: &MessageInfo) -> Result<Box<dyn Delivery + '_>, DeliveryError>;
+    /// Delivers one message to `rcpts`; returns exactly one outcome per
+    /// recipient, in order.
+    fn deliver(&self, msg: &MessageInfo, rcpts: &[Recipient], body: &Body)
+        -> Vec<RecipientOutcome>;
 }
 
-/// One transaction in progress.
-pub trait Delivery {
-    /// Offers one recipient; an error fails only this recipient.
-    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), DeliveryError>;
+/// What became of one recipient in one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecipientOutcome {
+    /// Taken on by the next hop (and how), or why not.
+    pub result: Result<Handoff, DeliveryError>,
+    /// The server that answered for the recipient, as `host[ip]:port`,
+    /// for logs and notices.
+    pub relay: Option<String>,
+}
 
-    /// Sends the message to every accepted recipient; an error fails them all.
-    fn body(&mut self, body: &Body) -> Result<(), DeliveryError>;
-
-    /// Targets that learn one result per recipient after the body (LMTP)
-    /// return themselves here; the queue then calls
-    /// [`PartialDelivery::body_per_recipient`] instead of [`Delivery::body`].
-    fn as_partial(&mut self) -> Option<&mut dyn PartialDelivery> {
-        None
+impl RecipientOutcome {
+    /// An outcome with no relay named.
+    pub fn new(result: Result<Handoff, DeliveryError>) -> Self {
+        RecipientOutcome {
+            result,
+            relay: None,
+        }
     }
 
-    /// Makes the delivery final; an error fails every accepted recipient.
-    fn commit(self: Box<Self>) -> Result<(), DeliveryError>;
-
-    /// Gives up the transaction; nothing is delivered.
-    fn abort(self: Box<Self>);
-
-    /// The host that took (or will take) the message for `rcpt`, for logs
-    /// and notices, as `host[ip]:port`.
-    fn relay(&self, _rcpt: &Address) -> Option<String> {
-        None
+    /// The same outcome for each of `n` recipients: what a target that
+    /// delivers all or nothing returns.
+    pub fn all(n: usize, result: Result<Handoff, DeliveryError>) -> Vec<Self> {
+        vec![Self::new(result); n]
     }
 
-    /// What the next hop took on with `rcpt` (asked after a successful body).
-    fn handoff(&self, _rcpt: &Address) -> Handoff {
-        Handoff::Relayed
+    /// Names the server that answered.
+    pub fn via(mut self, relay: Option<String>) -> Self {
+        self.relay = relay;
+        self
     }
 }
 
@@ -350,18 +397,6 @@ pub enum Handoff {
     /// Handed to a hop that speaks DSN, with the parameters passed on:
     /// it reports, we say nothing.
     Passed,
-}
-
-/// A delivery that reports a result per recipient after the body.
-pub trait PartialDelivery {
-    /// Sends the body, reporting each recipient's result to `status`.
-    /// Recipients it does not report count as delivered.
-    fn body_per_recipient(&mut self, body: &Body, status: &mut dyn StatusCollector);
-}
-
-/// Receives per-recipient results from a [`PartialDelivery`].
-pub trait StatusCollector {
-    fn set_status(&mut self, rcpt: &Address, result: Result<(), DeliveryError>);
 }
 
 /// Reads the smarthost password. Like ssh with its keys, refuses a file

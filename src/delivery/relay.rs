@@ -4,12 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::address::Address;
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::smtp_client::{ClientSettings, Endpoint, Session};
 use crate::delivery::{
-    Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, PartialDelivery,
-    StatusCollector,
+    Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, RecipientOutcome,
 };
 use crate::envelope::Recipient;
 
@@ -39,44 +37,51 @@ impl RelayTarget {
             pool: SessionPool::new(cache_time),
         }
     }
+
+    fn open(&self) -> Result<Session, DeliveryError> {
+        Session::open(&self.settings, &self.endpoint, self.implicit_tls)
+    }
 }
 
 impl DeliveryTarget for RelayTarget {
-    fn start(&self, msg: &MessageInfo) -> Result<Box<dyn Delivery + '_>, DeliveryError> {
+    fn deliver(
+        &self,
+        msg: &MessageInfo,
+        rcpts: &[Recipient],
+        body: &Body,
+    ) -> Vec<RecipientOutcome> {
         let pooled = match self.pool.take(HOP) {
             Some(p) => p,
-            None => Pooled::fresh(Session::open(
-                &self.settings,
-                &self.endpoint,
-                self.implicit_tls,
-            )?),
+            None => match self.open() {
+                Ok(s) => Pooled::fresh(s),
+                Err(e) => return RecipientOutcome::all(rcpts.len(), Err(e)),
+            },
         };
         if let Err(e) = pooled
             .session
             .check_message(&msg.sender, &msg.params, msg.size)
         {
             self.pool.put(HOP, pooled);
-            return Err(e);
+            return RecipientOutcome::all(rcpts.len(), Err(e));
         }
         let mut hop = HopDelivery::new(pooled, msg.clone(), self.settings.lmtp);
-        hop.home = Some(Arc::clone(&self.pool));
-        hop.reopen = Some(Box::new(move || {
-            Session::open(&self.settings, &self.endpoint, self.implicit_tls)
-        }));
-        Ok(Box::new(hop))
+        hop.reopen = Some(Box::new(|| self.open()));
+        let outcomes = hop.deliver(rcpts, body);
+        // Back to the pool, which quits it if it cannot carry another.
+        if let Some(pooled) = hop.into_session() {
+            self.pool.put(HOP, pooled);
+        }
+        outcomes
     }
 }
 
-/// One transaction on one session. Recipients are collected first and
-/// sent together, pipelined when the server allows, so every RCPT, DATA
-/// and LMTP result is reported per recipient from `body_per_recipient`.
+/// One transaction on one session. Recipients are sent together,
+/// pipelined when the server allows, and every RCPT, DATA and LMTP result
+/// is reported per recipient.
 pub struct HopDelivery<'a> {
     session: Option<Pooled>,
     info: MessageInfo,
-    rcpts: Vec<Recipient>,
     lmtp: bool,
-    /// Where the session goes back after commit or abort; `None`: quit.
-    home: Option<Arc<SessionPool>>,
     /// Opens a new session to the same destination, for a reused one
     /// that turns out to be closed.
     pub reopen: Option<Reopen<'a>>,
@@ -85,110 +90,80 @@ pub struct HopDelivery<'a> {
 /// How a [`HopDelivery`] gets a fresh session.
 pub type Reopen<'a> = Box<dyn Fn() -> Result<Session, DeliveryError> + 'a>;
 
+/// Each recipient's result so far, by its position in the message's
+/// recipients; `None` until known.
+type Slots = Vec<Option<Result<(), DeliveryError>>>;
+
+/// Fails the recipients at `positions` with `e`.
+fn fail_all(slots: &mut Slots, positions: &[usize], e: &DeliveryError) {
+    for &i in positions {
+        slots[i] = Some(Err(e.clone()));
+    }
+}
+
 impl<'a> HopDelivery<'a> {
     /// Wraps an open session (the MX client opens its own).
     pub fn new(session: Pooled, info: MessageInfo, lmtp: bool) -> HopDelivery<'a> {
         HopDelivery {
             session: Some(session),
             info,
-            rcpts: Vec::new(),
             lmtp,
-            home: None,
             reopen: None,
         }
     }
 
-    /// Ends the transaction: the session goes back to its pool, or quits.
-    fn release(&mut self) {
-        if let Some(p) = self.session.take() {
-            match &self.home {
-                Some(pool) => pool.put(HOP, p),
-                None => p.session.quit(),
+    /// Runs the transaction for `rcpts`; one outcome per recipient, in
+    /// order, each naming the server the session ended on.
+    pub fn deliver(&mut self, rcpts: &[Recipient], body: &Body) -> Vec<RecipientOutcome> {
+        let mut slots: Slots = vec![None; rcpts.len()];
+        let mut offered = Vec::with_capacity(rcpts.len());
+        for (i, r) in rcpts.iter().enumerate() {
+            match self.session.as_ref().map(|p| p.session.check_recipient(r)) {
+                Some(Err(e)) => slots[i] = Some(Err(e)),
+                _ => offered.push(i),
             }
         }
+        if !offered.is_empty() {
+            self.transfer(rcpts, offered, body, &mut slots);
+        }
+        let handoff = self.handoff();
+        // After the session it ended on, which may be a new one.
+        let relay = self.session_relay();
+        slots
+            .into_iter()
+            .map(|slot| {
+                let result = slot.unwrap_or_else(|| {
+                    Err(DeliveryError::temporary(
+                        451,
+                        (4, 3, 0),
+                        "internal error: no result for the recipient",
+                    ))
+                });
+                RecipientOutcome::new(result.map(|()| handoff)).via(relay.clone())
+            })
+            .collect()
     }
 
-    /// Runs the envelope and DATA; reports each recipient's result.
-    pub fn transfer(&mut self, body: &Body, status: &mut dyn StatusCollector) {
-        let mut rcpts: Vec<&Recipient> = self.rcpts.iter().collect();
-        let mut may_reopen = true;
-        let results = loop {
-            let Some(pooled) = self.session.as_mut() else {
-                let e = DeliveryError::temporary(451, (4, 4, 0), "session already closed");
-                for r in &rcpts {
-                    status.set_status(&r.address, Err(e.clone()));
-                }
-                return;
-            };
-            let e = match pooled.session.envelope(
-                &self.info.sender,
-                &self.info.params,
-                self.info.size,
-                &rcpts,
-            ) {
-                Ok(r) => break r,
-                Err(e) => e,
-            };
-            // A reused session that fails before the server said a word
-            // about this message was closed while idle (the server's idle
-            // timeout, a restart): what HTTP clients do with a reused
-            // connection, try once more on a new one at once, without
-            // counting a try against the recipients.
-            let stale = pooled.reused() && pooled.session.nothing_heard() && !e.is_permanent();
-            let reopen = self.reopen.as_ref().filter(|_| stale && may_reopen);
-            let Some(reopen) = reopen else {
-                for r in &rcpts {
-                    status.set_status(&r.address, Err(e.clone()));
-                }
-                return;
-            };
-            may_reopen = false;
-            log::info!(
-                "{}: idle session with {} was closed ({e}); again on a new connection",
-                self.info.id,
-                pooled.session.relay()
-            );
-            // The old one is out of step: dropping it just closes it.
-            self.session = None;
-            let fresh = match reopen() {
-                Ok(s) => s,
-                Err(e) => {
-                    for r in &rcpts {
-                        status.set_status(&r.address, Err(e.clone()));
-                    }
-                    return;
-                }
-            };
-            // The new server may offer less than the old one did.
-            if let Err(e) =
-                fresh.check_message(&self.info.sender, &self.info.params, self.info.size)
-            {
-                for r in &rcpts {
-                    status.set_status(&r.address, Err(e.clone()));
-                }
-                self.session = Some(Pooled::fresh(fresh));
-                return;
-            }
-            rcpts.retain(|r| match fresh.check_recipient(r) {
-                Ok(()) => true,
-                Err(e) => {
-                    status.set_status(&r.address, Err(e));
-                    false
-                }
-            });
-            self.session = Some(Pooled::fresh(fresh));
-            if rcpts.is_empty() {
-                return;
-            }
+    /// Runs the envelope and DATA for the recipients at `live`; sets each
+    /// one's slot.
+    fn transfer(
+        &mut self,
+        rcpts: &[Recipient],
+        mut live: Vec<usize>,
+        body: &Body,
+        slots: &mut Slots,
+    ) {
+        let Some(results) = self.envelope(rcpts, &mut live, slots) else {
+            return;
         };
         let Some(session) = self.session.as_mut().map(|p| &mut p.session) else {
             return;
         };
-        let mut accepted: Vec<&Address> = Vec::new();
-        for (r, result) in rcpts.iter().zip(results) {
+        let mut accepted = Vec::with_capacity(live.len());
+        for (&i, result) in live.iter().zip(results) {
             match result {
-                Ok(()) => accepted.push(&r.address),
-                Err(e) => status.set_status(&r.address, Err(e)),
+                Ok(()) => accepted.push(i),
+                Err(e) => slots[i] = Some(Err(e)),
             }
         }
         if accepted.is_empty() {
@@ -196,26 +171,101 @@ impl<'a> HopDelivery<'a> {
             return;
         }
         match session.data(body, accepted.len()) {
-            Err(e) => {
-                for a in accepted {
-                    status.set_status(a, Err(e.clone()));
-                }
-            }
+            Err(e) => fail_all(slots, &accepted, &e),
             Ok(replies) if self.lmtp => {
-                for (a, reply) in accepted.into_iter().zip(replies) {
-                    if let Some(e) = session.final_error(&reply) {
-                        status.set_status(a, Err(e));
-                    }
+                for (&i, reply) in accepted.iter().zip(replies) {
+                    slots[i] = Some(session.final_error(&reply).map_or(Ok(()), Err));
                 }
             }
             Ok(replies) => {
-                if let Some(e) = replies.first().and_then(|r| session.final_error(r)) {
-                    for a in accepted {
-                        status.set_status(a, Err(e.clone()));
-                    }
+                let result = replies
+                    .first()
+                    .and_then(|r| session.final_error(r))
+                    .map_or(Ok(()), Err);
+                for &i in &accepted {
+                    slots[i] = Some(result.clone());
                 }
             }
         }
+    }
+
+    /// Sends MAIL and the RCPTs of the recipients at `live`; returns the
+    /// RCPT results, or `None` when every one of them failed (their slots
+    /// set). A reused session that fails before the server said a word
+    /// about this message was closed while idle (the server's idle
+    /// timeout, a restart): what HTTP clients do with a reused connection,
+    /// try once more on a new one at once, without counting a try against
+    /// the recipients.
+    fn envelope(
+        &mut self,
+        rcpts: &[Recipient],
+        live: &mut Vec<usize>,
+        slots: &mut Slots,
+    ) -> Option<Vec<Result<(), DeliveryError>>> {
+        let mut may_reopen = true;
+        loop {
+            let Some(pooled) = self.session.as_mut() else {
+                let e = DeliveryError::temporary(451, (4, 4, 0), "session already closed");
+                fail_all(slots, live, &e);
+                return None;
+            };
+            let offered: Vec<&Recipient> = live.iter().map(|&i| &rcpts[i]).collect();
+            let info = &self.info;
+            let e = match pooled
+                .session
+                .envelope(&info.sender, &info.params, info.size, &offered)
+            {
+                Ok(r) => return Some(r),
+                Err(e) => e,
+            };
+            let stale = pooled.reused() && pooled.session.nothing_heard() && !e.is_permanent();
+            if !(stale && may_reopen && self.reopen.is_some()) {
+                fail_all(slots, live, &e);
+                return None;
+            }
+            may_reopen = false;
+            log::info!(
+                "{}: idle session with {} was closed ({e}); again on a new connection",
+                info.id,
+                pooled.session.relay()
+            );
+            if !self.reconnect(rcpts, live, slots) {
+                return None;
+            }
+        }
+    }
+
+    /// Replaces the session with a new one; fails the recipients the new
+    /// server cannot take. False when nothing is left to send.
+    fn reconnect(&mut self, rcpts: &[Recipient], live: &mut Vec<usize>, slots: &mut Slots) -> bool {
+        // The old one is out of step: dropping it just closes it.
+        self.session = None;
+        let Some(reopen) = self.reopen.as_ref() else {
+            return false;
+        };
+        let fresh = match reopen() {
+            Ok(s) => s,
+            Err(e) => {
+                fail_all(slots, live, &e);
+                return false;
+            }
+        };
+        // The new server may offer less than the old one did.
+        let info = &self.info;
+        if let Err(e) = fresh.check_message(&info.sender, &info.params, info.size) {
+            fail_all(slots, live, &e);
+            self.session = Some(Pooled::fresh(fresh));
+            return false;
+        }
+        live.retain(|&i| match fresh.check_recipient(&rcpts[i]) {
+            Ok(()) => true,
+            Err(e) => {
+                slots[i] = Some(Err(e));
+                false
+            }
+        });
+        self.session = Some(Pooled::fresh(fresh));
+        !live.is_empty()
     }
 
     /// What the server took on: final delivery for LMTP, DSN duty for a
@@ -236,60 +286,6 @@ impl<'a> HopDelivery<'a> {
     /// Gives the session back for reuse, or `None` if it is gone.
     pub fn into_session(mut self) -> Option<Pooled> {
         self.session.take()
-    }
-}
-
-impl Delivery for HopDelivery<'_> {
-    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), DeliveryError> {
-        if let Some(p) = &self.session {
-            p.session.check_recipient(rcpt)?;
-        }
-        self.rcpts.push(rcpt.clone());
-        Ok(())
-    }
-
-    fn body(&mut self, body: &Body) -> Result<(), DeliveryError> {
-        // Used only by callers that ignore per-recipient results: succeed
-        // only when every recipient did.
-        let mut first: Option<DeliveryError> = None;
-        struct First<'a>(&'a mut Option<DeliveryError>);
-        impl StatusCollector for First<'_> {
-            fn set_status(&mut self, _: &Address, result: Result<(), DeliveryError>) {
-                if let Err(e) = result {
-                    self.0.get_or_insert(e);
-                }
-            }
-        }
-        self.transfer(body, &mut First(&mut first));
-        first.map_or(Ok(()), Err)
-    }
-
-    fn as_partial(&mut self) -> Option<&mut dyn PartialDelivery> {
-        Some(self)
-    }
-
-    fn commit(mut self: Box<Self>) -> Result<(), DeliveryError> {
-        // The server took responsibility at the reply to the final dot.
-        self.release();
-        Ok(())
-    }
-
-    fn abort(mut self: Box<Self>) {
-        self.release();
-    }
-
-    fn relay(&self, _rcpt: &Address) -> Option<String> {
-        self.session_relay()
-    }
-
-    fn handoff(&self, _rcpt: &Address) -> Handoff {
-        self.handoff()
-    }
-}
-
-impl PartialDelivery for HopDelivery<'_> {
-    fn body_per_recipient(&mut self, body: &Body, status: &mut dyn StatusCollector) {
-        self.transfer(body, status);
     }
 }
 
@@ -430,15 +426,6 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
-    struct Results(Vec<(Address, Result<(), DeliveryError>)>);
-
-    impl StatusCollector for Results {
-        fn set_status(&mut self, rcpt: &Address, result: Result<(), DeliveryError>) {
-            self.0.push((rcpt.clone(), result));
-        }
-    }
-
     /// One message through the target; the errors reported.
     fn send(target: &RelayTarget, text: &str) -> Vec<DeliveryError> {
         let info = MessageInfo {
@@ -447,18 +434,13 @@ mod tests {
             params: Default::default(),
             size: text.len() as u64,
         };
-        let mut d = match target.start(&info) {
-            Ok(d) => d,
-            Err(e) => return vec![e],
-        };
-        d.add_rcpt(&Recipient::new("r@example.net".parse().unwrap()))
-            .unwrap();
-        let mut results = Results::default();
-        d.as_partial()
-            .unwrap()
-            .body_per_recipient(&Body::from_bytes(text.as_bytes().to_vec()), &mut results);
-        d.commit().unwrap();
-        results.0.into_iter().filter_map(|(_, r)| r.err()).collect()
+        let rcpts = [Recipient::new("r@example.net".parse().unwrap())];
+        let outcomes = target.deliver(&info, &rcpts, &Body::from_bytes(text.as_bytes().to_vec()));
+        assert_eq!(outcomes.len(), 1);
+        outcomes
+            .into_iter()
+            .filter_map(|o| o.result.err())
+            .collect()
     }
 
     #[test]

@@ -13,16 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::address::Address;
 use crate::config::TlsPolicy;
 use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
 use crate::delivery::smtp_client::{ClientSettings, Session};
-use crate::delivery::{
-    Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, PartialDelivery,
-    StatusCollector,
-};
+use crate::delivery::{Body, DeliveryError, DeliveryTarget, MessageInfo, RecipientOutcome};
 use crate::envelope::Recipient;
 use crate::smtp::reply::EnhancedCode;
 
@@ -78,166 +74,104 @@ impl RemoteTarget {
 }
 
 impl DeliveryTarget for RemoteTarget {
-    fn start(&self, msg: &MessageInfo) -> Result<Box<dyn Delivery + '_>, DeliveryError> {
-        Ok(Box::new(RemoteDelivery {
-            target: self,
-            info: msg.clone(),
-            domains: BTreeMap::new(),
-            relays: HashMap::new(),
-        }))
-    }
-}
-
-/// One message's delivery to all its domains.
-struct RemoteDelivery<'a> {
-    target: &'a RemoteTarget,
-    info: MessageInfo,
-    /// Recipients by A-label domain (or address literal).
-    domains: BTreeMap<String, Vec<Recipient>>,
-    relays: HashMap<Address, (String, Handoff)>,
-}
-
-impl Delivery for RemoteDelivery<'_> {
-    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), DeliveryError> {
-        let domain = rcpt.address.domain();
-        let key = if domain.starts_with('[') {
-            domain.to_string()
-        } else {
-            dns::to_ascii(domain)
-                .map_err(|e| DeliveryError::permanent(553, (5, 1, 2), &e.to_string()))?
-        };
-        self.domains.entry(key).or_default().push(rcpt.clone());
-        Ok(())
-    }
-
-    fn body(&mut self, body: &Body) -> Result<(), DeliveryError> {
-        let mut first = FirstError(None);
-        self.body_per_recipient(body, &mut first);
-        first.0.map_or(Ok(()), Err)
-    }
-
-    fn as_partial(&mut self) -> Option<&mut dyn PartialDelivery> {
-        Some(self)
-    }
-
-    fn commit(self: Box<Self>) -> Result<(), DeliveryError> {
-        // Each domain's server took the message at its reply to the dot.
-        Ok(())
-    }
-
-    fn abort(self: Box<Self>) {}
-
-    fn relay(&self, rcpt: &Address) -> Option<String> {
-        self.relays.get(rcpt).map(|r| r.0.clone())
-    }
-
-    fn handoff(&self, rcpt: &Address) -> Handoff {
-        self.relays.get(rcpt).map(|r| r.1).unwrap_or_default()
-    }
-}
-
-impl PartialDelivery for RemoteDelivery<'_> {
-    fn body_per_recipient(&mut self, body: &Body, status: &mut dyn StatusCollector) {
-        let domains: Vec<(&String, &Vec<Recipient>)> = self.domains.iter().collect();
-        let mut results: Vec<DomainResult> = Vec::new();
-        if domains.len() == 1 {
-            let (d, r) = domains[0];
-            results.push(self.target.deliver_domain(&self.info, d, r, body));
-        } else {
-            for chunk in domains.chunks(MAX_PARALLEL_DOMAINS) {
-                thread::scope(|s| {
-                    let handles: Vec<_> = chunk
-                        .iter()
-                        .map(|(d, r)| {
-                            let (target, info) = (self.target, &self.info);
-                            s.spawn(move || target.deliver_domain(info, d, r, body))
-                        })
-                        .collect();
-                    for (h, (_, rcpts)) in handles.into_iter().zip(chunk) {
-                        results.push(h.join().unwrap_or_else(|_| {
-                            let e = DeliveryError::temporary(
-                                451,
-                                (4, 3, 0),
-                                "internal error in delivery",
-                            );
-                            DomainResult::all(rcpts, Err(e), None)
-                        }));
-                    }
-                });
-            }
-        }
-        for result in results {
-            for (addr, outcome) in result.outcomes {
-                if let Some(relay) = &result.relay {
-                    self.relays
-                        .insert(addr.clone(), (relay.clone(), result.handoff));
-                }
-                status.set_status(&addr, outcome);
-            }
-        }
-    }
-}
-
-struct FirstError(Option<DeliveryError>);
-
-impl StatusCollector for FirstError {
-    fn set_status(&mut self, _: &Address, result: Result<(), DeliveryError>) {
-        if let Err(e) = result {
-            self.0.get_or_insert(e);
-        }
-    }
-}
-
-/// The outcome of one domain's transaction.
-struct DomainResult {
-    outcomes: Vec<(Address, Result<(), DeliveryError>)>,
-    relay: Option<String>,
-    handoff: Handoff,
-}
-
-impl DomainResult {
-    fn all(
+    fn deliver(
+        &self,
+        msg: &MessageInfo,
         rcpts: &[Recipient],
-        r: Result<(), DeliveryError>,
-        relay: Option<String>,
-    ) -> DomainResult {
-        DomainResult {
-            outcomes: rcpts
-                .iter()
-                .map(|x| (x.address.clone(), r.clone()))
-                .collect(),
-            relay,
-            handoff: Handoff::Relayed,
+        body: &Body,
+    ) -> Vec<RecipientOutcome> {
+        let mut outcomes: Vec<Option<RecipientOutcome>> = vec![None; rcpts.len()];
+        // Positions of the recipients by A-label domain (or address literal).
+        let mut domains: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, r) in rcpts.iter().enumerate() {
+            match domain_key(r) {
+                Ok(key) => domains.entry(key).or_default().push(i),
+                Err(e) => outcomes[i] = Some(RecipientOutcome::new(Err(e))),
+            }
         }
+        let domains: Vec<(String, Vec<usize>)> = domains.into_iter().collect();
+        for (positions, results) in self.deliver_domains(msg, rcpts, &domains, body) {
+            for (&i, outcome) in positions.iter().zip(results) {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| RecipientOutcome::new(Err(internal_error()))))
+            .collect()
     }
 }
 
-#[derive(Default)]
-struct Collect(Vec<(Address, Result<(), DeliveryError>)>);
-
-impl StatusCollector for Collect {
-    fn set_status(&mut self, rcpt: &Address, result: Result<(), DeliveryError>) {
-        self.0.push((rcpt.clone(), result));
+/// The key recipients are grouped by: the A-label domain, or the address
+/// literal as it is.
+fn domain_key(rcpt: &Recipient) -> Result<String, DeliveryError> {
+    let domain = rcpt.address.domain();
+    if domain.starts_with('[') {
+        return Ok(domain.to_string());
     }
+    dns::to_ascii(domain).map_err(|e| DeliveryError::permanent(553, (5, 1, 2), &e.to_string()))
+}
+
+fn internal_error() -> DeliveryError {
+    DeliveryError::temporary(451, (4, 3, 0), "internal error in delivery")
 }
 
 impl RemoteTarget {
+    /// Delivers to each domain, up to [`MAX_PARALLEL_DOMAINS`] at a time;
+    /// returns each domain's recipient positions with their outcomes, in
+    /// the same order.
+    fn deliver_domains<'d>(
+        &self,
+        info: &MessageInfo,
+        rcpts: &[Recipient],
+        domains: &'d [(String, Vec<usize>)],
+        body: &Body,
+    ) -> Vec<(&'d [usize], Vec<RecipientOutcome>)> {
+        let subset = |positions: &[usize]| -> Vec<Recipient> {
+            positions.iter().map(|&i| rcpts[i].clone()).collect()
+        };
+        if let [(domain, positions)] = domains {
+            let outcomes = self.deliver_domain(info, domain, &subset(positions), body);
+            return vec![(positions.as_slice(), outcomes)];
+        }
+        let mut results = Vec::with_capacity(domains.len());
+        for chunk in domains.chunks(MAX_PARALLEL_DOMAINS) {
+            thread::scope(|s| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|(domain, positions)| {
+                        let domain_rcpts = subset(positions);
+                        s.spawn(move || self.deliver_domain(info, domain, &domain_rcpts, body))
+                    })
+                    .collect();
+                for (h, (_, positions)) in handles.into_iter().zip(chunk) {
+                    let outcomes = h.join().unwrap_or_else(|_| {
+                        RecipientOutcome::all(positions.len(), Err(internal_error()))
+                    });
+                    results.push((positions.as_slice(), outcomes));
+                }
+            });
+        }
+        results
+    }
+
+    /// One domain's transaction; one outcome per recipient, in order.
     fn deliver_domain(
         &self,
         info: &MessageInfo,
         domain: &str,
         rcpts: &[Recipient],
         body: &Body,
-    ) -> DomainResult {
+    ) -> Vec<RecipientOutcome> {
         let Some(_permit) = self.limiter.try_acquire(domain) else {
             let e = DeliveryError::throttled(&format!("{domain}: too many connections, waiting"));
-            return DomainResult::all(rcpts, Err(e), None);
+            return RecipientOutcome::all(rcpts.len(), Err(e));
         };
         let pooled = match self.pool.take(domain) {
             Some(s) => s,
             None => match self.connect(domain) {
                 Ok(s) => Pooled::fresh(s),
-                Err(e) => return DomainResult::all(rcpts, Err(e), None),
+                Err(e) => return RecipientOutcome::all(rcpts.len(), Err(e)),
             },
         };
         if let Err(e) = pooled
@@ -246,40 +180,18 @@ impl RemoteTarget {
         {
             let relay = Some(pooled.session.relay().to_string());
             self.pool.put(domain, pooled);
-            return DomainResult::all(rcpts, Err(e), relay);
+            return RecipientOutcome::all(rcpts.len(), Err(e))
+                .into_iter()
+                .map(|o| o.via(relay.clone()))
+                .collect();
         }
-
         let mut hop = HopDelivery::new(pooled, info.clone(), false);
         hop.reopen = Some(Box::new(|| self.connect(domain)));
-        let mut collect = Collect::default();
-        let mut offered = Vec::new();
-        for r in rcpts {
-            match hop.add_rcpt(r) {
-                Ok(()) => offered.push(r.address.clone()),
-                Err(e) => collect.0.push((r.address.clone(), Err(e))),
-            }
-        }
-        if !offered.is_empty() {
-            hop.transfer(body, &mut collect);
-        }
-        let handoff = hop.handoff();
-        // After the session it ended on, which may be a new one.
-        let relay = hop.session_relay();
+        let outcomes = hop.deliver(rcpts, body);
         if let Some(pooled) = hop.into_session() {
             self.pool.put(domain, pooled);
         }
-        // Recipients not reported were delivered.
-        let reported: Vec<Address> = collect.0.iter().map(|(a, _)| a.clone()).collect();
-        for a in offered {
-            if !reported.contains(&a) {
-                collect.0.push((a, Ok(())));
-            }
-        }
-        DomainResult {
-            outcomes: collect.0,
-            relay,
-            handoff,
-        }
+        outcomes
     }
 
     /// Finds the domain's servers and connects to the first that greets.

@@ -41,10 +41,11 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use crate::address::ReversePath;
 use crate::config::Config;
-use crate::delivery::{Body, Delivery, DeliveryError, DeliveryTarget, MessageInfo};
-use crate::envelope::{Envelope, MailParams, Recipient};
+use crate::delivery::{
+    Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, RecipientOutcome,
+};
+use crate::envelope::{Envelope, Recipient};
 
 pub use crate::id::{BadMessageId, MessageId};
 use meta::{MessageMeta, Timestamp};
@@ -437,10 +438,33 @@ impl Write for IncomingMessage<'_> {
     }
 }
 
-/// The queue is itself a delivery target: a transaction with it queues the
-/// message, and `commit` returns once it is durable.
+/// The queue is itself a delivery target: delivering to it queues the
+/// message for every recipient, all or nothing, and returns once it is
+/// durable. The queue sends its own notices for what it accepted.
 impl DeliveryTarget for Queue {
-    fn start(&self, msg: &MessageInfo) -> Result<Box<dyn Delivery + '_>, DeliveryError> {
+    fn deliver(
+        &self,
+        msg: &MessageInfo,
+        rcpts: &[Recipient],
+        body: &Body,
+    ) -> Vec<RecipientOutcome> {
+        if rcpts.is_empty() {
+            return Vec::new();
+        }
+        let result = self.store_copy(msg, rcpts, body).map(|_| Handoff::Passed);
+        RecipientOutcome::all(rcpts.len(), result)
+    }
+}
+
+impl Queue {
+    /// Writes `body` into the queue for `rcpts`; an unfinished message
+    /// leaves no file behind.
+    fn store_copy(
+        &self,
+        msg: &MessageInfo,
+        rcpts: &[Recipient],
+        body: &Body,
+    ) -> Result<MessageId, DeliveryError> {
         if self.shared.stopping.load(Ordering::SeqCst) {
             return Err(DeliveryError::temporary(
                 421,
@@ -448,40 +472,7 @@ impl DeliveryTarget for Queue {
                 "queue is shutting down",
             ));
         }
-        Ok(Box::new(QueueDelivery {
-            queue: self,
-            sender: msg.sender.clone(),
-            params: msg.params.clone(),
-            recipients: Vec::new(),
-            incoming: None,
-        }))
-    }
-}
-
-struct QueueDelivery<'a> {
-    queue: &'a Queue,
-    sender: ReversePath,
-    params: MailParams,
-    recipients: Vec<Recipient>,
-    incoming: Option<IncomingMessage<'a>>,
-}
-
-fn local_error(e: &QueueError) -> DeliveryError {
-    if e.is_temporary() {
-        DeliveryError::temporary(451, (4, 3, 0), &format!("queue: {e}"))
-    } else {
-        DeliveryError::permanent(554, (5, 3, 0), &format!("queue: {e}"))
-    }
-}
-
-impl Delivery for QueueDelivery<'_> {
-    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), DeliveryError> {
-        self.recipients.push(rcpt.clone());
-        Ok(())
-    }
-
-    fn body(&mut self, body: &Body) -> Result<(), DeliveryError> {
-        let mut incoming = self.queue.begin().map_err(|e| local_error(&e))?;
+        let mut incoming = self.begin().map_err(|e| local_error(&e))?;
         let mut reader = body
             .open()
             .map_err(|e| DeliveryError::temporary(451, (4, 3, 0), &format!("reading body: {e}")))?;
@@ -489,32 +480,19 @@ impl Delivery for QueueDelivery<'_> {
             .writer
             .copy_from(&mut reader)
             .map_err(|e| local_error(&e))?;
-        self.incoming = Some(incoming);
-        Ok(())
-    }
-
-    fn commit(self: Box<Self>) -> Result<(), DeliveryError> {
-        let this = *self;
-        let incoming = this
-            .incoming
-            .ok_or_else(|| DeliveryError::permanent(503, (5, 5, 1), "commit without body"))?;
         let envelope = Envelope {
-            sender: this.sender,
-            recipients: this.recipients,
-            params: this.params,
+            sender: msg.sender.clone(),
+            recipients: rcpts.to_vec(),
+            params: msg.params.clone(),
         };
-        incoming
-            .commit(&envelope)
-            .map(|_| ())
-            .map_err(|e| local_error(&e))
+        incoming.commit(&envelope).map_err(|e| local_error(&e))
     }
+}
 
-    fn abort(self: Box<Self>) {
-        // Dropping the unfinished message removes its file.
-    }
-
-    /// The queue sends its own notices for what it accepted.
-    fn handoff(&self, _rcpt: &crate::address::Address) -> crate::delivery::Handoff {
-        crate::delivery::Handoff::Passed
+fn local_error(e: &QueueError) -> DeliveryError {
+    if e.is_temporary() {
+        DeliveryError::temporary(451, (4, 3, 0), &format!("queue: {e}"))
+    } else {
+        DeliveryError::permanent(554, (5, 3, 0), &format!("queue: {e}"))
     }
 }

@@ -9,20 +9,18 @@
 //! set, and an expire issued meanwhile is applied after the attempt's
 //! results, to the recipients it left pending.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::address::Address;
 use crate::delivery::{
-    Body, Delivery, DeliveryError, DeliveryTarget, Handoff, MessageInfo, Severity, StatusCollector,
+    Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, RecipientOutcome, Severity,
 };
 use crate::envelope::Recipient;
 use crate::queue::admin::give_up_pending;
 use crate::queue::dsn::{self, Action};
-use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
+use crate::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Timestamp};
 use crate::queue::{Job, MessageId, QueueError, Shared};
 
 /// Panics of one message's attempts before it is quarantined: a bug hit
@@ -120,10 +118,6 @@ fn contain_panic(shared: &Shared, id: MessageId, payload: &(dyn std::any::Any + 
     shared.schedule(id, Timestamp::now().plus(wait));
 }
 
-/// What happened to one recipient in an attempt: delivered (through which
-/// relay, when known) or an error.
-type Outcome = Result<Handoff, DeliveryError>;
-
 /// Marks a message as having an attempt running, for as long as it lives.
 struct InFlight<'a> {
     shared: &'a Shared,
@@ -184,7 +178,7 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
     };
     if meta.expire_requested {
         // Expired by the operator at the very start of this attempt.
-        let result = record(shared, &mut meta, &[], Vec::new(), Vec::new());
+        let result = record(shared, &mut meta, &[], Vec::new());
         drop(inflight);
         return result;
     }
@@ -220,103 +214,149 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         .map(|&i| meta.recipients[i].to_recipient())
         .collect();
     let body = Body::from_open_file(file, meta.size, meta.checksum);
-    let (outcomes, relays) = deliver(target, &info, &recipients, &body);
+    let outcomes = deliver(target, &info, &recipients, &body);
 
     let Some((mut meta, lock)) = read(shared, &id)? else {
         log::info!("{id}: removed during the attempt; its results are dropped");
         return Ok(None);
     };
-    let result = record(shared, &mut meta, &pending, outcomes, relays);
+    let result = record(shared, &mut meta, &pending, outcomes);
     drop(inflight);
     drop(lock);
     result
 }
 
-/// Applies the outcomes to the metadata, sends the failure notice and
-/// writes (or removes) the message. Runs under the message lock.
+/// Recipients reported in notices, by index in the metadata, with what
+/// the notice says about them.
+type Reported = Vec<(usize, Action)>;
+
+/// Applies the outcomes to the metadata, sends the notices and writes (or
+/// removes) the message. Runs under the message lock.
 fn record(
     shared: &Shared,
     meta: &mut MessageMeta,
     pending: &[usize],
-    outcomes: Vec<Outcome>,
-    relays: Vec<Option<String>>,
+    outcomes: Vec<RecipientOutcome>,
 ) -> Result<Option<Timestamp>, QueueError> {
-    let id = meta.id;
     let now = Timestamp::now();
     meta.last_attempt = Some(now);
     let age = meta.age(now);
-    let mut failed = Vec::new();
-    let mut succeeded = Vec::new();
-    let mut throttled = false;
-    for ((&i, outcome), relay) in pending.iter().zip(outcomes).zip(relays) {
-        let Some(r) = meta
-            .recipients
-            .get_mut(i)
-            .filter(|r| r.status == RcptStatus::Pending)
-        else {
-            continue;
-        };
-        if let Err(e) = &outcome {
-            if e.severity == Severity::Throttled {
-                // Not tried: no try counted, no error recorded.
-                log::debug!("{id}: to=<{}>, waiting: {}", r.address, e.reply);
-                throttled = true;
-                continue;
-            }
-        }
-        r.tries += 1;
-        let (status, relay, reply) = match outcome {
-            Ok(handoff) => {
-                r.status = RcptStatus::Delivered;
-                match handoff {
-                    Handoff::Delivered => succeeded.push((i, Action::Delivered)),
-                    Handoff::Relayed => succeeded.push((i, Action::Relayed)),
-                    Handoff::Passed => {}
-                }
-                ("sent", relay, None)
-            }
-            Err(e) => {
-                if e.remote_mta.is_some() {
-                    r.remote_mta = e.remote_mta.clone();
-                }
-                r.last_error = Some(e.reply.clone());
-                let status = if e.is_permanent() || shared.policy.gives_up(r.tries, age) {
-                    r.status = RcptStatus::Failed;
-                    r.expired = !e.is_permanent();
-                    failed.push((i, Action::Failed));
-                    "bounced"
-                } else {
-                    "deferred"
-                };
-                (status, relay.or(e.remote_mta), Some(e.reply))
-            }
-        };
-        log::info!(
-            "{id}: to=<{}>, relay={}, tries={}, delay={:.1}s, status={status}{}",
-            r.address,
-            relay.as_deref().unwrap_or("none"),
-            r.tries,
-            age.as_secs_f64(),
-            reply.map(|r| format!(" ({r})")).unwrap_or_default()
-        );
+    let mut applied = Applied::default();
+    for (&i, outcome) in pending.iter().zip(outcomes) {
+        apply(shared, meta, i, outcome, age, &mut applied);
     }
-
     // An expire the operator issued during the attempt, applied after its
     // results: what it delivered stays delivered and is not bounced.
     if meta.expire_requested {
-        for i in give_up_pending(meta) {
-            let r = &meta.recipients[i];
-            log::info!(
-                "{id}: to=<{}>, relay=none, tries={}, delay={:.1}s, status=bounced (expired by the operator)",
-                r.address,
-                r.tries,
-                age.as_secs_f64()
-            );
-            failed.push((i, Action::Failed));
+        applied.failed.extend(operator_expire(meta, age));
+    }
+    let delayed = delay_warnings(shared, meta, age);
+    // Notices are made durable before the outcomes are recorded: a crash
+    // in between repeats a notice rather than losing it.
+    send_notices(shared, meta, &applied.failed, &delayed, &applied.succeeded);
+    reschedule(shared, meta, now, applied.throttled)
+}
+
+/// What the outcomes of an attempt call for beyond the metadata.
+#[derive(Default)]
+struct Applied {
+    failed: Reported,
+    succeeded: Reported,
+    /// Some recipient was not tried: its destination was busy.
+    throttled: bool,
+}
+
+/// Records one recipient's outcome and logs it.
+fn apply(
+    shared: &Shared,
+    meta: &mut MessageMeta,
+    i: usize,
+    outcome: RecipientOutcome,
+    age: Duration,
+    applied: &mut Applied,
+) {
+    let id = meta.id;
+    let Some(r) = meta
+        .recipients
+        .get_mut(i)
+        .filter(|r| r.status == RcptStatus::Pending)
+    else {
+        return;
+    };
+    let RecipientOutcome { result, relay, .. } = outcome;
+    if let Err(e) = &result {
+        if e.severity == Severity::Throttled {
+            // Not tried: no try counted, no error recorded.
+            log::debug!("{id}: to=<{}>, waiting: {}", r.address, e.reply);
+            applied.throttled = true;
+            return;
         }
     }
+    r.tries += 1;
+    let (status, relay, reply) = match result {
+        Ok(handoff) => {
+            r.status = RcptStatus::Delivered;
+            match handoff {
+                Handoff::Delivered => applied.succeeded.push((i, Action::Delivered)),
+                Handoff::Relayed => applied.succeeded.push((i, Action::Relayed)),
+                Handoff::Passed => {}
+            }
+            ("sent", relay, None)
+        }
+        Err(e) => {
+            let status = if fail(shared, r, &e, age) {
+                applied.failed.push((i, Action::Failed));
+                "bounced"
+            } else {
+                "deferred"
+            };
+            (status, relay.or(e.remote_mta), Some(e.reply))
+        }
+    };
+    log::info!(
+        "{id}: to=<{}>, relay={}, tries={}, delay={:.1}s, status={status}{}",
+        r.address,
+        relay.as_deref().unwrap_or("none"),
+        r.tries,
+        age.as_secs_f64(),
+        reply.map(|r| format!(" ({r})")).unwrap_or_default()
+    );
+}
 
-    // One delay warning per recipient, once it has waited long enough.
+/// Records a failed try of `r`; true when it failed for good.
+fn fail(shared: &Shared, r: &mut RecipientMeta, e: &DeliveryError, age: Duration) -> bool {
+    if e.remote_mta.is_some() {
+        r.remote_mta = e.remote_mta.clone();
+    }
+    r.last_error = Some(e.reply.clone());
+    if e.is_permanent() || shared.policy.gives_up(r.tries, age) {
+        r.status = RcptStatus::Failed;
+        r.expired = !e.is_permanent();
+        return true;
+    }
+    false
+}
+
+/// Gives up the recipients still pending, as the operator asked; returns
+/// them for the failure notice.
+fn operator_expire(meta: &mut MessageMeta, age: Duration) -> Reported {
+    let mut failed = Vec::new();
+    for i in give_up_pending(meta) {
+        let r = &meta.recipients[i];
+        log::info!(
+            "{}: to=<{}>, relay=none, tries={}, delay={:.1}s, status=bounced (expired by the operator)",
+            meta.id,
+            r.address,
+            r.tries,
+            age.as_secs_f64()
+        );
+        failed.push((i, Action::Failed));
+    }
+    failed
+}
+
+/// One delay warning per recipient, once it has waited long enough.
+fn delay_warnings(shared: &Shared, meta: &mut MessageMeta, age: Duration) -> Reported {
     let mut delayed = Vec::new();
     let warn_after = shared.config.queue.delay_warning;
     if !warn_after.is_zero() && age >= warn_after {
@@ -327,13 +367,21 @@ fn record(
             }
         }
     }
+    delayed
+}
 
-    // Notices are made durable before the outcomes are recorded: a crash
-    // in between repeats a notice rather than losing it.
+/// Queues the notices for the sender: failures, delays, successes.
+fn send_notices(
+    shared: &Shared,
+    meta: &MessageMeta,
+    failed: &Reported,
+    delayed: &Reported,
+    succeeded: &Reported,
+) {
     for (reported, what) in [
-        (&failed, "non-delivery notification"),
-        (&delayed, "delay notification"),
-        (&succeeded, "delivery status notification"),
+        (failed, "non-delivery notification"),
+        (delayed, "delay notification"),
+        (succeeded, "delivery status notification"),
     ] {
         if reported.is_empty() {
             continue;
@@ -341,14 +389,23 @@ fn record(
         if let Some((envelope, bytes)) = dsn::notice(&shared.config, &shared.spool, meta, reported)
         {
             match shared.store_notice(&envelope, &bytes) {
-                Ok(dsn_id) => log::info!("{id}: sender {what}: {dsn_id}"),
-                Err(e) => log::error!("{id}: cannot queue the {what}: {e}"),
+                Ok(dsn_id) => log::info!("{}: sender {what}: {dsn_id}", meta.id),
+                Err(e) => log::error!("{}: cannot queue the {what}: {e}", meta.id),
             }
         }
     }
+}
 
+/// Removes a finished message, or writes its metadata with the next
+/// attempt's time and returns that time (`None` while it is held).
+fn reschedule(
+    shared: &Shared,
+    meta: &mut MessageMeta,
+    now: Timestamp,
+    throttled: bool,
+) -> Result<Option<Timestamp>, QueueError> {
     if !meta.has_pending() {
-        shared.spool.remove(&id)?;
+        shared.spool.remove(&meta.id)?;
         shared.forget(meta.size);
         return Ok(None);
     }
@@ -365,105 +422,69 @@ fn record(
     Ok((!meta.hold).then_some(meta.next_attempt))
 }
 
-/// Runs the transaction; returns one outcome per recipient, in order.
+/// Runs the delivery; returns one outcome per recipient, in order.
 fn deliver(
     target: &dyn DeliveryTarget,
     info: &MessageInfo,
     recipients: &[Recipient],
     body: &Body,
-) -> (Vec<Outcome>, Vec<Option<String>>) {
-    let mut delivery = match target.start(info) {
-        Ok(d) => d,
-        Err(e) => {
-            return (
-                recipients.iter().map(|_| Err(e.clone())).collect(),
-                vec![None; recipients.len()],
-            )
-        }
-    };
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; recipients.len()];
-    let mut accepted = Vec::new();
-    for (i, r) in recipients.iter().enumerate() {
-        match delivery.add_rcpt(r) {
-            Ok(()) => accepted.push(i),
-            Err(e) => outcomes[i] = Some(Err(e)),
-        }
-    }
-    // The server that answered for each recipient, for the log lines.
-    let relays = |d: &dyn Delivery| -> Vec<Option<String>> {
-        recipients.iter().map(|r| d.relay(&r.address)).collect()
-    };
-    if accepted.is_empty() {
-        let relays = relays(&*delivery);
-        delivery.abort();
-        return (finish(outcomes), relays);
-    }
-
-    let mut per_recipient = None;
-    if let Some(partial) = delivery.as_partial() {
-        let mut collector = Collector::default();
-        partial.body_per_recipient(body, &mut collector);
-        per_recipient = Some(collector.0);
-    }
-    let body_result = match &per_recipient {
-        Some(_) => Ok(()),
-        None => delivery.body(body),
-    };
-    // Recipients still in the running after the body.
-    let mut ok = Vec::new();
-    for &i in &accepted {
-        let result = match (&body_result, &mut per_recipient) {
-            (Err(e), _) => Err(e.clone()),
-            (Ok(()), Some(map)) => map.remove(&recipients[i].address).unwrap_or(Ok(())),
-            (Ok(()), None) => Ok(()),
-        };
-        match result {
-            Ok(()) => ok.push(i),
-            Err(e) => outcomes[i] = Some(Err(e)),
-        }
-    }
-    let relays = relays(&*delivery);
-    if ok.is_empty() {
-        delivery.abort();
-    } else {
-        let handoffs: Vec<Handoff> = ok
-            .iter()
-            .map(|&i| delivery.handoff(&recipients[i].address))
-            .collect();
-        match delivery.commit() {
-            Ok(()) => {
-                for (&i, h) in ok.iter().zip(handoffs) {
-                    outcomes[i] = Some(Ok(h));
-                }
-            }
-            Err(e) => {
-                for &i in &ok {
-                    outcomes[i] = Some(Err(e.clone()));
-                }
-            }
-        }
-    }
-    (finish(outcomes), relays)
+) -> Vec<RecipientOutcome> {
+    let outcomes = target.deliver(info, recipients, body);
+    complete(info.id, outcomes, recipients.len())
 }
 
-fn finish(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
+/// Makes `outcomes` one per recipient. A target that returns another
+/// number has a bug: a recipient without an outcome is not known to be
+/// delivered, so it is retried (a temporary failure), never counted as
+/// delivered.
+fn complete(id: MessageId, mut outcomes: Vec<RecipientOutcome>, n: usize) -> Vec<RecipientOutcome> {
+    if outcomes.len() != n {
+        log::error!(
+            "{id}: the delivery target returned {} outcomes for {n} recipients \
+             (a bug of the target); recipients without one are tried again later",
+            outcomes.len()
+        );
+        outcomes.resize_with(n, || RecipientOutcome::new(Err(internal())));
+    }
     outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Err(internal())))
-        .collect()
 }
 
-/// Stands in for an outcome the code above failed to set, which would be
-/// a bug; temporary, so the recipient is retried rather than lost.
+/// Stands in for an outcome the target failed to report, which is a bug;
+/// temporary, so the recipient is retried rather than lost.
 fn internal() -> DeliveryError {
     DeliveryError::temporary(451, (4, 3, 0), "internal error: no outcome recorded")
 }
 
-#[derive(Default)]
-struct Collector(HashMap<Address, Result<(), DeliveryError>>);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl StatusCollector for Collector {
-    fn set_status(&mut self, rcpt: &Address, result: Result<(), DeliveryError>) {
-        self.0.insert(rcpt.clone(), result);
+    fn ok() -> RecipientOutcome {
+        RecipientOutcome::new(Ok(Handoff::Relayed))
+    }
+
+    #[test]
+    fn missing_outcomes_are_temporary_failures_never_deliveries() {
+        let id = MessageId::generate();
+        let outcomes = complete(id, vec![ok()], 3);
+        assert_eq!(outcomes.len(), 3);
+        assert_eq!(outcomes[0], ok());
+        for o in &outcomes[1..] {
+            let e = o
+                .result
+                .as_ref()
+                .expect_err("a recipient without an outcome was delivered");
+            assert_eq!(e.severity, Severity::Temporary);
+            assert_eq!(e.reply.code, 451);
+        }
+    }
+
+    #[test]
+    fn extra_outcomes_are_dropped_and_a_full_set_is_kept_as_it_is() {
+        let id = MessageId::generate();
+        assert_eq!(complete(id, vec![ok(), ok(), ok()], 2), vec![ok(), ok()]);
+        let e = RecipientOutcome::new(Err(DeliveryError::permanent(550, (5, 1, 1), "no")));
+        assert_eq!(complete(id, vec![e.clone(), ok()], 2), vec![e, ok()]);
+        assert!(complete(id, Vec::new(), 0).is_empty());
     }
 }

@@ -5,18 +5,19 @@ use std::sync::{Arc, Mutex};
 
 use mailqueue::delivery::Handoff;
 use mailqueue::{
-    Address, Body, Delivery, DeliveryError, DeliveryTarget, MessageInfo, PartialDelivery,
-    Recipient, ReversePath, StatusCollector,
+    Address, Body, DeliveryError, DeliveryTarget, MessageInfo, Recipient, RecipientOutcome,
+    ReversePath,
 };
 
 /// What one attempt does. Anything not named succeeds.
 #[derive(Default, Clone)]
 pub struct Plan {
     pub start: Option<DeliveryError>,
-    /// add_rcpt errors by recipient address.
+    /// Recipients refused at RCPT, by address.
     pub rcpt: HashMap<String, DeliveryError>,
     pub body: Option<DeliveryError>,
-    /// Per-recipient body results (used when the target is partial).
+    /// Per-recipient results after the body (used when the target is
+    /// partial, like LMTP).
     pub body_rcpt: HashMap<String, DeliveryError>,
     pub commit: Option<DeliveryError>,
 }
@@ -139,17 +140,25 @@ impl Scripted {
     }
 }
 
-struct Attempt {
-    state: Arc<Mutex<State>>,
+/// One attempt in progress: its plan and its entry in `seen`.
+struct Attempt<'a> {
+    state: &'a Mutex<State>,
     plan: Plan,
     index: usize,
     partial: bool,
-    handoff: Handoff,
-    accepted_results: HashMap<String, DeliveryError>,
+    /// Each recipient's result so far, by position.
+    results: Vec<Option<Result<Handoff, DeliveryError>>>,
 }
 
 impl DeliveryTarget for Scripted {
-    fn start(&self, msg: &MessageInfo) -> Result<Box<dyn Delivery + '_>, DeliveryError> {
+    /// Plays the plan as an SMTP-like transaction: RCPT for each recipient,
+    /// then the body, then the commit; abort when nobody is left.
+    fn deliver(
+        &self,
+        msg: &MessageInfo,
+        rcpts: &[Recipient],
+        body: &Body,
+    ) -> Vec<RecipientOutcome> {
         let mut st = self.state.lock().unwrap();
         let plan = st.plans.pop_front().unwrap_or_else(|| st.fallback.clone());
         st.seen.push(Seen {
@@ -159,89 +168,94 @@ impl DeliveryTarget for Scripted {
         let index = st.seen.len() - 1;
         drop(st);
         if let Some(e) = plan.start.clone() {
-            return Err(e);
+            return RecipientOutcome::all(rcpts.len(), Err(e));
         }
-        Ok(Box::new(Attempt {
-            state: Arc::clone(&self.state),
+        let mut attempt = Attempt {
+            state: &self.state,
             plan,
             index,
             partial: self.partial,
-            handoff: self.handoff,
-            accepted_results: HashMap::new(),
-        }))
+            results: vec![None; rcpts.len()],
+        };
+        let accepted = attempt.rcpts(rcpts);
+        let ok = if accepted.is_empty() {
+            accepted
+        } else {
+            attempt.body(rcpts, accepted, body)
+        };
+        if ok.is_empty() {
+            attempt.with_seen(|s| s.aborted = true);
+        } else {
+            attempt.commit(ok, self.handoff);
+        }
+        attempt
+            .results
+            .into_iter()
+            .map(|r| RecipientOutcome::new(r.expect("every recipient has a result")))
+            .collect()
     }
 }
 
-impl Attempt {
+impl Attempt<'_> {
     fn with_seen(&self, f: impl FnOnce(&mut Seen)) {
         f(&mut self.state.lock().unwrap().seen[self.index]);
     }
-}
 
-impl Delivery for Attempt {
-    fn add_rcpt(&mut self, rcpt: &Recipient) -> Result<(), DeliveryError> {
-        let addr = rcpt.address.to_string();
-        self.with_seen(|s| s.offered.push(addr.clone()));
-        if let Some(e) = self.plan.rcpt.get(&addr) {
-            return Err(e.clone());
+    /// Offers each recipient; returns the positions of those accepted.
+    fn rcpts(&mut self, rcpts: &[Recipient]) -> Vec<usize> {
+        let mut accepted = Vec::new();
+        for (i, rcpt) in rcpts.iter().enumerate() {
+            let addr = rcpt.address.to_string();
+            self.with_seen(|s| s.offered.push(addr.clone()));
+            if let Some(e) = self.plan.rcpt.get(&addr) {
+                self.results[i] = Some(Err(e.clone()));
+                continue;
+            }
+            self.with_seen(|s| s.accepted.push(addr));
+            accepted.push(i);
         }
-        self.with_seen(|s| s.accepted.push(addr));
-        Ok(())
+        accepted
     }
 
-    fn body(&mut self, body: &Body) -> Result<(), DeliveryError> {
+    /// Takes the body; returns the positions of the recipients still in
+    /// the running.
+    fn body(&mut self, rcpts: &[Recipient], accepted: Vec<usize>, body: &Body) -> Vec<usize> {
         let bytes = body.to_vec().unwrap();
         self.with_seen(|s| s.body = bytes);
-        match &self.plan.body {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
+        if let Some(e) = self.plan.body.clone() {
+            for &i in &accepted {
+                self.results[i] = Some(Err(e.clone()));
+            }
+            return Vec::new();
         }
-    }
-
-    fn as_partial(&mut self) -> Option<&mut dyn PartialDelivery> {
-        if self.partial {
-            Some(self)
-        } else {
-            None
+        let mut ok = Vec::new();
+        for i in accepted {
+            let addr = rcpts[i].address.to_string();
+            match self.plan.body_rcpt.get(&addr).filter(|_| self.partial) {
+                Some(e) => self.results[i] = Some(Err(e.clone())),
+                None => ok.push(i),
+            }
         }
+        ok
     }
 
-    fn commit(self: Box<Self>) -> Result<(), DeliveryError> {
-        if let Some(e) = &self.plan.commit {
-            return Err(e.clone());
-        }
-        // Recipients that failed in the body were not delivered.
-        let failed = self.accepted_results.clone();
-        self.with_seen(|s| {
-            s.accepted.retain(|a| !failed.contains_key(a));
-            s.committed = true;
-        });
-        Ok(())
-    }
-
-    fn abort(self: Box<Self>) {
-        self.with_seen(|s| s.aborted = true);
-    }
-
-    fn handoff(&self, _rcpt: &Address) -> Handoff {
-        self.handoff
-    }
-}
-
-impl PartialDelivery for Attempt {
-    fn body_per_recipient(&mut self, body: &Body, status: &mut dyn StatusCollector) {
-        let accepted = self.state.lock().unwrap().seen[self.index].accepted.clone();
-        if let Err(e) = self.body(body) {
-            for a in &accepted {
-                status.set_status(&a.parse::<Address>().unwrap(), Err(e.clone()));
+    /// Commits for the recipients at `ok`: all delivered, or all failed.
+    fn commit(&mut self, ok: Vec<usize>, handoff: Handoff) {
+        if let Some(e) = self.plan.commit.clone() {
+            for i in ok {
+                self.results[i] = Some(Err(e.clone()));
             }
             return;
         }
-        for a in accepted {
-            if let Some(e) = self.plan.body_rcpt.get(&a) {
-                self.accepted_results.insert(a.clone(), e.clone());
-                status.set_status(&a.parse::<Address>().unwrap(), Err(e.clone()));
-            }
+        // Recipients that failed after the body were not delivered.
+        let failed: Vec<String> = self.plan.body_rcpt.keys().cloned().collect();
+        let partial = self.partial;
+        self.with_seen(|s| {
+            s.accepted.retain(|a| !(partial && failed.contains(a)));
+            s.committed = true;
+        });
+        for i in ok {
+            self.results[i] = Some(Ok(handoff));
         }
     }
 }
