@@ -9,12 +9,16 @@ use serde::{Deserialize, Serialize};
 /// Why a mailbox was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
+    /// No `@`, or nothing after it.
     #[error("address {0:?} has no @domain")]
     NoDomain(String),
+    /// The part before the `@` is not a dot-atom or a quoted string.
     #[error("address {0:?} has an invalid local part")]
     BadLocalPart(String),
+    /// The part after the `@` is not a host name or an address literal.
     #[error("address {0:?} has an invalid domain")]
     BadDomain(String),
+    /// Longer than RFC 5321 allows (64 octets before the `@`, 255 after).
     #[error("address {0:?} is too long")]
     TooLong(String),
 }
@@ -66,14 +70,17 @@ impl Address {
         })
     }
 
+    /// The whole address, `local@domain`.
     pub fn as_str(&self) -> &str {
         &self.text
     }
 
+    /// What comes before the last `@`.
     pub fn local_part(&self) -> &str {
         &self.text[..self.at]
     }
 
+    /// What comes after the last `@`.
     pub fn domain(&self) -> &str {
         &self.text[self.at + 1..]
     }

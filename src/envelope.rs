@@ -12,16 +12,20 @@ use crate::address::{Address, ReversePath};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Ret {
+    /// The whole message.
     Full,
+    /// Its header only.
     Hdrs,
 }
 
 /// RFC 1652 BODY parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum BodyType {
+    /// `7BIT`: plain ASCII text.
     #[default]
     #[serde(rename = "7BIT")]
     SevenBit,
+    /// `8BITMIME`: text with 8-bit bytes.
     #[serde(rename = "8BITMIME")]
     EightBitMime,
 }
@@ -40,18 +44,23 @@ pub enum BodyType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Notify {
+    /// Tell the sender once the recipient has the message.
     pub success: bool,
+    /// Tell the sender when delivery fails.
     pub failure: bool,
+    /// Tell the sender when delivery is delayed.
     pub delay: bool,
 }
 
 impl Notify {
+    /// `NEVER`: no notices at all.
     pub const NEVER: Notify = Notify {
         success: false,
         failure: false,
         delay: false,
     };
 
+    /// Whether no notice at all is wanted.
     pub fn is_never(&self) -> bool {
         *self == Notify::NEVER
     }
@@ -127,13 +136,16 @@ impl From<Notify> for String {
 /// Parameters given with MAIL FROM that stay with the message.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailParams {
+    /// RFC 3461 RET: what a failure notice returns of the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ret: Option<Ret>,
     /// RFC 3461 ENVID, decoded from xtext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envid: Option<String>,
+    /// RFC 6531 SMTPUTF8: addresses or header in UTF-8.
     #[serde(default)]
     pub smtputf8: bool,
+    /// RFC 6152 BODY.
     #[serde(default)]
     pub body: BodyType,
 }
@@ -174,8 +186,11 @@ impl Recipient {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
+    /// The reverse-path; `None` is the null sender `<>` of notices.
     pub sender: ReversePath,
+    /// Each recipient with its own DSN parameters.
     pub recipients: Vec<Recipient>,
+    /// What MAIL FROM carried that stays with the message.
     pub params: MailParams,
 }
 

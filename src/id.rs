@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 const TIME_DIGITS: usize = 13;
 const RANDOM_DIGITS: usize = 7;
 /// Length of every id in characters.
-pub const ID_LEN: usize = TIME_DIGITS + RANDOM_DIGITS;
+pub(crate) const ID_LEN: usize = TIME_DIGITS + RANDOM_DIGITS;
 
 /// A message's queue id: 13 hex digits of microseconds since the Unix epoch
 /// and 7 random hex digits, e.g. `19AC8F3E2B1C40A3F9D12`. Only `0-9A-F`, so
@@ -41,6 +41,7 @@ impl MessageId {
         MessageId(bytes)
     }
 
+    /// The id as text: 20 characters, time-sortable.
     pub fn as_str(&self) -> &str {
         // Only ever built from ASCII hex digits.
         std::str::from_utf8(&self.0).unwrap_or("")

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! mailqueue: a durable, synchronous mail queue.
 //!
 //! Messages are accepted through [`Queue::enqueue`] (or the queue's own

@@ -129,7 +129,7 @@ pub struct Job {
 
 impl Shared {
     /// Hands a message to the time wheel for `when` (wall-clock).
-    pub fn schedule(&self, id: MessageId, when: Timestamp) {
+    pub(crate) fn schedule(&self, id: MessageId, when: Timestamp) {
         let wait = clock::wait_until(when, Timestamp::now(), self.policy.max_interval);
         if wait.is_zero() {
             // Due now and a worker free: skip the timer thread's wake-up.
@@ -149,7 +149,7 @@ impl Shared {
 
     /// Stores a message durably and schedules it at once. Notices are
     /// never refused for quota: refusing one would lose the bounce.
-    pub fn store(
+    pub(crate) fn store(
         &self,
         writer: MessageWriter,
         envelope: &Envelope,
@@ -166,14 +166,14 @@ impl Shared {
     }
 
     /// Stores a notice made in memory.
-    pub fn store_notice(&self, envelope: &Envelope, bytes: &[u8]) -> Result<MessageId, QueueError> {
+    pub(crate) fn store_notice(&self, envelope: &Envelope, bytes: &[u8]) -> Result<MessageId, QueueError> {
         let mut w = self.spool.create_message()?;
         w.copy_from(&mut &bytes[..])?;
         self.store(w, envelope, true)
     }
 
     /// Accounts for a message that left the queue.
-    pub fn forget(&self, size: u64) {
+    pub(crate) fn forget(&self, size: u64) {
         let _ = self
             .messages
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -188,7 +188,7 @@ impl Shared {
 
     /// Refuses new mail past `max_messages`, `max_bytes` (counting
     /// `incoming` more bytes) or below `min_free_bytes` of free disk.
-    pub fn check_quota(&self, incoming: u64) -> Result<(), QueueError> {
+    pub(crate) fn check_quota(&self, incoming: u64) -> Result<(), QueueError> {
         let q = &self.config.queue;
         let messages = self.messages.load(Ordering::SeqCst);
         if messages >= q.max_messages {
