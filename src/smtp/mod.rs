@@ -3,6 +3,7 @@
 //! listener with its session threads.
 
 pub mod command;
+pub mod deadline;
 pub mod reply;
 pub mod server;
 pub mod threads;
