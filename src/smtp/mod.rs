@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod deadline;
+pub mod params;
 pub mod reply;
 pub mod server;
 pub mod threads;

@@ -5,11 +5,11 @@
 use super::{Session, State};
 use crate::address::ReversePath;
 use crate::delivery::{Body, DamagedBody, DeliveryError};
-use crate::envelope::{BodyType, MailParams, Recipient, Ret};
+use crate::envelope::{BodyType, MailParams, Recipient};
 use crate::smtp::deadline::{name_timeout, Deadline, WriteDeadline};
+use crate::smtp::params::{MailFrom, MailParam, RcptParam, RcptTo};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::transport::write_dot_stuffed;
-use crate::smtp::xtext;
 
 impl Session {
     /// Checks what the message needs against what the server offers.
@@ -128,45 +128,41 @@ impl Session {
         }
     }
 
+    /// MAIL FROM with the parameters this server understands.
     fn mail_line(&self, sender: &ReversePath, params: &MailParams, size: u64) -> String {
-        let mut mail = format!(
-            "MAIL FROM:<{}>",
-            sender.as_ref().map(|a| a.as_str()).unwrap_or("")
-        );
+        let mut p = Vec::new();
         if self.ext.size.is_some() {
-            mail.push_str(&format!(" SIZE={size}"));
+            p.push(MailParam::Size(size));
         }
         if params.body == BodyType::EightBitMime && self.ext.eight_bit_mime {
-            mail.push_str(" BODY=8BITMIME");
+            p.push(MailParam::Body(BodyType::EightBitMime));
         }
         if params.smtputf8 && self.ext.smtputf8 {
-            mail.push_str(" SMTPUTF8");
+            p.push(MailParam::SmtpUtf8);
         }
         if self.ext.dsn {
-            match params.ret {
-                Some(Ret::Full) => mail.push_str(" RET=FULL"),
-                Some(Ret::Hdrs) => mail.push_str(" RET=HDRS"),
-                None => {}
-            }
-            if let Some(envid) = &params.envid {
-                mail.push_str(&format!(" ENVID={}", xtext::encode(envid)));
-            }
+            p.extend(params.ret.map(MailParam::Ret));
+            p.extend(params.envid.clone().map(MailParam::EnvId));
         }
-        mail
+        MailFrom {
+            sender: sender.clone(),
+            params: p,
+        }
+        .to_string()
     }
 
+    /// RCPT TO, with the DSN parameters when the server understands them.
     fn rcpt_line(&self, r: &Recipient) -> String {
-        let mut line = format!("RCPT TO:<{}>", r.address);
+        let mut p = Vec::new();
         if self.ext.dsn {
-            if let Some(n) = r.notify {
-                line.push_str(&format!(" NOTIFY={n}"));
-            }
-            if let Some(orcpt) = &r.orcpt {
-                let (kind, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
-                line.push_str(&format!(" ORCPT={};{}", kind, xtext::encode(addr)));
-            }
+            p.extend(r.notify.map(RcptParam::Notify));
+            p.extend(r.orcpt.clone().map(RcptParam::Orcpt));
         }
-        line
+        RcptTo {
+            address: r.address.clone(),
+            params: p,
+        }
+        .to_string()
     }
 
     /// Sends DATA and the body; returns the final replies: one for SMTP,

@@ -8,13 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use super::ServerSettings;
 use crate::address::ReversePath;
 use crate::config::BareNewline;
-use crate::envelope::{BodyType, MailParams, Notify, Recipient, Ret};
+use crate::envelope::{MailParams, Recipient};
 use crate::queue::{Queue, QueueError};
 use crate::smtp::command::{self, Command};
 use crate::smtp::deadline::{self, is_timeout, Deadline, DeadlineReader, LineEnd, Overlong};
+use crate::smtp::params::{MailParam, RcptParam};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::transport::{Transport, Watchdog};
-use crate::smtp::xtext;
 
 /// Longest command line accepted; RFC 5321 asks for at least 512.
 const MAX_COMMAND_LINE: usize = 4096;
@@ -359,29 +359,13 @@ impl<'a> Session<'a> {
         let mut p = MailParams::default();
         let mut announced: u64 = 0;
         for (key, value) in params {
-            let bad = || reply(501, (5, 5, 4), &format!("Bad {key} parameter"));
-            match (key.as_str(), value.as_deref()) {
-                ("SIZE", Some(v)) => match v.parse::<u64>() {
-                    Ok(n) if n > self.s.max_message_size => {
-                        return reply(552, (5, 3, 4), "Message size exceeds fixed limit")
-                    }
-                    Ok(n) => announced = n,
-                    Err(_) => return bad(),
-                },
-                ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => p.body = BodyType::SevenBit,
-                ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
-                    p.body = BodyType::EightBitMime
+            match MailParam::decode(&key, value.as_deref()) {
+                Err(r) => return r,
+                Ok(MailParam::Size(n)) if n > self.s.max_message_size => {
+                    return reply(552, (5, 3, 4), "Message size exceeds fixed limit")
                 }
-                ("SMTPUTF8", None) => p.smtputf8 = true,
-                ("RET", Some(v)) if v.eq_ignore_ascii_case("FULL") => p.ret = Some(Ret::Full),
-                ("RET", Some(v)) if v.eq_ignore_ascii_case("HDRS") => p.ret = Some(Ret::Hdrs),
-                ("ENVID", Some(v)) => match xtext::decode(v).filter(|d| d.len() <= 100) {
-                    Some(d) => p.envid = Some(d),
-                    None => return bad(),
-                },
-                ("AUTH", Some(_)) => {}
-                ("SIZE" | "BODY" | "SMTPUTF8" | "RET" | "ENVID" | "AUTH", _) => return bad(),
-                _ => return reply(555, (5, 5, 4), &format!("Unsupported parameter {key}")),
+                Ok(MailParam::Size(n)) => announced = n,
+                Ok(other) => other.apply(&mut p),
             }
         }
         if sender.as_ref().is_some_and(|s| s.needs_smtputf8()) && !p.smtputf8 {
@@ -419,29 +403,9 @@ impl<'a> Session<'a> {
         }
         let mut rcpt = Recipient::new(address);
         for (key, value) in params {
-            match (key.as_str(), value.as_deref()) {
-                ("NOTIFY", Some(v)) => match v.parse::<Notify>() {
-                    Ok(n) => rcpt.notify = Some(n),
-                    Err(_) => return reply(501, (5, 5, 4), "Bad NOTIFY parameter"),
-                },
-                ("ORCPT", Some(v)) => {
-                    let decoded = v
-                        .split_once(';')
-                        .filter(|(kind, _)| {
-                            !kind.is_empty()
-                                && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        })
-                        .and_then(|(kind, addr)| xtext::decode(addr).map(|a| format!("{kind};{a}")))
-                        .filter(|o| o.len() <= 500);
-                    match decoded {
-                        Some(o) => rcpt.orcpt = Some(o),
-                        None => return reply(501, (5, 5, 4), "Bad ORCPT parameter"),
-                    }
-                }
-                ("NOTIFY" | "ORCPT", None) => {
-                    return reply(501, (5, 5, 4), &format!("Bad {key} parameter"))
-                }
-                _ => return reply(555, (5, 5, 4), &format!("Unsupported parameter {key}")),
+            match RcptParam::decode(&key, value.as_deref()) {
+                Ok(p) => p.apply(&mut rcpt),
+                Err(r) => return r,
             }
         }
         txn.rcpts.push(rcpt);
