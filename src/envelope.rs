@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, ReversePath};
+pub use crate::smtp::params::OrigRecipient;
 
 /// RFC 3461 RET: how much of the message a failure notice returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,8 +159,8 @@ pub struct Recipient {
     /// The address before any internal rewriting (aliases, forwarding).
     /// Notices name this one; `None` means `address` was never rewritten.
     pub original: Option<Address>,
-    /// RFC 3461 ORCPT as `addr-type;address`, decoded from xtext.
-    pub orcpt: Option<String>,
+    /// RFC 3461 ORCPT, decoded from xtext.
+    pub orcpt: Option<OrigRecipient>,
     /// RFC 3461 NOTIFY; `None` means the default, FAILURE,DELAY.
     pub notify: Option<Notify>,
 }

@@ -11,6 +11,7 @@ use proptest::test_runner::Config;
 use mailqueue::delivery::dns::{build_query, parse_response, to_ascii, Record, RecordType};
 use mailqueue::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Timestamp, META_VERSION};
 use mailqueue::smtp::command::{parse, Command};
+use mailqueue::smtp::params::{OrigRecipient, RcptParam, RcptTo};
 use mailqueue::smtp::xtext;
 use mailqueue::{Address, BodyType, EnhancedCode, MailParams, MessageId, Notify, Ret, SmtpReply};
 
@@ -327,7 +328,12 @@ proptest! {
         // Decoded values go into header fields of notices: no controls.
         let printable = !text.chars().any(char::is_control);
         prop_assert_eq!(xtext::decode(&encoded), printable.then(|| text.clone()));
-        let line = format!("RCPT TO:<a@example.org> ORCPT=rfc822;{encoded}");
+        let orcpt = OrigRecipient::new("rfc822", text.clone());
+        let line = RcptTo {
+            address: "a@example.org".parse().unwrap(),
+            params: vec![RcptParam::Orcpt(orcpt.clone())],
+        }
+        .to_string();
         prop_assert_eq!(
             parse(&line),
             Ok(Command::Rcpt(
@@ -335,6 +341,10 @@ proptest! {
                 vec![("ORCPT".into(), Some(format!("rfc822;{encoded}")))]
             ))
         );
+        // What the client sends the listener decodes back, if printable.
+        let decoded = RcptParam::decode("ORCPT", Some(&format!("rfc822;{encoded}"))).ok();
+        let fits = text.len() + 7 <= 500;
+        prop_assert_eq!(decoded, (printable && fits).then_some(RcptParam::Orcpt(orcpt)));
     }
 
     #[test]
@@ -417,7 +427,7 @@ fn recipient_meta() -> impl Strategy<Value = RecipientMeta> {
         (
             address(),
             prop::option::of(address()),
-            prop::option::of(any::<String>()),
+            prop::option::of(any::<String>().prop_map(OrigRecipient::from)),
             prop::option::of(notify()),
         ),
         (

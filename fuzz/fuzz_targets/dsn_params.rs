@@ -7,6 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mailqueue::smtp::command::{self, Command};
+use mailqueue::smtp::params::{OrigRecipient, RcptParam, RcptTo};
 use mailqueue::smtp::xtext;
 use mailqueue::Notify;
 
@@ -29,7 +30,12 @@ fuzz_target!(|data: &[u8]| {
         "{text:?}"
     );
     // What the client sends as ORCPT the listener reads back unchanged.
-    let line = format!("RCPT TO:<a@example.org> ORCPT=rfc822;{encoded}");
+    let orcpt = OrigRecipient::new("rfc822", text);
+    let line = RcptTo {
+        address: "a@example.org".parse().unwrap(),
+        params: vec![RcptParam::Orcpt(orcpt.clone())],
+    }
+    .to_string();
     match command::parse(&line) {
         Ok(Command::Rcpt(_, params)) => {
             assert_eq!(
@@ -39,6 +45,9 @@ fuzz_target!(|data: &[u8]| {
         }
         other => panic!("{line:?}: {other:?}"),
     }
+    let decoded = RcptParam::decode("ORCPT", Some(&format!("rfc822;{encoded}"))).ok();
+    let fits = text.len() + 7 <= 500;
+    assert_eq!(decoded, (printable && fits).then_some(RcptParam::Orcpt(orcpt)));
 
     if let Some(decoded) = xtext::decode(text) {
         assert!(text.bytes().all(xchar), "{text:?}");

@@ -270,7 +270,7 @@ fn write_recipient_fields(
         typed_address(r.rcpt.reported_address().as_str())
     );
     if let Some(orcpt) = &r.rcpt.orcpt {
-        let (kind, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+        let (kind, addr) = (&orcpt.addr_type, &orcpt.addr);
         let field = format!("Original-Recipient: {}; {}", kind.trim(), addr.trim());
         m.push_str(&folded(&field, " "));
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, ReversePath};
-use crate::envelope::{Envelope, MailParams, Notify, Recipient};
+use crate::envelope::{Envelope, MailParams, Notify, OrigRecipient, Recipient};
 use crate::id::MessageId;
 use crate::smtp::reply::SmtpReply;
 
@@ -76,7 +76,7 @@ pub struct RecipientMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<Address>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub orcpt: Option<String>,
+    pub orcpt: Option<OrigRecipient>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
     pub status: RcptStatus,

@@ -3,6 +3,8 @@
 //! listener with its session threads.
 
 pub mod command;
+pub mod deadline;
+pub mod params;
 pub mod reply;
 pub mod server;
 pub mod threads;

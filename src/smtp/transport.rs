@@ -122,34 +122,6 @@ impl Write for Transport {
     }
 }
 
-/// Reads one line ending in LF, of at most `max` bytes; longer lines are
-/// an error rather than unbounded memory.
-pub fn read_line_limited<R: io::BufRead>(
-    r: &mut R,
-    out: &mut Vec<u8>,
-    max: usize,
-) -> io::Result<usize> {
-    out.clear();
-    loop {
-        let buf = r.fill_buf()?;
-        if buf.is_empty() {
-            return Ok(out.len());
-        }
-        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (buf.len(), false),
-        };
-        if out.len() + take > max {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
-        }
-        out.extend_from_slice(&buf[..take]);
-        r.consume(take);
-        if done {
-            return Ok(out.len());
-        }
-    }
-}
-
 /// Shuts a socket down if a blocking step on it is not over within a
 /// time limit. A TLS handshake reads and writes through calls of its own,
 /// each with only the socket's per-call timeout: a peer that trickles a
@@ -420,16 +392,5 @@ mod tests {
             write_dot_stuffed(&mut r, &mut out).unwrap();
             assert_eq!(out, b"a\r\n..b\r\nc\r\n\r\n..d\r\n.\r\n");
         }
-    }
-
-    #[test]
-    fn long_lines_are_refused() {
-        let mut r = io::BufReader::new(&b"0123456789\nab\n"[..]);
-        let mut line = Vec::new();
-        assert!(read_line_limited(&mut r, &mut line, 5).is_err());
-        let mut r = io::BufReader::new(&b"ab\ncd"[..]);
-        assert_eq!(read_line_limited(&mut r, &mut line, 5).unwrap(), 3);
-        assert_eq!(read_line_limited(&mut r, &mut line, 5).unwrap(), 2);
-        assert_eq!(read_line_limited(&mut r, &mut line, 5).unwrap(), 0);
     }
 }

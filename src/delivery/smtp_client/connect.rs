@@ -1,0 +1,197 @@
+//! Connecting: TCP (address by address), a Unix socket, and TLS, whether
+//! implicit or after STARTTLS, with the connector built from the policy.
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use super::{ClientSettings, Endpoint, Session};
+use crate::config::TlsPolicy;
+use crate::delivery::DeliveryError;
+use crate::smtp::transport::{Transport, Watchdog};
+
+impl Session {
+    /// Connects, reads the greeting, says EHLO/LHLO, upgrades to TLS as
+    /// the policy says and authenticates when credentials are set.
+    pub fn open(
+        settings: &Arc<ClientSettings>,
+        endpoint: &Endpoint,
+        implicit_tls: bool,
+    ) -> Result<Session, DeliveryError> {
+        let (transport, host, relay) = match endpoint {
+            Endpoint::Tcp { host, port } => {
+                let (stream, addr) = connect_tcp(settings, host, *port)?;
+                let _ = stream.set_nodelay(true);
+                (
+                    Transport::Tcp(stream),
+                    host.clone(),
+                    format!("{host}[{}]:{port}", addr.ip()),
+                )
+            }
+            Endpoint::Unix(path) => {
+                let stream = UnixStream::connect(path).map_err(|e| {
+                    DeliveryError::network(&format!("connect to {}", path.display()), &e)
+                })?;
+                (
+                    Transport::Unix(stream),
+                    "localhost".to_string(),
+                    path.display().to_string(),
+                )
+            }
+        };
+        Self::open_on(settings, transport, host, relay, implicit_tls)
+    }
+
+    /// Runs the session set-up on an already connected TCP stream (the
+    /// MX client connects itself, address by address).
+    pub fn open_stream(
+        settings: &Arc<ClientSettings>,
+        stream: TcpStream,
+        host: &str,
+        relay: String,
+    ) -> Result<Session, DeliveryError> {
+        let _ = stream.set_nodelay(true);
+        Self::open_on(
+            settings,
+            Transport::Tcp(stream),
+            host.to_string(),
+            relay,
+            false,
+        )
+    }
+}
+
+/// Connects to the first address of `host` that answers.
+fn connect_tcp(
+    settings: &ClientSettings,
+    host: &str,
+    port: u16,
+) -> Result<(TcpStream, SocketAddr), DeliveryError> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            DeliveryError::temporary(451, (4, 4, 3), &format!("cannot resolve {host}: {e}"))
+        })?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, settings.connect_timeout) {
+            Ok(s) => return Ok((s, addr)),
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    match last {
+        Some((addr, e)) => Err(DeliveryError::network(
+            &format!("connect to {host}[{}]:{port}", addr.ip()),
+            &e,
+        )
+        .at(host)),
+        None => Err(DeliveryError::temporary(
+            451,
+            (4, 4, 3),
+            &format!("{host} has no address"),
+        )),
+    }
+}
+
+/// Runs the TLS handshake on a TCP stream (others are left as they are).
+pub(super) fn tls_handshake(
+    settings: &ClientSettings,
+    transport: Transport,
+    host: &str,
+) -> Result<Transport, DeliveryError> {
+    let Transport::Tcp(tcp) = transport else {
+        return Ok(transport);
+    };
+    let connector = settings
+        .tls_connector
+        .as_ref()
+        .ok_or_else(|| DeliveryError::temporary(451, (4, 7, 0), "TLS is not configured"))?;
+    let name = host.trim_end_matches('.');
+    // The whole handshake within command_timeout, as Postfix's
+    // smtp_starttls_timeout: each read and write alone is not enough.
+    let _deadline = Watchdog::arm(&tcp, settings.command_timeout);
+    match connector.connect(name, tcp) {
+        Ok(s) => Ok(Transport::Tls(Box::new(s))),
+        // 4.7.5, "cryptographic failure": lets the MX client tell a failed
+        // handshake from other errors and, under `may`, retry in clear.
+        Err(e) => Err(DeliveryError::temporary(
+            451,
+            (4, 7, 5),
+            &format!("TLS handshake with {name} failed: {e}"),
+        )
+        .at(host)),
+    }
+}
+
+/// Builds the TLS client for a policy: `verify` checks the chain (system
+/// roots plus `ca_file`) and the host name; `may` and `encrypt` only encrypt.
+pub fn tls_connector(
+    policy: TlsPolicy,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Option<native_tls::TlsConnector>, String> {
+    if policy == TlsPolicy::None {
+        return Ok(None);
+    }
+    let mut b = native_tls::TlsConnector::builder();
+    if policy == TlsPolicy::Verify {
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+            let cert = native_tls::Certificate::from_pem(&pem)
+                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            b.add_root_certificate(cert);
+        }
+    } else {
+        b.danger_accept_invalid_certs(true);
+        b.danger_accept_invalid_hostnames(true);
+    }
+    b.build()
+        .map(Some)
+        .map_err(|e| format!("cannot set up TLS: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::super::testing::{server, settings};
+    use super::*;
+
+    #[test]
+    fn a_tls_handshake_trickled_byte_by_byte_ends_at_the_command_timeout() {
+        // After the client's hello, a server record announced 16 KiB long
+        // arrives a byte every 100 ms: each read is within the timeout, the
+        // handshake never is. Bounded: the server gives up after 15 s.
+        let endpoint = server(|mut s| {
+            let mut hello = [0u8; 512];
+            let _ = s.read(&mut hello);
+            if s.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]).is_err() {
+                return;
+            }
+            let until = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < until && s.write_all(&[0]).is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let settings = Arc::new(ClientSettings {
+            tls: TlsPolicy::Encrypt,
+            tls_connector: tls_connector(TlsPolicy::Encrypt, None)
+                .unwrap()
+                .map(Arc::new),
+            ..(*settings(Duration::from_millis(500))).clone()
+        });
+        let started = Instant::now();
+        let e = Session::open(&settings, &endpoint, true)
+            .err()
+            .expect("a handshake that never ends cannot open a session");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(e.reply.code, 451, "{e}");
+    }
+}

@@ -1,0 +1,191 @@
+//! The SMTP ingest listener: one thread per connection, up to
+//! `max_connections`, threads reused from one connection to the next;
+//! replies only after the message is durable.
+//!
+//! This module is the accept loop; `session` is the dialogue with one
+//! client, `data` reads a message's DATA and queues it.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::config::BareNewline;
+use crate::queue::Queue;
+use crate::smtp::threads::Reused;
+use crate::smtp::transport::Transport;
+
+mod data;
+mod session;
+
+use session::Session;
+
+/// How long a session thread waits for the next connection: under load
+/// the next one comes within milliseconds; an idle listener soon holds no
+/// spare threads.
+const THREAD_KEEP: Duration = Duration::from_secs(5);
+
+/// How the listener behaves.
+#[derive(Clone)]
+pub struct ServerSettings {
+    pub hostname: String,
+    pub relay_networks: Vec<IpNet>,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub tls: Option<Arc<native_tls::TlsAcceptor>>,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub bare_newline: BareNewline,
+}
+
+/// Binds every address, or says which one cannot be bound.
+pub fn bind(addrs: &[String]) -> Result<Vec<TcpListener>, String> {
+    addrs
+        .iter()
+        .map(|a| TcpListener::bind(a.as_str()).map_err(|e| format!("cannot listen on {a}: {e}")))
+        .collect()
+}
+
+/// Loads the certificate and PKCS#8 key for STARTTLS.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<native_tls::TlsAcceptor, String> {
+    let c =
+        std::fs::read(cert).map_err(|e| format!("cannot read tls_cert {}: {e}", cert.display()))?;
+    let k =
+        std::fs::read(key).map_err(|e| format!("cannot read tls_key {}: {e}", key.display()))?;
+    let id = native_tls::Identity::from_pkcs8(&c, &k)
+        .map_err(|e| format!("tls_cert/tls_key: {e} (the key must be PEM PKCS#8)"))?;
+    native_tls::TlsAcceptor::new(id).map_err(|e| format!("cannot set up TLS: {e}"))
+}
+
+/// The running listener.
+pub struct Server {
+    stopping: Arc<AtomicBool>,
+    addrs: Vec<SocketAddr>,
+    threads: Vec<JoinHandle<()>>,
+    active: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// Starts one accepting thread per listening socket.
+    pub fn start(
+        listeners: Vec<TcpListener>,
+        queue: Arc<Queue>,
+        settings: ServerSettings,
+    ) -> Server {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicUsize::new(0));
+        let settings = Arc::new(settings);
+        let sessions = {
+            let (queue, settings) = (Arc::clone(&queue), Arc::clone(&settings));
+            Arc::new(Reused::new(
+                "mailqueue-smtp",
+                THREAD_KEEP,
+                move |(stream, guard): (TcpStream, ActiveGuard)| {
+                    let _guard = guard;
+                    let Ok(peer) = stream.peer_addr() else {
+                        return;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    Session::new(Transport::Tcp(stream), peer, &queue, &settings).run();
+                },
+            ))
+        };
+        let mut addrs = Vec::new();
+        let mut threads = Vec::new();
+        for listener in listeners {
+            if let Ok(a) = listener.local_addr() {
+                log::info!("listening for SMTP on {a}");
+                addrs.push(a);
+            }
+            let (stopping, active, sessions, max) = (
+                Arc::clone(&stopping),
+                Arc::clone(&active),
+                Arc::clone(&sessions),
+                settings.max_connections,
+            );
+            threads.push(
+                thread::Builder::new()
+                    .name("mailqueue-listen".into())
+                    .spawn(move || accept_loop(listener, &sessions, max, &stopping, &active))
+                    .expect("cannot start the listener thread"),
+            );
+        }
+        Server {
+            stopping,
+            addrs,
+            threads,
+            active,
+        }
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Connections being served now.
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting; sessions in progress run on until they end.
+    pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for a in &self.addrs {
+            // Wakes the blocking accept so it sees the flag.
+            let _ = TcpStream::connect_timeout(a, Duration::from_secs(1));
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    sessions: &Reused<(TcpStream, ActiveGuard)>,
+    max_connections: usize,
+    stopping: &AtomicBool,
+    active: &Arc<AtomicUsize>,
+) {
+    for stream in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                log::warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::SeqCst) >= max_connections {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.write_all(b"421 4.7.0 Too many connections, try again later\r\n");
+            continue;
+        }
+        let guard = ActiveGuard(Arc::clone(active));
+        if let Err(e) = sessions.run((stream, guard)) {
+            log::error!("cannot start a connection thread: {e}");
+        }
+    }
+}
