@@ -37,7 +37,9 @@ pub mod sys;
 pub use address::{Address, AddressError, ReversePath};
 pub use config::{Config, ConfigError};
 pub use delivery::{Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, RecipientOutcome};
-pub use envelope::{BadNotify, BodyType, Envelope, MailParams, Notify, Recipient, Ret};
+pub use envelope::{
+    BadNotify, BodyType, Envelope, MailParams, Notify, OrigRecipient, Recipient, Ret,
+};
 pub use id::{BadMessageId, MessageId};
 pub use queue::{Queue, QueueError};
 pub use smtp::reply::{EnhancedCode, SmtpReply};

@@ -166,7 +166,11 @@ impl Shared {
     }
 
     /// Stores a notice made in memory.
-    pub(crate) fn store_notice(&self, envelope: &Envelope, bytes: &[u8]) -> Result<MessageId, QueueError> {
+    pub(crate) fn store_notice(
+        &self,
+        envelope: &Envelope,
+        bytes: &[u8],
+    ) -> Result<MessageId, QueueError> {
         let mut w = self.spool.create_message()?;
         w.copy_from(&mut &bytes[..])?;
         self.store(w, envelope, true)

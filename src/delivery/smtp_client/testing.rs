@@ -10,7 +10,7 @@ use crate::address::ReversePath;
 use crate::config::TlsPolicy;
 use crate::smtp::transport::Transport;
 
-pub fn settings(timeout: Duration) -> Arc<ClientSettings> {
+pub(super) fn settings(timeout: Duration) -> Arc<ClientSettings> {
     Arc::new(ClientSettings {
         helo_name: "client.test".into(),
         lmtp: false,
@@ -23,12 +23,12 @@ pub fn settings(timeout: Duration) -> Arc<ClientSettings> {
     })
 }
 
-pub fn sender() -> ReversePath {
+pub(super) fn sender() -> ReversePath {
     Some("s@example.org".parse().unwrap())
 }
 
 /// A loopback server running `script` on its first connection.
-pub fn server(script: impl FnOnce(TcpStream) + Send + 'static) -> Endpoint {
+pub(super) fn server(script: impl FnOnce(TcpStream) + Send + 'static) -> Endpoint {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -44,7 +44,7 @@ pub fn server(script: impl FnOnce(TcpStream) + Send + 'static) -> Endpoint {
 
 /// How a test server reads once it has stopped answering.
 #[derive(Clone, Copy, PartialEq)]
-pub enum Reading {
+pub(super) enum Reading {
     /// Never reads again.
     Stopped,
     /// Reads 16 KiB every 100 ms: each write call makes progress well
@@ -54,7 +54,7 @@ pub enum Reading {
 
 /// A server that takes MAIL and RCPT (PIPELINING when `pipelining`)
 /// and, at DATA (`at_data`) or right after EHLO, reads as `reading`.
-pub fn slow_reader(at_data: bool, reading: Reading) -> Endpoint {
+pub(super) fn slow_reader(at_data: bool, reading: Reading) -> Endpoint {
     server(move |s| {
         small_buffer(&s, libc::SO_RCVBUF);
         let mut w = s.try_clone().unwrap();
@@ -96,7 +96,7 @@ pub fn slow_reader(at_data: bool, reading: Reading) -> Endpoint {
 /// Shrinks a socket buffer to 16 KiB, so that a writer blocks early
 /// and wakes at each small read of the peer, whatever the kernel's
 /// buffer auto-tuning would do.
-pub fn small_buffer(s: &impl std::os::fd::AsRawFd, which: libc::c_int) {
+pub(super) fn small_buffer(s: &impl std::os::fd::AsRawFd, which: libc::c_int) {
     let size: libc::c_int = 16 * 1024;
     // SAFETY: a valid socket and a c_int option value of the right size.
     let rc = unsafe {
@@ -111,7 +111,7 @@ pub fn small_buffer(s: &impl std::os::fd::AsRawFd, which: libc::c_int) {
     assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
 }
 
-pub fn open_with_small_send_buffer(endpoint: &Endpoint) -> Session {
+pub(super) fn open_with_small_send_buffer(endpoint: &Endpoint) -> Session {
     let session = Session::open(&settings(Duration::from_secs(1)), endpoint, false).unwrap();
     let Transport::Tcp(s) = session.io.get_ref() else {
         unreachable!("a TCP endpoint")
@@ -121,7 +121,7 @@ pub fn open_with_small_send_buffer(endpoint: &Endpoint) -> Session {
 }
 
 /// A server that answers RCPT with a 550 of `lines` lines of 500 bytes.
-pub fn huge_rcpt_reply(lines: usize) -> Endpoint {
+pub(super) fn huge_rcpt_reply(lines: usize) -> Endpoint {
     server(move |s| {
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
