@@ -1,0 +1,49 @@
+//! The spool's layout: the names of what a spool directory holds. For
+//! code that has a spool's root but no open [`Spool`](super::Spool) (the
+//! sendmail command, the control client); an open spool answers the same
+//! through its methods.
+
+use std::path::{Path, PathBuf};
+
+/// Messages waiting: `<id>.msg`, and `<id>.meta` once the state changed.
+pub const QUEUE: &str = "queue";
+/// Metadata being written, before its rename into `queue/`.
+pub const TMP: &str = "tmp";
+/// Files quarantined as damaged.
+pub const CORRUPT: &str = "corrupt";
+/// Mail dropped by local users (sendmail), waiting for pickup.
+pub const INCOMING: &str = "incoming";
+/// The daemon's control socket.
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// The spool lock, holding the running queue's pid.
+pub const LOCK: &str = "lock";
+
+/// `<root>/queue`.
+pub fn queue(root: &Path) -> PathBuf {
+    root.join(QUEUE)
+}
+
+/// `<root>/tmp`.
+pub fn tmp(root: &Path) -> PathBuf {
+    root.join(TMP)
+}
+
+/// `<root>/corrupt`.
+pub fn corrupt(root: &Path) -> PathBuf {
+    root.join(CORRUPT)
+}
+
+/// `<root>/incoming`.
+pub fn incoming(root: &Path) -> PathBuf {
+    root.join(INCOMING)
+}
+
+/// `<root>/control.sock`.
+pub fn control_socket(root: &Path) -> PathBuf {
+    root.join(CONTROL_SOCKET)
+}
+
+/// `<root>/lock`.
+pub fn lock(root: &Path) -> PathBuf {
+    root.join(LOCK)
+}

@@ -1,0 +1,63 @@
+//! Taking messages out of the queue: removal of a finished message, and
+//! quarantine of a damaged one into `corrupt/`.
+
+use std::fs;
+use std::io;
+
+use super::sync::sync_dir;
+use super::{io_error, Spool};
+use crate::queue::{MessageId, QueueError};
+
+impl Spool {
+    /// Removes a finished message, durably: when this returns, a power
+    /// loss cannot bring the message back to be sent again. The message
+    /// file goes first: a crash in between leaves a lone `.meta`, which
+    /// start-up removes, where the other order would leave a message file
+    /// whose trailer still lists every recipient as pending. The directory
+    /// fsync is shared with concurrent creations and removals.
+    pub fn remove(&self, id: &MessageId) -> Result<(), QueueError> {
+        self.unlink(id)?;
+        self.queue_sync.sync(&self.queue)
+    }
+
+    /// Unlinks a message's files without making that durable.
+    pub(super) fn unlink(&self, id: &MessageId) -> Result<(), QueueError> {
+        for path in [self.message_path(id), self.meta_path(id)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves whatever files a message has into `corrupt/`, logging why.
+    pub fn quarantine(&self, id: &str, reason: &str) {
+        self.move_to_corrupt(id, reason);
+        self.sync_quarantine();
+    }
+
+    pub(super) fn move_to_corrupt(&self, id: &str, reason: &str) {
+        log::error!("{id}: moved to {}: {reason}", self.corrupt.display());
+        for ext in ["meta", "msg"] {
+            let from = self.queue.join(format!("{id}.{ext}"));
+            let to = self.corrupt.join(format!("{id}.{ext}"));
+            match fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::error!("{id}: cannot quarantine {}: {e}", from.display()),
+            }
+        }
+    }
+
+    /// Makes renames into `corrupt/` durable: the new entries first, so a
+    /// power loss never leaves a quarantined file in neither directory.
+    fn sync_quarantine(&self) {
+        for dir in [&self.corrupt, &self.queue] {
+            if let Err(e) = sync_dir(dir) {
+                log::error!("{e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Writing a message durably: the message file created under a fresh id,
+//! its trailer written and fdatasynced, the directory fsync shared with
+//! concurrent writers; later states in a `.meta` file replaced atomically.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use super::trailer::trailer;
+use super::{io_error, Spool};
+use crate::queue::meta::MessageMeta;
+use crate::queue::{MessageId, QueueError};
+
+/// A message being written into the spool.
+#[derive(Debug)]
+pub struct MessageWriter {
+    id: MessageId,
+    path: PathBuf,
+    file: io::BufWriter<File>,
+    size: u64,
+    checksum: crc32fast::Hasher,
+    done: bool,
+}
+
+impl Spool {
+    /// Starts writing a new message under a fresh id.
+    pub fn create_message(&self) -> Result<MessageWriter, QueueError> {
+        loop {
+            let id = MessageId::generate();
+            let path = self.message_path(&id);
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(file) => {
+                    if let Err(e) = self.adopt(&file, &path) {
+                        let _ = fs::remove_file(&path);
+                        return Err(e);
+                    }
+                    return Ok(MessageWriter {
+                        id,
+                        path,
+                        file: io::BufWriter::with_capacity(16 * 1024, file),
+                        size: 0,
+                        checksum: crc32fast::Hasher::new(),
+                        done: false,
+                    });
+                }
+                // An id collision: never overwrite, take another id.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_error(&path)(e)),
+            }
+        }
+    }
+
+    /// Makes a written message and its metadata durable, completing
+    /// `meta` with the message's size and checksum. When this returns, the
+    /// message survives a crash or power loss.
+    pub fn commit_message(
+        &self,
+        mut writer: MessageWriter,
+        meta: &mut MessageMeta,
+    ) -> Result<(), QueueError> {
+        debug_assert_eq!(writer.id, meta.id);
+        meta.size = writer.size;
+        meta.checksum = Some(writer.checksum.clone().finalize());
+        let path = writer.path.clone();
+        let file = &mut writer.file;
+        file.write_all(&trailer(meta))
+            .and_then(|_| file.flush())
+            .and_then(|_| file.get_ref().sync_data())
+            .map_err(io_error(&path))?;
+        self.queue_sync.sync(&self.queue)?;
+        writer.done = true;
+        Ok(())
+    }
+
+    /// Makes a written message durable with metadata for `envelope`;
+    /// returns the metadata.
+    pub fn store(
+        &self,
+        writer: MessageWriter,
+        envelope: &crate::envelope::Envelope,
+        is_dsn: bool,
+    ) -> Result<MessageMeta, QueueError> {
+        if envelope.recipients.is_empty() {
+            return Err(QueueError::NoRecipients);
+        }
+        let mut meta = MessageMeta::new(writer.id(), envelope, writer.size());
+        meta.is_dsn = is_dsn;
+        self.commit_message(writer, &mut meta)?;
+        log::info!(
+            "{}: from=<{}>, size={}, nrcpt={}{}",
+            meta.id,
+            envelope.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
+            meta.size,
+            meta.recipients.len(),
+            if is_dsn { ", notice" } else { "" }
+        );
+        Ok(meta)
+    }
+
+    /// Replaces a message's metadata atomically and durably.
+    pub fn write_meta(&self, meta: &MessageMeta) -> Result<(), QueueError> {
+        self.write_meta_file(meta)?;
+        self.queue_sync.sync(&self.queue)
+    }
+
+    fn write_meta_file(&self, meta: &MessageMeta) -> Result<(), QueueError> {
+        let tmp = self.tmp.join(format!("{}.meta", meta.id));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_error(&tmp))?;
+        self.adopt(&file, &tmp)?;
+        file.write_all(&meta.to_json())
+            .and_then(|_| file.sync_data())
+            .map_err(io_error(&tmp))?;
+        let dst = self.meta_path(&meta.id);
+        fs::rename(&tmp, &dst).map_err(io_error(&dst))
+    }
+}
+
+impl MessageWriter {
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Copies everything from `reader` into the message.
+    pub fn copy_from(&mut self, reader: &mut dyn Read) -> Result<u64, QueueError> {
+        io::copy(reader, self).map_err(io_error(&self.path.clone()))
+    }
+}
+
+impl Write for MessageWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.size += n as u64;
+        self.checksum.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for MessageWriter {
+    /// A message dropped before commit was never acknowledged: remove it.
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
