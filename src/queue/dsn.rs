@@ -525,13 +525,13 @@ mod tests {
             unreachable!()
         };
         one.original = Some("One@Example.NET".parse().unwrap());
-        one.orcpt = Some("rfc822;One@Example.NET".into());
+        one.orcpt = Some(String::from("rfc822;One@Example.NET").into());
         one.status = RcptStatus::Failed;
         one.tries = 5;
         one.expired = true;
         one.last_error = Some(SmtpReply::with_code(451, (4, 3, 0), "try later"));
         one.remote_mta = Some("dns; mx.example.net".into());
-        two.orcpt = Some("two@example.com".into());
+        two.orcpt = Some(String::from("two@example.com").into());
         two.status = RcptStatus::Failed;
         two.tries = 1;
         two.last_error = SmtpReply::parse_line(long.trim_end());
