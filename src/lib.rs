@@ -41,5 +41,6 @@ pub use envelope::{
     BadNotify, BodyType, Envelope, MailParams, Notify, OrigRecipient, Recipient, Ret,
 };
 pub use id::{BadMessageId, MessageId};
-pub use queue::{Queue, QueueError};
+pub use queue::retry::RetryPolicy;
+pub use queue::{NoticeOptions, Queue, QueueError, QueueLimits, QueueOptions};
 pub use smtp::reply::{EnhancedCode, SmtpReply};

@@ -49,7 +49,7 @@ fn damaged_files_are_quarantined_and_the_rest_is_delivered() {
     config.queue.initial_retry = Duration::from_secs(3600);
     config.queue.max_retry_interval = Duration::from_secs(3600);
     let down = Scripted::new(vec![]).with_fallback(Plan::start(temp("down")));
-    let queue = Queue::open(config.clone(), down.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), down.arc()).unwrap();
     let ids: Vec<MessageId> = (0..120)
         .map(|i| {
             let env = Envelope::new(sender("s@example.org"), vec![addr(&format!("r{i}@x.org"))]);
@@ -107,7 +107,8 @@ fn damaged_files_are_quarantined_and_the_rest_is_delivered() {
 
     let up = Scripted::new(vec![]);
     let bounces = Scripted::new(vec![]);
-    let queue = Queue::open_with_bounce_target(config.clone(), up.arc(), bounces.arc()).unwrap();
+    let queue =
+        Queue::open_with_bounce_target(config.queue_options(), up.arc(), bounces.arc()).unwrap();
     queue.flush(None);
     assert!(
         wait_for(Duration::from_secs(20), || files_in(&q).is_empty()),
@@ -165,7 +166,7 @@ fn stray_and_foreign_files_do_not_stop_the_queue() {
     fs::create_dir_all(config.spool.join("tmp")).unwrap();
     fs::write(config.spool.join("tmp").join("half.meta"), b"{\"ver").unwrap();
     let target = Scripted::new(vec![]);
-    let queue = Queue::open(config.clone(), target.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), target.arc()).unwrap();
     queue
         .enqueue(
             &Envelope::new(sender("s@example.org"), vec![addr("r@x.org")]),
@@ -228,7 +229,7 @@ fn a_damaged_footer_is_quarantined_and_only_an_unfinished_write_removed() {
     };
 
     let target = Scripted::new(vec![]);
-    let queue = Queue::open(config.clone(), target.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), target.arc()).unwrap();
     let corrupt: BTreeSet<String> = files_in(&dir.path().join("corrupt")).into_iter().collect();
     let want: BTreeSet<String> = [garbled, cut_old]
         .iter()

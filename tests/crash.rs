@@ -27,7 +27,7 @@ fn child(spool: &str) -> ! {
     config.queue.initial_retry = Duration::from_secs(3600);
     config.queue.max_retry_interval = Duration::from_secs(3600);
     let target = Scripted::new(vec![]).with_fallback(Plan::start(temp("not now")));
-    let queue = Queue::open(config, target.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), target.arc()).unwrap();
     let env = Envelope::new(sender("a@example.org"), vec![addr("b@example.org")]);
     for n in 0u64.. {
         let id = queue.enqueue(&env, &body(n)).unwrap();
@@ -99,7 +99,7 @@ fn every_acknowledged_message_survives_sigkill() {
         // And the queue opens on what is left and delivers all of it.
         let config = test_config(dir.path());
         let target = Scripted::new(vec![]);
-        let queue = Queue::open(config.clone(), target.arc()).unwrap();
+        let queue = Queue::open(config.queue_options(), target.arc()).unwrap();
         queue.flush(None);
         assert!(common::wait_for(Duration::from_secs(30), || {
             common::files_in(&q).is_empty()

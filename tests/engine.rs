@@ -31,7 +31,7 @@ fn spool_empty(config: &Config) -> bool {
 
 /// Opens a queue whose notices go to a separate recording target.
 fn open(config: &Config, target: &Scripted, bounces: &Scripted) -> Queue {
-    Queue::open_with_bounce_target(config.clone(), target.arc(), bounces.arc()).unwrap()
+    Queue::open_with_bounce_target(config.queue_options(), target.arc(), bounces.arc()).unwrap()
 }
 
 #[test]
@@ -39,7 +39,7 @@ fn two_recipients_are_delivered_in_one_commit_and_the_spool_empties() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
     let target = Scripted::new(vec![]);
-    let queue = Queue::open(config.clone(), target.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), target.arc()).unwrap();
     queue
         .enqueue(&envelope(&["b@x.org", "c@y.org"]), MSG)
         .unwrap();
@@ -96,7 +96,7 @@ fn temporary_body_failure_is_retried_with_both_recipients() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
     let target = Scripted::new(vec![Plan::body(temp("try later"))]);
-    let queue = Queue::open(config.clone(), target.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), target.arc()).unwrap();
     queue
         .enqueue(&envelope(&["b@x.org", "c@x.org"]), MSG)
         .unwrap();
@@ -114,7 +114,7 @@ fn partial_temporary_failure_retries_only_that_recipient() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
     let target = Scripted::partial(vec![Plan::ok().body_rcpt("b@x.org", temp("mailbox busy"))]);
-    let queue = Queue::open(config.clone(), target.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), target.arc()).unwrap();
     queue
         .enqueue(&envelope(&["b@x.org", "c@x.org"]), MSG)
         .unwrap();
@@ -185,7 +185,7 @@ fn a_pending_retry_survives_a_restart() {
     let mut config = test_config(dir.path());
     config.queue.initial_retry = Duration::from_millis(700);
     let first = Scripted::new(vec![]).with_fallback(Plan::start(temp("down")));
-    let queue = Queue::open(config.clone(), first.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), first.arc()).unwrap();
     let id = queue.enqueue(&envelope(&["b@x.org"]), MSG).unwrap();
     assert!(wait_for(LONG, || first.attempts() == 1));
     // Let the worker write the result, then stop before the retry is due.
@@ -198,7 +198,7 @@ fn a_pending_retry_survives_a_restart() {
     assert_eq!(first.attempts(), 1);
 
     let second = Scripted::new(vec![]);
-    let queue = Queue::open(config.clone(), second.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), second.arc()).unwrap();
     let listed = queue.list().unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, id);
@@ -214,7 +214,7 @@ fn broken_spool_files_are_quarantined_or_cleaned_at_open() {
     config.queue.initial_retry = Duration::from_secs(3600);
     config.queue.max_retry_interval = Duration::from_secs(3600);
     let down = Scripted::new(vec![]).with_fallback(Plan::start(temp("down")));
-    let queue = Queue::open(config.clone(), down.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), down.arc()).unwrap();
     let ids: Vec<_> = (0..5)
         .map(|i| {
             queue
@@ -248,7 +248,7 @@ fn broken_spool_files_are_quarantined_or_cleaned_at_open() {
 
     let up = Scripted::new(vec![]);
     config.queue.initial_retry = Duration::from_millis(50);
-    let queue = Queue::open(config.clone(), up.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), up.arc()).unwrap();
     // Overdue after the restart? Not yet: flush to deliver the healthy ones now.
     queue.flush(None);
     assert!(wait_for(LONG, || spool_empty(&config)));
@@ -458,7 +458,7 @@ fn max_tries_ends_retries_also_when_lowered_on_queued_mail() {
     config.queue.max_tries = 100;
     config.queue.initial_retry = Duration::from_millis(30);
     let target = Scripted::new(vec![]).with_fallback(Plan::start(temp("down")));
-    let queue = Queue::open(config.clone(), target.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), target.arc()).unwrap();
     queue.enqueue(&envelope(&["b@x.org"]), MSG).unwrap();
     assert!(wait_for(LONG, || queue.list().unwrap()[0].recipients[0]
         .tries
@@ -536,7 +536,7 @@ fn metadata_records_each_recipient_state_across_attempts() {
     let target = Scripted::new(vec![Plan::ok()
         .rcpt("p@x.org", perm("no such user"))
         .rcpt("t@x.org", temp("greylisted"))]);
-    let queue = Queue::open(config.clone(), target.arc()).unwrap();
+    let queue = Queue::open(config.queue_options(), target.arc()).unwrap();
     let id = queue
         .enqueue(&envelope(&["p@x.org", "t@x.org", "o@x.org"]), MSG)
         .unwrap();
@@ -568,8 +568,8 @@ fn a_second_queue_on_the_same_spool_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config(dir.path());
     let target: Arc<dyn DeliveryTarget> = Scripted::new(vec![]).arc();
-    let queue = Queue::open(config.clone(), Arc::clone(&target)).unwrap();
-    let err = Queue::open(config.clone(), Arc::clone(&target))
+    let queue = Queue::open(config.queue_options(), Arc::clone(&target)).unwrap();
+    let err = Queue::open(config.queue_options(), Arc::clone(&target))
         .err()
         .unwrap();
     assert!(
@@ -578,7 +578,7 @@ fn a_second_queue_on_the_same_spool_is_refused() {
         "{err}"
     );
     queue.close();
-    Queue::open(config, target).unwrap().close();
+    Queue::open(config.queue_options(), target).unwrap().close();
 }
 
 /// Panics in `start` for one sender; otherwise hands over to `inner`.
@@ -615,7 +615,7 @@ fn a_panicking_attempt_keeps_its_worker_and_the_message_is_quarantined_after_3()
         inner: inner.clone(),
         panics: Default::default(),
     });
-    let queue = Queue::open(config.clone(), target.clone()).unwrap();
+    let queue = Queue::open(config.queue_options(), target.clone()).unwrap();
     let bad = queue
         .enqueue(
             &Envelope::new(sender("boom@example.org"), vec![addr("b@x.org")]),
@@ -682,7 +682,8 @@ fn expire_during_an_attempt_bounces_only_what_the_attempt_left_pending() {
         release: release_rx,
     });
     let bounces = Scripted::new(vec![]);
-    let queue = Queue::open_with_bounce_target(config.clone(), target, bounces.arc()).unwrap();
+    let queue =
+        Queue::open_with_bounce_target(config.queue_options(), target, bounces.arc()).unwrap();
     let id = queue
         .enqueue(&envelope(&["b@x.org", "c@x.org"]), MSG)
         .unwrap();
@@ -728,7 +729,7 @@ fn recipients_a_target_leaves_without_an_outcome_stay_pending() {
     let mut config = test_config(dir.path());
     config.queue.initial_retry = Duration::from_secs(3600);
     config.queue.max_retry_interval = Duration::from_secs(3600);
-    let queue = Queue::open(config.clone(), Arc::new(ReportsOnlyTheFirst)).unwrap();
+    let queue = Queue::open(config.queue_options(), Arc::new(ReportsOnlyTheFirst)).unwrap();
     queue
         .enqueue(&envelope(&["b@x.org", "c@x.org", "d@x.org"]), MSG)
         .unwrap();

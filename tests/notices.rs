@@ -24,7 +24,7 @@ fn rcpt(a: &str, notify: &str) -> Recipient {
 }
 
 fn open(config: &Config, target: &Scripted, bounces: &Scripted) -> Queue {
-    Queue::open_with_bounce_target(config.clone(), target.arc(), bounces.arc()).unwrap()
+    Queue::open_with_bounce_target(config.queue_options(), target.arc(), bounces.arc()).unwrap()
 }
 
 fn spool_empty(c: &Config) -> bool {

@@ -148,7 +148,7 @@ fn remote_config(spool: &Path, dns_port: u16, mx_port: u16) -> Config {
 
 fn open(config: &Config, bounces: &Scripted) -> Queue {
     let target = mailqueue::delivery::build_target(&config.delivery.target, config).unwrap();
-    Queue::open_with_bounce_target(config.clone(), target, bounces.arc()).unwrap()
+    Queue::open_with_bounce_target(config.queue_options(), target, bounces.arc()).unwrap()
 }
 
 fn send(queue: &Queue, rcpts: &[&str]) {
@@ -360,7 +360,7 @@ fn the_destination_concurrency_limit_holds_under_load() {
             connection_cache_time: Duration::from_secs(5),
         },
     ));
-    let queue = Queue::open(config.clone(), target.clone()).unwrap();
+    let queue = Queue::open(config.queue_options(), target.clone()).unwrap();
     for i in 0..8 {
         send(&queue, &[&format!("u{i}@slow.test")]);
     }

@@ -96,7 +96,8 @@ fn direct(config: &Config, request: &Request) -> Result<Response, DirectError> {
     let deadline = Instant::now() + DAEMON_START_WAIT;
     loop {
         if let Some(_lock) = spool.lock_shared()? {
-            return Ok(control::apply(&Admin::direct(&spool, config), request));
+            let options = config.queue_options();
+            return Ok(control::apply(&Admin::direct(&spool, &options), request));
         }
         match control::request(&config.spool, request) {
             Ok(r) => return Ok(r),

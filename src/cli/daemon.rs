@@ -69,7 +69,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     // mid-attempt when it exits.
     let listeners = server::bind(&config.listen.smtp)?;
     let queue = Arc::new(
-        Queue::open_with_bounce_target(config.clone(), target, bounce)
+        Queue::open_with_bounce_target(config.queue_options(), target, bounce)
             .map_err(|e| e.to_string())?,
     );
     let (pickup_tx, pickup_rx) = crossbeam_channel::bounded(1);

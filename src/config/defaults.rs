@@ -2,6 +2,8 @@
 //! missing from the file stand for.
 
 use std::path::PathBuf;
+
+use crate::queue::options::{NoticeOptions, QueueOptions};
 use std::time::Duration;
 
 use super::{
@@ -12,7 +14,7 @@ use super::{
 impl Default for Config {
     fn default() -> Self {
         Config {
-            hostname: system_hostname(),
+            hostname: crate::sys::hostname(),
             spool: PathBuf::from("/var/spool/mailqueue"),
             queue: QueueConfig::default(),
             listen: ListenConfig::default(),
@@ -22,19 +24,22 @@ impl Default for Config {
     }
 }
 
+// The queue's own defaults, so that a queue embedded without a file and
+// the daemon with an empty one behave alike.
 impl Default for QueueConfig {
     fn default() -> Self {
+        let o = QueueOptions::new("");
         QueueConfig {
-            workers: 16,
-            max_tries: 20,
-            initial_retry: Duration::from_secs(15 * 60),
-            retry_scale: 1.25,
-            max_retry_interval: Duration::from_secs(8 * 3600),
-            max_lifetime: Duration::from_secs(5 * 86400),
-            delay_warning: Duration::from_secs(4 * 3600),
-            max_messages: 100_000,
-            max_bytes: 10 * 1024 * 1024 * 1024,
-            min_free_bytes: 100 * 1024 * 1024,
+            workers: o.workers,
+            max_tries: o.retry.max_tries,
+            initial_retry: o.retry.initial,
+            retry_scale: o.retry.scale,
+            max_retry_interval: o.retry.max_interval,
+            max_lifetime: o.retry.max_lifetime,
+            delay_warning: o.delay_warning,
+            max_messages: o.limits.max_messages,
+            max_bytes: o.limits.max_bytes,
+            min_free_bytes: o.limits.min_free_bytes,
         }
     }
 }
@@ -82,20 +87,12 @@ impl Default for DeliveryConfig {
 
 impl Default for BounceConfig {
     fn default() -> Self {
+        let n = NoticeOptions::default();
         BounceConfig {
-            enabled: true,
-            from: String::new(),
+            enabled: n.enabled,
+            from: n.from,
             target: None,
-            max_return_size: 50_000,
+            max_return_size: n.max_return_size,
         }
     }
-}
-
-/// The machine's host name, or `localhost` when it cannot be read.
-fn system_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }

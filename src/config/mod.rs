@@ -15,6 +15,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::queue::options::QueueOptions;
+
 pub use duration::{format_duration, parse_duration, BadDuration};
 pub use target::{BadTarget, TargetSpec};
 
@@ -210,11 +212,29 @@ impl Config {
     }
 
     /// The sender named in the From header of notices.
+    /// What the queue needs of this configuration.
+    pub fn queue_options(&self) -> QueueOptions {
+        let (q, b) = (&self.queue, &self.bounce);
+        let mut o = QueueOptions::new(self.spool.clone());
+        o.hostname = self.hostname.clone();
+        o.workers = q.workers;
+        o.retry.initial = q.initial_retry;
+        o.retry.scale = q.retry_scale;
+        o.retry.max_interval = q.max_retry_interval;
+        o.retry.max_tries = q.max_tries;
+        o.retry.max_lifetime = q.max_lifetime;
+        o.delay_warning = q.delay_warning;
+        o.limits.max_messages = q.max_messages;
+        o.limits.max_bytes = q.max_bytes;
+        o.limits.min_free_bytes = q.min_free_bytes;
+        o.notices.enabled = b.enabled;
+        o.notices.from = b.from.clone();
+        o.notices.max_return_size = b.max_return_size;
+        o
+    }
+
+    /// The `From:` of notices.
     pub fn bounce_from(&self) -> String {
-        if self.bounce.from.is_empty() {
-            format!("MAILER-DAEMON@{}", self.hostname)
-        } else {
-            self.bounce.from.clone()
-        }
+        self.queue_options().notice_from()
     }
 }

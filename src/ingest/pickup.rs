@@ -23,7 +23,7 @@ pub fn pickup(queue: &Queue, limits: IncomingLimits) -> usize {
 /// Makes every rename into `incoming/` made so far durable: a
 /// submitter that may not open the directory asks the daemon for this.
 pub fn sync_incoming(queue: &Queue) -> Result<(), crate::queue::QueueError> {
-    sync_dir(&queue.config().spool.join("incoming"))
+    sync_dir(&queue.options().spool.join("incoming"))
 }
 
 /// How long a temporary file (or any other file not named `*.mail`) may
@@ -79,8 +79,8 @@ impl Pickup {
     /// once its message is durable in the queue. One file that cannot be
     /// taken now never holds up the others.
     pub fn run(&mut self, queue: &Queue) -> usize {
-        let dir = queue.config().spool.join("incoming");
-        let corrupt = queue.config().spool.join("corrupt");
+        let dir = queue.options().spool.join("incoming");
+        let corrupt = queue.options().spool.join("corrupt");
         let Ok(entries) = fs::read_dir(&dir) else {
             return 0;
         };
@@ -398,7 +398,7 @@ fn pickup_one(
     // Who submitted is what the kernel says owns the file, never a name
     // the submitter wrote (as Postfix's pickup does).
     let received = cleanup::received(
-        &queue.config().hostname,
+        &queue.options().hostname,
         &cleanup::Origin::Local { uid },
         std::time::SystemTime::now(),
     );

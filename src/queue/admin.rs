@@ -7,8 +7,8 @@
 //! an attempt's bookkeeping: the worker re-reads the metadata after its
 //! transaction, so a delete or hold made meanwhile stands.
 
-use crate::config::Config;
 use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
+use crate::queue::options::QueueOptions;
 use crate::queue::spool::{io_error, MessageLock, Spool};
 use crate::queue::timer::Command;
 use crate::queue::{dsn, MessageId, QueueError, Shared};
@@ -20,7 +20,7 @@ const MAX_SHOWN_HEADER: usize = 64 * 1024;
 /// Management operations on one spool.
 pub struct Admin<'a> {
     spool: &'a Spool,
-    config: &'a Config,
+    options: &'a QueueOptions,
     shared: Option<&'a Shared>,
 }
 
@@ -28,16 +28,16 @@ impl<'a> Admin<'a> {
     pub(crate) fn daemon(shared: &'a Shared) -> Admin<'a> {
         Admin {
             spool: &shared.spool,
-            config: &shared.config,
+            options: &shared.options,
             shared: Some(shared),
         }
     }
 
     /// Operations on a spool that no daemon is running on.
-    pub fn direct(spool: &'a Spool, config: &'a Config) -> Admin<'a> {
+    pub fn direct(spool: &'a Spool, options: &'a QueueOptions) -> Admin<'a> {
         Admin {
             spool,
-            config,
+            options,
             shared: None,
         }
     }
@@ -163,7 +163,7 @@ impl<'a> Admin<'a> {
         }
         let failed = give_up_pending(&mut meta);
         if let Some((envelope, bytes)) =
-            dsn::failure_notice(self.config, self.spool, &meta, &failed)
+            dsn::failure_notice(self.options, self.spool, &meta, &failed)
         {
             let stored = match self.shared {
                 Some(s) => s.store_notice(&envelope, &bytes),

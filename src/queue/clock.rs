@@ -113,7 +113,6 @@ pub fn wait_until(when: Timestamp, now: Timestamp, longest: Duration) -> Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::QueueConfig;
     use crate::queue::retry::RetryPolicy;
     use std::sync::{Arc, Mutex};
 
@@ -155,13 +154,13 @@ mod tests {
     const DAY: Duration = Duration::from_secs(86_400);
 
     fn policy() -> RetryPolicy {
-        RetryPolicy::from_config(&QueueConfig {
+        RetryPolicy {
             max_lifetime: 5 * DAY,
             max_tries: 1000,
-            initial_retry: Duration::from_secs(900),
-            max_retry_interval: Duration::from_secs(8 * 3600),
-            ..QueueConfig::default()
-        })
+            initial: Duration::from_secs(900),
+            max_interval: Duration::from_secs(8 * 3600),
+            ..RetryPolicy::default()
+        }
     }
 
     #[test]

@@ -9,11 +9,11 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use crate::address::Address;
-use crate::config::Config;
 use crate::date::rfc5322;
 use crate::envelope::{Envelope, MailParams, Recipient, Ret};
 use crate::id::MessageId;
 use crate::queue::meta::{MessageMeta, RecipientMeta};
+use crate::queue::options::QueueOptions;
 use crate::queue::spool::Spool;
 use crate::smtp::reply::{EnhancedCode, SmtpReply};
 
@@ -386,7 +386,7 @@ fn push_crlf_lines(out: &mut Vec<u8>, text: &[u8]) {
 /// if one is due: never for a null sender or for a notice, never when
 /// notices are off, and only for recipients whose NOTIFY asks for it.
 pub(crate) fn notice(
-    config: &Config,
+    options: &QueueOptions,
     spool: &Spool,
     meta: &MessageMeta,
     reported: &[(usize, Action)],
@@ -398,7 +398,7 @@ pub(crate) fn notice(
         }
         return None;
     }
-    if meta.sender.is_none() || !config.bounce.enabled {
+    if meta.sender.is_none() || !options.notices.enabled {
         return None;
     }
     let recipients = wanted(meta, reported);
@@ -411,7 +411,7 @@ pub(crate) fn notice(
             log::warn!("{}: cannot read the header for the notice: {e}", meta.id);
             Vec::new()
         });
-    let limit = config.bounce.max_return_size;
+    let limit = options.notices.max_return_size;
     let ret_full = action == Action::Failed && meta.params.ret == Some(Ret::Full);
     let full = if ret_full && meta.size <= limit {
         spool.read_message(meta, limit).ok().flatten()
@@ -427,11 +427,11 @@ pub(crate) fn notice(
         },
         None => Returned::Header(&header),
     };
-    let will_retry_until = (action == Action::Delayed).then(|| give_up_time(config, meta));
-    let from = config.bounce_from();
+    let will_retry_until = (action == Action::Delayed).then(|| give_up_time(options, meta));
+    let from = options.notice_from();
     let unique = MessageId::generate().to_string();
     build(&Notice {
-        reporting_mta: &config.hostname,
+        reporting_mta: &options.hostname,
         from: &from,
         original: meta,
         returned,
@@ -444,9 +444,9 @@ pub(crate) fn notice(
 
 /// When the queue gives up on `meta`: its lifetime after arrival, plus
 /// the time it was held.
-fn give_up_time(config: &Config, meta: &MessageMeta) -> SystemTime {
+fn give_up_time(options: &QueueOptions, meta: &MessageMeta) -> SystemTime {
     meta.arrival
-        .plus(config.queue.max_lifetime)
+        .plus(options.retry.max_lifetime)
         .plus(std::time::Duration::from_millis(meta.held_ms))
         .to_system()
 }
@@ -484,13 +484,13 @@ fn wanted<'a>(meta: &'a MessageMeta, reported: &[(usize, Action)]) -> Vec<Report
 
 /// The failure notice for the recipients at `failed`.
 pub(crate) fn failure_notice(
-    config: &Config,
+    options: &QueueOptions,
     spool: &Spool,
     meta: &MessageMeta,
     failed: &[usize],
 ) -> Option<(Envelope, Vec<u8>)> {
     let reported: Vec<(usize, Action)> = failed.iter().map(|&i| (i, Action::Failed)).collect();
-    notice(config, spool, meta, &reported)
+    notice(options, spool, meta, &reported)
 }
 
 #[cfg(test)]

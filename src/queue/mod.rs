@@ -3,13 +3,10 @@
 //!
 //! ```no_run
 //! use std::sync::{Arc, Mutex};
-//! use mailqueue::{Config, Envelope, Queue};
-//! use mailqueue::delivery::DeliveryTarget;
+//! use mailqueue::{DeliveryTarget, Envelope, Queue, QueueOptions};
 //!
 //! fn run(target: Arc<dyn DeliveryTarget>) -> Result<(), mailqueue::QueueError> {
-//!     let mut config = Config::default();
-//!     config.spool = "/tmp/mailqueue-example".into();
-//!     let queue = Queue::open(config, target)?;
+//!     let queue = Queue::open(QueueOptions::new("/tmp/mailqueue-example"), target)?;
 //!     let envelope = Envelope::new(Some("me@example.org".parse().unwrap()),
 //!                                  vec!["you@example.net".parse().unwrap()]);
 //!     // Returns once the message is on disk, fsynced.
@@ -24,6 +21,7 @@ pub mod admin;
 pub mod clock;
 pub mod dsn;
 pub mod meta;
+pub mod options;
 pub mod retry;
 pub mod spool;
 pub mod stats;
@@ -41,7 +39,6 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use crate::config::Config;
 use crate::delivery::{
     Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, RecipientOutcome,
 };
@@ -49,6 +46,7 @@ use crate::envelope::{Envelope, Recipient};
 
 pub use crate::id::{BadMessageId, MessageId};
 use meta::{MessageMeta, Timestamp};
+pub use options::{NoticeOptions, QueueLimits, QueueOptions};
 use retry::RetryPolicy;
 use spool::{MessageWriter, Spool, SpoolLock};
 use timer::{Command, Timer};
@@ -97,7 +95,7 @@ pub fn is_no_space(e: &io::Error) -> bool {
 
 /// State shared by the queue handle and its worker threads.
 pub(crate) struct Shared {
-    pub config: Config,
+    pub options: QueueOptions,
     pub spool: Spool,
     pub policy: RetryPolicy,
     pub target: Arc<dyn DeliveryTarget>,
@@ -193,7 +191,7 @@ impl Shared {
     /// Refuses new mail past `max_messages`, `max_bytes` (counting
     /// `incoming` more bytes) or below `min_free_bytes` of free disk.
     pub(crate) fn check_quota(&self, incoming: u64) -> Result<(), QueueError> {
-        let q = &self.config.queue;
+        let q = &self.options.limits;
         let messages = self.messages.load(Ordering::SeqCst);
         if messages >= q.max_messages {
             return Err(QueueError::Quota(format!(
@@ -231,40 +229,43 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Opens the spool named in `config`, takes its lock, reads back every
+    /// Opens the spool named in `options`, takes its lock, reads back every
     /// queued message and starts delivering to `target`. Notices go to
     /// `target` too.
-    pub fn open(config: Config, target: Arc<dyn DeliveryTarget>) -> Result<Queue, QueueError> {
+    pub fn open(
+        options: QueueOptions,
+        target: Arc<dyn DeliveryTarget>,
+    ) -> Result<Queue, QueueError> {
         let bounce = Arc::clone(&target);
-        Self::open_with_bounce_target(config, target, bounce)
+        Self::open_with_bounce_target(options, target, bounce)
     }
 
     /// Like [`Queue::open`], with a separate target for notices.
     pub fn open_with_bounce_target(
-        config: Config,
+        options: QueueOptions,
         target: Arc<dyn DeliveryTarget>,
         bounce_target: Arc<dyn DeliveryTarget>,
     ) -> Result<Queue, QueueError> {
-        let spool = Spool::open(&config.spool)?;
+        let spool = Spool::open(&options.spool)?;
         let lock = spool.lock_exclusive()?;
         let started = Instant::now();
         let report = spool.load()?;
         log::info!(
             "spool {}: {} messages queued, {} quarantined, {} unfinished writes removed ({} ms)",
-            config.spool.display(),
+            options.spool.display(),
             report.messages.len(),
             report.quarantined,
             report.removed,
             started.elapsed().as_millis()
         );
 
-        let workers = config.queue.workers;
+        let workers = options.workers;
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(workers);
         let direct_jobs = Mutex::new(Some(jobs_tx.clone()));
         let timer = Timer::start(jobs_tx);
         let shared = Arc::new(Shared {
-            policy: RetryPolicy::from_config(&config.queue),
-            config,
+            policy: options.retry,
+            options,
             spool,
             target,
             bounce_target,
@@ -303,9 +304,9 @@ impl Queue {
         })
     }
 
-    /// The configuration the queue runs with.
-    pub fn config(&self) -> &Config {
-        &self.shared.config
+    /// The options the queue runs with.
+    pub fn options(&self) -> &QueueOptions {
+        &self.shared.options
     }
 
     /// Queues a message held in memory. Returns its id once the message
@@ -329,6 +330,7 @@ impl Queue {
     /// Starts writing a message to the spool, for callers that produce it
     /// piece by piece (the SMTP listener writes DATA into it). Dropping the
     /// result without [`IncomingMessage::commit`] leaves nothing behind.
+    #[doc(hidden)]
     pub fn begin(&self) -> Result<IncomingMessage<'_>, QueueError> {
         if self.shared.stopping.load(Ordering::SeqCst) {
             return Err(QueueError::Closed);
@@ -345,13 +347,14 @@ impl Queue {
         self.shared.check_quota(size)
     }
 
-    /// Messages and bytes queued now.
-    /// The queue's counters now.
+    /// The queue's counters now (for the daemon's `stats`).
+    #[doc(hidden)]
     pub fn stats(&self) -> stats::StatsSnapshot {
         let (messages, bytes) = self.usage();
         self.shared.stats.snapshot(messages, bytes)
     }
 
+    /// Messages and bytes queued now.
     pub fn usage(&self) -> (u64, u64) {
         (
             self.shared.messages.load(Ordering::SeqCst),
@@ -365,11 +368,13 @@ impl Queue {
     }
 
     /// Every queued message, read from the spool.
+    #[doc(hidden)]
     pub fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
         self.admin().list()
     }
 
     /// The operator's commands, applied through the running queue.
+    #[doc(hidden)]
     pub fn admin(&self) -> admin::Admin<'_> {
         admin::Admin::daemon(&self.shared)
     }

@@ -2,38 +2,44 @@
 
 use std::time::Duration;
 
-use crate::config::QueueConfig;
-
 /// The retry curve and the two limits that end retrying.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
+    /// The wait after the first failed try.
     pub initial: Duration,
+    /// Each further wait is this many times the one before.
     pub scale: f64,
+    /// The longest wait between two tries.
     pub max_interval: Duration,
+    /// Tries after which a recipient is given up.
     pub max_tries: u32,
+    /// Age after which a message's recipients are given up.
     pub max_lifetime: Duration,
 }
 
-impl RetryPolicy {
-    pub fn from_config(q: &QueueConfig) -> Self {
+impl Default for RetryPolicy {
+    /// 15 minutes, then 1.25 times longer each time up to 8 hours; give
+    /// up after 20 tries or 5 days.
+    fn default() -> Self {
         RetryPolicy {
-            initial: q.initial_retry,
-            scale: q.retry_scale,
-            max_interval: q.max_retry_interval,
-            max_tries: q.max_tries,
-            max_lifetime: q.max_lifetime,
+            initial: Duration::from_secs(15 * 60),
+            scale: 1.25,
+            max_interval: Duration::from_secs(8 * 3600),
+            max_tries: 20,
+            max_lifetime: Duration::from_secs(5 * 86400),
         }
     }
+}
 
+impl RetryPolicy {
     /// The wait after the `tries`-th failed try:
     /// `initial × scale^(tries−1)`, computed as a real number and capped.
     ///
     /// ```
     /// use std::time::Duration;
-    /// use mailqueue::queue::retry::RetryPolicy;
-    /// let p = RetryPolicy { initial: Duration::from_secs(900), scale: 1.25,
-    ///     max_interval: Duration::from_secs(8 * 3600), max_tries: 20,
-    ///     max_lifetime: Duration::from_secs(5 * 86400) };
+    /// use mailqueue::RetryPolicy;
+    /// let p = RetryPolicy::default(); // 900 s, ×1.25, at most 8 hours
     /// assert_eq!(p.delay(1), Duration::from_secs(900));
     /// assert_eq!(p.delay(2), Duration::from_secs(1125));
     /// assert_eq!(p.delay(40), Duration::from_secs(8 * 3600));
@@ -63,7 +69,7 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy::from_config(&QueueConfig::default())
+        RetryPolicy::default()
     }
 
     #[test]

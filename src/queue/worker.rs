@@ -358,7 +358,7 @@ fn operator_expire(meta: &mut MessageMeta, age: Duration) -> Reported {
 /// One delay warning per recipient, once it has waited long enough.
 fn delay_warnings(shared: &Shared, meta: &mut MessageMeta, age: Duration) -> Reported {
     let mut delayed = Vec::new();
-    let warn_after = shared.config.queue.delay_warning;
+    let warn_after = shared.options.delay_warning;
     if !warn_after.is_zero() && age >= warn_after {
         for (i, r) in meta.recipients.iter_mut().enumerate() {
             if r.status == RcptStatus::Pending && !r.delay_warned && r.tries > 0 {
@@ -386,7 +386,7 @@ fn send_notices(
         if reported.is_empty() {
             continue;
         }
-        if let Some((envelope, bytes)) = dsn::notice(&shared.config, &shared.spool, meta, reported)
+        if let Some((envelope, bytes)) = dsn::notice(&shared.options, &shared.spool, meta, reported)
         {
             match shared.store_notice(&envelope, &bytes) {
                 Ok(dsn_id) => log::info!("{}: sender {what}: {dsn_id}", meta.id),

@@ -40,7 +40,7 @@ impl ControlServer {
     /// Listens on `<spool>/control.sock`. Call only while holding the
     /// spool lock: a socket file left by a dead daemon is replaced.
     pub fn start(queue: Arc<Queue>, pickup: Sender<()>) -> io::Result<ControlServer> {
-        let path = socket_path(&queue.config().spool);
+        let path = socket_path(&queue.options().spool);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;

@@ -1,0 +1,115 @@
+//! What a queue needs to know to run: where it keeps mail, how many
+//! workers deliver it, how long they retry, what it refuses, and how it
+//! tells senders. The daemon builds these from its configuration file
+//! ([`crate::Config::queue_options`]); an embedder starts from
+//! [`QueueOptions::new`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::retry::RetryPolicy;
+
+/// How a [`crate::Queue`] runs.
+///
+/// ```
+/// use std::time::Duration;
+/// use mailqueue::QueueOptions;
+///
+/// let mut options = QueueOptions::new("/var/spool/myapp-mail");
+/// options.workers = 4;
+/// options.retry.max_lifetime = Duration::from_secs(86400);
+/// options.notices.from = "postmaster@example.org".into();
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct QueueOptions {
+    /// The spool directory; created if missing. One queue at a time may
+    /// hold it.
+    pub spool: PathBuf,
+    /// This host's name, as notices name it (`Reporting-MTA`) and in the
+    /// default notice sender.
+    pub hostname: String,
+    /// Delivery threads: attempts that run at once.
+    pub workers: usize,
+    /// When to retry a recipient, and when to give up.
+    pub retry: RetryPolicy,
+    /// After how long a recipient still waiting gets its sender a delay
+    /// notice (once); zero for none.
+    pub delay_warning: Duration,
+    /// What makes the queue refuse new mail.
+    pub limits: QueueLimits,
+    /// The notices (RFC 3464) sent to senders.
+    pub notices: NoticeOptions,
+}
+
+/// Past these, [`crate::Queue::enqueue`] refuses new mail with a
+/// temporary error; notices are never refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueLimits {
+    /// Messages in the queue.
+    pub max_messages: u64,
+    /// Bytes of message text in the queue.
+    pub max_bytes: u64,
+    /// Bytes that must stay free on the spool's file system.
+    pub min_free_bytes: u64,
+}
+
+/// The notices the queue sends to senders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NoticeOptions {
+    /// Off: failures are logged, senders are not told.
+    pub enabled: bool,
+    /// The notices' `From:`; empty for `MAILER-DAEMON@` the hostname.
+    pub from: String,
+    /// Largest message returned whole with a failure notice (RET=FULL);
+    /// larger ones get their header returned.
+    pub max_return_size: u64,
+}
+
+impl QueueOptions {
+    /// The built-in defaults (the daemon's configuration file has the
+    /// same) for a queue kept in `spool`, on a host named as the kernel
+    /// says.
+    pub fn new(spool: impl Into<PathBuf>) -> QueueOptions {
+        QueueOptions {
+            spool: spool.into(),
+            hostname: crate::sys::hostname(),
+            workers: 16,
+            retry: RetryPolicy::default(),
+            delay_warning: Duration::from_secs(4 * 3600),
+            limits: QueueLimits::default(),
+            notices: NoticeOptions::default(),
+        }
+    }
+
+    /// The `From:` of notices.
+    pub(crate) fn notice_from(&self) -> String {
+        if self.notices.from.is_empty() {
+            format!("MAILER-DAEMON@{}", self.hostname)
+        } else {
+            self.notices.from.clone()
+        }
+    }
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            max_messages: 100_000,
+            max_bytes: 10 * 1024 * 1024 * 1024,
+            min_free_bytes: 100 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for NoticeOptions {
+    fn default() -> Self {
+        NoticeOptions {
+            enabled: true,
+            from: String::new(),
+            max_return_size: 50_000,
+        }
+    }
+}
