@@ -13,7 +13,7 @@ use mailqueue::config::Config;
 use mailqueue::date::rfc5322;
 use mailqueue::queue::admin::Admin;
 use mailqueue::queue::meta::{MessageMeta, RcptStatus};
-use mailqueue::queue::spool::Spool;
+use mailqueue::queue::spool::{layout, Spool};
 use mailqueue::queue::stats::StatsSnapshot;
 use mailqueue::queue::QueueError;
 use mailqueue::MessageId;
@@ -65,7 +65,7 @@ pub fn run(config: &Config, request: Request, format: Format) -> u8 {
 
 /// Carries out a request on the spool itself (no daemon running).
 fn direct(config: &Config, request: &Request) -> Result<Response, DirectError> {
-    if !config.spool.join("queue").exists() {
+    if !layout::queue(&config.spool).exists() {
         // No spool yet: an empty queue, and no message to act on.
         let mut r = Response {
             ok: true,

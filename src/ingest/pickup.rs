@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::envelope::Envelope;
 use crate::ingest::cleanup;
 use crate::ingest::incoming::{IncomingEnvelope, IncomingLimits};
-use crate::queue::spool::sync_dir;
+use crate::queue::spool::{layout, sync_dir};
 use crate::queue::{MessageId, Queue};
 
 /// Daemon side, one pass: queues every complete file in `incoming/`.
@@ -23,7 +23,7 @@ pub fn pickup(queue: &Queue, limits: IncomingLimits) -> usize {
 /// Makes every rename into `incoming/` made so far durable: a
 /// submitter that may not open the directory asks the daemon for this.
 pub fn sync_incoming(queue: &Queue) -> Result<(), crate::queue::QueueError> {
-    sync_dir(&queue.options().spool.join("incoming"))
+    sync_dir(&layout::incoming(&queue.options().spool))
 }
 
 /// How long a temporary file (or any other file not named `*.mail`) may
@@ -79,8 +79,8 @@ impl Pickup {
     /// once its message is durable in the queue. One file that cannot be
     /// taken now never holds up the others.
     pub fn run(&mut self, queue: &Queue) -> usize {
-        let dir = queue.options().spool.join("incoming");
-        let corrupt = queue.options().spool.join("corrupt");
+        let dir = layout::incoming(&queue.options().spool);
+        let corrupt = layout::corrupt(&queue.options().spool);
         let Ok(entries) = fs::read_dir(&dir) else {
             return 0;
         };

@@ -117,7 +117,7 @@ pub enum ControlError {
 
 /// Where the daemon of `spool` listens.
 pub fn socket_path(spool: &Path) -> PathBuf {
-    spool.join("control.sock")
+    mailqueue::queue::spool::layout::control_socket(spool)
 }
 
 impl Request {

@@ -337,7 +337,7 @@ fn write_incoming(
     envelope: &IncomingEnvelope,
     message: &[u8],
 ) -> Result<(PathBuf, bool), Failure> {
-    let dir = spool.join("incoming");
+    let dir = mailqueue::queue::spool::layout::incoming(spool);
     let spool_owner = spool_owner(spool)?;
     let (tmp, dst) = incoming::file_names(MessageId::generate());
     let (tmp, dst) = (dir.join(tmp), dir.join(dst));
