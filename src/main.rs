@@ -91,24 +91,28 @@ fn main() -> ExitCode {
     // Old programs run `sendmail` and `mailq` with options clap knows
     // nothing of (-oi, -fsender): parse those by hand.
     match program {
-        "sendmail" => return run_sendmail(None, None, &args[1..]),
-        "mailq" => {
-            if let Err(code) = unprivileged() {
-                return code;
-            }
-            let (config, _) = match load_config(None, None) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("mailq: {e}");
-                    return ExitCode::from(exit::CONFIG);
-                }
-            };
-            return ExitCode::from(commands::run(&config, Request::List, Format::Text));
-        }
-        _ => {}
+        "sendmail" => run_sendmail(None, None, &args[1..]),
+        "mailq" => run_mailq(),
+        _ => run(Cli::parse()),
     }
+}
 
-    let cli = Cli::parse();
+/// `mailq`: the queue's list.
+fn run_mailq() -> ExitCode {
+    if let Err(code) = unprivileged() {
+        return code;
+    }
+    match load_config(None, None) {
+        Ok((config, _)) => ExitCode::from(commands::run(&config, Request::List, Format::Text)),
+        Err(e) => {
+            eprintln!("mailq: {e}");
+            ExitCode::from(exit::CONFIG)
+        }
+    }
+}
+
+/// `mailqueue COMMAND`.
+fn run(cli: Cli) -> ExitCode {
     if let Cmd::Sendmail { args } = &cli.command {
         return run_sendmail(cli.config.clone(), cli.spool.clone(), args);
     }
@@ -122,40 +126,10 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let command = match cli.command.into_request() {
-        Ok(Ok((request, format))) => {
-            return ExitCode::from(commands::run(&config, request, format))
-        }
-        Ok(Err(other)) => other,
-        Err(e) => {
-            eprintln!("mailqueue: {e}");
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    match command {
-        Cmd::Check => {
-            let source = path
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "built-in defaults".into());
-            // Also load what the daemon would load: passwords, certificates.
-            let checked =
-                cli::daemon::targets(&config).and_then(|_| cli::daemon::server_settings(&config));
-            for w in config.warnings() {
-                eprintln!("mailqueue: {source}: warning: {w}");
-            }
-            match checked {
-                Ok(_) => {
-                    println!("{source}: ok");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("mailqueue: {source}: {e}");
-                    ExitCode::from(exit::CONFIG)
-                }
-            }
-        }
-        Cmd::Serve => {
+    match cli.command.into_request() {
+        Ok(Ok((request, format))) => ExitCode::from(commands::run(&config, request, format)),
+        Ok(Err(Cmd::Check)) => check(&config, path.as_deref()),
+        Ok(Err(Cmd::Serve)) => {
             init_logs();
             match cli::daemon::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -165,7 +139,33 @@ fn main() -> ExitCode {
                 }
             }
         }
-        _ => unreachable!("operator commands and sendmail are handled above"),
+        Ok(Err(_)) => unreachable!("sendmail is handled above"),
+        Err(e) => {
+            eprintln!("mailqueue: {e}");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+/// `mailqueue check`: the configuration, and what the daemon would load
+/// with it (passwords, certificates).
+fn check(config: &Config, path: Option<&Path>) -> ExitCode {
+    let source = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
+    let checked = cli::daemon::targets(config).and_then(|_| cli::daemon::server_settings(config));
+    for w in config.warnings() {
+        eprintln!("mailqueue: {source}: warning: {w}");
+    }
+    match checked {
+        Ok(_) => {
+            println!("{source}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailqueue: {source}: {e}");
+            ExitCode::from(exit::CONFIG)
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::json;
 use mailqueue::config::Config;
 use mailqueue::date::rfc5322;
 use mailqueue::queue::admin::Admin;
-use mailqueue::queue::meta::{MessageMeta, RcptStatus};
+use mailqueue::queue::meta::{MessageMeta, RcptStatus, RecipientMeta};
 use mailqueue::queue::spool::{layout, Spool};
 use mailqueue::queue::stats::StatsSnapshot;
 use mailqueue::queue::QueueError;
@@ -312,27 +312,34 @@ fn show_text(config: &Config, m: &MessageMeta, header: &str) -> String {
     }
     s.push_str("recipients:\n");
     for r in &m.recipients {
-        s.push_str(&format!(
-            "  <{}> {} tries={}",
-            r.address,
-            status_word(r.status),
-            r.tries
-        ));
-        if let Some(o) = &r.original {
-            s.push_str(&format!(" original=<{o}>"));
-        }
-        if let Some(o) = &r.orcpt {
-            s.push_str(&format!(" orcpt={o}"));
-        }
-        if let Some(n) = r.notify {
-            s.push_str(&format!(" notify={n}"));
-        }
-        s.push('\n');
-        if let Some(e) = &r.last_error {
-            s.push_str(&format!("    last error: {e}\n"));
-        }
+        s.push_str(&recipient_text(r));
     }
     s.push_str("header:\n");
     s.push_str(header);
+    s
+}
+
+/// One recipient's lines in `show`.
+fn recipient_text(r: &RecipientMeta) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "  <{}> {} tries={}",
+        r.address,
+        status_word(r.status),
+        r.tries
+    ));
+    if let Some(o) = &r.original {
+        s.push_str(&format!(" original=<{o}>"));
+    }
+    if let Some(o) = &r.orcpt {
+        s.push_str(&format!(" orcpt={o}"));
+    }
+    if let Some(n) = r.notify {
+        s.push_str(&format!(" notify={n}"));
+    }
+    s.push('\n');
+    if let Some(e) = &r.last_error {
+        s.push_str(&format!("    last error: {e}\n"));
+    }
     s
 }

@@ -2,13 +2,16 @@
 //! listener together, and shuts them down in order on SIGTERM/SIGINT.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crossbeam_channel::Receiver;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use mailqueue::config::Config;
 use mailqueue::delivery::build_target;
+use mailqueue::ingest::incoming::IncomingLimits;
 use mailqueue::ingest::pickup::Pickup;
 use mailqueue::smtp::server::{self, Server, ServerSettings};
 use mailqueue::{DeliveryTarget, Queue};
@@ -80,33 +83,8 @@ pub fn serve(config: Config) -> Result<(), String> {
         )
     })?;
     let (stop_pickup, pickup_stopped) = crossbeam_channel::bounded::<()>(0);
-    let picker = {
-        let queue = Arc::clone(&queue);
-        let config = config.clone();
-        std::thread::Builder::new()
-            .name("mailqueue-pickup".into())
-            .spawn(move || {
-                let new = || Pickup::new(sendmail::limits(&config));
-                let mut pickup = new();
-                loop {
-                    // A bug hit by one submission must not end pickup for
-                    // all the others (and, silently, for good).
-                    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        pickup.run(&queue);
-                    }));
-                    if pass.is_err() {
-                        log::error!("pickup pass panicked; the next pass starts afresh");
-                        pickup = new();
-                    }
-                    crossbeam_channel::select! {
-                        recv(pickup_rx) -> _ => {}
-                        recv(pickup_stopped) -> _ => return,
-                        default(PICKUP_INTERVAL) => {}
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot start the pickup thread: {e}"))?
-    };
+    let limits = sendmail::limits(&config);
+    let picker = start_pickup(Arc::clone(&queue), limits, pickup_rx, pickup_stopped)?;
     let mut server = Server::start(listeners, Arc::clone(&queue), settings);
     log::info!(
         "mailqueue {} running: spool {}, target {}, {} workers",
@@ -122,10 +100,47 @@ pub fn serve(config: Config) -> Result<(), String> {
     control.stop();
     drop(stop_pickup);
     let _ = picker.join();
+    finish(queue);
+    Ok(())
+}
+
+/// The pickup thread: a pass at start, when told (a wake-up on `wake`),
+/// and every [`PICKUP_INTERVAL`], until `stop` is dropped.
+fn start_pickup(
+    queue: Arc<Queue>,
+    limits: IncomingLimits,
+    wake: Receiver<()>,
+    stop: Receiver<()>,
+) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name("mailqueue-pickup".into())
+        .spawn(move || {
+            let mut pickup = Pickup::new(limits);
+            loop {
+                // A bug hit by one submission must not end pickup for
+                // all the others (and, silently, for good).
+                let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pickup.run(&queue);
+                }));
+                if pass.is_err() {
+                    log::error!("pickup pass panicked; the next pass starts afresh");
+                    pickup = Pickup::new(limits);
+                }
+                crossbeam_channel::select! {
+                    recv(wake) -> _ => {}
+                    recv(stop) -> _ => return,
+                    default(PICKUP_INTERVAL) => {}
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the pickup thread: {e}"))
+}
+
+/// Lets running attempts finish, for [`GRACE`] at most.
+fn finish(queue: Arc<Queue>) {
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let closing = Arc::clone(&queue);
     std::thread::spawn(move || {
-        closing.shutdown();
+        queue.shutdown();
         let _ = done_tx.send(());
     });
     match done_rx.recv_timeout(GRACE) {
@@ -137,5 +152,4 @@ pub fn serve(config: Config) -> Result<(), String> {
             GRACE.as_secs()
         ),
     }
-    Ok(())
 }
