@@ -36,7 +36,9 @@ pub mod sys;
 
 pub use address::{Address, AddressError, ReversePath};
 pub use config::{Config, ConfigError};
-pub use delivery::{Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, RecipientOutcome};
+pub use delivery::{
+    Body, DeliveryError, DeliveryTarget, ErrorKind, Handoff, MessageInfo, RecipientOutcome,
+};
 pub use envelope::{
     BadNotify, BodyType, Envelope, MailParams, Notify, OrigRecipient, Recipient, Ret,
 };

@@ -29,9 +29,9 @@ pub type Targets = (Arc<dyn DeliveryTarget>, Arc<dyn DeliveryTarget>);
 
 /// Builds the delivery and notice targets a configuration names.
 pub fn targets(config: &Config) -> Result<Targets, String> {
-    let target = build_target(&config.delivery.target, config)?;
+    let target = build_target(&config.delivery.target, config).map_err(|e| e.to_string())?;
     let bounce = match &config.bounce.target {
-        Some(spec) => build_target(spec, config)?,
+        Some(spec) => build_target(spec, config).map_err(|e| e.to_string())?,
         None => Arc::clone(&target),
     };
     Ok((target, bounce))
@@ -43,7 +43,9 @@ pub fn server_settings(config: &Config) -> Result<ServerSettings, String> {
     let tls = if l.tls_cert.as_os_str().is_empty() {
         None
     } else {
-        Some(Arc::new(server::tls_acceptor(&l.tls_cert, &l.tls_key)?))
+        Some(Arc::new(
+            server::tls_acceptor(&l.tls_cert, &l.tls_key).map_err(|e| e.to_string())?,
+        ))
     };
     Ok(ServerSettings {
         hostname: config.hostname.clone(),
@@ -70,7 +72,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     // Bind first: a daemon that cannot listen must fail before it opens
     // the spool, or its workers would start on queued mail and be cut off
     // mid-attempt when it exits.
-    let listeners = server::bind(&config.listen.smtp)?;
+    let listeners = server::bind(&config.listen.smtp).map_err(|e| e.to_string())?;
     let queue = Arc::new(
         Queue::open_with_bounce_target(config.queue_options(), target, bounce)
             .map_err(|e| e.to_string())?,

@@ -54,6 +54,20 @@ pub enum DnsError {
     BadName(String),
 }
 
+/// Why a [`Resolver`] cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    /// A configured server is not `ip` or `ip:port`.
+    #[error("DNS server {0:?} is not ip or ip:port")]
+    BadServer(String),
+    /// No servers are configured and `/etc/resolv.conf` cannot be read.
+    #[error("cannot read /etc/resolv.conf: {0}")]
+    ResolvConf(#[source] std::io::Error),
+    /// No servers are configured and `/etc/resolv.conf` names none.
+    #[error("no DNS servers: set [delivery] dns_servers or fill /etc/resolv.conf")]
+    NoServers,
+}
+
 impl DnsError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, DnsError::NxDomain(_) | DnsError::BadName(_))
@@ -199,18 +213,17 @@ pub struct Resolver {
 impl Resolver {
     /// A resolver asking `servers` (as `ip` or `ip:port`), or the ones in
     /// `/etc/resolv.conf` when the list is empty.
-    pub fn new(servers: &[String], timeout: Duration) -> Result<Resolver, String> {
+    pub fn new(servers: &[String], timeout: Duration) -> Result<Resolver, ResolverError> {
         let mut addrs = Vec::new();
         for s in servers {
             let addr = s
                 .parse::<SocketAddr>()
                 .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                .map_err(|_| format!("DNS server {s:?} is not ip or ip:port"))?;
+                .map_err(|_| ResolverError::BadServer(s.clone()))?;
             addrs.push(addr);
         }
         if addrs.is_empty() {
-            let text = std::fs::read("/etc/resolv.conf")
-                .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
+            let text = std::fs::read("/etc/resolv.conf").map_err(ResolverError::ResolvConf)?;
             let (conf, errors) = resolv_conf::Config::parse_with_errors(&text);
             for e in errors {
                 log::warn!("/etc/resolv.conf: {e}");
@@ -222,9 +235,7 @@ impl Resolver {
                 .collect();
         }
         if addrs.is_empty() {
-            return Err(
-                "no DNS servers: set [delivery] dns_servers or fill /etc/resolv.conf".into(),
-            );
+            return Err(ResolverError::NoServers);
         }
         Ok(Resolver {
             servers: addrs,

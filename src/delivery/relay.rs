@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::smtp_client::{ClientSettings, Endpoint, Session};
 use crate::delivery::{
-    Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, RecipientOutcome,
+    Body, DeliveryError, DeliveryTarget, ErrorKind, Handoff, MessageInfo, RecipientOutcome,
 };
 use crate::envelope::Recipient;
 
@@ -133,9 +133,8 @@ impl<'a> HopDelivery<'a> {
             .into_iter()
             .map(|slot| {
                 let result = slot.unwrap_or_else(|| {
-                    Err(DeliveryError::temporary(
-                        451,
-                        (4, 3, 0),
+                    Err(DeliveryError::new(
+                        ErrorKind::Local,
                         "internal error: no result for the recipient",
                     ))
                 });
@@ -205,7 +204,7 @@ impl<'a> HopDelivery<'a> {
         let mut may_reopen = true;
         loop {
             let Some(pooled) = self.session.as_mut() else {
-                let e = DeliveryError::temporary(451, (4, 4, 0), "session already closed");
+                let e = DeliveryError::new(ErrorKind::Closed, "session already closed");
                 fail_all(slots, live, &e);
                 return None;
             };

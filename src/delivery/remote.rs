@@ -18,12 +18,10 @@ use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
 use crate::delivery::smtp_client::{ClientSettings, Session};
-use crate::delivery::{Body, DeliveryError, DeliveryTarget, MessageInfo, RecipientOutcome};
+use crate::delivery::{
+    Body, DeliveryError, DeliveryTarget, ErrorKind, MessageInfo, RecipientOutcome,
+};
 use crate::envelope::Recipient;
-use crate::smtp::reply::EnhancedCode;
-
-/// The status of a failed TLS handshake (see `smtp_client`).
-const TLS_FAILED: EnhancedCode = EnhancedCode::new(4, 7, 5);
 
 /// Most addresses tried for one domain in one attempt (RFC 5321 §4.5.4.1
 /// suggests trying at least two; Postfix tries five).
@@ -109,11 +107,11 @@ fn domain_key(rcpt: &Recipient) -> Result<String, DeliveryError> {
     if domain.starts_with('[') {
         return Ok(domain.to_string());
     }
-    dns::to_ascii(domain).map_err(|e| DeliveryError::permanent(553, (5, 1, 2), &e.to_string()))
+    dns::to_ascii(domain).map_err(|e| DeliveryError::new(ErrorKind::BadDomain, &e.to_string()))
 }
 
 fn internal_error() -> DeliveryError {
-    DeliveryError::temporary(451, (4, 3, 0), "internal error in delivery")
+    DeliveryError::new(ErrorKind::Local, "internal error in delivery")
 }
 
 impl RemoteTarget {
@@ -220,7 +218,7 @@ impl RemoteTarget {
                     // Postfix does.
                     Err(e)
                         if self.settings.client.tls == TlsPolicy::May
-                            && e.reply.status() == TLS_FAILED =>
+                            && e.kind() == ErrorKind::Tls =>
                     {
                         log::info!("{domain}: {relay}: {e}; trying again without TLS");
                         TcpStream::connect_timeout(&addr, self.settings.client.connect_timeout)
@@ -244,7 +242,10 @@ impl RemoteTarget {
             }
         }
         Err(last.unwrap_or_else(|| {
-            DeliveryError::temporary(451, (4, 4, 1), &format!("{domain}: no server reachable"))
+            DeliveryError::new(
+                ErrorKind::Connect,
+                &format!("{domain}: no server reachable"),
+            )
         }))
     }
 
@@ -256,9 +257,8 @@ impl RemoteTarget {
                 .unwrap_or(lit)
                 .parse()
                 .map_err(|_| {
-                    DeliveryError::permanent(
-                        553,
-                        (5, 1, 2),
+                    DeliveryError::new(
+                        ErrorKind::BadDomain,
                         &format!("bad address literal {domain}"),
                     )
                 })?;
@@ -287,9 +287,9 @@ impl RemoteTarget {
                 .unwrap_or_else(|| "no address records".into());
             let text = format!("{domain}: no address for any mail server: {why}");
             return Err(if definitive {
-                DeliveryError::permanent(550, (5, 4, 4), &text)
+                DeliveryError::new(ErrorKind::NoMailServer, &text)
             } else {
-                DeliveryError::temporary(451, (4, 4, 3), &text)
+                DeliveryError::new(ErrorKind::Dns, &text)
             });
         }
         Ok(out)
@@ -301,16 +301,15 @@ impl RemoteTarget {
         let records = match self.resolver.lookup(domain, RecordType::Mx) {
             Ok(r) => r,
             Err(DnsError::NxDomain(_)) => {
-                return Err(DeliveryError::permanent(
-                    550,
-                    (5, 1, 2),
+                return Err(DeliveryError::new(
+                    ErrorKind::NoSuchDomain,
                     &format!("{domain}: domain not found"),
                 ))
             }
             Err(e) if e.is_permanent() => {
-                return Err(DeliveryError::permanent(553, (5, 1, 2), &e.to_string()))
+                return Err(DeliveryError::new(ErrorKind::BadDomain, &e.to_string()))
             }
-            Err(e) => return Err(DeliveryError::temporary(451, (4, 4, 3), &e.to_string())),
+            Err(e) => return Err(DeliveryError::new(ErrorKind::Dns, &e.to_string())),
         };
         let mut mx: Vec<(u16, String)> = records
             .into_iter()
@@ -324,9 +323,8 @@ impl RemoteTarget {
         }
         // RFC 7505: a lone MX "." says the domain takes no mail.
         if mx.iter().all(|(_, h)| h.is_empty()) {
-            return Err(DeliveryError::permanent(
-                556,
-                (5, 1, 10),
+            return Err(DeliveryError::new(
+                ErrorKind::NullMx,
                 &format!("{domain}: domain does not accept mail (null MX)"),
             ));
         }
@@ -388,5 +386,108 @@ impl Drop for Permit {
                 counts.remove(&self.key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::delivery::smtp_client::tls_connector;
+
+    /// An MX host on 127.0.0.1 that offers STARTTLS and then answers the
+    /// TLS handshake with garbage; a client that comes back speaks in
+    /// clear. Returns its port and a count of its connections.
+    fn broken_tls_server() -> (u16, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let _ = w.write_all(b"220 mx.test ESMTP\r\n");
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-mx.test\r\n250 STARTTLS\r\n",
+                        "STAR" => b"220 2.0.0 go ahead\r\n",
+                        "QUIT" => b"221 2.0.0 bye\r\n",
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = w.write_all(reply);
+                    if verb == "STAR" {
+                        // Read the client's hello, answer nonsense.
+                        let mut hello = [0u8; 512];
+                        let _ = r.read(&mut hello);
+                        let _ = w.write_all(b"this is not TLS\r\n");
+                        break;
+                    }
+                    if verb == "QUIT" {
+                        break;
+                    }
+                }
+            }
+        });
+        (port, connections)
+    }
+
+    fn target(policy: TlsPolicy, mx_port: u16) -> RemoteTarget {
+        let timeout = Duration::from_secs(5);
+        let client = ClientSettings {
+            helo_name: "client.test".into(),
+            lmtp: false,
+            tls: policy,
+            tls_connector: tls_connector(policy, None).unwrap().map(Arc::new),
+            auth: None,
+            connect_timeout: timeout,
+            command_timeout: timeout,
+            data_timeout: timeout,
+        };
+        // An address literal needs no DNS: the resolver is never asked.
+        let resolver = Resolver::new(&["127.0.0.1:9".into()], timeout).unwrap();
+        RemoteTarget::new(
+            resolver,
+            RemoteSettings {
+                client: Arc::new(client),
+                mx_port,
+                destination_concurrency: 1,
+                connection_cache_time: Duration::ZERO,
+            },
+        )
+    }
+
+    #[test]
+    fn a_failed_tls_handshake_is_told_by_its_kind_and_may_goes_on_in_clear() {
+        let (port, connections) = broken_tls_server();
+
+        // Under `encrypt` the failed handshake is the error, with the
+        // codes of its kind.
+        let e = target(TlsPolicy::Encrypt, port)
+            .connect("[127.0.0.1]")
+            .err()
+            .expect("a session without TLS under encrypt");
+        assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+        assert_eq!(e.reply.code, 451, "{e}");
+        assert_eq!(e.reply.status().to_string(), "4.7.5", "{e}");
+        assert!(e.reply.text.contains("TLS handshake with"), "{e}");
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+
+        // Under `may` the kind sends the client back, in clear.
+        let session = target(TlsPolicy::May, port)
+            .connect("[127.0.0.1]")
+            .expect("under may a broken TLS setup falls back to clear");
+        assert!(!session.is_tls());
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 }

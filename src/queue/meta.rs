@@ -214,15 +214,35 @@ impl MessageMeta {
 
     /// Parses a metadata file, refusing versions this code does not know
     /// and files whose content contradicts itself.
-    pub fn from_json(bytes: &[u8]) -> Result<MessageMeta, String> {
-        let meta: MessageMeta = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    pub fn from_json(bytes: &[u8]) -> Result<MessageMeta, MetaError> {
+        let meta: MessageMeta = serde_json::from_slice(bytes).map_err(MetaError::json)?;
         if meta.version != META_VERSION {
-            return Err(format!("unknown metadata version {}", meta.version));
+            return Err(MetaError::Version(meta.version));
         }
         if meta.recipients.is_empty() {
-            return Err("no recipients".into());
+            return Err(MetaError::NoRecipients);
         }
         Ok(meta)
+    }
+}
+
+/// Why metadata cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    /// Not JSON, or not the fields of metadata (the parser's message).
+    #[error("{0}")]
+    Json(String),
+    /// Written by a version of this code that this one does not know.
+    #[error("unknown metadata version {0}")]
+    Version(u32),
+    /// Metadata without a single recipient.
+    #[error("no recipients")]
+    NoRecipients,
+}
+
+impl MetaError {
+    fn json(e: serde_json::Error) -> Self {
+        MetaError::Json(e.to_string())
     }
 }
 
@@ -243,7 +263,7 @@ pub struct Queued {
 impl Queued {
     /// Parses the fields start-up needs, with the checks of
     /// [`MessageMeta::from_json`] on them.
-    pub fn from_json(bytes: &[u8]) -> Result<Queued, String> {
+    pub fn from_json(bytes: &[u8]) -> Result<Queued, MetaError> {
         #[derive(Deserialize)]
         struct Status {
             status: RcptStatus,
@@ -258,12 +278,12 @@ impl Queued {
             hold: bool,
             recipients: Vec<Status>,
         }
-        let v: View = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let v: View = serde_json::from_slice(bytes).map_err(MetaError::json)?;
         if v.version != META_VERSION {
-            return Err(format!("unknown metadata version {}", v.version));
+            return Err(MetaError::Version(v.version));
         }
         if v.recipients.is_empty() {
-            return Err("no recipients".into());
+            return Err(MetaError::NoRecipients);
         }
         Ok(Queued {
             id: v.id,
@@ -313,9 +333,9 @@ mod tests {
         assert!(text.contains("\"version\":1"), "{text}");
         assert!(text.contains("\"notify\":\"SUCCESS\""), "{text}");
         let newer = text.replace("\"version\":1", "\"version\":99");
-        assert!(MessageMeta::from_json(newer.as_bytes())
-            .unwrap_err()
-            .contains("version"));
+        let e = MessageMeta::from_json(newer.as_bytes()).unwrap_err();
+        assert_eq!(e, MetaError::Version(99));
+        assert_eq!(e.to_string(), "unknown metadata version 99");
         assert!(MessageMeta::from_json(b"{").is_err());
         assert!(MessageMeta::from_json(&json[..json.len() / 2]).is_err());
     }

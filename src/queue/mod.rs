@@ -475,16 +475,15 @@ impl Queue {
         body: &Body,
     ) -> Result<MessageId, DeliveryError> {
         if self.shared.stopping.load(Ordering::SeqCst) {
-            return Err(DeliveryError::temporary(
-                421,
-                (4, 3, 2),
+            return Err(DeliveryError::new(
+                crate::ErrorKind::ShuttingDown,
                 "queue is shutting down",
             ));
         }
         let mut incoming = self.begin().map_err(|e| local_error(&e))?;
-        let mut reader = body
-            .open()
-            .map_err(|e| DeliveryError::temporary(451, (4, 3, 0), &format!("reading body: {e}")))?;
+        let mut reader = body.open().map_err(|e| {
+            DeliveryError::new(crate::ErrorKind::Local, &format!("reading body: {e}"))
+        })?;
         incoming
             .writer
             .copy_from(&mut reader)
@@ -500,8 +499,8 @@ impl Queue {
 
 fn local_error(e: &QueueError) -> DeliveryError {
     if e.is_temporary() {
-        DeliveryError::temporary(451, (4, 3, 0), &format!("queue: {e}"))
+        DeliveryError::new(crate::ErrorKind::Local, &format!("queue: {e}"))
     } else {
-        DeliveryError::permanent(554, (5, 3, 0), &format!("queue: {e}"))
+        DeliveryError::new(crate::ErrorKind::LocalPermanent, &format!("queue: {e}"))
     }
 }

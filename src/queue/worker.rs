@@ -452,7 +452,10 @@ fn complete(id: MessageId, mut outcomes: Vec<RecipientOutcome>, n: usize) -> Vec
 /// Stands in for an outcome the target failed to report, which is a bug;
 /// temporary, so the recipient is retried rather than lost.
 fn internal() -> DeliveryError {
-    DeliveryError::temporary(451, (4, 3, 0), "internal error: no outcome recorded")
+    DeliveryError::new(
+        crate::ErrorKind::Local,
+        "internal error: no outcome recorded",
+    )
 }
 
 #[cfg(test)]
@@ -483,7 +486,11 @@ mod tests {
     fn extra_outcomes_are_dropped_and_a_full_set_is_kept_as_it_is() {
         let id = MessageId::generate();
         assert_eq!(complete(id, vec![ok(), ok(), ok()], 2), vec![ok(), ok()]);
-        let e = RecipientOutcome::new(Err(DeliveryError::permanent(550, (5, 1, 1), "no")));
+        let e = RecipientOutcome::new(Err(DeliveryError::from_reply(crate::SmtpReply::with_code(
+            550,
+            (5, 1, 1),
+            "no",
+        ))));
         assert_eq!(complete(id, vec![e.clone(), ok()], 2), vec![e, ok()]);
         assert!(complete(id, Vec::new(), 0).is_empty());
     }

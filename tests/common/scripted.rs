@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use mailqueue::delivery::Handoff;
 use mailqueue::{
-    Address, Body, DeliveryError, DeliveryTarget, MessageInfo, Recipient, RecipientOutcome,
-    ReversePath,
+    Address, Body, DeliveryError, DeliveryTarget, ErrorKind, MessageInfo, Recipient,
+    RecipientOutcome, ReversePath, SmtpReply,
 };
 
 /// What one attempt does. Anything not named succeeds.
@@ -82,11 +82,11 @@ pub struct Scripted {
 }
 
 pub fn temp(text: &str) -> DeliveryError {
-    DeliveryError::temporary(451, (4, 3, 0), text)
+    DeliveryError::new(ErrorKind::Local, text)
 }
 
 pub fn perm(text: &str) -> DeliveryError {
-    DeliveryError::permanent(550, (5, 1, 1), text)
+    DeliveryError::from_reply(SmtpReply::with_code(550, (5, 1, 1), text))
 }
 
 impl Scripted {

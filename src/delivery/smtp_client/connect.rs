@@ -3,11 +3,12 @@
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{ClientSettings, Endpoint, Session};
 use crate::config::TlsPolicy;
-use crate::delivery::DeliveryError;
+use crate::delivery::{DeliveryError, ErrorKind};
 use crate::smtp::transport::{Transport, Watchdog};
 
 impl Session {
@@ -69,9 +70,7 @@ fn connect_tcp(
 ) -> Result<(TcpStream, SocketAddr), DeliveryError> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| {
-            DeliveryError::temporary(451, (4, 4, 3), &format!("cannot resolve {host}: {e}"))
-        })?
+        .map_err(|e| DeliveryError::new(ErrorKind::Dns, &format!("cannot resolve {host}: {e}")))?
         .collect();
     let mut last = None;
     for addr in addrs {
@@ -86,9 +85,8 @@ fn connect_tcp(
             &e,
         )
         .at(host)),
-        None => Err(DeliveryError::temporary(
-            451,
-            (4, 4, 3),
+        None => Err(DeliveryError::new(
+            ErrorKind::Dns,
             &format!("{host} has no address"),
         )),
     }
@@ -106,22 +104,43 @@ pub(super) fn tls_handshake(
     let connector = settings
         .tls_connector
         .as_ref()
-        .ok_or_else(|| DeliveryError::temporary(451, (4, 7, 0), "TLS is not configured"))?;
+        .ok_or_else(|| DeliveryError::new(ErrorKind::Config, "TLS is not configured"))?;
     let name = host.trim_end_matches('.');
     // The whole handshake within command_timeout, as Postfix's
     // smtp_starttls_timeout: each read and write alone is not enough.
     let _deadline = Watchdog::arm(&tcp, settings.command_timeout);
     match connector.connect(name, tcp) {
         Ok(s) => Ok(Transport::Tls(Box::new(s))),
-        // 4.7.5, "cryptographic failure": lets the MX client tell a failed
-        // handshake from other errors and, under `may`, retry in clear.
-        Err(e) => Err(DeliveryError::temporary(
-            451,
-            (4, 7, 5),
-            &format!("TLS handshake with {name} failed: {e}"),
-        )
-        .at(host)),
+        // Its kind lets the MX client tell a failed handshake from other
+        // errors and, under `may`, retry in clear.
+        Err(e) => {
+            Err(DeliveryError::tls(&format!("TLS handshake with {name} failed: {e}")).at(host))
+        }
     }
+}
+
+/// Why the TLS client cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConnectorError {
+    /// The `ca_file` cannot be read.
+    #[error("cannot read ca_file {path}: {source}")]
+    ReadCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The `ca_file` holds no usable certificate.
+    #[error("ca_file {path}: {source}")]
+    BadCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: native_tls::Error,
+    },
+    /// The TLS library refused the settings.
+    #[error("cannot set up TLS: {0}")]
+    Build(#[source] native_tls::Error),
 }
 
 /// Builds the TLS client for a policy: `verify` checks the chain (system
@@ -129,26 +148,30 @@ pub(super) fn tls_handshake(
 pub fn tls_connector(
     policy: TlsPolicy,
     ca_file: Option<&std::path::Path>,
-) -> Result<Option<native_tls::TlsConnector>, String> {
+) -> Result<Option<native_tls::TlsConnector>, TlsConnectorError> {
     if policy == TlsPolicy::None {
         return Ok(None);
     }
     let mut b = native_tls::TlsConnector::builder();
     if policy == TlsPolicy::Verify {
         if let Some(path) = ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-            let cert = native_tls::Certificate::from_pem(&pem)
-                .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|source| TlsConnectorError::ReadCa {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let cert = native_tls::Certificate::from_pem(&pem).map_err(|source| {
+                TlsConnectorError::BadCa {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
             b.add_root_certificate(cert);
         }
     } else {
         b.danger_accept_invalid_certs(true);
         b.danger_accept_invalid_hostnames(true);
     }
-    b.build()
-        .map(Some)
-        .map_err(|e| format!("cannot set up TLS: {e}"))
+    b.build().map(Some).map_err(TlsConnectorError::Build)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::TlsPolicy;
-use crate::delivery::DeliveryError;
+use crate::delivery::{DeliveryError, ErrorKind};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::transport::Transport;
 
@@ -26,7 +26,7 @@ mod reply;
 mod session;
 mod transaction;
 
-pub use connect::tls_connector;
+pub use connect::{tls_connector, TlsConnectorError};
 pub use session::Extensions;
 
 /// A user name and password for AUTH. Debug output hides the password.
@@ -102,7 +102,7 @@ pub struct Session {
 }
 
 fn protocol_error(what: &str) -> DeliveryError {
-    DeliveryError::temporary(451, (4, 5, 0), what)
+    DeliveryError::new(ErrorKind::Protocol, what)
 }
 
 impl Session {

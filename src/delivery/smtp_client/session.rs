@@ -10,7 +10,7 @@ use base64::Engine as _;
 use super::connect::tls_handshake;
 use super::{ClientSettings, Credentials, Session, State};
 use crate::config::TlsPolicy;
-use crate::delivery::DeliveryError;
+use crate::delivery::{DeliveryError, ErrorKind};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::transport::Transport;
 
@@ -106,9 +106,8 @@ impl Session {
         }
         if must_encrypt {
             let _ = self.command("QUIT");
-            return Err(DeliveryError::temporary(
-                451,
-                (4, 7, 10),
+            return Err(DeliveryError::new(
+                ErrorKind::EncryptionNeeded,
                 &format!("TLS is required but {} does not offer STARTTLS", self.host),
             )
             .at(self.host.clone()));
@@ -145,9 +144,8 @@ impl Session {
             // even when the server answers 5xx, so required TLS makes mail
             // wait instead of bouncing.
             let _ = self.command("QUIT");
-            return Err(DeliveryError::temporary(
-                451,
-                (4, 7, 10),
+            return Err(DeliveryError::new(
+                ErrorKind::EncryptionNeeded,
                 &format!(
                     "TLS is required but {} refused STARTTLS: {}",
                     self.host, r.reply
@@ -158,15 +156,14 @@ impl Session {
         if !self.io.buffer().is_empty() {
             // Bytes sent before the handshake would be trusted as if they
             // came over TLS (CVE-2011-0411 style injection). It is a failed
-            // TLS negotiation like a botched handshake (4.7.5, which `may`
+            // TLS negotiation like a botched handshake (which `may`
             // answers by trying again in clear): whether the server's bytes
             // arrive with its 220 or just after is a matter of timing, and
             // the two must not be told apart.
-            return Err(DeliveryError::temporary(
-                451,
-                (4, 7, 5),
-                &format!("{} sent data after its STARTTLS reply", self.host),
-            )
+            return Err(DeliveryError::tls(&format!(
+                "{} sent data after its STARTTLS reply",
+                self.host
+            ))
             .at(self.host.clone()));
         }
         let Session {
@@ -191,16 +188,15 @@ impl Session {
             return Ok(());
         }
         if !self.is_tls() && !self.is_loopback() {
-            return Err(DeliveryError::temporary(
-                451,
-                (4, 7, 10),
+            return Err(DeliveryError::new(
+                ErrorKind::EncryptionNeeded,
                 &format!("refusing to send the password to {} without TLS", self.host),
             ));
         }
         // Authentication failures are our configuration's fault, not the
         // recipient's: keep them temporary so mail waits for a fix.
         let soft = |r: SmtpReply| {
-            DeliveryError::temporary(451, (4, 7, 8), &format!("authentication failed: {r}"))
+            DeliveryError::new(ErrorKind::Auth, &format!("authentication failed: {r}"))
         };
         let r = if self.ext.auth.iter().any(|m| m == "PLAIN") {
             let token = base64(format!("\0{}\0{}", creds.username, creds.password).as_bytes());
@@ -216,9 +212,8 @@ impl Session {
             }
             self.command(&base64(creds.password.as_bytes()))?
         } else {
-            return Err(DeliveryError::temporary(
-                451,
-                (4, 7, 8),
+            return Err(DeliveryError::new(
+                ErrorKind::Auth,
                 &format!(
                     "{} offers no AUTH mechanism we speak (PLAIN, LOGIN)",
                     self.host

@@ -4,7 +4,7 @@
 
 use super::{Session, State};
 use crate::address::ReversePath;
-use crate::delivery::{Body, DamagedBody, DeliveryError};
+use crate::delivery::{Body, DamagedBody, DeliveryError, ErrorKind};
 use crate::envelope::{BodyType, MailParams, Recipient};
 use crate::smtp::deadline::{name_timeout, Deadline, WriteDeadline};
 use crate::smtp::params::{MailFrom, MailParam, RcptParam, RcptTo};
@@ -21,9 +21,8 @@ impl Session {
     ) -> Result<(), DeliveryError> {
         if let Some(limit) = self.ext.size.filter(|l| *l > 0) {
             if size > limit {
-                return Err(DeliveryError::permanent(
-                    552,
-                    (5, 3, 4),
+                return Err(DeliveryError::new(
+                    ErrorKind::TooBig,
                     &format!(
                         "message size {size} exceeds the limit of {} ({limit})",
                         self.host
@@ -40,9 +39,8 @@ impl Session {
     }
 
     fn no_smtputf8(&self) -> DeliveryError {
-        DeliveryError::permanent(
-            553,
-            (5, 6, 7),
+        DeliveryError::new(
+            ErrorKind::NeedsSmtputf8,
             &format!(
                 "the message needs SMTPUTF8, which {} does not support",
                 self.host
@@ -198,9 +196,8 @@ impl Session {
     /// `data_timeout`.
     fn send_body(&mut self, body: &Body) -> Result<(), DeliveryError> {
         let mut reader = body.open().map_err(|e| {
-            DeliveryError::temporary(
-                451,
-                (4, 3, 0),
+            DeliveryError::new(
+                ErrorKind::Local,
                 &format!("cannot read the queued message: {e}"),
             )
         })?;
@@ -213,7 +210,7 @@ impl Session {
             match DamagedBody::from_io(&e) {
                 // Left in the middle of DATA, without the final dot: the
                 // server drops what it got when the session is closed.
-                Some(damage) => DeliveryError::permanent(554, (5, 3, 0), &damage.to_string()),
+                Some(damage) => DeliveryError::new(ErrorKind::LocalPermanent, &damage.to_string()),
                 None => DeliveryError::network(&format!("sending data to {}", self.relay), &e)
                     .at(self.host.clone()),
             }

@@ -215,7 +215,7 @@ impl Spool {
         // footer.
         let path = self.meta_path(id);
         let queued = match fs::read(&path) {
-            Ok(bytes) => Queued::from_json(&bytes),
+            Ok(bytes) => Queued::from_json(&bytes).map_err(|e| e.to_string()),
             Err(e) => Err(format!("{}: {e}", path.display())),
         };
         let msg = self.message_path(id);
@@ -247,7 +247,7 @@ impl Spool {
         match read_trailer(&file) {
             Ok((body_len, json)) => match Queued::from_json(&json) {
                 Ok(q) => Ok((q, body_len)),
-                Err(reason) => Err(Loaded::Corrupt(reason)),
+                Err(e) => Err(Loaded::Corrupt(e.to_string())),
             },
             Err(TrailerError::Missing) => Err(self.missing_footer(&file)),
             Err(TrailerError::Corrupt(reason)) => Err(Loaded::Corrupt(reason)),

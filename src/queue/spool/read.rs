@@ -35,8 +35,10 @@ impl Spool {
         let path = self.meta_path(id);
         match fs::read(&path) {
             Ok(bytes) => {
-                return MessageMeta::from_json(&bytes)
-                    .map_err(|reason| QueueError::Corrupt { path, reason })
+                return MessageMeta::from_json(&bytes).map_err(|e| QueueError::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error(&path)(e)),
@@ -59,7 +61,7 @@ impl Spool {
             TrailerError::Corrupt(reason) => corrupt(reason),
             TrailerError::Io(e) => io_error(&path)(e),
         })?;
-        let meta = MessageMeta::from_json(&json).map_err(corrupt)?;
+        let meta = MessageMeta::from_json(&json).map_err(|e| corrupt(e.to_string()))?;
         if meta.size != body_len {
             return Err(corrupt(format!(
                 "the message is {body_len} bytes, its metadata says {}",

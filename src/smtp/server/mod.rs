@@ -5,8 +5,9 @@
 //! This module is the accept loop; `session` is the dialogue with one
 //! client, `data` reads a message's DATA and queues it.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -43,26 +44,68 @@ pub struct ServerSettings {
     pub bare_newline: BareNewline,
 }
 
+/// An address the listener cannot listen on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The address as configured.
+    pub addr: String,
+    /// Why.
+    pub source: io::Error,
+}
+
 /// Binds every address, or says which one cannot be bound.
-pub fn bind(addrs: &[String]) -> Result<Vec<TcpListener>, String> {
+pub fn bind(addrs: &[String]) -> Result<Vec<TcpListener>, BindError> {
     addrs
         .iter()
-        .map(|a| TcpListener::bind(a.as_str()).map_err(|e| format!("cannot listen on {a}: {e}")))
+        .map(|a| {
+            TcpListener::bind(a.as_str()).map_err(|source| BindError {
+                addr: a.clone(),
+                source,
+            })
+        })
         .collect()
 }
 
+/// Why the STARTTLS identity cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsAcceptorError {
+    /// The certificate file cannot be read.
+    #[error("cannot read tls_cert {path}: {source}")]
+    ReadCert {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The key file cannot be read.
+    #[error("cannot read tls_key {path}: {source}")]
+    ReadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The certificate and key do not make an identity.
+    #[error("tls_cert/tls_key: {0} (the key must be PEM PKCS#8)")]
+    Identity(#[source] native_tls::Error),
+    /// The TLS library refused the identity.
+    #[error("cannot set up TLS: {0}")]
+    Build(#[source] native_tls::Error),
+}
+
 /// Loads the certificate and PKCS#8 key for STARTTLS.
-pub fn tls_acceptor(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<native_tls::TlsAcceptor, String> {
-    let c =
-        std::fs::read(cert).map_err(|e| format!("cannot read tls_cert {}: {e}", cert.display()))?;
-    let k =
-        std::fs::read(key).map_err(|e| format!("cannot read tls_key {}: {e}", key.display()))?;
-    let id = native_tls::Identity::from_pkcs8(&c, &k)
-        .map_err(|e| format!("tls_cert/tls_key: {e} (the key must be PEM PKCS#8)"))?;
-    native_tls::TlsAcceptor::new(id).map_err(|e| format!("cannot set up TLS: {e}"))
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<native_tls::TlsAcceptor, TlsAcceptorError> {
+    let c = std::fs::read(cert).map_err(|source| TlsAcceptorError::ReadCert {
+        path: cert.to_path_buf(),
+        source,
+    })?;
+    let k = std::fs::read(key).map_err(|source| TlsAcceptorError::ReadKey {
+        path: key.to_path_buf(),
+        source,
+    })?;
+    let id = native_tls::Identity::from_pkcs8(&c, &k).map_err(TlsAcceptorError::Identity)?;
+    native_tls::TlsAcceptor::new(id).map_err(TlsAcceptorError::Build)
 }
 
 /// The running listener.
