@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why a mailbox was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AddressError {
     /// No `@`, or nothing after it.
     #[error("address {0:?} has no @domain")]

@@ -21,6 +21,7 @@ pub enum Ret {
 
 /// RFC 1652 BODY parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum BodyType {
     /// `7BIT`: plain ASCII text.
     #[default]

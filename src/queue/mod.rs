@@ -51,47 +51,8 @@ use retry::RetryPolicy;
 use spool::{MessageWriter, Spool, SpoolLock};
 use timer::{Command, Timer};
 
-/// A queue operation that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("spool {spool} is in use by another mailqueue process (pid {holder})")]
-    Locked { spool: PathBuf, holder: String },
-    #[error("{path}: corrupt metadata: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
-    #[error("a message needs at least one recipient")]
-    NoRecipients,
-    #[error("no message {0} in the queue")]
-    UnknownId(MessageId),
-    #[error("the queue is closing")]
-    Closed,
-    #[error("queue full: {0}")]
-    Quota(String),
-}
-
-impl QueueError {
-    /// True when the disk (or the spool owner's disk quota) is full.
-    pub fn is_no_space(&self) -> bool {
-        matches!(self, QueueError::Io { source, .. } if is_no_space(source))
-    }
-
-    /// True when the failure may go away by itself (a full disk, a lock).
-    pub fn is_temporary(&self) -> bool {
-        matches!(
-            self,
-            QueueError::Io { .. } | QueueError::Locked { .. } | QueueError::Closed
-        )
-    }
-}
-
-/// The disk, or the user's disk quota, is full, for now (ENOSPC, EDQUOT).
-pub fn is_no_space(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    )
-}
+mod error;
+pub use error::{is_no_space, QueueError};
 
 /// State shared by the queue handle and its worker threads.
 pub(crate) struct Shared {
@@ -283,19 +244,7 @@ impl Queue {
                 shared.schedule(meta.id, meta.next_attempt);
             }
         }
-        let workers = (0..workers)
-            .map(|n| {
-                let shared = Arc::clone(&shared);
-                let jobs = jobs_rx.clone();
-                thread::Builder::new()
-                    .name(format!("mailqueue-worker-{n}"))
-                    .spawn(move || worker::run(&shared, &jobs))
-                    .map_err(|source| QueueError::Io {
-                        path: PathBuf::from("<thread>"),
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let workers = start_workers(&shared, &jobs_rx, workers)?;
         Ok(Queue {
             shared,
             timer: Mutex::new(timer),
@@ -406,6 +355,27 @@ impl Queue {
             let _ = w.join();
         }
     }
+}
+
+/// Starts `n` worker threads taking jobs from `jobs`.
+fn start_workers(
+    shared: &Arc<Shared>,
+    jobs: &crossbeam_channel::Receiver<Job>,
+    n: usize,
+) -> Result<Vec<JoinHandle<()>>, QueueError> {
+    (0..n)
+        .map(|i| {
+            let shared = Arc::clone(shared);
+            let jobs = jobs.clone();
+            thread::Builder::new()
+                .name(format!("mailqueue-worker-{i}"))
+                .spawn(move || worker::run(&shared, &jobs))
+                .map_err(|source| QueueError::Io {
+                    path: PathBuf::from("<thread>"),
+                    source,
+                })
+        })
+        .collect()
 }
 
 impl Drop for Queue {

@@ -1,0 +1,192 @@
+//! The built-in targets a configuration names: a smarthost or LMTP
+//! server (`relay`), or the recipients' MX hosts (`remote`).
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{dns, relay, remote, smtp_client, DeliveryTarget};
+
+/// Why the delivery target a configuration names cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The smarthost password cannot be read, or is not kept secret.
+    #[error(transparent)]
+    PasswordFile(#[from] PasswordFileError),
+    /// The TLS client cannot be set up.
+    #[error(transparent)]
+    Tls(#[from] smtp_client::TlsConnectorError),
+    /// The DNS resolver of the MX client cannot be set up.
+    #[error(transparent)]
+    Dns(#[from] dns::ResolverError),
+}
+
+/// Why the smarthost password cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordFileError {
+    /// The file cannot be read.
+    #[error("cannot read password_file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The file belongs to a user other than the daemon's.
+    #[error(
+        "password_file {path} belongs to user id {owner}: it must belong to the daemon's user \
+         (id {daemon}, the spool's owner)"
+    )]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner's user id.
+        owner: u32,
+        /// The daemon's user id.
+        daemon: u32,
+    },
+    /// Group or others may read the file.
+    #[error(
+        "password_file {path} is readable by group or others (mode {mode:04o}): \
+         chmod 600 it (owned by the daemon's user)"
+    )]
+    Mode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// Reads the smarthost password. Like ssh with its keys, refuses a file
+/// that other users may read: the password would not be a secret.
+fn read_password_file(
+    path: &std::path::Path,
+    spool: &std::path::Path,
+) -> Result<String, PasswordFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let read_error = |source| PasswordFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    let mode = meta.mode();
+    // Another user owning it could read or change it at will; and a file
+    // of root's, mode 0600, the daemon's user could not read. The daemon's
+    // user is the spool's owner (so `check` run as root judges the file
+    // as the daemon will), or whoever runs this when there is no spool yet.
+    let daemon = std::fs::metadata(spool)
+        .map(|m| m.uid())
+        .unwrap_or_else(|_| crate::sys::effective_uid());
+    if meta.uid() != daemon {
+        return Err(PasswordFileError::Owner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            daemon,
+        });
+    }
+    if mode & 0o077 != 0 {
+        return Err(PasswordFileError::Mode {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Most connections one MX destination may hold at once: the configured
+/// `destination_concurrency`, but never more than four fifths of the
+/// workers (at least one). Each connection holds a worker for as long as
+/// it lasts, so a destination that hangs (up to the timeouts) at a limit
+/// above the worker count would take every worker and stop the mail for
+/// all other destinations; the fifth left over keeps it going. (Postfix
+/// caps a destination at 20 of its 100 delivery processes by default.)
+pub fn destination_limit(configured: usize, workers: usize) -> usize {
+    configured.min((workers * 4 / 5).max(1))
+}
+
+/// Builds the target a configuration names.
+pub fn build_target(
+    spec: &crate::config::TargetSpec,
+    config: &crate::config::Config,
+) -> Result<Arc<dyn DeliveryTarget>, TargetError> {
+    use crate::config::{TargetSpec, TlsPolicy};
+    use smtp_client::{ClientSettings, Credentials, Endpoint};
+
+    let d = &config.delivery;
+    let ca = Some(d.ca_file.as_path()).filter(|p| !p.as_os_str().is_empty());
+    let implicit_tls = matches!(spec, TargetSpec::Smtps { .. });
+    // SMTPS needs TLS whatever the STARTTLS policy says.
+    let policy = if implicit_tls && d.tls == TlsPolicy::None {
+        TlsPolicy::Encrypt
+    } else {
+        d.tls
+    };
+    // Credentials are the smarthost's: never offered to MX hosts (a
+    // notice target of "remote" beside a smarthost, say).
+    let auth = if d.username.is_empty() || *spec == TargetSpec::Remote {
+        None
+    } else {
+        Some(Credentials {
+            username: d.username.clone(),
+            password: read_password_file(&d.password_file, &config.spool)?,
+        })
+    };
+    let settings = ClientSettings {
+        helo_name: config.hostname.clone(),
+        lmtp: matches!(spec, TargetSpec::Lmtp { .. } | TargetSpec::LmtpUnix { .. }),
+        tls: policy,
+        tls_connector: smtp_client::tls_connector(policy, ca)?.map(Arc::new),
+        auth,
+        connect_timeout: d.connect_timeout,
+        command_timeout: d.command_timeout,
+        data_timeout: d.data_timeout,
+    };
+    let endpoint = match spec {
+        TargetSpec::Remote => {
+            let resolver = dns::Resolver::new(&d.dns_servers, d.dns_timeout)?;
+            let remote = remote::RemoteSettings {
+                client: Arc::new(settings),
+                mx_port: d.mx_port,
+                destination_concurrency: destination_limit(
+                    d.destination_concurrency,
+                    config.queue.workers,
+                ),
+                connection_cache_time: d.connection_cache_time,
+            };
+            return Ok(Arc::new(remote::RemoteTarget::new(resolver, remote)));
+        }
+        TargetSpec::Smtp { host, port }
+        | TargetSpec::Smtps { host, port }
+        | TargetSpec::Lmtp { host, port } => Endpoint::Tcp {
+            host: host.clone(),
+            port: *port,
+        },
+        TargetSpec::LmtpUnix { path } => Endpoint::Unix(path.clone()),
+    };
+    Ok(Arc::new(relay::RelayTarget::new(
+        settings,
+        endpoint,
+        implicit_tls,
+        d.connection_cache_time,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::destination_limit;
+
+    #[test]
+    fn one_destination_gets_at_most_four_fifths_of_the_workers() {
+        assert_eq!(destination_limit(20, 16), 12);
+        assert_eq!(destination_limit(20, 100), 20);
+        assert_eq!(destination_limit(5, 16), 5);
+        assert_eq!(destination_limit(20, 4), 3);
+        assert_eq!(destination_limit(20, 2), 1);
+        assert_eq!(destination_limit(20, 1), 1);
+    }
+}
