@@ -35,7 +35,8 @@ pub mod smtp;
 pub mod sys;
 
 pub use address::{Address, AddressError, ReversePath};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, TargetSpec, TlsPolicy};
+pub use delivery::build_target;
 pub use delivery::{Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, RecipientOutcome};
 pub use envelope::{
     BadNotify, BodyType, Envelope, MailParams, Notify, OrigRecipient, Recipient, Ret,
