@@ -1,6 +1,7 @@
-//! RFC 5322 date-time text for headers and notices, in UTC.
+//! Time as text: RFC 5322 date-time for headers and notices, in UTC, and
+//! durations the way the configuration file writes them.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Formats a time as `Sat, 28 Nov 2026 13:39:15 +0000`.
 ///
@@ -33,6 +34,23 @@ pub fn rfc5322(t: SystemTime) -> String {
     )
 }
 
+/// Formats a duration the way the configuration file writes it: whole
+/// seconds as `90s`, anything finer as `250ms`.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(mailqueue::date::format_duration(Duration::from_secs(900)), "900s");
+/// assert_eq!(mailqueue::date::format_duration(Duration::from_millis(1500)), "1500ms");
+/// ```
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -50,7 +68,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn known_dates() {
@@ -58,5 +75,14 @@ mod tests {
         assert_eq!(at(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(at(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
         assert_eq!(at(4102444799), "Thu, 31 Dec 2099 23:59:59 +0000");
+    }
+
+    #[test]
+    fn durations_as_the_config_file_writes_them() {
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        assert_eq!(format_duration(Duration::from_secs(28_800)), "28800s");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        // Below a millisecond is not written.
+        assert_eq!(format_duration(Duration::from_micros(2_000_500)), "2s");
     }
 }

@@ -35,9 +35,10 @@ pub mod smtp;
 pub mod sys;
 
 pub use address::{Address, AddressError, ReversePath};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, TargetSpec, TlsPolicy};
 pub use delivery::{
-    Body, DeliveryError, DeliveryTarget, ErrorKind, Handoff, MessageInfo, RecipientOutcome,
+    build_target, Body, DeliveryError, DeliveryTarget, ErrorKind, Handoff, MessageInfo,
+    RecipientOutcome, Severity,
 };
 pub use envelope::{
     BadNotify, BodyType, Envelope, MailParams, Notify, OrigRecipient, Recipient, Ret,

@@ -9,7 +9,10 @@ use serde::{Deserialize, Deserializer};
 #[error(
     "invalid duration {0:?}: expected a number followed by ms, s, m, h or d, like \"90s\" or \"5d\""
 )]
-pub struct BadDuration(pub String);
+pub struct BadDuration(
+    /// The text as it was written.
+    pub String,
+);
 
 /// Parses a duration such as `90s`, `15m`, `8h`, `5d` or `250ms`.
 ///
@@ -40,16 +43,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, BadDuration> {
         return Err(err());
     }
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// Formats a duration the way the config file writes it.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 != 0 {
-        format!("{ms}ms")
-    } else {
-        format!("{}s", ms / 1000)
-    }
 }
 
 pub(super) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {

@@ -17,23 +17,40 @@ use serde::Deserialize;
 
 use crate::queue::options::QueueOptions;
 
-pub use duration::{format_duration, parse_duration, BadDuration};
+pub use crate::date::format_duration;
+pub use crate::smtp::bare_newline::BareNewline;
+pub use crate::smtp::tls_policy::TlsPolicy;
+pub use duration::{parse_duration, BadDuration};
 pub use target::{BadTarget, TargetSpec};
 
 /// A configuration that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file named.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The file is not TOML, has an unknown key or a value of the wrong type.
     #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file, or `<string>` for [`Config::from_toml`].
+        path: PathBuf,
+        /// What the TOML parser said, and where.
+        message: String,
+    },
+    /// A value that parses but makes no sense (a zero timeout, say).
     #[error("config: {key} = {value}: {reason}")]
     Invalid {
+        /// The key, with its section: `queue.workers`.
         key: &'static str,
+        /// The value as the file wrote it.
         value: String,
+        /// What the value must be.
         reason: &'static str,
     },
 }
@@ -50,44 +67,76 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Used in EHLO, Received headers and as the DSN Reporting-MTA.
+    /// Our name in EHLO, Received headers and as the Reporting-MTA of
+    /// notices. Default: the system host name.
     pub hostname: String,
+    /// The spool directory, where messages are kept.
     pub spool: PathBuf,
+    /// `[queue]`: workers, retries and quotas.
     pub queue: QueueConfig,
+    /// `[listen]`: the SMTP listener.
     pub listen: ListenConfig,
+    /// `[delivery]`: where mail goes and how.
     pub delivery: DeliveryConfig,
+    /// `[bounce]`: delivery status notifications to senders.
     pub bounce: BounceConfig,
 }
 
+/// `[queue]`: delivery threads, retries, lifetimes and quotas.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct QueueConfig {
+    /// Delivery threads; also the most attempts running at once (1–4096).
     pub workers: usize,
+    /// A recipient is given up after this many tries (also for mail
+    /// already queued); at least 1.
     pub max_tries: u32,
+    /// Wait after the first failed try; then
+    /// `initial_retry × retry_scale^(n−1)`.
     #[serde(deserialize_with = "duration::deserialize")]
     pub initial_retry: Duration,
+    /// Growth factor of the wait between tries; at least 1.0.
     pub retry_scale: f64,
+    /// Longest wait between two tries; not shorter than `initial_retry`.
     #[serde(deserialize_with = "duration::deserialize")]
     pub max_retry_interval: Duration,
+    /// Mail older than this is given up (RFC 5321 suggests 4–5 days).
     #[serde(deserialize_with = "duration::deserialize")]
     pub max_lifetime: Duration,
-    /// Zero turns delay warnings off.
+    /// The sender is told once when a recipient is still pending after
+    /// this; zero turns delay warnings off.
     #[serde(deserialize_with = "duration::deserialize")]
     pub delay_warning: Duration,
+    /// Messages queued past which new mail is refused (`452 4.3.1`);
+    /// notices are never refused.
     pub max_messages: u64,
+    /// Bytes of message text queued past which new mail is refused.
     pub max_bytes: u64,
+    /// Bytes that must stay free on the spool's file system, or new mail
+    /// is refused; zero skips the check.
     pub min_free_bytes: u64,
 }
 
+/// `[listen]`: the SMTP listener and its limits on clients.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct ListenConfig {
+    /// Listening addresses as `ip:port`; empty turns the listener off.
     pub smtp: Vec<String>,
+    /// Clients allowed to relay; everyone else gets `554 5.7.1` at RCPT.
     pub relay_networks: Vec<IpNet>,
+    /// Largest message accepted, in bytes (advertised as SIZE).
     pub max_message_size: u64,
+    /// Most recipients in one transaction.
     pub max_recipients: usize,
+    /// Most simultaneous clients; more get `421 4.7.0`.
     pub max_connections: usize,
+    /// Certificate chain (PEM) offered with STARTTLS; empty for no
+    /// STARTTLS. Set with `tls_key` or neither.
     pub tls_cert: PathBuf,
+    /// PKCS#8 private key (PEM) of `tls_cert`; empty for no STARTTLS.
     pub tls_key: PathBuf,
     /// How long a client may stay silent between commands.
     #[serde(deserialize_with = "duration::deserialize")]
@@ -99,78 +148,70 @@ pub struct ListenConfig {
     pub bare_newline: BareNewline,
 }
 
-/// What the listener does with a bare LF in a command or in DATA.
-///
-/// Either way DATA ends only at `<CR><LF>.<CR><LF>`: a bare LF never
-/// takes part in the end of data, so a message cannot carry a second
-/// transaction past a front MTA that reads line ends differently (SMTP
-/// smuggling).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BareNewline {
-    /// Read a bare LF as CRLF within lines (old mailers send it).
-    #[default]
-    Normalize,
-    /// Refuse the message or command with `550 5.5.2` and end the session.
-    Reject,
-}
-
+/// `[delivery]`: the next hop, TLS, credentials and timeouts of
+/// outgoing connections.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct DeliveryConfig {
+    /// Where messages go: the recipients' MX hosts or one next hop.
     pub target: TargetSpec,
+    /// How hard outgoing connections insist on TLS.
     pub tls: TlsPolicy,
+    /// Extra trust roots (PEM) for `tls = "verify"`; empty for none.
     pub ca_file: PathBuf,
+    /// AUTH PLAIN/LOGIN user at a smarthost (never with `target =
+    /// "remote"`); empty for no AUTH. Set with `password_file` or neither.
     pub username: String,
+    /// File holding only the AUTH password; it must belong to the
+    /// daemon's user and not be readable by group or others.
     pub password_file: PathBuf,
     /// Lets AUTH go over TLS whose certificate is not checked (`may`,
     /// `encrypt`), so to whoever answers; `check` warns about it.
     pub tls_insecure_auth: bool,
+    /// Port used on MX hosts.
     pub mx_port: u16,
+    /// DNS servers as `ip` or `ip:port`; empty reads `/etc/resolv.conf`.
     pub dns_servers: Vec<String>,
     /// How long one DNS query waits for an answer from one server.
     #[serde(deserialize_with = "duration::deserialize")]
     pub dns_timeout: Duration,
-    /// Most connections open to one destination domain at once.
+    /// Most connections open to one recipient domain at once (with
+    /// `target = "remote"`), never more than four fifths of the workers.
     pub destination_concurrency: usize,
     /// How long an idle connection to the next hop is kept for the next
     /// message to the same destination; "0s" turns reuse off.
     #[serde(deserialize_with = "duration::deserialize")]
     pub connection_cache_time: Duration,
+    /// How long opening a connection to the next hop may take.
     #[serde(deserialize_with = "duration::deserialize")]
     pub connect_timeout: Duration,
+    /// Most time for sending one command (or a pipelined envelope) and
+    /// reading its whole reply.
     #[serde(deserialize_with = "duration::deserialize")]
     pub command_timeout: Duration,
+    /// Most time for sending the whole message text, and again for the
+    /// reply to the final dot.
     #[serde(deserialize_with = "duration::deserialize")]
     pub data_timeout: Duration,
 }
 
+/// `[bounce]`: delivery status notifications (RFC 3464) to senders.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct BounceConfig {
+    /// Send notices at all; off, failures are only logged.
     pub enabled: bool,
-    /// Empty means `MAILER-DAEMON@<hostname>`.
+    /// From address of notices; empty means `MAILER-DAEMON@<hostname>`.
     pub from: String,
-    /// Where notices go; `None` means the delivery target.
+    /// Where notices go; `None` (`""` in the file) means the delivery
+    /// target.
     #[serde(deserialize_with = "target::deserialize_optional")]
     pub target: Option<TargetSpec>,
-    /// Largest message returned whole for RET=FULL; larger ones get
-    /// their header returned.
+    /// Largest message, in bytes, returned whole for RET=FULL; larger
+    /// ones get their header returned.
     pub max_return_size: u64,
-}
-
-/// How hard the client insists on TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsPolicy {
-    /// Never use TLS.
-    None,
-    /// STARTTLS when offered, without checking the certificate.
-    May,
-    /// STARTTLS required, certificate not checked.
-    Encrypt,
-    /// STARTTLS required and the certificate must verify for the host name.
-    Verify,
 }
 
 impl Config {
@@ -211,7 +252,6 @@ impl Config {
         w
     }
 
-    /// The sender named in the From header of notices.
     /// What the queue needs of this configuration.
     pub fn queue_options(&self) -> QueueOptions {
         let (q, b) = (&self.queue, &self.bounce);
@@ -233,7 +273,8 @@ impl Config {
         o
     }
 
-    /// The `From:` of notices.
+    /// The `From:` of notices: `bounce.from`, or `MAILER-DAEMON@` the
+    /// hostname.
     pub fn bounce_from(&self) -> String {
         self.queue_options().notice_from()
     }

@@ -13,29 +13,46 @@ use serde::{Deserialize, Deserializer};
      \"smtps://host:port\", \"lmtp://host:port\" or \"lmtp+unix:///path\""
 )]
 pub struct BadTarget {
+    /// The text as it was written.
     pub text: String,
+    /// What is wrong with it: `"unknown scheme"`, say.
     pub why: &'static str,
 }
 
-/// Where messages are delivered.
+/// Where messages are delivered: `[delivery] target` and `[bounce]
+/// target`, written `"remote"`, `"smtp://host:port"`, `"smtps://host:port"`,
+/// `"lmtp://host:port"` or `"lmtp+unix:///path"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TargetSpec {
-    /// The recipients' MX hosts.
+    /// `remote`: the recipients' MX hosts, found in the DNS.
     Remote,
+    /// `smtp://host:port`: one SMTP next hop (a smarthost), STARTTLS as
+    /// `[delivery] tls` says.
     Smtp {
+        /// Host name or IP address (an IPv6 one without brackets).
         host: String,
+        /// TCP port.
         port: u16,
     },
-    /// SMTP over TLS from the first byte.
+    /// `smtps://host:port`: SMTP over TLS from the first byte.
     Smtps {
+        /// Host name or IP address (an IPv6 one without brackets).
         host: String,
+        /// TCP port.
         port: u16,
     },
+    /// `lmtp://host:port`: an LMTP server over TCP, which answers for
+    /// each recipient.
     Lmtp {
+        /// Host name or IP address (an IPv6 one without brackets).
         host: String,
+        /// TCP port.
         port: u16,
     },
+    /// `lmtp+unix:///path`: an LMTP server on a Unix socket.
     LmtpUnix {
+        /// Absolute path of the socket.
         path: PathBuf,
     },
 }
@@ -83,7 +100,7 @@ impl FromStr for TargetSpec {
     type Err = BadTarget;
 
     /// ```
-    /// use mailqueue::config::TargetSpec;
+    /// use mailqueue::TargetSpec;
     /// let t: TargetSpec = "smtp://[::1]:2526".parse().unwrap();
     /// assert_eq!(t, TargetSpec::Smtp { host: "::1".into(), port: 2526 });
     /// assert!("ftp://x".parse::<TargetSpec>().is_err());

@@ -145,6 +145,20 @@ fn durations_parse_with_units() {
     }
 }
 
+/// Messages name durations as the file writes them, so what they print
+/// reads back as the same value (`format_duration` is re-exported here).
+#[test]
+fn formatted_durations_parse_back() {
+    for d in [
+        Duration::ZERO,
+        Duration::from_millis(250),
+        Duration::from_secs(90),
+        Duration::from_secs(5 * 86400),
+    ] {
+        assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
+    }
+}
+
 #[test]
 fn targets_round_trip() {
     // A good target prints as it was written; a bad one does not parse.

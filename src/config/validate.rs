@@ -5,11 +5,11 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use super::duration::format_duration;
 use super::{
     Config, ConfigError, DeliveryConfig, ListenConfig, QueueConfig, TargetSpec, TlsPolicy,
 };
 use crate::address::Address;
+use crate::date::format_duration;
 
 fn invalid(key: &'static str, value: impl fmt::Display, reason: &'static str) -> ConfigError {
     ConfigError::Invalid {
