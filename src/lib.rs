@@ -35,10 +35,10 @@ pub mod smtp;
 pub mod sys;
 
 pub use address::{Address, AddressError, ReversePath};
-pub use config::{Config, ConfigError, TargetSpec, TlsPolicy};
+pub use config::{build_target, Config, ConfigError, TargetSpec, TlsPolicy};
 pub use delivery::{
-    build_target, Body, DeliveryError, DeliveryTarget, ErrorKind, Handoff, MessageInfo,
-    RecipientOutcome, Severity,
+    Body, DeliveryError, DeliveryTarget, ErrorKind, Handoff, MessageInfo, RecipientOutcome,
+    Severity,
 };
 pub use envelope::{
     BadNotify, BodyType, Envelope, MailParams, Notify, OrigRecipient, Recipient, Ret,

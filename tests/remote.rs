@@ -147,7 +147,7 @@ fn remote_config(spool: &Path, dns_port: u16, mx_port: u16) -> Config {
 }
 
 fn open(config: &Config, bounces: &Scripted) -> Queue {
-    let target = mailqueue::delivery::build_target(&config.delivery.target, config).unwrap();
+    let target = mailqueue::build_target(&config.delivery.target, config).unwrap();
     Queue::open_with_bounce_target(config.queue_options(), target, bounces.arc()).unwrap()
 }
 

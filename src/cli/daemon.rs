@@ -9,11 +9,11 @@ use crossbeam_channel::Receiver;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use mailqueue::build_target;
 use mailqueue::config::Config;
-use mailqueue::delivery::build_target;
 use mailqueue::ingest::incoming::IncomingLimits;
+use mailqueue::ingest::listener::{self as server, Server, ServerSettings};
 use mailqueue::ingest::pickup::Pickup;
-use mailqueue::smtp::server::{self, Server, ServerSettings};
 use mailqueue::{DeliveryTarget, Queue};
 
 use super::control::ControlServer;

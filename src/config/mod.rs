@@ -1,6 +1,7 @@
 //! The TOML configuration file: typed sections, built-in defaults and
 //! validation. Unknown keys are errors, so a typo never goes unnoticed.
 
+mod build;
 mod defaults;
 mod duration;
 mod target;
@@ -20,6 +21,7 @@ use crate::queue::options::QueueOptions;
 pub use crate::date::format_duration;
 pub use crate::smtp::bare_newline::BareNewline;
 pub use crate::smtp::tls_policy::TlsPolicy;
+pub use build::{build_target, destination_limit, PasswordFileError, TargetError};
 pub use duration::{parse_duration, BadDuration};
 pub use target::{BadTarget, TargetSpec};
 

@@ -11,7 +11,6 @@
 //! trying again later can help.
 
 mod body;
-mod build;
 pub mod dns;
 mod error;
 pub mod pool;
@@ -20,7 +19,6 @@ pub mod remote;
 pub mod smtp_client;
 
 pub use body::{Body, DamagedBody};
-pub use build::{build_target, destination_limit, PasswordFileError, TargetError};
 pub use error::{DeliveryError, ErrorKind, Severity};
 
 use crate::address::ReversePath;

@@ -291,8 +291,8 @@ impl<'a> HopDelivery<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TlsPolicy;
     use crate::id::MessageId;
+    use crate::smtp::tls_policy::TlsPolicy;
     use std::io::{BufRead, BufReader, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::{AtomicUsize, Ordering};

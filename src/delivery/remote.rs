@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::config::TlsPolicy;
 use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
@@ -22,6 +21,7 @@ use crate::delivery::{
     Body, DeliveryError, DeliveryTarget, ErrorKind, MessageInfo, RecipientOutcome,
 };
 use crate::envelope::Recipient;
+use crate::smtp::tls_policy::TlsPolicy;
 
 /// Most addresses tried for one domain in one attempt (RFC 5321 §4.5.4.1
 /// suggests trying at least two; Postfix tries five).

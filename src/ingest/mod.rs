@@ -1,8 +1,9 @@
-//! Mail coming in: the sendmail command's files in `incoming/` (picked
-//! up by the daemon) and, for both ways in, the clean-up step that adds
-//! what the queue adds to every message. The SMTP listener is in
-//! [`crate::smtp::server`].
+//! Mail coming in: over SMTP (the listener) and from local users (the
+//! sendmail command's files in `incoming/`, picked up by the daemon);
+//! for both ways in, the clean-up step that adds what the queue adds to
+//! every message.
 
 pub mod cleanup;
 pub mod incoming;
+pub mod listener;
 pub mod pickup;

@@ -202,7 +202,7 @@ pub fn name_timeout(e: io::Error, timeout: Duration) -> io::Error {
             io::ErrorKind::TimedOut,
             format!(
                 "the server did not take it within {}",
-                crate::config::format_duration(timeout)
+                crate::date::format_duration(timeout)
             ),
         ),
         _ => e,

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{ClientSettings, Endpoint, Session};
-use crate::config::TlsPolicy;
 use crate::delivery::{DeliveryError, ErrorKind};
+use crate::smtp::tls_policy::TlsPolicy;
 use crate::smtp::transport::{Transport, Watchdog};
 
 impl Session {

@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::TlsPolicy;
 use crate::delivery::{DeliveryError, ErrorKind};
 use crate::smtp::reply::SmtpReply;
+use crate::smtp::tls_policy::TlsPolicy;
 use crate::smtp::transport::Transport;
 
 mod connect;

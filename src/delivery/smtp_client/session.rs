@@ -9,9 +9,9 @@ use base64::Engine as _;
 
 use super::connect::tls_handshake;
 use super::{ClientSettings, Credentials, Session, State};
-use crate::config::TlsPolicy;
 use crate::delivery::{DeliveryError, ErrorKind};
 use crate::smtp::reply::SmtpReply;
+use crate::smtp::tls_policy::TlsPolicy;
 use crate::smtp::transport::Transport;
 
 /// Most time the reply to QUIT is waited for.

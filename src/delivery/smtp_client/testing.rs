@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{ClientSettings, Endpoint, Session};
 use crate::address::ReversePath;
-use crate::config::TlsPolicy;
+use crate::smtp::tls_policy::TlsPolicy;
 use crate::smtp::transport::Transport;
 
 pub(super) fn settings(timeout: Duration) -> Arc<ClientSettings> {

@@ -7,9 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::ServerSettings;
 use crate::address::ReversePath;
-use crate::config::BareNewline;
 use crate::envelope::{MailParams, Recipient};
 use crate::queue::{Queue, QueueError};
+use crate::smtp::bare_newline::BareNewline;
 use crate::smtp::command::{self, Command};
 use crate::smtp::deadline::{self, is_timeout, Deadline, DeadlineReader, LineEnd, Overlong};
 use crate::smtp::params::{MailParam, RcptParam};

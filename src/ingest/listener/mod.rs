@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::config::BareNewline;
 use crate::queue::Queue;
-use crate::smtp::threads::Reused;
+use crate::smtp::bare_newline::BareNewline;
 use crate::smtp::transport::Transport;
+use threads::Reused;
 
 mod data;
 mod session;
+mod threads;
 
 use session::Session;
 

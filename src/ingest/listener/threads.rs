@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 /// threads.run(21).unwrap();
 /// assert_eq!(rx.recv().unwrap(), 42);
 /// ```
-pub struct Reused<J> {
+pub(super) struct Reused<J> {
     jobs: Sender<J>,
     waiting: Receiver<J>,
     /// Threads waiting for a job, less the jobs handed to them and not yet
@@ -40,7 +40,7 @@ pub struct Reused<J> {
 }
 
 impl<J: Send + 'static> Reused<J> {
-    pub fn new(name: &str, keep: Duration, work: impl Fn(J) + Send + Sync + 'static) -> Self {
+    pub(super) fn new(name: &str, keep: Duration, work: impl Fn(J) + Send + Sync + 'static) -> Self {
         let (jobs, waiting) = crossbeam_channel::unbounded();
         Reused {
             jobs,
@@ -53,7 +53,7 @@ impl<J: Send + 'static> Reused<J> {
     }
 
     /// Runs `job` on an idle thread, or on a new one.
-    pub fn run(&self, job: J) -> io::Result<()> {
+    pub(super) fn run(&self, job: J) -> io::Result<()> {
         if claim(&self.idle) {
             // The claimed thread is bound to receive; the channel is
             // unbounded, so this never blocks.

@@ -5,7 +5,9 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{dns, relay, remote, smtp_client, DeliveryTarget};
+use super::{Config, TargetSpec, TlsPolicy};
+
+use crate::delivery::{dns, relay, remote, smtp_client, DeliveryTarget};
 
 /// Why the delivery target a configuration names cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -111,10 +113,9 @@ pub fn destination_limit(configured: usize, workers: usize) -> usize {
 
 /// Builds the target a configuration names.
 pub fn build_target(
-    spec: &crate::config::TargetSpec,
-    config: &crate::config::Config,
+    spec: &TargetSpec,
+    config: &Config,
 ) -> Result<Arc<dyn DeliveryTarget>, TargetError> {
-    use crate::config::{TargetSpec, TlsPolicy};
     use smtp_client::{ClientSettings, Credentials, Endpoint};
 
     let d = &config.delivery;

@@ -8,10 +8,10 @@ use std::time::Duration;
 use super::session::{
     bare_newline_reply, quota_reply, reply, write_error_reply, Session, Transaction, EXPIRED,
 };
-use crate::config::BareNewline;
 use crate::date::rfc5322;
 use crate::envelope::Envelope;
 use crate::queue::{is_no_space, IncomingMessage, QueueError};
+use crate::smtp::bare_newline::BareNewline;
 use crate::smtp::deadline::{is_timeout, Deadline, DeadlineReader};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::transport::Transport;
