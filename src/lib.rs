@@ -10,6 +10,25 @@
 //!
 //! There is no async runtime: one timer thread, N worker threads, blocking
 //! I/O.
+//!
+//! Embedded (with `default-features = false`: no command line, no clap,
+//! env_logger or signal-hook), relaying through a smarthost:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use mailqueue::{build_target, Config, Envelope, Queue, QueueOptions};
+//!
+//! let target = build_target(&"smtp://127.0.0.1:25".parse()?, &Config::default())?;
+//! let queue = Queue::open(QueueOptions::new("/var/spool/myapp-mail"), target)?;
+//! let envelope = Envelope::new(Some("app@example.org".parse()?), vec!["user@example.net".parse()?]);
+//! let id = queue.enqueue(&envelope, b"Subject: hello\r\n\r\nHi.\r\n")?; // on disk, fsynced
+//! println!("queued as {id}");
+//! queue.close(); // running attempts finish; the rest waits on disk
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Your own target implements [`DeliveryTarget`], one method.
 
 // The embedding API: the items below, re-exported at the root.
 mod address;

@@ -16,18 +16,6 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 /// Runs jobs on reused threads.
-///
-/// ```
-/// use std::sync::mpsc;
-/// use std::time::Duration;
-/// use mailqueue::smtp::threads::Reused;
-/// let (tx, rx) = mpsc::channel();
-/// let threads = Reused::new("example", Duration::from_secs(1), move |n: u32| {
-///     tx.send(n * 2).unwrap();
-/// });
-/// threads.run(21).unwrap();
-/// assert_eq!(rx.recv().unwrap(), 42);
-/// ```
 pub(super) struct Reused<J> {
     jobs: Sender<J>,
     waiting: Receiver<J>,
@@ -40,7 +28,11 @@ pub(super) struct Reused<J> {
 }
 
 impl<J: Send + 'static> Reused<J> {
-    pub(super) fn new(name: &str, keep: Duration, work: impl Fn(J) + Send + Sync + 'static) -> Self {
+    pub(super) fn new(
+        name: &str,
+        keep: Duration,
+        work: impl Fn(J) + Send + Sync + 'static,
+    ) -> Self {
         let (jobs, waiting) = crossbeam_channel::unbounded();
         Reused {
             jobs,
@@ -101,6 +93,16 @@ fn claim(idle: &AtomicUsize) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_job_runs_on_a_thread_of_its_own() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads = Reused::new("example", Duration::from_secs(1), move |n: u32| {
+            tx.send(n * 2).unwrap();
+        });
+        threads.run(21).unwrap();
+        assert_eq!(rx.recv().unwrap(), 42);
+    }
+
     use super::*;
     use std::collections::HashSet;
     use std::sync::Mutex;
