@@ -388,6 +388,24 @@ fn relay_from_outside_relay_networks_gets_554_5_7_1() {
 }
 
 #[test]
+fn a_recipient_named_twice_is_queued_once() {
+    let d = daemon_with("");
+    let mut c = connect(&d);
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
+    c.cmd("RCPT TO:<b@example.org> NOTIFY=SUCCESS")
+        .expect(250, "2.1.5");
+    c.cmd("RCPT TO:<c@example.org>").expect(250, "2.1.5");
+    c.cmd("RCPT TO:<b@example.org>").expect(250, "2.1.5");
+    c.cmd("DATA").expect(354, "");
+    let id = queued_id(&c.data_raw(&dot_stuff(MSG)));
+    let meta = common::stored_metadata(&d.spool(), &id);
+    assert_eq!(meta.matches("b@example.org").count(), 1, "{meta}");
+    assert!(meta.contains("c@example.org"), "{meta}");
+    assert!(meta.contains("SUCCESS"), "{meta}");
+}
+
+#[test]
 fn dsn_parameters_are_accepted_and_kept() {
     let d = daemon_with("");
     let mut c = connect(&d);

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use crate::address::Address;
 use crate::date::rfc5322;
+use crate::envelope::Recipient;
 use crate::id::MessageId;
 
 /// Where a message came from, as its `Received:` line tells it.
@@ -121,6 +122,17 @@ pub fn unique_recipients(mut recipients: Vec<Address>) -> Vec<Address> {
     recipients
 }
 
+/// Each recipient once, the first of each address with its parameters,
+/// in the order given: a client that names one address twice (in two
+/// RCPT commands) gets it one copy, as with Postfix's cleanup.
+pub fn unique_by_address(recipients: Vec<Recipient>) -> Vec<Recipient> {
+    let mut seen = std::collections::HashSet::with_capacity(recipients.len());
+    recipients
+        .into_iter()
+        .filter(|r| seen.insert(r.address.clone()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +189,21 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("Message-ID: <") && all.ends_with("@h.example>\r\n"));
+    }
+
+    #[test]
+    fn smtp_recipients_are_queued_once_in_order_with_the_first_parameters() {
+        let mut first = Recipient::new(addr("b@x.org"));
+        first.notify = Some("SUCCESS".parse().unwrap());
+        let rcpts = vec![
+            first.clone(),
+            Recipient::new(addr("a@x.org")),
+            Recipient::new(addr("b@x.org")),
+        ];
+        let unique = unique_by_address(rcpts);
+        assert_eq!(unique.len(), 2);
+        assert_eq!(unique[0], first);
+        assert_eq!(unique[1].address, addr("a@x.org"));
     }
 
     #[test]

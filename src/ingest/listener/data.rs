@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::session::{
     bare_newline_reply, quota_reply, reply, write_error_reply, Session, Transaction, EXPIRED,
 };
-use crate::date::rfc5322;
 use crate::envelope::Envelope;
+use crate::ingest::cleanup;
 use crate::queue::{is_no_space, IncomingMessage, QueueError};
 use crate::smtp::bare_newline::BareNewline;
 use crate::smtp::deadline::{is_timeout, Deadline, DeadlineReader};
@@ -20,7 +20,7 @@ impl Session<'_> {
     /// DATA: reads the message to its final dot, then answers. False
     /// when the connection is gone.
     pub(super) fn data(&mut self) -> bool {
-        let Some(txn) = self.txn.take() else {
+        let Some(mut txn) = self.txn.take() else {
             self.send(&reply(503, (5, 5, 1), "Error: need RCPT command"));
             return true;
         };
@@ -29,6 +29,7 @@ impl Session<'_> {
             self.send(&reply(554, (5, 5, 1), "Error: no valid recipients"));
             return true;
         }
+        txn.rcpts = cleanup::unique_by_address(std::mem::take(&mut txn.rcpts));
         let mut disk_full = false;
         let mut incoming = match self.queue.begin() {
             Ok(i) => Some(i),
@@ -130,7 +131,7 @@ impl Session<'_> {
 
     fn received_header(&self, id: &str, txn: &Transaction) -> String {
         let tls = self.io.get_ref().is_tls();
-        let proto = match (txn.params.smtputf8, self.esmtp, tls) {
+        let protocol = match (txn.params.smtputf8, self.esmtp, tls) {
             (true, _, false) => "UTF8SMTP",
             (true, _, true) => "UTF8SMTPS",
             (false, true, false) => "ESMTP",
@@ -138,24 +139,17 @@ impl Session<'_> {
             (false, false, false) => "SMTP",
             (false, false, true) => "SMTPS",
         };
-        let helo: String = self
-            .helo
-            .as_deref()
-            .unwrap_or("unknown")
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(255)
-            .collect();
-        let mut h = format!(
-            "Received: from {helo} ([{}])\r\n\tby {} (mailqueue) with {proto} id {id}",
-            self.peer.ip(),
-            self.s.hostname
-        );
-        if let [only] = txn.rcpts.as_slice() {
-            h.push_str(&format!("\r\n\tfor <{}>", only.address));
-        }
-        h.push_str(&format!("; {}\r\n", rfc5322(std::time::SystemTime::now())));
-        h
+        let origin = cleanup::Origin::Smtp {
+            helo: self.helo.as_deref(),
+            ip: self.peer.ip(),
+            protocol,
+            id,
+            only_recipient: match txn.rcpts.as_slice() {
+                [only] => Some(&only.address),
+                _ => None,
+            },
+        };
+        cleanup::received(&self.s.hostname, &origin, std::time::SystemTime::now())
     }
 }
 
