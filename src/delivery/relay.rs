@@ -291,9 +291,9 @@ impl<'a> HopDelivery<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::smtp_client::testing::{serve_commands, Flow};
     use crate::id::MessageId;
     use crate::smtp::tls_policy::TlsPolicy;
-    use std::io::{BufRead, BufReader, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -366,63 +366,34 @@ mod tests {
     }
 
     fn serve(s: TcpStream, quirk: Quirk, bodies: &Mutex<Vec<String>>) {
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let _ = w.write_all(b"220 test ESMTP\r\n");
         let mut mails = 0;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
+        serve_commands(s, b"220 test ESMTP\r\n", |verb, c| match verb {
+            "EHLO" => c.say(b"250-test\r\n250 PIPELINING\r\n"),
+            "MAIL" => {
+                mails += 1;
+                match quirk {
+                    Quirk::HangUpAtMail(n) if n == mails => Ok(Flow::Stop),
+                    Quirk::RefuseMail(n) if n == mails => c.say(b"451 4.3.0 not now\r\n"),
+                    Quirk::Say421AtMail(n) if n == mails => {
+                        c.say_last(b"421 4.4.2 idle too long\r\n")
+                    }
+                    _ => c.say(b"250 2.1.0 ok\r\n"),
+                }
             }
-            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-            let reply: &[u8] = match verb.as_str() {
-                "EHLO" => b"250-test\r\n250 PIPELINING\r\n",
-                "MAIL" => {
-                    mails += 1;
-                    if matches!(quirk, Quirk::HangUpAtMail(n) if n == mails) {
-                        return;
-                    }
-                    if matches!(quirk, Quirk::RefuseMail(n) if n == mails) {
-                        let _ = w.write_all(b"451 4.3.0 not now\r\n");
-                        continue;
-                    }
-                    if matches!(quirk, Quirk::Say421AtMail(n) if n == mails) {
-                        let _ = w.write_all(b"421 4.4.2 idle too long\r\n");
-                        return;
-                    }
-                    b"250 2.1.0 ok\r\n"
+            "RCPT" | "RSET" | "NOOP" => c.say(b"250 2.1.5 ok\r\n"),
+            "DATA" => {
+                c.say(b"354 go ahead\r\n")?;
+                let body = c.read_body()?;
+                bodies.lock().unwrap().push(body);
+                if matches!(quirk, Quirk::HangUpAfterFirst) {
+                    c.say_last(b"250 2.0.0 queued\r\n")
+                } else {
+                    c.say(b"250 2.0.0 queued\r\n")
                 }
-                "RCPT" | "RSET" | "NOOP" => b"250 2.1.5 ok\r\n",
-                "DATA" => {
-                    let _ = w.write_all(b"354 go ahead\r\n");
-                    let mut body = String::new();
-                    loop {
-                        line.clear();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == ".\r\n" {
-                            break;
-                        }
-                        body.push_str(&line);
-                    }
-                    bodies.lock().unwrap().push(body);
-                    let _ = w.write_all(b"250 2.0.0 queued\r\n");
-                    if matches!(quirk, Quirk::HangUpAfterFirst) {
-                        return;
-                    }
-                    continue;
-                }
-                "QUIT" => {
-                    let _ = w.write_all(b"221 bye\r\n");
-                    return;
-                }
-                _ => b"500 what\r\n",
-            };
-            let _ = w.write_all(reply);
-        }
+            }
+            "QUIT" => c.say_last(b"221 bye\r\n"),
+            _ => c.say(b"500 what\r\n"),
+        });
     }
 
     /// One message through the target; the errors reported.

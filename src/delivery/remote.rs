@@ -391,11 +391,12 @@ impl Drop for Permit {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::Read;
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::delivery::smtp_client::testing::serve_commands;
     use crate::delivery::smtp_client::tls_connector;
 
     /// An MX host on 127.0.0.1 that offers STARTTLS and then answers the
@@ -409,34 +410,18 @@ mod tests {
         thread::spawn(move || {
             for s in l.incoming().flatten() {
                 count.fetch_add(1, Ordering::SeqCst);
-                let mut w = s.try_clone().unwrap();
-                let mut r = BufReader::new(s);
-                let _ = w.write_all(b"220 mx.test ESMTP\r\n");
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" => b"250-mx.test\r\n250 STARTTLS\r\n",
-                        "STAR" => b"220 2.0.0 go ahead\r\n",
-                        "QUIT" => b"221 2.0.0 bye\r\n",
-                        _ => b"250 ok\r\n",
-                    };
-                    let _ = w.write_all(reply);
-                    if verb == "STAR" {
+                serve_commands(s, b"220 mx.test ESMTP\r\n", |verb, c| match verb {
+                    "EHLO" => c.say(b"250-mx.test\r\n250 STARTTLS\r\n"),
+                    "STAR" => {
+                        c.say(b"220 2.0.0 go ahead\r\n")?;
                         // Read the client's hello, answer nonsense.
                         let mut hello = [0u8; 512];
-                        let _ = r.read(&mut hello);
-                        let _ = w.write_all(b"this is not TLS\r\n");
-                        break;
+                        let _ = c.reader().read(&mut hello);
+                        c.say_last(b"this is not TLS\r\n")
                     }
-                    if verb == "QUIT" {
-                        break;
-                    }
-                }
+                    "QUIT" => c.say_last(b"221 2.0.0 bye\r\n"),
+                    _ => c.say(b"250 ok\r\n"),
+                });
             }
         });
         (port, connections)

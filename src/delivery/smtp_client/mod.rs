@@ -172,4 +172,4 @@ impl Session {
 }
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;

@@ -57,27 +57,13 @@ pub(super) enum Reading {
 pub(super) fn slow_reader(at_data: bool, reading: Reading) -> Endpoint {
     server(move |s| {
         small_buffer(&s, libc::SO_RCVBUF);
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        w.write_all(b"220 ok\r\n").unwrap();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-            let reply: &[u8] = match verb.as_str() {
-                "EHLO" if at_data => b"250 ok\r\n",
-                "EHLO" => b"250-ok\r\n250 PIPELINING\r\n",
-                "DATA" => b"354 go\r\n",
-                _ => b"250 ok\r\n",
-            };
-            w.write_all(reply).unwrap();
-            if verb == "DATA" || (verb == "EHLO" && !at_data) {
-                break;
-            }
-        }
+        let conn = serve_commands(s, b"220 ok\r\n", |verb, c| match verb {
+            "EHLO" if at_data => c.say(b"250 ok\r\n"),
+            "EHLO" => c.say_last(b"250-ok\r\n250 PIPELINING\r\n"),
+            "DATA" => c.say_last(b"354 go\r\n"),
+            _ => c.say(b"250 ok\r\n"),
+        });
+        let Some(mut conn) = conn else { return };
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             if reading == Reading::Stopped {
@@ -85,7 +71,7 @@ pub(super) fn slow_reader(at_data: bool, reading: Reading) -> Endpoint {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
-            match r.read(&mut buf) {
+            match conn.reader().read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -123,30 +109,102 @@ pub(super) fn open_with_small_send_buffer(endpoint: &Endpoint) -> Session {
 /// A server that answers RCPT with a 550 of `lines` lines of 500 bytes.
 pub(super) fn huge_rcpt_reply(lines: usize) -> Endpoint {
     server(move |s| {
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        w.write_all(b"220 ok\r\n").unwrap();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-            let reply = if verb == "RCPT" {
+        serve_commands(s, b"220 ok\r\n", |verb, c| {
+            if verb == "RCPT" {
                 let filler = "y".repeat(490);
                 let mut reply = String::new();
                 for i in 0..lines - 1 {
                     reply.push_str(&format!("550-5.1.1 {i:04}{filler}\r\n"));
                 }
                 reply.push_str("550 5.1.1 the end\r\n");
-                reply
+                c.say(reply.as_bytes())
             } else {
-                "250 ok\r\n".to_string()
-            };
-            if w.write_all(reply.as_bytes()).is_err() {
-                return;
+                c.say(b"250 ok\r\n")
             }
-        }
+        });
     })
+}
+
+/// One connection of a loopback server, seen from the server's side.
+pub(crate) struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+/// Whether a loopback server reads the next command.
+pub(crate) enum Flow {
+    Go,
+    /// Stop reading commands: [`serve_commands`] hands the connection
+    /// back (dropping it hangs up).
+    Stop,
+}
+
+impl Conn {
+    /// Writes a reply (or anything else) to the client, then goes on.
+    pub(crate) fn say(&mut self, bytes: &[u8]) -> io::Result<Flow> {
+        self.writer.write_all(bytes)?;
+        Ok(Flow::Go)
+    }
+
+    /// Writes a last reply to the client, then stops.
+    pub(crate) fn say_last(&mut self, bytes: &[u8]) -> io::Result<Flow> {
+        self.writer.write_all(bytes)?;
+        Ok(Flow::Stop)
+    }
+
+    /// What the client sends after the command, such as a message body.
+    pub(crate) fn reader(&mut self) -> &mut BufReader<TcpStream> {
+        &mut self.reader
+    }
+
+    /// The lines of a message body up to its lone dot (not included);
+    /// an error if the client hangs up first.
+    pub(crate) fn read_body(&mut self) -> io::Result<String> {
+        let mut body = String::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if line == ".\r\n" {
+                return Ok(body);
+            }
+            body.push_str(&line);
+        }
+    }
+}
+
+/// Serves one connection of a loopback server: writes `greeting`, then
+/// reads commands one line at a time and calls `answer` with the verb
+/// (the first four characters, in upper case) of each. `answer` writes
+/// its reply through the [`Conn`] and says whether to go on; an error (a
+/// failed write, a body cut short) hangs up.
+///
+/// Returns the connection when `answer` says [`Flow::Stop`], `None` when
+/// the client hung up or a write failed.
+pub(crate) fn serve_commands(
+    s: TcpStream,
+    greeting: &[u8],
+    mut answer: impl FnMut(&str, &mut Conn) -> io::Result<Flow>,
+) -> Option<Conn> {
+    let writer = s.try_clone().unwrap();
+    let mut conn = Conn {
+        reader: BufReader::new(s),
+        writer,
+    };
+    conn.say(greeting).ok()?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if conn.reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        match answer(&verb, &mut conn) {
+            Ok(Flow::Go) => {}
+            Ok(Flow::Stop) => return Some(conn),
+            Err(_) => return None,
+        }
+    }
 }
