@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{Config, TargetSpec, TlsPolicy};
 
+use crate::delivery::smtp_client::{ClientSettings, Credentials, Endpoint};
 use crate::delivery::{dns, relay, remote, smtp_client, DeliveryTarget};
 
 /// Why the delivery target a configuration names cannot be built.
@@ -116,37 +117,8 @@ pub fn build_target(
     spec: &TargetSpec,
     config: &Config,
 ) -> Result<Arc<dyn DeliveryTarget>, TargetError> {
-    use smtp_client::{ClientSettings, Credentials, Endpoint};
-
     let d = &config.delivery;
-    let ca = Some(d.ca_file.as_path()).filter(|p| !p.as_os_str().is_empty());
-    let implicit_tls = matches!(spec, TargetSpec::Smtps { .. });
-    // SMTPS needs TLS whatever the STARTTLS policy says.
-    let policy = if implicit_tls && d.tls == TlsPolicy::None {
-        TlsPolicy::Encrypt
-    } else {
-        d.tls
-    };
-    // Credentials are the smarthost's: never offered to MX hosts (a
-    // notice target of "remote" beside a smarthost, say).
-    let auth = if d.username.is_empty() || *spec == TargetSpec::Remote {
-        None
-    } else {
-        Some(Credentials {
-            username: d.username.clone(),
-            password: read_password_file(&d.password_file, &config.spool)?,
-        })
-    };
-    let settings = ClientSettings {
-        helo_name: config.hostname.clone(),
-        lmtp: matches!(spec, TargetSpec::Lmtp { .. } | TargetSpec::LmtpUnix { .. }),
-        tls: policy,
-        tls_connector: smtp_client::tls_connector(policy, ca)?.map(Arc::new),
-        auth,
-        connect_timeout: d.connect_timeout,
-        command_timeout: d.command_timeout,
-        data_timeout: d.data_timeout,
-    };
+    let settings = client_settings(spec, config)?;
     let endpoint = match spec {
         TargetSpec::Remote => {
             let resolver = dns::Resolver::new(&d.dns_servers, d.dns_timeout)?;
@@ -172,9 +144,43 @@ pub fn build_target(
     Ok(Arc::new(relay::RelayTarget::new(
         settings,
         endpoint,
-        implicit_tls,
+        matches!(spec, TargetSpec::Smtps { .. }),
         d.connection_cache_time,
     )))
+}
+
+/// The client settings of the target `spec`: protocol, TLS (required by
+/// SMTPS), credentials (for a smarthost only) and timeouts.
+fn client_settings(spec: &TargetSpec, config: &Config) -> Result<ClientSettings, TargetError> {
+    let d = &config.delivery;
+    let ca = Some(d.ca_file.as_path()).filter(|p| !p.as_os_str().is_empty());
+    let implicit_tls = matches!(spec, TargetSpec::Smtps { .. });
+    // SMTPS needs TLS whatever the STARTTLS policy says.
+    let policy = if implicit_tls && d.tls == TlsPolicy::None {
+        TlsPolicy::Encrypt
+    } else {
+        d.tls
+    };
+    // Credentials are the smarthost's: never offered to MX hosts (a
+    // notice target of "remote" beside a smarthost, say).
+    let auth = if d.username.is_empty() || *spec == TargetSpec::Remote {
+        None
+    } else {
+        Some(Credentials {
+            username: d.username.clone(),
+            password: read_password_file(&d.password_file, &config.spool)?,
+        })
+    };
+    Ok(ClientSettings {
+        helo_name: config.hostname.clone(),
+        lmtp: matches!(spec, TargetSpec::Lmtp { .. } | TargetSpec::LmtpUnix { .. }),
+        tls: policy,
+        tls_connector: smtp_client::tls_connector(policy, ca)?.map(Arc::new),
+        auth,
+        connect_timeout: d.connect_timeout,
+        command_timeout: d.command_timeout,
+        data_timeout: d.data_timeout,
+    })
 }
 
 #[cfg(test)]

@@ -124,6 +124,25 @@ pub fn parse_response(
     qtype: RecordType,
 ) -> Result<Response, WireError> {
     let p = Packet::parse(bytes).map_err(|e| WireError(e.to_string()))?;
+    check_answers_query(&p, id, name, qtype)?;
+    let owners = cname_chain(&p, name);
+    let (records, ttl) = records_of(&p, &owners, qtype);
+    Ok(Response {
+        rcode: p.rcode() as u16,
+        truncated: p.has_flags(PacketFlag::TRUNCATION),
+        records,
+        ttl: if ttl == u32::MAX { 0 } else { ttl },
+    })
+}
+
+/// Checks that `p` is a response to the query `id`, with one question:
+/// `name`/`qtype`.
+fn check_answers_query(
+    p: &Packet<'_>,
+    id: u16,
+    name: &str,
+    qtype: RecordType,
+) -> Result<(), WireError> {
     if p.id() != id {
         return Err(WireError(format!("id {} instead of {id}", p.id())));
     }
@@ -142,10 +161,12 @@ pub fn parse_response(
             q.qname, q.qtype
         )));
     }
-    let truncated = p.has_flags(PacketFlag::TRUNCATION);
-    let rcode = p.rcode() as u16;
+    Ok(())
+}
 
-    // Follow CNAMEs from the asked name, a bounded number of steps.
+/// The asked name (lower case, without its final dot) and the names its
+/// CNAMEs in the answers lead to, followed a bounded number of steps.
+fn cname_chain(p: &Packet<'_>, name: &str) -> Vec<String> {
     let mut owners = vec![name.trim_end_matches('.').to_ascii_lowercase()];
     for _ in 0..8 {
         let mut grew = false;
@@ -163,6 +184,12 @@ pub fn parse_response(
             break;
         }
     }
+    owners
+}
+
+/// The answers of type `qtype` owned by one of `owners`, and their least
+/// TTL (`u32::MAX` if there are none).
+fn records_of(p: &Packet<'_>, owners: &[String], qtype: RecordType) -> (Vec<Record>, u32) {
     let mut records = Vec::new();
     let mut ttl = u32::MAX;
     for rr in &p.answers {
@@ -181,12 +208,7 @@ pub fn parse_response(
         ttl = ttl.min(rr.ttl);
         records.push(record);
     }
-    Ok(Response {
-        rcode,
-        truncated,
-        records,
-        ttl: if ttl == u32::MAX { 0 } else { ttl },
-    })
+    (records, ttl)
 }
 
 /// What a cached lookup gave.

@@ -51,42 +51,11 @@ pub fn parse(line: &str) -> Result<Command, SmtpReply> {
             Err(syntax("Syntax error: no parameters allowed"))
         }
     };
-    match verb.to_ascii_uppercase().as_str() {
-        "HELO" | "EHLO" => {
-            if args.is_empty() || args.contains(' ') {
-                return Err(syntax(&format!(
-                    "Syntax: {} hostname",
-                    verb.to_ascii_uppercase()
-                )));
-            }
-            Ok(if verb.eq_ignore_ascii_case("EHLO") {
-                Command::Ehlo(args.to_string())
-            } else {
-                Command::Helo(args.to_string())
-            })
-        }
-        "MAIL" => {
-            let rest = strip_prefix_ci(args, "FROM:")
-                .ok_or_else(|| syntax("Syntax: MAIL FROM:<address>"))?;
-            let (path, params) = split_path(rest)?;
-            let sender = if path.is_empty() {
-                None
-            } else {
-                Some(
-                    Address::parse(path)
-                        .map_err(|e| SmtpReply::with_code(553, (5, 1, 7), &e.to_string()))?,
-                )
-            };
-            Ok(Command::Mail(sender, parse_params(params)?))
-        }
-        "RCPT" => {
-            let rest =
-                strip_prefix_ci(args, "TO:").ok_or_else(|| syntax("Syntax: RCPT TO:<address>"))?;
-            let (path, params) = split_path(rest)?;
-            let rcpt = Address::parse(path)
-                .map_err(|e| SmtpReply::with_code(553, (5, 1, 3), &e.to_string()))?;
-            Ok(Command::Rcpt(rcpt, parse_params(params)?))
-        }
+    let upper = verb.to_ascii_uppercase();
+    match upper.as_str() {
+        "HELO" | "EHLO" => parse_hello(&upper, args),
+        "MAIL" => parse_mail(args),
+        "RCPT" => parse_rcpt(args),
         "DATA" => no_args(Command::Data),
         "RSET" => no_args(Command::Rset),
         "NOOP" => Ok(Command::Noop),
@@ -100,6 +69,43 @@ pub fn parse(line: &str) -> Result<Command, SmtpReply> {
             "Error: command not recognized",
         )),
     }
+}
+
+/// HELO or EHLO (`verb`, in upper case) and its one argument.
+fn parse_hello(verb: &str, args: &str) -> Result<Command, SmtpReply> {
+    if args.is_empty() || args.contains(' ') {
+        return Err(syntax(&format!("Syntax: {verb} hostname")));
+    }
+    Ok(if verb == "EHLO" {
+        Command::Ehlo(args.to_string())
+    } else {
+        Command::Helo(args.to_string())
+    })
+}
+
+/// The arguments of MAIL: `FROM:<reverse-path>` and its parameters.
+fn parse_mail(args: &str) -> Result<Command, SmtpReply> {
+    let rest =
+        strip_prefix_ci(args, "FROM:").ok_or_else(|| syntax("Syntax: MAIL FROM:<address>"))?;
+    let (path, params) = split_path(rest)?;
+    let sender = if path.is_empty() {
+        None
+    } else {
+        Some(
+            Address::parse(path)
+                .map_err(|e| SmtpReply::with_code(553, (5, 1, 7), &e.to_string()))?,
+        )
+    };
+    Ok(Command::Mail(sender, parse_params(params)?))
+}
+
+/// The arguments of RCPT: `TO:<forward-path>` and its parameters.
+fn parse_rcpt(args: &str) -> Result<Command, SmtpReply> {
+    let rest = strip_prefix_ci(args, "TO:").ok_or_else(|| syntax("Syntax: RCPT TO:<address>"))?;
+    let (path, params) = split_path(rest)?;
+    let rcpt =
+        Address::parse(path).map_err(|e| SmtpReply::with_code(553, (5, 1, 3), &e.to_string()))?;
+    Ok(Command::Rcpt(rcpt, parse_params(params)?))
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {

@@ -260,13 +260,7 @@ fn unstuff(
     while i < input.len() {
         if *st == Text {
             // The common case: copy up to the next line-end byte at once.
-            let rest = &input[i..];
-            let n = rest
-                .iter()
-                .position(|&b| b == b'\r' || b == b'\n')
-                .unwrap_or(rest.len());
-            out.extend_from_slice(&rest[..n]);
-            i += n;
+            i += copy_text(&input[i..], out);
             if i == input.len() {
                 break;
             }
@@ -309,6 +303,18 @@ fn unstuff(
         };
     }
     (i, None)
+}
+
+/// Copies `rest` up to its first CR or LF (or its end) to `out`; returns
+/// the bytes copied.
+#[inline]
+fn copy_text(rest: &[u8], out: &mut Vec<u8>) -> usize {
+    let n = rest
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(rest.len());
+    out.extend_from_slice(&rest[..n]);
+    n
 }
 
 #[cfg(test)]
