@@ -7,7 +7,7 @@
 //!   handshake;
 //! - `reply`: reading one (multi-line) reply within a deadline;
 //! - `session`: set-up (greeting, EHLO/LHLO, STARTTLS, AUTH), the
-//!   session's [`State`] and its end;
+//!   session's `State` and its end;
 //! - `transaction`: MAIL, RCPT and DATA, pipelined when offered.
 
 use std::fmt;
