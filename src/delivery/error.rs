@@ -128,13 +128,9 @@ impl ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryError {
     kind: ErrorKind,
-    /// Whether trying again can help.
-    pub severity: Severity,
-    /// The reply that explains the failure: the server's own, or one made
-    /// up for a local failure (network, DNS, TLS).
-    pub reply: SmtpReply,
-    /// The server that gave the reply, as `dns; host` for DSNs.
-    pub remote_mta: Option<String>,
+    severity: Severity,
+    reply: SmtpReply,
+    remote_mta: Option<String>,
 }
 
 impl DeliveryError {
@@ -191,9 +187,32 @@ impl DeliveryError {
         self
     }
 
+    /// The same failure, temporary whatever its reply says: for a reply
+    /// that says nothing about the message (a 5xx greeting).
+    pub fn into_temporary(mut self) -> Self {
+        self.severity = Severity::Temporary;
+        self
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
         self.kind
+    }
+
+    /// Whether trying again can help.
+    pub fn severity(&self) -> Severity {
+        self.severity
+    }
+
+    /// The reply that explains the failure: the server's own, or one made
+    /// up for a local failure (network, DNS, TLS).
+    pub fn reply(&self) -> &SmtpReply {
+        &self.reply
+    }
+
+    /// The server that gave the reply, as `dns; host` for DSNs.
+    pub fn remote_mta(&self) -> Option<&str> {
+        self.remote_mta.as_deref()
     }
 
     /// True when trying again cannot help.
@@ -244,10 +263,10 @@ mod tests {
         for (kind, code, status, severity) in table {
             let e = DeliveryError::new(kind, "text");
             assert_eq!(e.kind(), kind);
-            assert_eq!(e.severity, severity, "{kind:?}");
+            assert_eq!(e.severity(), severity, "{kind:?}");
             assert_eq!(e.is_permanent(), severity == Permanent, "{kind:?}");
             assert_eq!(e.to_string(), format!("{code} {status} text"), "{kind:?}");
-            assert_eq!(e.remote_mta, None);
+            assert_eq!(e.remote_mta(), None);
         }
         assert_eq!(DeliveryError::tls("t").kind(), Tls);
         assert_eq!(DeliveryError::throttled("t").kind(), ErrorKind::Throttled);

@@ -445,7 +445,7 @@ mod tests {
         assert!(send(&target, "one\r\n").is_empty());
         let errors = send(&target, "two\r\n");
         assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].reply.code, 451, "{}", errors[0]);
+        assert_eq!(errors[0].reply().code, 451, "{}", errors[0]);
         assert_eq!(server.connections.load(Ordering::SeqCst), 1);
     }
 

@@ -463,9 +463,9 @@ mod tests {
             .err()
             .expect("a session without TLS under encrypt");
         assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
-        assert_eq!(e.reply.code, 451, "{e}");
-        assert_eq!(e.reply.status().to_string(), "4.7.5", "{e}");
-        assert!(e.reply.text.contains("TLS handshake with"), "{e}");
+        assert_eq!(e.reply().code, 451, "{e}");
+        assert_eq!(e.reply().status().to_string(), "4.7.5", "{e}");
+        assert!(e.reply().text.contains("TLS handshake with"), "{e}");
         assert_eq!(connections.load(Ordering::SeqCst), 1);
 
         // Under `may` the kind sends the client back, in clear.

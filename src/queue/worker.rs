@@ -285,9 +285,9 @@ fn apply(
     };
     let RecipientOutcome { result, relay, .. } = outcome;
     if let Err(e) = &result {
-        if e.severity == Severity::Throttled {
+        if e.severity() == Severity::Throttled {
             // Not tried: no try counted, no error recorded.
-            log::debug!("{id}: to=<{}>, waiting: {}", r.address, e.reply);
+            log::debug!("{id}: to=<{}>, waiting: {}", r.address, e.reply());
             applied.throttled = true;
             return;
         }
@@ -310,7 +310,11 @@ fn apply(
             } else {
                 "deferred"
             };
-            (status, relay.or(e.remote_mta), Some(e.reply))
+            (
+                status,
+                relay.or_else(|| e.remote_mta().map(str::to_string)),
+                Some(e.reply().clone()),
+            )
         }
     };
     log::info!(
@@ -325,10 +329,10 @@ fn apply(
 
 /// Records a failed try of `r`; true when it failed for good.
 fn fail(shared: &Shared, r: &mut RecipientMeta, e: &DeliveryError, age: Duration) -> bool {
-    if e.remote_mta.is_some() {
-        r.remote_mta = e.remote_mta.clone();
+    if let Some(mta) = e.remote_mta() {
+        r.remote_mta = Some(mta.to_string());
     }
-    r.last_error = Some(e.reply.clone());
+    r.last_error = Some(e.reply().clone());
     if e.is_permanent() || shared.policy.gives_up(r.tries, age) {
         r.status = RcptStatus::Failed;
         r.expired = !e.is_permanent();
@@ -477,8 +481,8 @@ mod tests {
                 .result
                 .as_ref()
                 .expect_err("a recipient without an outcome was delivered");
-            assert_eq!(e.severity, Severity::Temporary);
-            assert_eq!(e.reply.code, 451);
+            assert_eq!(e.severity(), Severity::Temporary);
+            assert_eq!(e.reply().code, 451);
         }
     }
 

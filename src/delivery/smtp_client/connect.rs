@@ -215,6 +215,6 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        assert_eq!(e.reply.code, 451, "{e}");
+        assert_eq!(e.reply().code, 451, "{e}");
     }
 }

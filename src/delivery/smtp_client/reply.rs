@@ -232,7 +232,7 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        assert_eq!(e.reply.code, 451, "{e}");
+        assert_eq!(e.reply().code, 451, "{e}");
     }
 
     #[test]
@@ -247,15 +247,15 @@ mod tests {
             .unwrap();
         let e = results[0].clone().expect_err("550 at RCPT");
         assert!(e.is_permanent());
-        assert_eq!(e.reply.code, 550);
-        assert_eq!(e.reply.status().to_string(), "5.1.1");
+        assert_eq!(e.reply().code, 550);
+        assert_eq!(e.reply().status().to_string(), "5.1.1");
         assert!(
-            e.reply.text.len() <= MAX_REPLY_TEXT + CUT_MARK.len(),
+            e.reply().text.len() <= MAX_REPLY_TEXT + CUT_MARK.len(),
             "{}",
-            e.reply.text.len()
+            e.reply().text.len()
         );
-        assert!(e.reply.text.starts_with("0000yyy"), "{}", e.reply.text);
-        assert!(e.reply.text.ends_with(CUT_MARK), "{}", e.reply.text);
+        assert!(e.reply().text.starts_with("0000yyy"), "{}", e.reply().text);
+        assert!(e.reply().text.ends_with(CUT_MARK), "{}", e.reply().text);
         // In step: the session goes on.
         assert!(session.reset().is_ok());
 

@@ -81,9 +81,7 @@ impl Session {
             // A server that will not talk to us (5xx greeting) says nothing
             // about the recipients: try another server or later, as
             // Postfix does (smtp_skip_5xx_greeting), rather than bounce.
-            let mut e = session.rejected(greeting.reply);
-            e.severity = crate::delivery::Severity::Temporary;
-            return Err(e);
+            return Err(session.rejected(greeting.reply).into_temporary());
         }
         session.hello()?;
         session = session.encrypt()?;

@@ -290,7 +290,7 @@ mod tests {
         let e = session
             .envelope(&sender(), &MailParams::default(), 10, &[&r])
             .expect_err("no reply to MAIL");
-        assert_eq!(e.reply.status().to_string(), "4.4.2", "{e}");
+        assert_eq!(e.reply().status().to_string(), "4.4.2", "{e}");
         assert!(session.is_broken());
         assert!(session.reset().is_err());
         // A new envelope on a broken session sends nothing either.
@@ -322,7 +322,7 @@ mod tests {
             let took = started.elapsed();
             assert!(took < Duration::from_secs(3), "{took:?}");
             assert!(!e.is_permanent());
-            assert_eq!(e.reply.status().to_string(), "4.4.2", "{e}");
+            assert_eq!(e.reply().status().to_string(), "4.4.2", "{e}");
             assert!(e.to_string().contains("did not take it within 1s"), "{e}");
             assert!(session.is_broken());
         }
@@ -344,7 +344,7 @@ mod tests {
                 .expect_err("the envelope cannot all go");
             let took = started.elapsed();
             assert!(took < Duration::from_secs(3), "{took:?}");
-            assert_eq!(e.reply.status().to_string(), "4.4.2", "{e}");
+            assert_eq!(e.reply().status().to_string(), "4.4.2", "{e}");
             assert!(e.to_string().contains("did not take it within 1s"), "{e}");
         }
     }
