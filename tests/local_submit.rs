@@ -892,7 +892,14 @@ fn a_group_member_has_the_daemon_make_its_rename_durable_not_syncfs() {
         1
     );
 
-    // With no daemon to ask, the whole file system is synced.
+    // With no daemon to ask, the whole file system is synced. (Pickup
+    // removes its file just after queueing the message, which may be
+    // after the delivery seen above: wait for that before the kill.)
+    assert!(
+        wait_for(LONG, || d.incoming().is_empty()),
+        "{:?}",
+        d.incoming()
+    );
     let _ = d.child.kill();
     let _ = d.child.wait();
     let (code, err) = member_sendmail("no daemon");
