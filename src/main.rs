@@ -92,6 +92,8 @@ fn main() -> ExitCode {
     // nothing of (-oi, -fsender): parse those by hand.
     match program {
         "sendmail" => run_sendmail(None, None, &args[1..]),
+        // There are no aliases to rebuild: succeed, as programs expect.
+        "newaliases" => ExitCode::SUCCESS,
         "mailq" => run_mailq(),
         _ => run(Cli::parse()),
     }
@@ -177,9 +179,18 @@ fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]
             return ExitCode::from(exit::USAGE);
         }
     };
-    if opts.mode != Mode::Send {
-        if let Err(code) = unprivileged() {
-            return code;
+    match opts.mode {
+        Mode::Help => {
+            print!("{}", sendmail::USAGE);
+            return ExitCode::from(exit::OK);
+        }
+        Mode::Nothing => return ExitCode::from(exit::OK),
+        // Submissions keep a set-group-id privilege; nothing else does.
+        Mode::Send | Mode::Smtp => {}
+        Mode::List | Mode::Flush => {
+            if let Err(code) = unprivileged() {
+                return code;
+            }
         }
     }
     let loaded = if mailqueue::sys::is_privileged() {
@@ -200,11 +211,20 @@ fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]
             let flush = Request::Flush { ids: Vec::new() };
             return ExitCode::from(commands::run(&config, flush, Format::Text));
         }
-        Mode::Send => {}
+        Mode::Send | Mode::Smtp | Mode::Nothing | Mode::Help => {}
     }
     init_sendmail_logs();
     let stdin = std::io::stdin();
     let mut input: Box<dyn BufRead> = Box::new(stdin.lock());
+    if opts.mode == Mode::Smtp {
+        let stdout = std::io::stdout();
+        return ExitCode::from(sendmail::smtp_session(
+            &config,
+            &opts,
+            &mut input,
+            &mut stdout.lock(),
+        ));
+    }
     match sendmail::submit(&config, &opts, &mut input) {
         Ok(_) => ExitCode::from(exit::OK),
         Err(f) => {

@@ -513,3 +513,125 @@ fn a_recipient_repeated_in_a_direct_submission_is_queued_once() {
         .unwrap();
     assert_eq!(dup.recipients(), vec!["v@example.net"]);
 }
+
+/// Runs `sendmail ARGS` with `stdin`; returns the exit code and standard
+/// output.
+fn sendmail_out(config: &Path, args: &[&str], stdin: &[u8]) -> (i32, String) {
+    let mut child = Command::new(common::daemon::binary())
+        .args(["--config", config.to_str().unwrap(), "sendmail"])
+        .args(args)
+        .env_remove("MAILQUEUE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn sendmail_bs_speaks_smtp_on_standard_input_and_queues_each_message() {
+    let sink = SmtpSink::start(&[]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let session = b"EHLO app.test\r\n\
+        MAIL FROM:<app@example.org>\r\n\
+        RCPT TO:<a@example.org>\r\n\
+        RCPT TO:<b@example.org>\r\n\
+        DATA\r\n\
+        Subject: via -bs\r\n\r\n..a stuffed dot\r\nbody\r\n.\r\n\
+        MAIL FROM:<app@example.org>\r\n\
+        DATA\r\n\
+        RCPT TO:<c@example.org>\r\n\
+        DATA\r\n\
+        Subject: second\r\n\r\nx\r\n.\r\n\
+        QUIT\r\n";
+    let (code, out) = sendmail_out(&d.config_path(), &["-bs"], session);
+    assert_eq!(code, 0, "{out}");
+    let replies: Vec<&str> = out.lines().map(|l| &l[..3]).collect();
+    assert!(out.starts_with("220 "), "{out}");
+    assert!(out.contains("\r\n250-PIPELINING\r\n"), "{out}");
+    assert_eq!(out.matches("250 2.0.0 Ok: queued as ").count(), 2, "{out}");
+    assert!(out.contains("554 5.5.1"), "DATA before RCPT: {out}");
+    assert_eq!(replies.last(), Some(&"221"), "{out}");
+    assert!(wait_for(LONG, || sink.count() == 2), "not delivered");
+    let msgs = sink.messages();
+    let first = msgs
+        .iter()
+        .find(|m| m.contains("Subject: via -bs"))
+        .unwrap();
+    assert!(first.contains("X-Rcpt-Args: <a@example.org>"), "{first}");
+    assert!(first.contains("X-Rcpt-Args: <b@example.org>"), "{first}");
+    assert!(first.contains("\n.a stuffed dot"), "{first}");
+    assert!(
+        first.contains("\nMessage-ID: <"),
+        "headers completed: {first}"
+    );
+    assert!(
+        first.contains("Received: by "),
+        "picked up as a local submission: {first}"
+    );
+}
+
+#[test]
+fn sendmail_dsn_options_reach_the_queue() {
+    // Nothing listens at the target: the message stays to be looked at.
+    let setup = Setup::default().queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"");
+    let d = Daemon::start(&setup);
+    let cfg = d.config_path();
+    let (code, err) = sendmail(
+        &cfg,
+        &[
+            "-i",
+            "-N",
+            "success,failure",
+            "-R",
+            "hdrs",
+            "-V",
+            "env-1",
+            "a@example.org",
+        ],
+        b"Subject: dsn\n\nx\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(wait_for(LONG, || list_json(&cfg).len() == 1));
+    let id = list_json(&cfg)[0]["queue_id"].as_str().unwrap().to_string();
+    let (code, out, err) = mq(&cfg, &["show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("RET=Some(Hdrs) ENVID=env-1"), "{out}");
+    assert!(out.contains("notify=SUCCESS,FAILURE"), "{out}");
+    // Bad values are usage errors, not silently dropped.
+    assert_eq!(
+        sendmail(&cfg, &["-N", "sometimes", "a@example.org"], b"x\n").0,
+        64
+    );
+    assert_eq!(
+        sendmail(&cfg, &["-R", "most", "a@example.org"], b"x\n").0,
+        64
+    );
+}
+
+#[test]
+fn sendmail_help_bi_and_newaliases_succeed_without_queueing() {
+    let d = Daemon::start(&Setup::default());
+    let cfg = d.config_path();
+    let (code, out) = sendmail_out(&cfg, &["--help"], b"");
+    assert_eq!(code, 0);
+    assert!(out.starts_with("usage: sendmail"), "{out}");
+    assert!(out.contains("-bs"), "{out}");
+    assert_eq!(sendmail_out(&cfg, &["-h"], b"").0, 0);
+    assert_eq!(sendmail(&cfg, &["-bi"], b"").0, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("newaliases");
+    std::os::unix::fs::symlink(common::daemon::binary(), &link).unwrap();
+    let status = Command::new(&link)
+        .env_remove("MAILQUEUE_CONFIG")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(d.queued().is_empty());
+}

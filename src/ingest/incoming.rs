@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
+use crate::envelope::{Notify, Ret};
 use crate::id::MessageId;
 
 /// Room in the envelope line for one recipient: the longest address
@@ -60,6 +61,24 @@ pub struct IncomingEnvelope {
     pub sender: Option<Address>,
     /// In the order given, duplicates included (pickup removes them).
     pub recipients: Vec<Address>,
+    /// RFC 3461 NOTIFY for every recipient (sendmail's `-N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    /// RFC 3461 RET (sendmail's `-R`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Ret>,
+    /// RFC 3461 ENVID (sendmail's `-V`), checked with [`valid_envid`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+}
+
+/// Longest ENVID taken (RFC 3461 §4.4: at most 100 characters).
+pub const MAX_ENVID: usize = 100;
+
+/// Whether an ENVID may be kept: printable ASCII, at most [`MAX_ENVID`]
+/// characters (it goes into notices' header lines).
+pub fn valid_envid(envid: &str) -> bool {
+    envid.len() <= MAX_ENVID && envid.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
 impl IncomingEnvelope {

@@ -10,9 +10,20 @@ pub struct Options {
     pub extract: bool,
     /// `-i`/`-oi`: a line with a lone dot does not end the message.
     pub ignore_dots: bool,
+    /// `-f`/`-r`: the envelope sender.
     pub sender: Option<String>,
+    /// `-F`: the sender's full name, for a From: line we add.
     pub full_name: Option<String>,
+    /// `-N`: RFC 3461 NOTIFY for every recipient (`never`, or a list of
+    /// `success`, `failure`, `delay`).
+    pub notify: Option<String>,
+    /// `-R`: RFC 3461 RET (`full` or `hdrs`).
+    pub ret: Option<String>,
+    /// `-V`: RFC 3461 ENVID.
+    pub envid: Option<String>,
+    /// The recipients named as arguments.
     pub recipients: Vec<String>,
+    /// What to do.
     pub mode: Mode,
 }
 
@@ -24,7 +35,31 @@ pub enum Mode {
     List,
     /// `-q`: flush the queue.
     Flush,
+    /// `-bs`: an SMTP session on standard input and output.
+    Smtp,
+    /// `-bi` (and `newaliases`): rebuild the aliases, which we do not
+    /// have: succeed without doing anything, as programs expect.
+    Nothing,
+    /// `-h`/`--help`: the usage.
+    Help,
 }
+
+/// What `sendmail --help` prints.
+pub const USAGE: &str = "\
+usage: sendmail [options] [recipient ...] < message
+  -t          take recipients from To, Cc and Bcc (Bcc is removed)
+  -i, -oi     a line with a lone dot does not end the message
+  -f ADDR     envelope sender (also -r); -f '<>' for the null sender
+  -F NAME     full name for the From: line added when there is none
+  -N DSN      notify: never, or success,failure,delay
+  -R RET      return full or hdrs of the message in a failure notice
+  -V ENVID    envelope id for delivery status notices
+  -bm         read a message and queue it (the default)
+  -bs         speak SMTP on standard input and output
+  -bp         list the queue (as mailq)
+  -q          flush the queue
+  -bi         rebuild aliases: nothing to do, succeeds
+";
 
 /// Parses sendmail's command line (without the program name).
 pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Options, String> {
@@ -56,19 +91,20 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Options, String> {
             "-i" | "-oi" => o.ignore_dots = true,
             "-bp" => o.mode = Mode::List,
             "-bm" => o.mode = Mode::Send,
+            "-bs" => o.mode = Mode::Smtp,
+            "-bi" => o.mode = Mode::Nothing,
+            "-h" | "--help" => o.mode = Mode::Help,
             "-v" | "-n" | "-U" | "-m" | "-om" | "-oem" | "-oee" | "-oep" | "-oeq" | "-oew" => {}
             _ if a.starts_with("-q") => o.mode = Mode::Flush,
             _ if a.starts_with("-f") || a.starts_with("-r") => {
                 o.sender = Some(value(&mut i, &a[2..], "-f")?)
             }
             _ if a.starts_with("-F") => o.full_name = Some(value(&mut i, &a[2..], "-F")?),
+            _ if a.starts_with("-N") => o.notify = Some(value(&mut i, &a[2..], "-N")?),
+            _ if a.starts_with("-R") => o.ret = Some(value(&mut i, &a[2..], "-R")?),
+            _ if a.starts_with("-V") => o.envid = Some(value(&mut i, &a[2..], "-V")?),
             // Options with a value that sendmail accepts and we ignore.
-            _ if a.starts_with("-N")
-                || a.starts_with("-R")
-                || a.starts_with("-V")
-                || a.starts_with("-B")
-                || a.starts_with("-X") =>
-            {
+            _ if a.starts_with("-B") || a.starts_with("-X") => {
                 if a.len() == 2 {
                     value(&mut i, "", a)?;
                 }
@@ -97,6 +133,27 @@ mod tests {
         assert_eq!(o.full_name.as_deref(), Some("Me"));
         assert_eq!(o.recipients, vec!["a@example.org"]);
         assert_eq!(parse_args(&["-bp"]).unwrap().mode, Mode::List);
+    }
+
+    #[test]
+    fn dsn_options_modes_and_help() {
+        let o = parse_args(&[
+            "-N",
+            "success,failure",
+            "-Rhdrs",
+            "-V",
+            "id-1",
+            "a@example.org",
+        ])
+        .unwrap();
+        assert_eq!(o.notify.as_deref(), Some("success,failure"));
+        assert_eq!(o.ret.as_deref(), Some("hdrs"));
+        assert_eq!(o.envid.as_deref(), Some("id-1"));
+        assert_eq!(o.recipients, vec!["a@example.org"]);
+        assert_eq!(parse_args(&["-bs"]).unwrap().mode, Mode::Smtp);
+        assert_eq!(parse_args(&["-bi"]).unwrap().mode, Mode::Nothing);
+        assert_eq!(parse_args(&["--help"]).unwrap().mode, Mode::Help);
+        assert_eq!(parse_args(&["-h"]).unwrap().mode, Mode::Help);
     }
 
     proptest! {

@@ -19,18 +19,20 @@ use std::path::PathBuf;
 
 use mailqueue::config::Config;
 use mailqueue::ingest::cleanup;
-use mailqueue::ingest::incoming::{self, IncomingEnvelope, IncomingLimits};
-use mailqueue::Address;
+use mailqueue::ingest::incoming::{self, valid_envid, IncomingEnvelope, IncomingLimits, MAX_ENVID};
+use mailqueue::{Address, Notify, Ret};
 
 use super::control::{self, ControlError, Request};
 use super::exit;
 
 mod args;
 mod message;
+mod smtp;
 mod write;
 
-pub use args::{parse_args, Mode, Options};
+pub use args::{parse_args, Mode, Options, USAGE};
 use message::{complete_message, header_recipients, read_message, split_header};
+pub use smtp::smtp_session;
 use write::{check_quota, write_incoming};
 
 /// Largest message taken on standard input when no config says otherwise.
@@ -65,18 +67,34 @@ pub fn submit(
     opts: &Options,
     input: &mut dyn BufRead,
 ) -> Result<PathBuf, Failure> {
-    let limit = config
+    let raw = read_message(input, opts.ignore_dots, input_limit(config))?;
+    let (header, body) = split_header(&raw);
+    let envelope = envelope(config, opts, &header)?;
+    queue_message(config, opts, &envelope, &header, &body)
+}
+
+/// The largest message read on standard input.
+fn input_limit(config: &Config) -> u64 {
+    config
         .listen
         .max_message_size
         .max(1)
-        .min(DEFAULT_MAX_SIZE.max(config.listen.max_message_size));
-    let raw = read_message(input, opts.ignore_dots, limit)?;
-    let (header, body) = split_header(&raw);
-    let envelope = envelope(config, opts, &header)?;
-    let message = complete_message(config, opts, envelope.sender.as_ref(), &header, &body);
-    within_limits(config, &envelope, &message)?;
+        .min(DEFAULT_MAX_SIZE.max(config.listen.max_message_size))
+}
+
+/// Completes the message, checks it against what pickup takes and the
+/// queue's room, and drops it into `incoming/`; returns the file's name.
+fn queue_message(
+    config: &Config,
+    opts: &Options,
+    envelope: &IncomingEnvelope,
+    header: &[u8],
+    body: &[u8],
+) -> Result<PathBuf, Failure> {
+    let message = complete_message(config, opts, envelope.sender.as_ref(), header, body);
+    within_limits(config, envelope, &message)?;
     check_quota(config, message.len() as u64)?;
-    let (path, told) = write_incoming(&config.spool, &envelope, &message)?;
+    let (path, told) = write_incoming(&config.spool, envelope, &message)?;
     if !told {
         match control::request(&config.spool, &Request::Pickup) {
             Ok(_) | Err(ControlError::NoDaemon) => {}
@@ -116,7 +134,41 @@ fn envelope(config: &Config, opts: &Options, header: &[u8]) -> Result<IncomingEn
             "no recipients given (name them, or use -t)",
         ));
     }
-    Ok(IncomingEnvelope { sender, recipients })
+    new_envelope(opts, sender, recipients)
+}
+
+/// An envelope with sendmail's `-N`, `-R` and `-V`, checked.
+fn new_envelope(
+    opts: &Options,
+    sender: Option<Address>,
+    recipients: Vec<Address>,
+) -> Result<IncomingEnvelope, Failure> {
+    let notify = match &opts.notify {
+        Some(n) => Some(
+            n.parse::<Notify>()
+                .map_err(|e| fail(exit::USAGE, format!("-N {n}: {e}")))?,
+        ),
+        None => None,
+    };
+    let ret = match opts.ret.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => None,
+        Some("full") => Some(Ret::Full),
+        Some("hdrs") => Some(Ret::Hdrs),
+        Some(other) => return Err(fail(exit::USAGE, format!("-R {other}: full or hdrs"))),
+    };
+    if let Some(envid) = opts.envid.as_deref().filter(|e| !valid_envid(e)) {
+        return Err(fail(
+            exit::USAGE,
+            format!("-V {envid}: printable ASCII, at most {MAX_ENVID} characters"),
+        ));
+    }
+    Ok(IncomingEnvelope {
+        sender,
+        recipients,
+        notify,
+        ret,
+        envid: opts.envid.clone(),
+    })
 }
 
 /// What pickup would refuse (quarantine) must not be reported as queued:
@@ -216,7 +268,7 @@ mod tests {
         assert_eq!(parse_args(&["-q30m"]).unwrap().mode, Mode::Flush);
         assert!(parse_args(&["-f"]).is_err());
         assert!(parse_args(&["-Z"]).is_err());
-        assert!(parse_args(&["-bs"]).is_err());
+        assert!(parse_args(&["-bd"]).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::envelope::Envelope;
 use crate::ingest::cleanup;
-use crate::ingest::incoming::{IncomingEnvelope, IncomingLimits};
+use crate::ingest::incoming::{valid_envid, IncomingEnvelope, IncomingLimits, MAX_ENVID};
 use crate::queue::{MessageId, Queue};
 
 /// Why a file in `incoming/` was not queued.
@@ -149,7 +149,21 @@ fn read_envelope(
             recipients.len()
         )));
     }
-    Ok(Envelope::new(env.sender, recipients))
+    let mut envelope = Envelope::new(env.sender, recipients);
+    if let Some(envid) = env.envid {
+        if !valid_envid(&envid) {
+            return Err(PickupError::Corrupt(format!(
+                "bad envid (printable ASCII, at most {MAX_ENVID} characters): {:?}",
+                envid.chars().take(MAX_ENVID).collect::<String>()
+            )));
+        }
+        envelope.params.envid = Some(envid);
+    }
+    envelope.params.ret = env.ret;
+    for r in &mut envelope.recipients {
+        r.notify = env.notify;
+    }
+    Ok(envelope)
 }
 
 fn file_kind(meta: &fs::Metadata) -> &'static str {
