@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the test peers (Postfix's smtp-sink/smtp-source, dnsmasq,
-# Python's aiosmtpd, OpenSSL headers for native-tls, strace), then runs the tests.
+# Python's aiosmtpd and prometheus-client, OpenSSL headers for native-tls, strace), then runs the tests.
 # Safe to run again: installed pieces are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,11 @@ fi
 if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   echo "installing: aiosmtpd"
   python3 -m pip install -q aiosmtpd
+fi
+# tests/metrics.rs parses the metrics endpoint's scrape with it.
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+  echo "installing: prometheus-client"
+  python3 -m pip install -q prometheus-client
 fi
 
 export PATH="$PATH:/usr/sbin:/sbin"
