@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the test peers (Postfix's smtp-sink/smtp-source, dnsmasq,
-# Python's aiosmtpd, OpenSSL headers for native-tls, strace), then runs the tests.
+# Python's aiosmtpd and prometheus-client, OpenSSL headers for native-tls, strace), then runs the tests.
 # Safe to run again: installed pieces are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,25 @@ if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   echo "installing: aiosmtpd"
   python3 -m pip install -q aiosmtpd
 fi
+# tests/metrics.rs parses the metrics endpoint's scrape with it.
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+  echo "installing: prometheus-client"
+  python3 -m pip install -q prometheus-client
+fi
+# promtool, the Prometheus project's own checker of the text format, for
+# tests/metrics.rs: unpacked from Debian's prometheus package into
+# target/promtool rather than installed (installing would start a
+# Prometheus server). Without it the test uses the Python parser alone.
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x target/promtool/usr/bin/promtool ]; then
+  echo "fetching: promtool (Debian package prometheus)"
+  mkdir -p target/promtool
+  if ( cd target/promtool && { apt-get download prometheus >/dev/null 2>&1 ||
+       { as_root apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; } &&
+       dpkg-deb -x prometheus_*.deb . && rm -f prometheus_*.deb ); then :
+  else
+    echo "promtool unavailable: tests/metrics.rs checks the scrape with prometheus_client only"
+  fi
+fi
 
-export PATH="$PATH:/usr/sbin:/sbin"
+export PATH="$PATH:/usr/sbin:/sbin:$PWD/target/promtool/usr/bin"
 cargo test --locked "$@"

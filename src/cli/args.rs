@@ -1,6 +1,7 @@
 //! The `mailqueue` command line.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -73,6 +74,17 @@ pub enum Cmd {
     },
     /// Validate the configuration and exit.
     Check,
+    /// Check the daemon, the spool and the quarantine for monitoring:
+    /// one line per check; exit 0 OK, 1 WARNING, 2 CRITICAL.
+    Health {
+        /// Warn about files quarantined in `<spool>/corrupt/` this recently.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        corrupt_within: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    mailqueue::config::parse_duration(s).map_err(|e| e.to_string())
 }
 
 impl Cmd {

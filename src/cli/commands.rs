@@ -1,7 +1,8 @@
 //! The operator's commands (`list`, `show`, `flush`, `hold`, `release`,
 //! `delete`, `expire`): through the daemon's control socket when a daemon
 //! runs, directly on the spool under the same locks when none does; and
-//! `stats`, which only a running daemon can answer.
+//! `stats`, whose live counters only a running daemon has (without one it
+//! reads the queue's size and oldest age from the spool).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ use mailqueue::queue::QueueError;
 use mailqueue::MessageId;
 
 use super::control::{self, ControlError, Request, Response};
+use super::metrics::{Shape, STATES};
+use mailqueue::queue::meta::Timestamp;
 
 use super::exit::{FAILED, OK, UNAVAILABLE};
 
@@ -43,10 +46,9 @@ pub fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, String> {
 pub fn run(config: &Config, request: Request, format: Format) -> u8 {
     let response = match control::request(&config.spool, &request) {
         Ok(r) => r,
-        // Only a running daemon counts.
-        Err(e @ ControlError::NoDaemon) if request == Request::Stats => {
-            eprintln!("mailqueue: {e}");
-            return UNAVAILABLE;
+        // The live counters are the daemon's; the spool tells the rest.
+        Err(ControlError::NoDaemon) if request == Request::Stats => {
+            return spool_stats(config, format);
         }
         Err(ControlError::NoDaemon) => match direct(config, &request) {
             Ok(r) => r,
@@ -183,6 +185,49 @@ fn stats_text(s: &StatsSnapshot, json: bool) -> String {
         ms(s.lag_p99_us),
         ms(s.lag_max_us)
     )
+}
+
+/// `stats` with no daemon running: the queue's shape read from the spool
+/// (under the shared lock, as the other commands without a daemon); the
+/// live counters are reported as missing.
+fn spool_stats(config: &Config, format: Format) -> u8 {
+    let messages = match direct(config, &Request::List) {
+        Ok(r) if r.error.is_none() => r.messages,
+        Ok(r) => {
+            eprintln!("mailqueue: {}", r.error.unwrap_or_default());
+            return FAILED;
+        }
+        Err(e) => {
+            eprintln!("mailqueue: {e}");
+            return UNAVAILABLE;
+        }
+    };
+    let shape = Shape::of(&messages, Timestamp::now());
+    let count: u64 = shape.by_state.iter().map(|s| s.0).sum();
+    let bytes: u64 = shape.by_state.iter().map(|s| s.1).sum();
+    let text = if format == Format::Json {
+        let mut o = json!({
+            "daemon": "not running",
+            "messages": count,
+            "bytes": bytes,
+            "oldest_age_s": shape.oldest_age_secs,
+        });
+        for (state, (n, b)) in STATES.iter().zip(shape.by_state) {
+            o[*state] = json!({ "messages": n, "bytes": b });
+        }
+        format!("{o}\n")
+    } else {
+        let mut s = format!(
+            "daemon: not running (live counters need it; queue read from the spool)\nmessages: {count}\nbytes: {bytes}\n"
+        );
+        for (state, (n, b)) in STATES.iter().zip(shape.by_state) {
+            s.push_str(&format!("{state}: {n} messages, {b} bytes\n"));
+        }
+        s.push_str(&format!("oldest: {}s\n", shape.oldest_age_secs));
+        s
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    OK
 }
 
 /// `active`, `deferred` or `hold`, as Postfix names its queues.

@@ -73,6 +73,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     // the spool, or its workers would start on queued mail and be cut off
     // mid-attempt when it exits.
     let listeners = server::bind(&config.listen.smtp).map_err(|e| e.to_string())?;
+    let metrics = super::metrics::bind(&config)?;
     let queue = Arc::new(
         Queue::open_with_bounce_target(config.queue_options(), target, bounce)
             .map_err(|e| e.to_string())?,
@@ -88,6 +89,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     let limits = sendmail::limits(&config);
     let picker = start_pickup(Arc::clone(&queue), limits, pickup_rx, pickup_stopped)?;
     let mut server = Server::start(listeners, Arc::clone(&queue), settings);
+    let _metrics = metrics.map(|m| m.serve(Arc::clone(&queue)));
     log::info!(
         "mailqueue {} running: spool {}, target {}, {} workers",
         env!("CARGO_PKG_VERSION"),

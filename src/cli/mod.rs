@@ -8,4 +8,6 @@ pub mod commands;
 pub mod control;
 pub mod daemon;
 pub mod exit;
+pub mod health;
+pub mod metrics;
 pub mod sendmail;

@@ -82,6 +82,31 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// `[bounce]`: delivery status notifications to senders.
     pub bounce: BounceConfig,
+    /// `[metrics]`: the Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the daemon's metrics endpoint, in the Prometheus text
+/// format, at `http://<listen>/metrics`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct MetricsConfig {
+    /// `ip:port` to serve metrics on; empty (the default) turns it off.
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "metrics.listen",
+                value: format!("{:?}", self.listen),
+                reason: "must be ip:port, or empty for no metrics endpoint",
+            });
+        }
+        Ok(())
+    }
 }
 
 /// `[queue]`: delivery threads, retries, lifetimes and quotas.

@@ -216,3 +216,12 @@ mod shipped_file {
         assert_eq!(c.bounce.target, d.bounce.target);
     }
 }
+
+#[test]
+fn metrics_listen_is_off_by_default_and_must_be_an_address() {
+    assert_eq!(Config::default().metrics.listen, "");
+    let c = Config::from_toml("[metrics]\nlisten = \"127.0.0.1:9925\"\n").unwrap();
+    assert_eq!(c.metrics.listen, "127.0.0.1:9925");
+    let e = Config::from_toml("[metrics]\nlisten = \"localhost\"\n").unwrap_err();
+    assert!(e.to_string().contains("metrics.listen"), "{e}");
+}

@@ -37,6 +37,7 @@ impl Config {
         self.listen.validate()?;
         self.delivery.validate_limits()?;
         self.delivery.validate_auth()?;
+        self.metrics.validate()?;
         self.validate_bounce()
     }
 

@@ -132,7 +132,9 @@ impl Shared {
     ) -> Result<MessageId, QueueError> {
         let mut w = self.spool.create_message()?;
         w.copy_from(&mut &bytes[..])?;
-        self.store(w, envelope, true)
+        let id = self.store(w, envelope, true)?;
+        self.stats.notice();
+        Ok(id)
     }
 
     /// Accounts for a message that left the queue.
@@ -273,7 +275,7 @@ impl Queue {
     ) -> Result<MessageId, QueueError> {
         let mut incoming = self.begin()?;
         incoming.writer.copy_from(message)?;
-        incoming.commit(envelope)
+        incoming.commit_as(envelope, stats::Way::Local)
     }
 
     /// Starts writing a message to the spool, for callers that produce it
@@ -301,6 +303,12 @@ impl Queue {
     pub fn stats(&self) -> stats::StatsSnapshot {
         let (messages, bytes) = self.usage();
         self.shared.stats.snapshot(messages, bytes)
+    }
+
+    /// The live event counters (the listener counts into them).
+    #[doc(hidden)]
+    pub fn counters(&self) -> &stats::Stats {
+        &self.shared.stats
     }
 
     /// Messages and bytes queued now.
@@ -402,8 +410,15 @@ impl IncomingMessage<'_> {
     }
 
     /// Makes the message durable and schedules it; returns its id.
+    /// Counted as received over SMTP (the listener's way in).
     pub fn commit(self, envelope: &Envelope) -> Result<MessageId, QueueError> {
-        self.shared.store(self.writer, envelope, false)
+        self.commit_as(envelope, stats::Way::Smtp)
+    }
+
+    fn commit_as(self, envelope: &Envelope, way: stats::Way) -> Result<MessageId, QueueError> {
+        let id = self.shared.store(self.writer, envelope, false)?;
+        self.shared.stats.received(way);
+        Ok(id)
     }
 }
 
@@ -463,7 +478,9 @@ impl Queue {
             recipients: rcpts.to_vec(),
             params: msg.params.clone(),
         };
-        incoming.commit(&envelope).map_err(|e| local_error(&e))
+        incoming
+            .commit_as(&envelope, stats::Way::Local)
+            .map_err(|e| local_error(&e))
     }
 }
 

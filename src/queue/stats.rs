@@ -4,11 +4,17 @@
 //!
 //! Recording is a few relaxed atomic additions, so every attempt is
 //! counted without a lock between the workers.
+//!
+//! The event counters (messages received, refused, delivery outcomes,
+//! notices, connections) are what the daemon's metrics endpoint renders;
+//! they count from the queue's start.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::smtp::reply::SmtpReply;
 
 /// Four buckets per power of two of microseconds: a quantile read off the
 /// histogram is at most 25 % above the true value. 160 buckets reach past
@@ -39,6 +45,7 @@ fn upper_bound(b: usize) -> u64 {
 pub struct LagHistogram {
     counts: [AtomicU64; BUCKETS],
     max_us: AtomicU64,
+    sum_us: AtomicU64,
 }
 
 impl Default for LagHistogram {
@@ -46,6 +53,7 @@ impl Default for LagHistogram {
         LagHistogram {
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
             max_us: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
         }
     }
 }
@@ -55,6 +63,29 @@ impl LagHistogram {
         let us = lag.as_micros().min(u128::from(u64::MAX)) as u64;
         self.counts[bucket(us)].fetch_add(1, Relaxed);
         self.max_us.fetch_max(us, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// The sum of every recorded lag, in microseconds.
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Relaxed)
+    }
+
+    /// Cumulative counts at power-of-two bounds: `(bound_us, records
+    /// below it)` for 1 µs, 2 µs, 4 µs … up to `max_bound_us`. Each bound is
+    /// a bucket edge, so the counts are exact (as a Prometheus histogram's
+    /// `le` buckets need).
+    pub fn cumulative(&self, max_bound_us: u64) -> Vec<(u64, u64)> {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        let mut out = Vec::new();
+        let mut bound = 1u64;
+        while bound <= max_bound_us {
+            // Values below `bound` are exactly the buckets before bucket(bound).
+            let below: u64 = counts[..bucket(bound)].iter().sum();
+            out.push((bound, below));
+            bound *= 2;
+        }
+        out
     }
 
     pub fn count(&self) -> u64 {
@@ -92,11 +123,140 @@ impl LagHistogram {
     }
 }
 
+/// How a message came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Over SMTP, through the listener.
+    Smtp,
+    /// Handed to the library (`Queue::enqueue`), or picked up from
+    /// `incoming/` (sendmail).
+    Local,
+}
+
+/// Why the listener refused a command, as its reply's enhanced code
+/// says; the label values of `mailqueue_refused_total`.
+pub const REFUSAL_REASONS: [&str; 7] = [
+    "relay_denied",
+    "message_size",
+    "quota",
+    "too_many_recipients",
+    "bad_address",
+    "protocol",
+    "other",
+];
+
+/// The index in [`REFUSAL_REASONS`] of a refusal with this reply.
+fn refusal_reason(reply: &SmtpReply) -> usize {
+    let e = reply.status();
+    match (e.subject, e.detail) {
+        (7, 1) => 0,
+        (3, 4) => 1,
+        (3, 1) => 2,
+        (5, 3) => 3,
+        (1, _) | (6, 7) => 4,
+        (5, _) => 5,
+        _ => 6,
+    }
+}
+
+/// Recipient outcomes of attempts; the label values of
+/// `mailqueue_deliveries_total`.
+pub const OUTCOMES: [&str; 4] = ["sent", "deferred", "bounced", "expired"];
+
+/// Outbound TLS sessions established, by every delivery target of the
+/// process (the SMTP client knows no queue).
+static OUTBOUND_TLS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts an outbound TLS session and passes it on.
+pub fn count_tls<T>(session: T) -> T {
+    OUTBOUND_TLS.fetch_add(1, Relaxed);
+    session
+}
+
+/// Outbound TLS sessions established since the process started.
+pub fn outbound_tls() -> u64 {
+    OUTBOUND_TLS.load(Relaxed)
+}
+
 /// The running queue's counters.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// From the time an attempt was due to the time a worker began it.
     pub lag: LagHistogram,
+    /// Messages queued, by [`Way`] (notices not included).
+    received: [AtomicU64; 2],
+    /// Listener replies refusing a command, by [`REFUSAL_REASONS`].
+    refused: [AtomicU64; REFUSAL_REASONS.len()],
+    /// Recipient outcomes, by [`OUTCOMES`].
+    outcomes: [AtomicU64; OUTCOMES.len()],
+    /// Notices (bounces, delay warnings, success reports) queued.
+    notices: AtomicU64,
+    /// SMTP connections the listener took on.
+    connections: AtomicU64,
+}
+
+impl Stats {
+    /// Counts a message queued.
+    pub fn received(&self, way: Way) {
+        self.received[way as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a listener reply if it refuses something (4xx, 5xx).
+    pub fn reply_sent(&self, reply: &SmtpReply) {
+        if reply.code >= 400 {
+            self.refused[refusal_reason(reply)].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts one recipient's outcome: `sent`, `deferred` or `bounced`
+    /// (`expired` when a bounce is for time or tries, not a permanent error).
+    pub fn outcome(&self, status: &str, expired: bool) {
+        let i = match status {
+            "sent" => 0,
+            "deferred" => 1,
+            _ if expired => 3,
+            _ => 2,
+        };
+        self.outcomes[i].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a notice queued.
+    pub fn notice(&self) {
+        self.notices.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection the listener took on.
+    pub fn connection(&self) {
+        self.connections.fetch_add(1, Relaxed);
+    }
+
+    /// Messages received: `(smtp, local)`.
+    pub fn received_counts(&self) -> (u64, u64) {
+        (
+            self.received[0].load(Relaxed),
+            self.received[1].load(Relaxed),
+        )
+    }
+
+    /// Refusals, in the order of [`REFUSAL_REASONS`].
+    pub fn refused_counts(&self) -> Vec<u64> {
+        self.refused.iter().map(|c| c.load(Relaxed)).collect()
+    }
+
+    /// Outcomes, in the order of [`OUTCOMES`].
+    pub fn outcome_counts(&self) -> Vec<u64> {
+        self.outcomes.iter().map(|c| c.load(Relaxed)).collect()
+    }
+
+    /// Notices queued.
+    pub fn notices(&self) -> u64 {
+        self.notices.load(Relaxed)
+    }
+
+    /// Connections taken on.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Relaxed)
+    }
 }
 
 /// A copy of the counters at one moment, as the control socket sends it.
@@ -163,8 +323,54 @@ mod tests {
         assert!((100..=125).contains(&p99), "{p99}");
         let p999 = h.quantile_us(0.999);
         assert_eq!(p999, 50_000, "capped at the maximum");
-        let s = Stats { lag: h }.snapshot(3, 4);
+        let s = Stats {
+            lag: h,
+            ..Stats::default()
+        }
+        .snapshot(3, 4);
         assert_eq!((s.messages, s.bytes, s.attempts), (3, 4, 1000));
         assert_eq!(s.lag_max_us, 50_000);
+    }
+
+    #[test]
+    fn cumulative_counts_are_exact_at_power_of_two_bounds() {
+        let h = LagHistogram::default();
+        for us in [0, 1, 3, 7, 8, 100, 1000, 1023, 1024, 5000] {
+            h.record(Duration::from_micros(us));
+        }
+        let c = h.cumulative(1 << 20);
+        assert_eq!(c.len(), 21);
+        for (bound, below) in c {
+            let expected = [0u64, 1, 3, 7, 8, 100, 1000, 1023, 1024, 5000]
+                .iter()
+                .filter(|&&us| us < bound)
+                .count() as u64;
+            assert_eq!(below, expected, "below {bound}");
+        }
+        assert_eq!(h.sum_us(), 8166);
+    }
+
+    #[test]
+    fn refusals_are_told_apart_by_their_enhanced_code() {
+        let s = Stats::default();
+        for (code, e) in [
+            (554, (5, 7, 1)),
+            (552, (5, 3, 4)),
+            (452, (4, 3, 1)),
+            (452, (4, 5, 3)),
+            (553, (5, 1, 3)),
+            (553, (5, 6, 7)),
+            (500, (5, 5, 2)),
+            (421, (4, 4, 2)),
+            (250, (2, 0, 0)),
+        ] {
+            s.reply_sent(&SmtpReply::with_code(code, e, "x"));
+        }
+        assert_eq!(s.refused_counts(), [1, 1, 1, 1, 2, 1, 1]);
+        s.outcome("sent", false);
+        s.outcome("bounced", true);
+        s.outcome("bounced", false);
+        s.outcome("deferred", false);
+        assert_eq!(s.outcome_counts(), [1, 1, 1, 1]);
     }
 }

@@ -317,6 +317,7 @@ fn apply(
             )
         }
     };
+    shared.stats.outcome(status, r.expired);
     log::info!(
         "{id}: to=<{}>, relay={}, tries={}, delay={:.1}s, status={status}{}",
         r.address,

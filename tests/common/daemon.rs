@@ -46,7 +46,7 @@ impl Setup {
     /// Delivers to `target`, e.g. `smtp://127.0.0.1:2526`.
     pub fn to(target: &str) -> Setup {
         let s = Setup {
-            sections: ["", "queue", "listen", "delivery", "bounce"]
+            sections: ["", "queue", "listen", "delivery", "bounce", "metrics"]
                 .into_iter()
                 .map(|name| (name, Vec::new()))
                 .collect(),

@@ -110,7 +110,7 @@ pub(super) fn tls_handshake(
     // smtp_starttls_timeout: each read and write alone is not enough.
     let _deadline = Watchdog::arm(&tcp, settings.command_timeout);
     match connector.connect(name, tcp) {
-        Ok(s) => Ok(Transport::Tls(Box::new(s))),
+        Ok(s) => Ok(Transport::Tls(Box::new(crate::queue::stats::count_tls(s)))),
         // Its kind lets the MX client tell a failed handshake from other
         // errors and, under `may`, retry in clear.
         Err(e) => {

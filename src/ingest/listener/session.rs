@@ -109,6 +109,7 @@ impl<'a> Session<'a> {
     }
 
     pub(super) fn send(&mut self, r: &SmtpReply) {
+        self.queue.counters().reply_sent(r);
         self.out.extend_from_slice(format!("{r}\r\n").as_bytes());
     }
 
@@ -126,6 +127,7 @@ impl<'a> Session<'a> {
     }
 
     pub(super) fn run(mut self) {
+        self.queue.counters().connection();
         let _ = self.io.get_ref().set_timeout(self.s.command_timeout);
         // No enhanced code in the greeting (RFC 2034 section 3): clients
         // read the host name as its first word.
