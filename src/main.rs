@@ -119,6 +119,7 @@ fn run(cli: Cli) -> ExitCode {
     if let Err(code) = unprivileged() {
         return code;
     }
+    let (config_arg, spool_arg) = (cli.config.clone(), cli.spool.clone());
     let (config, path) = match load_config(cli.config, cli.spool) {
         Ok(c) => c,
         Err(e) => {
@@ -131,7 +132,10 @@ fn run(cli: Cli) -> ExitCode {
         Ok(Err(Cmd::Check)) => check(&config, path.as_deref()),
         Ok(Err(Cmd::Serve)) => {
             init_logs();
-            match cli::daemon::serve(config) {
+            // SIGHUP reads the configuration again, from the same place.
+            let reload =
+                || load_config(config_arg.clone(), spool_arg.clone()).map(|(config, _)| config);
+            match cli::daemon::serve(config, reload) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mailqueue: {e}");

@@ -405,3 +405,112 @@ fn a_password_file_of_another_user_is_refused() {
     );
     assert!(err.contains("id 65534, the spool's owner"), "{err}");
 }
+
+/// Rewrites a running daemon's config with `setup` (same spool, same
+/// port) and sends it SIGHUP.
+fn reload(d: &Daemon, setup: &Setup) {
+    std::fs::write(d.config_path(), setup.toml(&d.spool(), d.port)).unwrap();
+    common::daemon::signal(d.pid(), "HUP");
+}
+
+/// The daemon is still up, with its lock and its control socket.
+fn still_running(d: &mut Daemon) {
+    assert!(
+        d.wait_exit(Duration::from_millis(200)).is_none(),
+        "{}",
+        d.log()
+    );
+    assert!(d.spool().join("lock").exists());
+    assert!(d.spool().join("control.sock").exists());
+    let (status, out, err) =
+        run_mailqueue(&["--config", d.config_path().to_str().unwrap(), "list"]);
+    assert!(status.success(), "{out}{err}");
+}
+
+#[test]
+fn sighup_switches_the_target_for_queued_and_new_mail() {
+    let sink = SmtpSink::start(&[]);
+    // Target A: nothing listens there; the first message waits.
+    let mut d = Daemon::start(&Setup::default());
+    let mut c = Client::connect(d.addr()).unwrap();
+    let first = queued_id(&c.mail("a@example.org", &["b@example.net"], MSG));
+    assert!(d.wait_log("status=deferred", LONG), "{}", d.log());
+
+    // Target B: the sink. Workers cannot change without a restart.
+    reload(
+        &d,
+        &Setup::to(&sink.url("smtp"))
+            .queue("workers = 3")
+            .listen("max_recipients = 7"),
+    );
+    assert!(d.wait_log("reload: done", LONG), "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("reload: [queue] workers changed; restart to apply"),
+        "{log}"
+    );
+    assert!(
+        log.contains("changed: [listen] max_recipients, [delivery] target"),
+        "{log}"
+    );
+    // The queued message goes to B at its next try, a new one at once.
+    assert!(wait_for(LONG, || sink.count() == 1), "{}", d.log());
+    let second = queued_id(&c.mail("a@example.org", &["c@example.net"], MSG));
+    c.quit();
+    assert!(wait_for(LONG, || sink.count() == 2), "{}", d.log());
+    let dumps = sink.messages().join("\n");
+    assert!(dumps.contains(&format!("id {first}")), "{dumps}");
+    assert!(dumps.contains(&format!("id {second}")), "{dumps}");
+    // The new listener limit holds for new connections.
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org>").expect(250, "");
+    for i in 0..7 {
+        c.cmd(&format!("RCPT TO:<r{i}@example.net>"))
+            .expect(250, "");
+    }
+    assert_eq!(c.cmd("RCPT TO:<r7@example.net>").first()[..1], *"4");
+    c.quit();
+
+    still_running(&mut d);
+    d.terminate();
+    assert!(
+        d.wait_exit(LONG).is_some_and(|s| s.success()),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_config_that_fails_on_sighup_leaves_the_running_one_in_place() {
+    let sink = SmtpSink::start(&[]);
+    let setup = Setup::to(&sink.url("smtp"));
+    let mut d = Daemon::start(&setup);
+
+    // Does not parse: an unknown key.
+    std::fs::write(d.config_path(), "[queue]\nworkerz = 3\n").unwrap();
+    common::daemon::signal(d.pid(), "HUP");
+    assert!(d.wait_log("stays in place", LONG), "{}", d.log());
+    assert!(d.log().contains("workerz"), "{}", d.log());
+    // Parses, but a file it names cannot be read: nothing of it is used,
+    // not even its target.
+    reload(
+        &d,
+        &Setup::default()
+            .listen("tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\""),
+    );
+    assert!(
+        wait_for(LONG, || d.log().matches("stays in place").count() == 2),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("/nonexistent/cert.pem"), "{}", d.log());
+    assert!(!d.log().contains("reload: done"), "{}", d.log());
+
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.mail("a@example.org", &["b@example.net"], MSG)
+        .expect(250, "");
+    c.quit();
+    assert!(wait_for(LONG, || sink.count() == 1), "{}", d.log());
+    still_running(&mut d);
+}
