@@ -151,8 +151,9 @@ fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// `mailqueue check`: the configuration, and what the daemon would load
-/// with it (passwords, certificates).
+/// `mailqueue check`: the configuration, what the daemon would load with
+/// it (passwords, certificates), and what it would need of the system
+/// (a writable spool, free listening addresses), as the user running it.
 fn check(config: &Config, path: Option<&Path>) -> ExitCode {
     let source = path
         .map(|p| p.display().to_string())
@@ -161,16 +162,30 @@ fn check(config: &Config, path: Option<&Path>) -> ExitCode {
     for w in config.warnings() {
         eprintln!("mailqueue: {source}: warning: {w}");
     }
-    match checked {
-        Ok(_) => {
-            println!("{source}: ok");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("mailqueue: {source}: {e}");
-            ExitCode::from(exit::CONFIG)
+    if let Err(e) = checked {
+        eprintln!("mailqueue: {source}: {e}");
+        return ExitCode::from(exit::CONFIG);
+    }
+    let mut code = exit::OK;
+    let spool = cli::check::spool(&config.spool).map_err(|e| (e, exit::CANTCREAT));
+    let listen = cli::check::listen(&config.listen.smtp, &config.spool)
+        .into_iter()
+        .map(|r| r.map_err(|e| (e, exit::UNAVAILABLE)));
+    for result in std::iter::once(spool).chain(listen) {
+        match result {
+            Ok(line) => println!("{line}"),
+            Err((e, failed)) => {
+                eprintln!("mailqueue: {e}");
+                if code == exit::OK {
+                    code = failed;
+                }
+            }
         }
     }
+    if code == exit::OK {
+        println!("{source}: ok");
+    }
+    ExitCode::from(code)
 }
 
 fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]) -> ExitCode {
