@@ -121,6 +121,7 @@ fn run(cli: Cli) -> ExitCode {
     if let Err(code) = unprivileged() {
         return code;
     }
+    let (config_arg, spool_arg) = (cli.config.clone(), cli.spool.clone());
     let (config, path) = match load_config(cli.config, cli.spool) {
         Ok(c) => c,
         Err(e) => {
@@ -136,7 +137,10 @@ fn run(cli: Cli) -> ExitCode {
         }
         Ok(Err(Cmd::Serve)) => {
             init_logs();
-            match cli::daemon::serve(config) {
+            // SIGHUP reads the configuration again, from the same place.
+            let reload =
+                || load_config(config_arg.clone(), spool_arg.clone()).map(|(config, _)| config);
+            match cli::daemon::serve(config, reload) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mailqueue: {e}");
@@ -152,8 +156,9 @@ fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// `mailqueue check`: the configuration, and what the daemon would load
-/// with it (passwords, certificates).
+/// `mailqueue check`: the configuration, what the daemon would load with
+/// it (passwords, certificates), and what it would need of the system
+/// (a writable spool, free listening addresses), as the user running it.
 fn check(config: &Config, path: Option<&Path>) -> ExitCode {
     let source = path
         .map(|p| p.display().to_string())
@@ -162,16 +167,30 @@ fn check(config: &Config, path: Option<&Path>) -> ExitCode {
     for w in config.warnings() {
         eprintln!("mailqueue: {source}: warning: {w}");
     }
-    match checked {
-        Ok(_) => {
-            println!("{source}: ok");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("mailqueue: {source}: {e}");
-            ExitCode::from(exit::CONFIG)
+    if let Err(e) = checked {
+        eprintln!("mailqueue: {source}: {e}");
+        return ExitCode::from(exit::CONFIG);
+    }
+    let mut code = exit::OK;
+    let spool = cli::check::spool(&config.spool).map_err(|e| (e, exit::CANTCREAT));
+    let listen = cli::check::listen(&config.listen.smtp, &config.spool)
+        .into_iter()
+        .map(|r| r.map_err(|e| (e, exit::UNAVAILABLE)));
+    for result in std::iter::once(spool).chain(listen) {
+        match result {
+            Ok(line) => println!("{line}"),
+            Err((e, failed)) => {
+                eprintln!("mailqueue: {e}");
+                if code == exit::OK {
+                    code = failed;
+                }
+            }
         }
     }
+    if code == exit::OK {
+        println!("{source}: ok");
+    }
+    ExitCode::from(code)
 }
 
 fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]) -> ExitCode {

@@ -162,7 +162,7 @@ fn check_accepts_a_good_file_and_reads_mailqueue_config_from_the_environment() {
         dir.path(),
         &Setup::default(),
         &dir.path().join("spool"),
-        2525,
+        common::daemon::free_port(),
     );
     let (status, out, err) = run_mailqueue(&["--config", good.to_str().unwrap(), "check"]);
     assert!(status.success(), "{err}");
@@ -187,7 +187,7 @@ fn check_fails_on_a_missing_certificate_or_password_file() {
         &Setup::default()
             .listen("tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\""),
         &dir.path().join("spool"),
-        2525,
+        common::daemon::free_port(),
     );
     let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
     assert!(!status.success());
@@ -199,7 +199,7 @@ fn check_fails_on_a_missing_certificate_or_password_file() {
             "tls = \"verify\"\nusername = \"u\"\npassword_file = \"/nonexistent/password\"",
         ),
         &dir.path().join("spool"),
-        2525,
+        common::daemon::free_port(),
     );
     let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
     assert!(!status.success());
@@ -279,7 +279,7 @@ fn check_delivery(dir: &std::path::Path, delivery: &str) -> (bool, String) {
         dir,
         &Setup::default().delivery(delivery),
         &dir.join("spool"),
-        2525,
+        common::daemon::free_port(),
     );
     let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
     (status.success(), err)
@@ -404,4 +404,205 @@ fn a_password_file_of_another_user_is_refused() {
         "a root-only password file passed for a daemon running as 65534"
     );
     assert!(err.contains("id 65534, the spool's owner"), "{err}");
+}
+
+/// Rewrites a running daemon's config with `setup` (same spool, same
+/// port) and sends it SIGHUP.
+fn reload(d: &Daemon, setup: &Setup) {
+    std::fs::write(d.config_path(), setup.toml(&d.spool(), d.port)).unwrap();
+    common::daemon::signal(d.pid(), "HUP");
+}
+
+/// The daemon is still up, with its lock and its control socket.
+fn still_running(d: &mut Daemon) {
+    assert!(
+        d.wait_exit(Duration::from_millis(200)).is_none(),
+        "{}",
+        d.log()
+    );
+    assert!(d.spool().join("lock").exists());
+    assert!(d.spool().join("control.sock").exists());
+    let (status, out, err) =
+        run_mailqueue(&["--config", d.config_path().to_str().unwrap(), "list"]);
+    assert!(status.success(), "{out}{err}");
+}
+
+#[test]
+fn sighup_switches_the_target_for_queued_and_new_mail() {
+    let sink = SmtpSink::start(&[]);
+    // Target A: nothing listens there; the first message waits.
+    let mut d = Daemon::start(&Setup::default());
+    let mut c = Client::connect(d.addr()).unwrap();
+    let first = queued_id(&c.mail("a@example.org", &["b@example.net"], MSG));
+    assert!(d.wait_log("status=deferred", LONG), "{}", d.log());
+
+    // Target B: the sink. Workers cannot change without a restart.
+    reload(
+        &d,
+        &Setup::to(&sink.url("smtp"))
+            .queue("workers = 3")
+            .listen("max_recipients = 7"),
+    );
+    assert!(d.wait_log("reload: done", LONG), "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("reload: [queue] workers changed; restart to apply"),
+        "{log}"
+    );
+    assert!(
+        log.contains("changed: [listen] max_recipients, [delivery] target"),
+        "{log}"
+    );
+    // The queued message goes to B at its next try, a new one at once.
+    assert!(wait_for(LONG, || sink.count() == 1), "{}", d.log());
+    let second = queued_id(&c.mail("a@example.org", &["c@example.net"], MSG));
+    c.quit();
+    assert!(wait_for(LONG, || sink.count() == 2), "{}", d.log());
+    let dumps = sink.messages().join("\n");
+    assert!(dumps.contains(&format!("id {first}")), "{dumps}");
+    assert!(dumps.contains(&format!("id {second}")), "{dumps}");
+    // The new listener limit holds for new connections.
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org>").expect(250, "");
+    for i in 0..7 {
+        c.cmd(&format!("RCPT TO:<r{i}@example.net>"))
+            .expect(250, "");
+    }
+    assert_eq!(c.cmd("RCPT TO:<r7@example.net>").first()[..1], *"4");
+    c.quit();
+
+    still_running(&mut d);
+    d.terminate();
+    assert!(
+        d.wait_exit(LONG).is_some_and(|s| s.success()),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_config_that_fails_on_sighup_leaves_the_running_one_in_place() {
+    let sink = SmtpSink::start(&[]);
+    let setup = Setup::to(&sink.url("smtp"));
+    let mut d = Daemon::start(&setup);
+
+    // Does not parse: an unknown key.
+    std::fs::write(d.config_path(), "[queue]\nworkerz = 3\n").unwrap();
+    common::daemon::signal(d.pid(), "HUP");
+    assert!(d.wait_log("stays in place", LONG), "{}", d.log());
+    assert!(d.log().contains("workerz"), "{}", d.log());
+    // Parses, but a file it names cannot be read: nothing of it is used,
+    // not even its target.
+    reload(
+        &d,
+        &Setup::default()
+            .listen("tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\""),
+    );
+    assert!(
+        wait_for(LONG, || d.log().matches("stays in place").count() == 2),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("/nonexistent/cert.pem"), "{}", d.log());
+    assert!(!d.log().contains("reload: done"), "{}", d.log());
+
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.mail("a@example.org", &["b@example.net"], MSG)
+        .expect(250, "");
+    c.quit();
+    assert!(wait_for(LONG, || sink.count() == 1), "{}", d.log());
+    still_running(&mut d);
+}
+
+#[test]
+fn check_reports_a_port_in_use_and_a_spool_it_cannot_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = write_config(
+        dir.path(),
+        &Setup::default(),
+        &dir.path().join("spool"),
+        port,
+    );
+    let check = || run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
+    let (status, _, err) = check();
+    assert_eq!(status.code(), Some(69), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        err.to_lowercase().contains("address already in use"),
+        "{err}"
+    );
+    drop(taken);
+    let (status, out, err) = check();
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains(&format!("listen 127.0.0.1:{port}: can be bound")),
+        "{out}"
+    );
+    assert!(out.contains("writable by user id 0"), "{out}");
+    // Nothing is left behind: the spool is not created, the probe removed.
+    assert_eq!(common::files_in(dir.path()), ["other.toml"]);
+
+    // Another user (nobody) may read the config but not write where the
+    // spool would be created, nor in a spool that exists.
+    assert!(
+        std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0),
+        "this test must run as root to check as another user"
+    );
+    for path in [dir.path(), &config] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let as_nobody = || {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(binary())
+            .args(["--config", config.to_str().unwrap(), "check"])
+            .env_remove("MAILQUEUE_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = as_nobody();
+    assert_eq!(code, Some(73), "{err}");
+    assert!(err.contains("where serve would create it"), "{err}");
+    assert!(err.contains("not writable by user id 65534"), "{err}");
+    std::fs::create_dir(dir.path().join("spool")).unwrap();
+    let (code, err) = as_nobody();
+    assert_eq!(code, Some(73), "{err}");
+    assert!(err.contains("the spool"), "{err}");
+    assert!(err.contains("not writable by user id 65534"), "{err}");
+}
+
+#[test]
+fn check_passes_a_port_held_by_the_daemon_running_on_the_spool() {
+    let d = Daemon::start(&Setup::default());
+    let (status, out, err) =
+        run_mailqueue(&["--config", d.config_path().to_str().unwrap(), "check"]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains(&format!(
+            "listen 127.0.0.1:{}: in use by the running daemon",
+            d.port
+        )),
+        "{out}"
+    );
+    // Another spool's check does not take the port for its own daemon's.
+    let other = tempfile::tempdir().unwrap();
+    let config = write_config(
+        other.path(),
+        &Setup::default(),
+        &other.path().join("spool"),
+        d.port,
+    );
+    let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
+    assert_eq!(status.code(), Some(69), "{err}");
 }

@@ -16,6 +16,10 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # setpriv and unshare (util-linux) switch users in the submission tests.
 command -v strace >/dev/null 2>&1 || need_apt+=(strace)
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
+# The install test (tests/install.rs) runs the README's steps in its own
+# namespaces: systemd-tmpfiles makes the spool, ip brings up loopback.
+command -v systemd-tmpfiles >/dev/null 2>&1 || need_apt+=(systemd-standalone-tmpfiles)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   as_root apt-get update -qq

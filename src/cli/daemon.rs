@@ -1,12 +1,13 @@
 //! `mailqueue serve`: wires the queue, the delivery target and the SMTP
-//! listener together, and shuts them down in order on SIGTERM/SIGINT.
+//! listener together, reloads the configuration on SIGHUP, and shuts them
+//! down in order on SIGTERM/SIGINT.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use mailqueue::build_target;
@@ -60,14 +61,15 @@ pub fn server_settings(config: &Config) -> Result<ServerSettings, String> {
     })
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn serve(config: Config) -> Result<(), String> {
+/// Runs the daemon until SIGTERM or SIGINT; on SIGHUP, `reload` reads
+/// the configuration again.
+pub fn serve(config: Config, reload: impl Fn() -> Result<Config, String>) -> Result<(), String> {
     for w in config.warnings() {
         log::warn!("config: {w}");
     }
     let (target, bounce) = targets(&config)?;
     let settings = server_settings(&config)?;
-    let mut signals = Signals::new([SIGTERM, SIGINT])
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     // Bind first: a daemon that cannot listen must fail before it opens
     // the spool, or its workers would start on queued mail and be cut off
@@ -86,8 +88,13 @@ pub fn serve(config: Config) -> Result<(), String> {
         )
     })?;
     let (stop_pickup, pickup_stopped) = crossbeam_channel::bounded::<()>(0);
-    let limits = sendmail::limits(&config);
-    let picker = start_pickup(Arc::clone(&queue), limits, pickup_rx, pickup_stopped)?;
+    let limits = Arc::new(Mutex::new(sendmail::limits(&config)));
+    let picker = start_pickup(
+        Arc::clone(&queue),
+        Arc::clone(&limits),
+        pickup_rx,
+        pickup_stopped,
+    )?;
     let mut server = Server::start(listeners, Arc::clone(&queue), settings);
     let _metrics = metrics.map(|m| m.serve(Arc::clone(&queue)));
     log::info!(
@@ -98,7 +105,22 @@ pub fn serve(config: Config) -> Result<(), String> {
         config.queue.workers
     );
 
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let mut running = config;
+    let signal = loop {
+        match signals.forever().next().unwrap_or(SIGTERM) {
+            SIGHUP => {
+                let live = Live {
+                    queue: &queue,
+                    server: &server,
+                    pickup_limits: &limits,
+                };
+                if let Some(config) = reconfigure(&running, reload(), &live) {
+                    running = config;
+                }
+            }
+            other => break other,
+        }
+    };
     log::info!("signal {signal}: no longer accepting mail; finishing running attempts");
     server.stop();
     control.stop();
@@ -108,19 +130,161 @@ pub fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// What a reload changes in the running daemon.
+struct Live<'a> {
+    queue: &'a Queue,
+    server: &'a Server,
+    pickup_limits: &'a Mutex<IncomingLimits>,
+}
+
+/// A setting, as log lines name it, and its value for comparing.
+type Key = (&'static str, fn(&Config) -> String);
+
+macro_rules! key {
+    ($name:literal, $($field:ident).+) => {
+        ($name, |c: &Config| format!("{:?}", c.$($field).+))
+    };
+}
+
+/// The settings a reload cannot apply: the running daemon keeps them
+/// until it is restarted.
+static RESTART: &[Key] = &[
+    key!("hostname", hostname),
+    key!("spool", spool),
+    key!("[listen] smtp", listen.smtp),
+    key!("[queue] workers", queue.workers),
+    key!("[queue] max_tries", queue.max_tries),
+    key!("[queue] initial_retry", queue.initial_retry),
+    key!("[queue] retry_scale", queue.retry_scale),
+    key!("[queue] max_retry_interval", queue.max_retry_interval),
+    key!("[queue] max_lifetime", queue.max_lifetime),
+    key!("[queue] delay_warning", queue.delay_warning),
+    key!("[bounce] enabled", bounce.enabled),
+    key!("[bounce] from", bounce.from),
+    key!("[bounce] max_return_size", bounce.max_return_size),
+];
+
+/// Keeps the running values of the [`RESTART`] settings in a reloaded
+/// configuration.
+fn keep_restart_settings(running: &Config, new: &mut Config) {
+    new.hostname.clone_from(&running.hostname);
+    new.spool.clone_from(&running.spool);
+    new.listen.smtp.clone_from(&running.listen.smtp);
+    let (q, r) = (&mut new.queue, &running.queue);
+    q.workers = r.workers;
+    q.max_tries = r.max_tries;
+    q.initial_retry = r.initial_retry;
+    q.retry_scale = r.retry_scale;
+    q.max_retry_interval = r.max_retry_interval;
+    q.max_lifetime = r.max_lifetime;
+    q.delay_warning = r.delay_warning;
+    new.bounce.enabled = running.bounce.enabled;
+    new.bounce.from.clone_from(&running.bounce.from);
+    new.bounce.max_return_size = running.bounce.max_return_size;
+}
+
+/// The settings a reload applies.
+static RELOADED: &[Key] = &[
+    key!("[queue] max_messages", queue.max_messages),
+    key!("[queue] max_bytes", queue.max_bytes),
+    key!("[queue] min_free_bytes", queue.min_free_bytes),
+    key!("[listen] relay_networks", listen.relay_networks),
+    key!("[listen] max_message_size", listen.max_message_size),
+    key!("[listen] max_recipients", listen.max_recipients),
+    key!("[listen] max_connections", listen.max_connections),
+    key!("[listen] tls_cert", listen.tls_cert),
+    key!("[listen] tls_key", listen.tls_key),
+    key!("[listen] command_timeout", listen.command_timeout),
+    key!("[listen] data_timeout", listen.data_timeout),
+    key!("[listen] bare_newline", listen.bare_newline),
+    key!("[delivery] target", delivery.target),
+    key!("[delivery] tls", delivery.tls),
+    key!("[delivery] ca_file", delivery.ca_file),
+    key!("[delivery] username", delivery.username),
+    key!("[delivery] password_file", delivery.password_file),
+    key!("[delivery] tls_insecure_auth", delivery.tls_insecure_auth),
+    key!("[delivery] mx_port", delivery.mx_port),
+    key!("[delivery] dns_servers", delivery.dns_servers),
+    key!("[delivery] dns_timeout", delivery.dns_timeout),
+    key!(
+        "[delivery] destination_concurrency",
+        delivery.destination_concurrency
+    ),
+    key!(
+        "[delivery] connection_cache_time",
+        delivery.connection_cache_time
+    ),
+    key!("[delivery] connect_timeout", delivery.connect_timeout),
+    key!("[delivery] command_timeout", delivery.command_timeout),
+    key!("[delivery] data_timeout", delivery.data_timeout),
+    key!("[bounce] target", bounce.target),
+];
+
+/// The names of the settings in `keys` that differ between `a` and `b`.
+fn changed(keys: &[Key], a: &Config, b: &Config) -> Vec<&'static str> {
+    keys.iter()
+        .filter(|(_, value)| value(a) != value(b))
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// Applies a reloaded configuration to the running daemon. Returns it as
+/// it now runs (with the running values of what needs a restart), or
+/// `None` when it cannot be used: then nothing changes.
+fn reconfigure(running: &Config, loaded: Result<Config, String>, live: &Live) -> Option<Config> {
+    log::info!("reload: reading the configuration again (SIGHUP)");
+    let mut new = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("reload: {e}; the running configuration stays in place");
+            return None;
+        }
+    };
+    for name in changed(RESTART, running, &new) {
+        log::warn!("reload: {name} changed; restart to apply");
+    }
+    keep_restart_settings(running, &mut new);
+    // Everything that reads a file (password, certificates) is built
+    // before anything is replaced: all of the new configuration or none.
+    let built = targets(&new).and_then(|t| Ok((t, server_settings(&new)?)));
+    let ((target, bounce), settings) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("reload: {e}; the running configuration stays in place");
+            return None;
+        }
+    };
+    for w in new.warnings() {
+        log::warn!("config: {w}");
+    }
+    live.queue.set_targets(target, bounce);
+    live.queue.set_limits(new.queue_options().limits);
+    live.server.set_settings(settings);
+    *live.pickup_limits.lock().unwrap_or_else(|p| p.into_inner()) = sendmail::limits(&new);
+    let changed = changed(RELOADED, running, &new);
+    if changed.is_empty() {
+        log::info!("reload: done; no setting changed (certificate and password files read again)");
+    } else {
+        log::info!("reload: done; changed: {}", changed.join(", "));
+    }
+    Some(new)
+}
+
 /// The pickup thread: a pass at start, when told (a wake-up on `wake`),
 /// and every [`PICKUP_INTERVAL`], until `stop` is dropped.
 fn start_pickup(
     queue: Arc<Queue>,
-    limits: IncomingLimits,
+    limits: Arc<Mutex<IncomingLimits>>,
     wake: Receiver<()>,
     stop: Receiver<()>,
 ) -> Result<JoinHandle<()>, String> {
     std::thread::Builder::new()
         .name("mailqueue-pickup".into())
         .spawn(move || {
-            let mut pickup = Pickup::new(limits);
+            let limits = move || *limits.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pickup = Pickup::new(limits());
             loop {
+                pickup.set_limits(limits());
                 // A bug hit by one submission must not end pickup for
                 // all the others (and, silently, for good).
                 let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -128,7 +292,7 @@ fn start_pickup(
                 }));
                 if pass.is_err() {
                     log::error!("pickup pass panicked; the next pass starts afresh");
-                    pickup = Pickup::new(limits);
+                    pickup = Pickup::new(limits());
                 }
                 crossbeam_channel::select! {
                     recv(wake) -> _ => {}

@@ -4,6 +4,7 @@
 //! embedder builds none of it (nor clap, env_logger or signal-hook).
 
 pub mod args;
+pub mod check;
 pub mod commands;
 pub mod control;
 pub mod daemon;

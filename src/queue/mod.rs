@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
@@ -59,8 +59,14 @@ pub(crate) struct Shared {
     pub options: QueueOptions,
     pub spool: Spool,
     pub policy: RetryPolicy,
-    pub target: Arc<dyn DeliveryTarget>,
-    pub bounce_target: Arc<dyn DeliveryTarget>,
+    /// The targets, replaceable while the queue runs (see
+    /// [`Queue::set_targets`]); each is itself a target, so a worker
+    /// delivers through `&*shared.target`.
+    pub target: Arc<CurrentTarget>,
+    pub bounce_target: Arc<CurrentTarget>,
+    /// The quotas now: `options.limits` at first, then as
+    /// [`Queue::set_limits`] sets them.
+    pub limits: RwLock<QueueLimits>,
     pub timer: Sender<Command>,
     pub stopping: AtomicBool,
     /// Messages and bytes in the queue, kept up to date without rescanning.
@@ -76,6 +82,38 @@ pub(crate) struct Shared {
     /// Panicked attempts by message, in this process; see `worker::MAX_PANICS`.
     pub panics: Mutex<HashMap<MessageId, u32>>,
     pub stats: stats::Stats,
+}
+
+/// A delivery target that can be replaced while the queue runs. Each
+/// attempt takes the one current when it starts and keeps it to its end;
+/// the next attempt takes the new one.
+pub(crate) struct CurrentTarget(RwLock<Arc<dyn DeliveryTarget>>);
+
+impl CurrentTarget {
+    fn new(target: Arc<dyn DeliveryTarget>) -> Arc<CurrentTarget> {
+        Arc::new(CurrentTarget(RwLock::new(target)))
+    }
+
+    fn get(&self) -> Arc<dyn DeliveryTarget> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn set(&self, target: Arc<dyn DeliveryTarget>) {
+        // The old one is dropped once the last attempt using it ends.
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = target;
+    }
+}
+
+impl DeliveryTarget for CurrentTarget {
+    fn deliver(
+        &self,
+        msg: &MessageInfo,
+        rcpts: &[Recipient],
+        body: &Body,
+    ) -> Vec<RecipientOutcome> {
+        // The lock is held only to clone the Arc, not for the attempt.
+        self.get().deliver(msg, rcpts, body)
+    }
 }
 
 /// A message handed to a worker, and when it was due: the worker counts
@@ -154,7 +192,7 @@ impl Shared {
     /// Refuses new mail past `max_messages`, `max_bytes` (counting
     /// `incoming` more bytes) or below `min_free_bytes` of free disk.
     pub(crate) fn check_quota(&self, incoming: u64) -> Result<(), QueueError> {
-        let q = &self.options.limits;
+        let q = *self.limits.read().unwrap_or_else(|p| p.into_inner());
         let messages = self.messages.load(Ordering::SeqCst);
         if messages >= q.max_messages {
             return Err(QueueError::Quota(format!(
@@ -228,10 +266,11 @@ impl Queue {
         let timer = Timer::start(jobs_tx);
         let shared = Arc::new(Shared {
             policy: options.retry,
+            limits: RwLock::new(options.limits),
             options,
             spool,
-            target,
-            bounce_target,
+            target: CurrentTarget::new(target),
+            bounce_target: CurrentTarget::new(bounce_target),
             timer: timer.sender(),
             stopping: AtomicBool::new(false),
             messages: AtomicU64::new(report.messages.len() as u64),
@@ -255,9 +294,32 @@ impl Queue {
         })
     }
 
-    /// The options the queue runs with.
+    /// The options the queue was opened with; the quotas now are
+    /// [`Queue::limits`].
     pub fn options(&self) -> &QueueOptions {
         &self.shared.options
+    }
+
+    /// Replaces the delivery target and the target for notices. Attempts
+    /// running now finish with the old ones; every attempt that starts
+    /// after this (queued recipients at their next try too) uses the new.
+    pub fn set_targets(&self, target: Arc<dyn DeliveryTarget>, bounce: Arc<dyn DeliveryTarget>) {
+        self.shared.target.set(target);
+        self.shared.bounce_target.set(bounce);
+    }
+
+    /// The quotas new mail is checked against now.
+    pub fn limits(&self) -> QueueLimits {
+        *self.shared.limits.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the quotas, from the next check on.
+    pub fn set_limits(&self, limits: QueueLimits) {
+        *self
+            .shared
+            .limits
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     /// Queues a message held in memory. Returns its id once the message

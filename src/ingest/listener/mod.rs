@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -109,9 +109,18 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<native_tls::TlsAcceptor, 
     native_tls::TlsAcceptor::new(id).map_err(TlsAcceptorError::Build)
 }
 
+/// The settings a listener uses now; each connection takes the ones
+/// current when it is accepted and keeps them to its end.
+type Current = Arc<RwLock<Arc<ServerSettings>>>;
+
+fn current(settings: &Current) -> Arc<ServerSettings> {
+    Arc::clone(&settings.read().unwrap_or_else(|p| p.into_inner()))
+}
+
 /// The running listener.
 pub struct Server {
     stopping: Arc<AtomicBool>,
+    settings: Current,
     addrs: Vec<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
     active: Arc<AtomicUsize>,
@@ -126,7 +135,7 @@ impl Server {
     ) -> Server {
         let stopping = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
-        let settings = Arc::new(settings);
+        let settings: Current = Arc::new(RwLock::new(Arc::new(settings)));
         let sessions = {
             let (queue, settings) = (Arc::clone(&queue), Arc::clone(&settings));
             Arc::new(Reused::new(
@@ -138,6 +147,7 @@ impl Server {
                         return;
                     };
                     let _ = stream.set_nodelay(true);
+                    let settings = current(&settings);
                     Session::new(Transport::Tcp(stream), peer, &queue, &settings).run();
                 },
             ))
@@ -149,21 +159,22 @@ impl Server {
                 log::info!("listening for SMTP on {a}");
                 addrs.push(a);
             }
-            let (stopping, active, sessions, max) = (
+            let (stopping, active, sessions, settings) = (
                 Arc::clone(&stopping),
                 Arc::clone(&active),
                 Arc::clone(&sessions),
-                settings.max_connections,
+                Arc::clone(&settings),
             );
             threads.push(
                 thread::Builder::new()
                     .name("mailqueue-listen".into())
-                    .spawn(move || accept_loop(listener, &sessions, max, &stopping, &active))
+                    .spawn(move || accept_loop(listener, &sessions, &settings, &stopping, &active))
                     .expect("cannot start the listener thread"),
             );
         }
         Server {
             stopping,
+            settings,
             addrs,
             threads,
             active,
@@ -173,6 +184,13 @@ impl Server {
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Replaces the settings (limits, relay networks, TLS identity,
+    /// timeouts) for the connections accepted from now on; sessions in
+    /// progress keep theirs. The listening addresses stay as they are.
+    pub fn set_settings(&self, settings: ServerSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
     /// Connections being served now.
@@ -204,7 +222,7 @@ impl Drop for ActiveGuard {
 fn accept_loop(
     listener: TcpListener,
     sessions: &Reused<(TcpStream, ActiveGuard)>,
-    max_connections: usize,
+    settings: &Current,
     stopping: &AtomicBool,
     active: &Arc<AtomicUsize>,
 ) {
@@ -221,6 +239,7 @@ fn accept_loop(
                 continue;
             }
         };
+        let max_connections = current(settings).max_connections;
         if active.fetch_add(1, Ordering::SeqCst) >= max_connections {
             active.fetch_sub(1, Ordering::SeqCst);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));

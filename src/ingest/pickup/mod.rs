@@ -131,6 +131,11 @@ impl Pickup {
         }
     }
 
+    /// Checks the files of later passes against `limits`.
+    pub fn set_limits(&mut self, limits: IncomingLimits) {
+        self.limits = limits;
+    }
+
     /// Queues every complete file in `incoming/`. A file is removed only
     /// once its message is durable in the queue. One file that cannot be
     /// taken now never holds up the others.
