@@ -1,0 +1,147 @@
+//! The daemon's log lines, as an operator greps them: refusals in
+//! Postfix's `NOQUEUE: reject:` shape, where a queued message came from,
+//! the next hop's reply for every outcome, removals, and the journald
+//! format.
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::{dot_stuff, queued_id, Client, Daemon, Setup};
+
+const LONG: Duration = Duration::from_secs(15);
+const MSG: &[u8] = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nHello.\r\n";
+
+/// A daemon whose target accepts nothing: what it accepts stays queued.
+fn daemon_with(listen: &str) -> Daemon {
+    Daemon::start(
+        &Setup::default()
+            .queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"")
+            .listen(listen),
+    )
+}
+
+fn connect(d: &Daemon) -> Client {
+    Client::connect(d.addr()).expect("cannot connect to the daemon")
+}
+
+/// The log's lines that contain `needle`, from `needle` on.
+fn lines_with(d: &Daemon, needle: &str) -> Vec<String> {
+    d.log()
+        .lines()
+        .filter_map(|l| l.find(needle).map(|at| l[at..].to_string()))
+        .collect()
+}
+
+/// Waits for a line containing `needle`; returns it from `needle` on.
+#[track_caller]
+fn wait_line(d: &Daemon, needle: &str) -> String {
+    assert!(d.wait_log(needle, LONG), "no {needle:?} in:\n{}", d.log());
+    lines_with(d, needle).remove(0)
+}
+
+#[test]
+fn a_relay_refusal_is_logged_in_postfix_shape() {
+    let d = daemon_with("relay_networks = [\"10.0.0.0/8\"]");
+    let mut c = connect(&d);
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
+    c.cmd("RCPT TO:<x@example.net>").expect(554, "5.7.1");
+    let line = wait_line(&d, "NOQUEUE: reject: RCPT");
+    assert_eq!(
+        line,
+        "NOQUEUE: reject: RCPT from [127.0.0.1]: 554 5.7.1 <x@example.net>: Relay access \
+         denied; from=<a@example.org> to=<x@example.net> proto=ESMTP helo=<client.test>"
+    );
+    c.cmd("DATA").expect(554, "5.5.1");
+    let line = wait_line(&d, "NOQUEUE: reject: DATA");
+    assert_eq!(
+        line,
+        "NOQUEUE: reject: DATA from [127.0.0.1]: 554 5.5.1 Error: no valid recipients; \
+         from=<a@example.org> proto=ESMTP helo=<client.test>"
+    );
+}
+
+#[test]
+fn refusals_at_mail_rcpt_and_end_of_message_are_logged() {
+    let d = daemon_with("max_message_size = 1000\nmax_recipients = 1");
+    let mut c = connect(&d);
+    c.cmd("HELO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org> SIZE=5000")
+        .expect(552, "5.3.4");
+    c.cmd("MAIL FROM:<not an address>").expect(553, "5.1.7");
+    c.cmd("MAIL FROM:<a@example.org> BODY=9BIT")
+        .expect(501, "5.5.4");
+    c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
+    c.cmd("RCPT TO:<b@example.org> FOO=1").expect(555, "5.5.4");
+    c.cmd("RCPT TO:<b@example.org>").expect(250, "2.1.5");
+    c.cmd("RCPT TO:<c@example.org>").expect(452, "4.5.3");
+    c.cmd("DATA").expect(354, "");
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(2000));
+    c.data_raw(&dot_stuff(big.as_bytes())).expect(552, "5.3.4");
+    assert!(
+        d.wait_log("NOQUEUE: reject: END-OF-MESSAGE", LONG),
+        "{}",
+        d.log()
+    );
+    let lines = lines_with(&d, "NOQUEUE: reject: ");
+    let expected = [
+        "MAIL from [127.0.0.1]: 552 5.3.4 Message size exceeds fixed limit; \
+         from=<a@example.org> proto=SMTP helo=<client.test>",
+        "MAIL from [127.0.0.1]: 553 5.1.7 ",
+        "MAIL from [127.0.0.1]: 501 5.5.4 Bad BODY parameter; from=<a@example.org> proto=SMTP",
+        "RCPT from [127.0.0.1]: 555 5.5.4 Unsupported parameter FOO; from=<a@example.org> \
+         to=<b@example.org> proto=SMTP helo=<client.test>",
+        "RCPT from [127.0.0.1]: 452 4.5.3 Error: too many recipients; from=<a@example.org> \
+         to=<c@example.org> proto=SMTP helo=<client.test>",
+        "END-OF-MESSAGE from [127.0.0.1]: 552 5.3.4 Error: message file too big; \
+         from=<a@example.org> to=<b@example.org> proto=SMTP helo=<client.test>",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(&format!("NOQUEUE: reject: {want}")),
+            "{line}\nwanted {want}"
+        );
+    }
+    assert!(
+        lines[1].ends_with("from=<not an address> proto=SMTP helo=<client.test>"),
+        "{}",
+        lines[1]
+    );
+    assert!(d.queued().is_empty());
+}
+
+#[test]
+fn what_a_client_writes_cannot_forge_or_flood_log_lines() {
+    let d = daemon_with("relay_networks = [\"10.0.0.0/8\"]");
+    let mut c = connect(&d);
+    let helo = format!("EHLO x\u{1b}[31m{}", "h".repeat(600));
+    c.cmd(&helo).expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
+    for i in 0..30 {
+        c.cmd(&format!("RCPT TO:<x{i}@example.net>"))
+            .expect(554, "5.7.1");
+    }
+    c.cmd("NOOP").expect(250, "");
+    assert!(
+        d.wait_log("the next ones are not logged", LONG),
+        "{}",
+        d.log()
+    );
+    let lines = lines_with(&d, "NOQUEUE: reject: RCPT");
+    assert_eq!(lines.len(), 20, "{lines:#?}");
+    assert!(lines[0].contains("helo=<x\\x1b[31mhhh"), "{}", lines[0]);
+    assert!(lines[0].ends_with("hhh...>"), "{}", lines[0]);
+    assert!(lines[0].len() < 600, "{}", lines[0]);
+    assert!(!d.log().contains('\u{1b}'));
+}
+
+#[test]
+fn a_message_accepted_is_not_logged_as_a_refusal() {
+    let d = daemon_with("");
+    let mut c = connect(&d);
+    let id = queued_id(&c.mail("a@example.org", &["b@example.org"], MSG));
+    assert!(d.wait_log(&id, LONG));
+    assert!(!d.log().contains("NOQUEUE"), "{}", d.log());
+}
