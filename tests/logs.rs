@@ -145,3 +145,55 @@ fn a_message_accepted_is_not_logged_as_a_refusal() {
     assert!(d.wait_log(&id, LONG));
     assert!(!d.log().contains("NOQUEUE"), "{}", d.log());
 }
+
+#[test]
+fn a_message_queued_over_smtp_is_logged_with_its_client_and_message_id() {
+    let d = daemon_with("");
+    let mut c = connect(&d);
+    let msg = b"From: a@example.org\r\nMessage-ID:\r\n <app.1402.\x1b7@example.org>\r\n\
+                Subject: hi\r\n\r\nMessage-ID: <not-this@example.org>\r\n";
+    let id = queued_id(&c.mail("a@example.org", &["b@example.org", "c@example.org"], msg));
+    let line = wait_line(&d, &format!("{id}: from="));
+    assert!(
+        line.starts_with(&format!(
+            "{id}: from=<a@example.org>, size={}, nrcpt=2, client=[127.0.0.1], \
+             message-id=<app.1402.\\x1b7@example.org>",
+            common::stored_message(&d.spool(), &id).len()
+        )),
+        "{line}"
+    );
+    // Without a Message-ID, no message-id= (SMTP mail is stored as sent).
+    let id = queued_id(&c.mail("a@example.org", &["b@example.org"], MSG));
+    let line = wait_line(&d, &format!("{id}: from="));
+    assert!(line.ends_with("nrcpt=1, client=[127.0.0.1]"), "{line}");
+}
+
+#[test]
+fn a_local_submission_is_logged_with_its_uid_and_message_id() {
+    let d = daemon_with("");
+    let mut child = std::process::Command::new(common::daemon::binary())
+        .args(["--config", d.config_path().to_str().unwrap(), "sendmail"])
+        .args(["-i", "-f", "app@example.org", "b@example.org"])
+        .env_remove("MAILQUEUE_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        b"Message-Id: <cron.42@host.example>\nSubject: s\n\nbody\n",
+    )
+    .unwrap();
+    assert!(common::daemon::wait_child(&mut child, LONG)
+        .unwrap()
+        .success());
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    let uid = String::from_utf8(uid.stdout).unwrap();
+    let line = wait_line(&d, ": from=<app@example.org>");
+    assert!(
+        line.ends_with(&format!(
+            "nrcpt=1, uid={}, message-id=<cron.42@host.example>",
+            uid.trim()
+        )),
+        "{line}"
+    );
+}

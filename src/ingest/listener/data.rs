@@ -43,7 +43,10 @@ impl Session<'_> {
         let to = txn.rcpts[0].address.to_string();
         let mut disk_full = false;
         let mut incoming = match self.queue.begin() {
-            Ok(i) => Some(i),
+            Ok(mut i) => {
+                i.set_origin(format!("client=[{}]", self.client_ip()));
+                Some(i)
+            }
             Err(e) => {
                 log::error!("cannot accept a message: {e}");
                 let r = write_error_reply(e.is_no_space());
