@@ -197,3 +197,105 @@ fn a_local_submission_is_logged_with_its_uid_and_message_id() {
         "{line}"
     );
 }
+
+/// `mailqueue --config <the daemon's> args...`; panics unless it succeeds.
+fn mq(d: &Daemon, args: &[&str]) {
+    let config = d.config_path();
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (status, out, err) = common::daemon::run_mailqueue(&all);
+    assert!(status.success(), "{args:?}: {out}{err}");
+}
+
+#[test]
+fn a_sent_line_carries_the_next_hops_reply_and_the_message_is_then_removed() {
+    let sink = common::peers::SmtpSink::start(&[]);
+    let d = Daemon::start(&Setup::to(&sink.url("smtp")));
+    let mut c = connect(&d);
+    let id = queued_id(&c.mail("a@example.org", &["b@example.net"], MSG));
+    let line = wait_line(&d, &format!("{id}: to=<b@example.net>"));
+    let relay = format!("relay=127.0.0.1[127.0.0.1]:{}", sink.port);
+    assert!(
+        line.contains(&format!(", {relay}, tries=1, delay=")),
+        "{line}"
+    );
+    // smtp-sink's reply to the final dot.
+    assert!(line.ends_with(", status=sent (250 2.0.0 Ok)"), "{line}");
+    assert!(d.wait_log(&format!("{id}: removed"), LONG), "{}", d.log());
+}
+
+#[test]
+fn relay_is_none_without_a_server_and_host_ip_port_once_one_answered() {
+    // Nothing listens on the default target.
+    let d = daemon_with("");
+    let mut c = connect(&d);
+    let id = queued_id(&c.mail("a@example.org", &["b@example.net"], MSG));
+    let line = wait_line(&d, &format!("{id}: to=<b@example.net>"));
+    assert!(line.contains(", relay=none, tries=1,"), "{line}");
+    assert!(
+        line.contains("status=deferred (451 4.4.1 connect to 127.0.0.1[127.0.0.1]:"),
+        "{line}"
+    );
+
+    // A server that refuses in its greeting answered: it is named in full.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in server.incoming().flatten() {
+            let mut s = s;
+            let _ = std::io::Write::write_all(&mut s, b"554 5.3.2 not now\r\n");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let d = Daemon::start(
+        &Setup::to(&format!("smtp://127.0.0.1:{port}"))
+            .queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\""),
+    );
+    let mut c = connect(&d);
+    let id = queued_id(&c.mail("a@example.org", &["b@example.net"], MSG));
+    let line = wait_line(&d, &format!("{id}: to=<b@example.net>"));
+    assert!(
+        line.contains(&format!(", relay=127.0.0.1[127.0.0.1]:{port}, tries=1,")),
+        "{line}"
+    );
+    assert!(
+        line.contains("status=deferred (554 5.3.2 not now)"),
+        "{line}"
+    );
+}
+
+#[test]
+fn expire_logs_a_line_per_recipient_and_removed_and_delete_logs_removed() {
+    let d = daemon_with("");
+    let mut c = connect(&d);
+    let id = queued_id(&c.mail("a@example.org", &["b@example.net", "c@example.net"], MSG));
+    wait_line(
+        &d,
+        &format!("{id}: to=<c@example.net>, relay=none, tries=1"),
+    );
+    mq(&d, &["expire", &id]);
+    for rcpt in ["b@example.net", "c@example.net"] {
+        let line = wait_line(
+            &d,
+            &format!("{id}: to=<{rcpt}>, relay=none, tries=1, delay="),
+        );
+        let lines = lines_with(&d, &format!("{id}: to=<{rcpt}>"));
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(lines[0].contains("status=deferred"), "{line}");
+        assert!(
+            lines[1].ends_with("status=bounced (expired by the operator)"),
+            "{lines:#?}"
+        );
+    }
+    assert!(d.wait_log(&format!("{id}: removed"), LONG), "{}", d.log());
+
+    let id = queued_id(&c.mail("a@example.org", &["b@example.net"], MSG));
+    wait_line(&d, &format!("{id}: to=<b@example.net>"));
+    mq(&d, &["delete", &id]);
+    assert!(d.wait_log(&format!("{id}: removed"), LONG), "{}", d.log());
+    assert!(
+        d.wait_log(&format!("{id}: deleted by the operator"), LONG),
+        "{}",
+        d.log()
+    );
+}
