@@ -299,3 +299,35 @@ fn expire_logs_a_line_per_recipient_and_removed_and_delete_logs_removed() {
         d.log()
     );
 }
+
+#[test]
+fn the_journald_format_has_priorities_and_no_timestamp_of_ours() {
+    let d = Daemon::start(
+        &Setup::default()
+            .set("", "log = { format = \"journald\" }")
+            .queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"")
+            .listen("relay_networks = [\"10.0.0.0/8\"]"),
+    );
+    let mut c = connect(&d);
+    c.cmd("EHLO client.test").expect(250, "");
+    c.cmd("MAIL FROM:<a@example.org>").expect(250, "2.1.0");
+    c.cmd("RCPT TO:<x@example.net>").expect(554, "5.7.1");
+    assert!(
+        d.wait_log("<6>NOQUEUE: reject: RCPT from [127.0.0.1]: 554 5.7.1", LONG),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<6>listening for SMTP on 127.0.0.1:")),
+        "{log}"
+    );
+    for line in log.lines() {
+        assert!(
+            ["<3>", "<4>", "<6>"].iter().any(|p| line.starts_with(p)),
+            "a line without its priority: {line}\n{log}"
+        );
+        assert!(!line.contains("INFO") && !line.contains("Z "), "{line}");
+    }
+}

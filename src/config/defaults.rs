@@ -20,6 +20,7 @@ impl Default for Config {
             listen: ListenConfig::default(),
             delivery: DeliveryConfig::default(),
             bounce: BounceConfig::default(),
+            log: super::LogConfig::default(),
         }
     }
 }

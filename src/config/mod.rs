@@ -4,6 +4,7 @@
 mod build;
 mod defaults;
 mod duration;
+mod logs;
 mod target;
 mod validate;
 
@@ -23,6 +24,7 @@ pub use crate::smtp::bare_newline::BareNewline;
 pub use crate::smtp::tls_policy::TlsPolicy;
 pub use build::{build_target, destination_limit, PasswordFileError, TargetError};
 pub use duration::{parse_duration, BadDuration};
+pub use logs::{LogConfig, LogFormat};
 pub use target::{BadTarget, TargetSpec};
 
 /// A configuration that could not be read or is not valid.
@@ -82,6 +84,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// `[bounce]`: delivery status notifications to senders.
     pub bounce: BounceConfig,
+    /// `[log]`: the shape of the daemon's log lines.
+    pub log: LogConfig,
 }
 
 /// `[queue]`: delivery threads, retries, lifetimes and quotas.
