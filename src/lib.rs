@@ -34,6 +34,7 @@
 mod address;
 mod envelope;
 mod id;
+mod logline;
 
 // The daemon's parts, for the `mailqueue` binary, the tests, benches and
 // fuzz targets. Not part of the embedding API: hidden from the docs and

@@ -64,8 +64,19 @@ fn unprivileged() -> Result<(), ExitCode> {
     })
 }
 
-fn init_logs() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+/// The daemon's log: the level from `RUST_LOG` (default `info`), the
+/// shape from `[log] format`.
+fn init_logs(format: mailqueue::config::LogFormat) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == mailqueue::config::LogFormat::Journald {
+        builder.format(|buf, record| {
+            let text =
+                mailqueue::config::LogFormat::journald(record.level(), &record.args().to_string());
+            std::io::Write::write_all(buf, text.as_bytes())
+        });
+    }
+    builder.init();
 }
 
 /// sendmail's log lines (warnings only, unless `RUST_LOG` says more) go
@@ -136,7 +147,7 @@ fn run(cli: Cli) -> ExitCode {
             ExitCode::from(cli::health::run(&config, corrupt_within))
         }
         Ok(Err(Cmd::Serve)) => {
-            init_logs();
+            init_logs(config.log.format);
             // SIGHUP reads the configuration again, from the same place.
             let reload =
                 || load_config(config_arg.clone(), spool_arg.clone()).map(|(config, _)| config);

@@ -21,6 +21,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             bounce: BounceConfig::default(),
             metrics: Default::default(),
+            log: super::LogConfig::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod build;
 mod defaults;
 mod duration;
+mod logs;
 mod target;
 mod validate;
 
@@ -23,6 +24,7 @@ pub use crate::smtp::bare_newline::BareNewline;
 pub use crate::smtp::tls_policy::TlsPolicy;
 pub use build::{build_target, destination_limit, PasswordFileError, TargetError};
 pub use duration::{parse_duration, BadDuration};
+pub use logs::{LogConfig, LogFormat};
 pub use target::{BadTarget, TargetSpec};
 
 /// A configuration that could not be read or is not valid.
@@ -84,6 +86,8 @@ pub struct Config {
     pub bounce: BounceConfig,
     /// `[metrics]`: the Prometheus metrics endpoint.
     pub metrics: MetricsConfig,
+    /// `[log]`: the shape of the daemon's log lines.
+    pub log: LogConfig,
 }
 
 /// `[metrics]`: the daemon's metrics endpoint, in the Prometheus text

@@ -131,6 +131,7 @@ pub struct DeliveryError {
     severity: Severity,
     reply: SmtpReply,
     remote_mta: Option<String>,
+    relay: Option<String>,
 }
 
 impl DeliveryError {
@@ -143,6 +144,7 @@ impl DeliveryError {
             severity,
             reply: SmtpReply::new(code, Some(enhanced), text),
             remote_mta: None,
+            relay: None,
         }
     }
 
@@ -158,6 +160,7 @@ impl DeliveryError {
             severity,
             reply,
             remote_mta: None,
+            relay: None,
         }
     }
 
@@ -185,6 +188,19 @@ impl DeliveryError {
     pub fn at(mut self, remote_mta: impl Into<String>) -> Self {
         self.remote_mta = Some(remote_mta.into());
         self
+    }
+
+    /// Names the server, as `host[ip]:port`, that was connected when
+    /// this error happened (for the log's `relay=`); a failure to connect
+    /// has none.
+    pub fn with_relay(mut self, relay: impl Into<String>) -> Self {
+        self.relay = Some(relay.into());
+        self
+    }
+
+    /// The server (`host[ip]:port`) connected when this error happened.
+    pub fn relay(&self) -> Option<&str> {
+        self.relay.as_deref()
     }
 
     /// The same failure, temporary whatever its reply says: for a reply

@@ -24,6 +24,7 @@ pub use error::{DeliveryError, ErrorKind, Severity};
 use crate::address::ReversePath;
 use crate::envelope::{MailParams, Recipient};
 use crate::id::MessageId;
+use crate::smtp::reply::SmtpReply;
 
 /// What a target needs to know to start a transaction.
 #[derive(Debug, Clone)]
@@ -96,6 +97,9 @@ pub struct RecipientOutcome {
     /// The server that answered for the recipient, as `host[ip]:port`,
     /// for logs and notices.
     pub relay: Option<String>,
+    /// The next hop's reply for a recipient it took on (`250 2.0.0 Ok:
+    /// queued as X`), for the log; `None` when there is none to tell.
+    pub reply: Option<SmtpReply>,
 }
 
 impl RecipientOutcome {
@@ -104,6 +108,7 @@ impl RecipientOutcome {
         RecipientOutcome {
             result,
             relay: None,
+            reply: None,
         }
     }
 
@@ -116,6 +121,12 @@ impl RecipientOutcome {
     /// Names the server that answered.
     pub fn via(mut self, relay: Option<String>) -> Self {
         self.relay = relay;
+        self
+    }
+
+    /// Adds the next hop's reply to a success.
+    pub fn with_reply(mut self, reply: Option<SmtpReply>) -> Self {
+        self.reply = reply;
         self
     }
 }

@@ -10,6 +10,7 @@ use crate::delivery::{
     Body, DeliveryError, DeliveryTarget, ErrorKind, Handoff, MessageInfo, RecipientOutcome,
 };
 use crate::envelope::Recipient;
+use crate::smtp::reply::SmtpReply;
 
 /// The pool key of the one next hop.
 const HOP: &str = "relay";
@@ -91,8 +92,9 @@ pub struct HopDelivery<'a> {
 pub type Reopen<'a> = Box<dyn Fn() -> Result<Session, DeliveryError> + 'a>;
 
 /// Each recipient's result so far, by its position in the message's
-/// recipients; `None` until known.
-type Slots = Vec<Option<Result<(), DeliveryError>>>;
+/// recipients; `None` until known. A success keeps the server's final
+/// reply for it (DATA's, or the recipient's own in LMTP).
+type Slots = Vec<Option<Result<Option<SmtpReply>, DeliveryError>>>;
 
 /// Fails the recipients at `positions` with `e`.
 fn fail_all(slots: &mut Slots, positions: &[usize], e: &DeliveryError) {
@@ -138,7 +140,13 @@ impl<'a> HopDelivery<'a> {
                         "internal error: no result for the recipient",
                     ))
                 });
-                RecipientOutcome::new(result.map(|()| handoff)).via(relay.clone())
+                let (result, reply) = match result {
+                    Ok(reply) => (Ok(handoff), reply),
+                    Err(e) => (Err(e), None),
+                };
+                RecipientOutcome::new(result)
+                    .via(relay.clone())
+                    .with_reply(reply)
             })
             .collect()
     }
@@ -173,14 +181,18 @@ impl<'a> HopDelivery<'a> {
             Err(e) => fail_all(slots, &accepted, &e),
             Ok(replies) if self.lmtp => {
                 for (&i, reply) in accepted.iter().zip(replies) {
-                    slots[i] = Some(session.final_error(&reply).map_or(Ok(()), Err));
+                    slots[i] = Some(match session.final_error(&reply) {
+                        Some(e) => Err(e),
+                        None => Ok(Some(reply)),
+                    });
                 }
             }
             Ok(replies) => {
-                let result = replies
-                    .first()
-                    .and_then(|r| session.final_error(r))
-                    .map_or(Ok(()), Err);
+                let first = replies.into_iter().next();
+                let result = match first.as_ref().and_then(|r| session.final_error(r)) {
+                    Some(e) => Err(e),
+                    None => Ok(first),
+                };
                 for &i in &accepted {
                     slots[i] = Some(result.clone());
                 }

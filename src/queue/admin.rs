@@ -220,15 +220,23 @@ impl<'a> Admin<'a> {
     }
 }
 
-/// Fails every pending recipient of a message the operator expired;
-/// returns their indexes, for the failure notice.
+/// Fails every pending recipient of a message the operator expired,
+/// logging a line for each; returns their indexes, for the failure notice.
 pub(crate) fn give_up_pending(meta: &mut MessageMeta) -> Vec<usize> {
     let now = Timestamp::now();
     meta.last_attempt.get_or_insert(now);
     meta.expire_requested = false;
+    let age = meta.age(now);
     let mut failed = Vec::new();
     for (i, r) in meta.recipients.iter_mut().enumerate() {
         if r.status == RcptStatus::Pending {
+            log::info!(
+                "{}: to=<{}>, relay=none, tries={}, delay={:.1}s, status=bounced (expired by the operator)",
+                meta.id,
+                r.address,
+                r.tries,
+                age.as_secs_f64()
+            );
             r.status = RcptStatus::Failed;
             r.expired = true;
             r.last_error.get_or_insert_with(|| {

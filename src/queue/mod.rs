@@ -471,6 +471,17 @@ impl IncomingMessage<'_> {
         self.writer.size()
     }
 
+    /// Names where the message came from (`client=[ip]`, `uid=N`), for
+    /// the line that logs its queueing.
+    pub(crate) fn set_origin(&mut self, origin: String) {
+        self.writer.set_origin(origin);
+    }
+
+    /// Copies everything from `reader` into the message.
+    pub(crate) fn copy_from(&mut self, reader: &mut dyn Read) -> Result<u64, QueueError> {
+        self.writer.copy_from(reader)
+    }
+
     /// Makes the message durable and schedules it; returns its id.
     /// Counted as received over SMTP (the listener's way in).
     pub fn commit(self, envelope: &Envelope) -> Result<MessageId, QueueError> {

@@ -18,6 +18,7 @@ use crate::delivery::{
     Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, RecipientOutcome, Severity,
 };
 use crate::envelope::Recipient;
+use crate::logline;
 use crate::queue::admin::give_up_pending;
 use crate::queue::dsn::{self, Action};
 use crate::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Timestamp};
@@ -248,7 +249,7 @@ fn record(
     // An expire the operator issued during the attempt, applied after its
     // results: what it delivered stays delivered and is not bounced.
     if meta.expire_requested {
-        applied.failed.extend(operator_expire(meta, age));
+        applied.failed.extend(operator_expire(meta));
     }
     let delayed = delay_warnings(shared, meta, age);
     // Notices are made durable before the outcomes are recorded: a crash
@@ -283,7 +284,12 @@ fn apply(
     else {
         return;
     };
-    let RecipientOutcome { result, relay, .. } = outcome;
+    let RecipientOutcome {
+        result,
+        relay,
+        reply,
+        ..
+    } = outcome;
     if let Err(e) = &result {
         if e.severity() == Severity::Throttled {
             // Not tried: no try counted, no error recorded.
@@ -301,7 +307,7 @@ fn apply(
                 Handoff::Relayed => applied.succeeded.push((i, Action::Relayed)),
                 Handoff::Passed => {}
             }
-            ("sent", relay, None)
+            ("sent", relay, reply)
         }
         Err(e) => {
             let status = if fail(shared, r, &e, age) {
@@ -310,9 +316,11 @@ fn apply(
             } else {
                 "deferred"
             };
+            // The server connected when it failed; none when no
+            // server answered (DNS, connect).
             (
                 status,
-                relay.or_else(|| e.remote_mta().map(str::to_string)),
+                relay.or_else(|| e.relay().map(str::to_string)),
                 Some(e.reply().clone()),
             )
         }
@@ -324,7 +332,9 @@ fn apply(
         relay.as_deref().unwrap_or("none"),
         r.tries,
         age.as_secs_f64(),
-        reply.map(|r| format!(" ({r})")).unwrap_or_default()
+        reply
+            .map(|r| format!(" ({})", logline::clean(&r.to_string(), logline::REPLY)))
+            .unwrap_or_default()
     );
 }
 
@@ -344,20 +354,11 @@ fn fail(shared: &Shared, r: &mut RecipientMeta, e: &DeliveryError, age: Duration
 
 /// Gives up the recipients still pending, as the operator asked; returns
 /// them for the failure notice.
-fn operator_expire(meta: &mut MessageMeta, age: Duration) -> Reported {
-    let mut failed = Vec::new();
-    for i in give_up_pending(meta) {
-        let r = &meta.recipients[i];
-        log::info!(
-            "{}: to=<{}>, relay=none, tries={}, delay={:.1}s, status=bounced (expired by the operator)",
-            meta.id,
-            r.address,
-            r.tries,
-            age.as_secs_f64()
-        );
-        failed.push((i, Action::Failed));
-    }
-    failed
+fn operator_expire(meta: &mut MessageMeta) -> Reported {
+    give_up_pending(meta)
+        .into_iter()
+        .map(|i| (i, Action::Failed))
+        .collect()
 }
 
 /// One delay warning per recipient, once it has waited long enough.

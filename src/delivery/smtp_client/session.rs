@@ -67,6 +67,19 @@ impl Session {
         relay: String,
         implicit_tls: bool,
     ) -> Result<Session, DeliveryError> {
+        // Connected: whatever fails from here on, this server was there.
+        let named = relay.clone();
+        Self::set_up(settings, transport, host, relay, implicit_tls)
+            .map_err(|e| e.with_relay(named))
+    }
+
+    fn set_up(
+        settings: &Arc<ClientSettings>,
+        transport: Transport,
+        host: String,
+        relay: String,
+        implicit_tls: bool,
+    ) -> Result<Session, DeliveryError> {
         transport
             .set_timeout(settings.command_timeout)
             .map_err(|e| DeliveryError::network("socket", &e))?;

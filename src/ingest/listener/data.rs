@@ -6,7 +6,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::time::Duration;
 
 use super::session::{
-    bare_newline_reply, quota_reply, reply, write_error_reply, Session, Transaction, EXPIRED,
+    bare_newline_reply, quota_reply, reply, write_error_reply, Session, Stage, Transaction, EXPIRED,
 };
 use crate::envelope::Envelope;
 use crate::ingest::cleanup;
@@ -21,21 +21,37 @@ impl Session<'_> {
     /// when the connection is gone.
     pub(super) fn data(&mut self) -> bool {
         let Some(mut txn) = self.txn.take() else {
-            self.send(&reply(503, (5, 5, 1), "Error: need RCPT command"));
+            let r = reply(503, (5, 5, 1), "Error: need RCPT command");
+            self.log_refusal(Stage::Data, &r, None, None);
+            self.send(&r);
             return true;
         };
         if txn.rcpts.is_empty() {
             self.txn = Some(txn);
-            self.send(&reply(554, (5, 5, 1), "Error: no valid recipients"));
+            let r = reply(554, (5, 5, 1), "Error: no valid recipients");
+            self.log_refusal(Stage::Data, &r, None, None);
+            self.send(&r);
             return true;
         }
         txn.rcpts = cleanup::unique_by_address(std::mem::take(&mut txn.rcpts));
+        // For the refusal lines: the sender and the first recipient.
+        let from = txn
+            .sender
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let to = txn.rcpts[0].address.to_string();
         let mut disk_full = false;
         let mut incoming = match self.queue.begin() {
-            Ok(i) => Some(i),
+            Ok(mut i) => {
+                i.set_origin(format!("client=[{}]", self.client_ip()));
+                Some(i)
+            }
             Err(e) => {
                 log::error!("cannot accept a message: {e}");
-                self.send(&write_error_reply(e.is_no_space()));
+                let r = write_error_reply(e.is_no_space());
+                self.log_refusal(Stage::Data, &r, Some(&from), Some(&to));
+                self.send(&r);
                 return true;
             }
         };
@@ -67,7 +83,9 @@ impl Session<'_> {
                     "{}: bare <LF> in DATA: message refused, session ended",
                     self.peer
                 );
-                self.send(&bare_newline_reply());
+                let r = bare_newline_reply();
+                self.log_refusal(Stage::EndOfMessage, &r, Some(&from), Some(&to));
+                self.send(&r);
                 let _ = self.flush(true);
                 return false;
             }
@@ -76,6 +94,7 @@ impl Session<'_> {
                 Some(inc) => self.commit(inc, txn),
             },
         };
+        self.log_refusal(Stage::EndOfMessage, &r, Some(&from), Some(&to));
         self.send(&r);
         true
     }

@@ -59,7 +59,11 @@ pub(super) fn pickup_one(
         failure: None,
     };
     let mut message = received.as_bytes().chain(&mut body);
-    let queued = queue.enqueue_from(&envelope, &mut message);
+    let queued = queue.begin().and_then(|mut incoming| {
+        incoming.set_origin(format!("uid={uid}"));
+        incoming.copy_from(&mut message)?;
+        incoming.commit(&envelope)
+    });
     match (queued, body.failure) {
         (Ok(id), _) => Ok((id, uid)),
         (Err(_), Some(SourceFailure::TooLarge)) => Err(PickupError::Corrupt(format!(

@@ -15,9 +15,13 @@ impl Spool {
     /// start-up removes, where the other order would leave a message file
     /// whose trailer still lists every recipient as pending. The directory
     /// fsync is shared with concurrent creations and removals.
+    ///
+    /// Logs `<id>: removed` once that is durable, as Postfix's qmgr does.
     pub fn remove(&self, id: &MessageId) -> Result<(), QueueError> {
         self.unlink(id)?;
-        self.queue_sync.sync(&self.queue)
+        self.queue_sync.sync(&self.queue)?;
+        log::info!("{id}: removed");
+        Ok(())
     }
 
     /// Unlinks a message's files without making that durable.

@@ -21,7 +21,16 @@ pub struct MessageWriter {
     size: u64,
     checksum: crc32fast::Hasher,
     done: bool,
+    /// The message's first bytes, where its header is, for the
+    /// Message-ID the queueing line shows.
+    head: Vec<u8>,
+    /// Where the message came from, for the queueing line:
+    /// `client=[ip]` or `uid=N`.
+    origin: Option<String>,
 }
+
+/// How much of a message's start is kept for its Message-ID.
+const HEAD_MAX: usize = 64 * 1024;
 
 impl Spool {
     /// Starts writing a new message under a fresh id.
@@ -47,6 +56,8 @@ impl Spool {
                         size: 0,
                         checksum: crc32fast::Hasher::new(),
                         done: false,
+                        head: Vec::new(),
+                        origin: None,
                     });
                 }
                 // An id collision: never overwrite, take another id.
@@ -91,9 +102,17 @@ impl Spool {
         }
         let mut meta = MessageMeta::new(writer.id(), envelope, writer.size());
         meta.is_dsn = is_dsn;
+        let origin = writer
+            .origin
+            .as_ref()
+            .map(|o| format!(", {o}"))
+            .unwrap_or_default();
+        let message_id = crate::logline::message_id(&writer.head)
+            .map(|m| format!(", message-id={m}"))
+            .unwrap_or_default();
         self.commit_message(writer, &mut meta)?;
         log::info!(
-            "{}: from=<{}>, size={}, nrcpt={}{}",
+            "{}: from=<{}>, size={}, nrcpt={}{origin}{message_id}{}",
             meta.id,
             envelope.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
             meta.size,
@@ -136,6 +155,12 @@ impl MessageWriter {
         self.size
     }
 
+    /// Names where the message came from (`client=[ip]`, `uid=N`) for
+    /// the line that logs its queueing.
+    pub fn set_origin(&mut self, origin: String) {
+        self.origin = Some(origin);
+    }
+
     /// Copies everything from `reader` into the message.
     pub fn copy_from(&mut self, reader: &mut dyn Read) -> Result<u64, QueueError> {
         io::copy(reader, self).map_err(io_error(&self.path.clone()))
@@ -147,6 +172,10 @@ impl Write for MessageWriter {
         let n = self.file.write(buf)?;
         self.size += n as u64;
         self.checksum.update(&buf[..n]);
+        if self.head.len() < HEAD_MAX {
+            let take = n.min(HEAD_MAX - self.head.len());
+            self.head.extend_from_slice(&buf[..take]);
+        }
         Ok(n)
     }
 
