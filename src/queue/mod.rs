@@ -488,6 +488,12 @@ impl IncomingMessage<'_> {
         self.commit_as(envelope, stats::Way::Smtp)
     }
 
+    /// [`IncomingMessage::commit`] for a local submission (pickup),
+    /// counted as received locally.
+    pub(crate) fn commit_local(self, envelope: &Envelope) -> Result<MessageId, QueueError> {
+        self.commit_as(envelope, stats::Way::Local)
+    }
+
     fn commit_as(self, envelope: &Envelope, way: stats::Way) -> Result<MessageId, QueueError> {
         let id = self.shared.store(self.writer, envelope, false)?;
         self.shared.stats.received(way);

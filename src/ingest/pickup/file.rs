@@ -62,7 +62,7 @@ pub(super) fn pickup_one(
     let queued = queue.begin().and_then(|mut incoming| {
         incoming.set_origin(format!("uid={uid}"));
         incoming.copy_from(&mut message)?;
-        incoming.commit(&envelope)
+        incoming.commit_local(&envelope)
     });
     match (queued, body.failure) {
         (Ok(id), _) => Ok((id, uid)),
