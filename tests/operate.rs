@@ -637,3 +637,34 @@ fn sendmail_help_bi_and_newaliases_succeed_without_queueing() {
     assert!(status.success());
     assert!(d.queued().is_empty());
 }
+
+#[test]
+fn local_names_get_the_local_domain_and_the_admin_mailboxes_go_to_admin() {
+    let setup = Setup::default().set(
+        "local",
+        "domain = \"example.com\"\nadmin = \"ops@example.org\"",
+    );
+    let mut d = Daemon::start(&setup);
+    stop(&mut d);
+    let (code, err) = sendmail(
+        &d.config_path(),
+        &["-i", "root", "bob", "postmaster@mq.test"],
+        b"Subject: x\n\ny\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let incoming = d.spool().join("incoming");
+    let files = common::files_in(&incoming);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(incoming.join(&files[0])).unwrap();
+    let envelope: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let rcpts: Vec<&str> = envelope["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(rcpts, ["bob@example.com", "ops@example.org"], "{envelope}");
+    // The caller (root here) sends as its login name at the local domain.
+    let sender = envelope["sender"].as_str().unwrap();
+    assert!(sender.ends_with("@example.com"), "{envelope}");
+}

@@ -22,6 +22,7 @@ impl Default for Config {
             bounce: BounceConfig::default(),
             metrics: Default::default(),
             log: super::LogConfig::default(),
+            local: super::LocalConfig::default(),
         }
     }
 }

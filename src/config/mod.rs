@@ -4,6 +4,7 @@
 mod build;
 mod defaults;
 mod duration;
+mod local;
 mod logs;
 mod target;
 mod validate;
@@ -24,6 +25,7 @@ pub use crate::smtp::bare_newline::BareNewline;
 pub use crate::smtp::tls_policy::TlsPolicy;
 pub use build::{build_target, destination_limit, PasswordFileError, TargetError};
 pub use duration::{parse_duration, BadDuration};
+pub use local::LocalConfig;
 pub use logs::{LogConfig, LogFormat};
 pub use target::{BadTarget, TargetSpec};
 
@@ -88,6 +90,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[log]`: the shape of the daemon's log lines.
     pub log: LogConfig,
+    /// `[local]`: the domain of local names, the administrator's address.
+    pub local: LocalConfig,
 }
 
 /// `[metrics]`: the daemon's metrics endpoint, in the Prometheus text

@@ -38,6 +38,7 @@ impl Config {
         self.delivery.validate_limits()?;
         self.delivery.validate_auth()?;
         self.metrics.validate()?;
+        self.local.validate()?;
         self.validate_bounce()
     }
 

@@ -46,10 +46,12 @@ impl Setup {
     /// Delivers to `target`, e.g. `smtp://127.0.0.1:2526`.
     pub fn to(target: &str) -> Setup {
         let s = Setup {
-            sections: ["", "queue", "listen", "delivery", "bounce", "metrics"]
-                .into_iter()
-                .map(|name| (name, Vec::new()))
-                .collect(),
+            sections: [
+                "", "queue", "listen", "delivery", "bounce", "metrics", "local",
+            ]
+            .into_iter()
+            .map(|name| (name, Vec::new()))
+            .collect(),
             rust_log: "info".into(),
         };
         s.set("", "hostname = \"mq.test\"")

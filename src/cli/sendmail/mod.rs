@@ -38,6 +38,11 @@ use write::{check_quota, write_incoming};
 /// Largest message taken on standard input when no config says otherwise.
 const DEFAULT_MAX_SIZE: u64 = 32 * 1024 * 1024;
 
+/// The domain of local names (`[local] domain`, else the hostname).
+fn local_domain(config: &Config) -> &str {
+    config.local.domain_or(&config.hostname)
+}
+
 /// The bounds pickup will hold a submission to.
 pub fn limits(config: &Config) -> IncomingLimits {
     IncomingLimits {
@@ -119,7 +124,7 @@ fn envelope(config: &Config, opts: &Options, header: &[u8]) -> Result<IncomingEn
     for r in &opts.recipients {
         for part in r.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let a = Address::parse(part.trim_matches(['<', '>']))
-                .or_else(|_| Address::parse(&format!("{part}@{}", config.hostname)))
+                .or_else(|_| Address::parse(&format!("{part}@{}", local_domain(config))))
                 .map_err(|e| fail(exit::DATAERR, format!("recipient: {e}")))?;
             recipients.push(a);
         }
@@ -127,6 +132,10 @@ fn envelope(config: &Config, opts: &Options, header: &[u8]) -> Result<IncomingEn
     if opts.extract {
         recipients.extend(header_recipients(header)?);
     }
+    let recipients = recipients
+        .into_iter()
+        .map(|a| config.local.rewrite(a, &config.hostname))
+        .collect();
     let recipients = cleanup::unique_recipients(recipients);
     if recipients.is_empty() {
         return Err(fail(
@@ -234,7 +243,7 @@ fn default_sender(config: &Config) -> Result<Address, Failure> {
             ))
         }
     };
-    Address::parse(&format!("{user}@{}", config.hostname))
+    Address::parse(&format!("{user}@{}", local_domain(config)))
         .map_err(|e| fail(exit::DATAERR, format!("sender: {e}")))
 }
 

@@ -151,6 +151,11 @@ impl Session<'_> {
         recipients: Vec<Address>,
         text: &[u8],
     ) -> Result<String, Failure> {
+        let hostname = &self.config.hostname;
+        let recipients = recipients
+            .into_iter()
+            .map(|a| self.config.local.rewrite(a, hostname))
+            .collect();
         let envelope = new_envelope(self.opts, sender, recipients)?;
         let (header, body) = split_header(text);
         let path = queue_message(self.config, self.opts, &envelope, &header, &body)?;
