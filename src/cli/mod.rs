@@ -9,3 +9,4 @@ pub mod control;
 pub mod daemon;
 pub mod exit;
 pub mod sendmail;
+pub mod shape;
