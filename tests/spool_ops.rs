@@ -304,13 +304,23 @@ fn bulk_commands_on_ten_thousand_messages_without_a_daemon() {
         format!("Held: {} messages\n", N - 10)
     );
     assert_eq!(held_count(dir.path()), N - 10);
+    // Expired: gone, each sender told by a notice.
+    let half = (N - 10) / 2;
+    assert_eq!(
+        run(&["expire", "ALL", "--domain", "example.com"], ""),
+        format!("Expired: {half} messages\n")
+    );
+    assert_eq!(held_count(dir.path()), half);
+    let notices = run(&["list", "--json", "--sender", "<>"], "");
+    assert_eq!(notices.lines().count(), half);
+    assert!(notices.lines().all(|l| l.contains("a@example.org")));
     assert_eq!(
         run(&["delete", "ALL"], ""),
         format!("Deleted: {} messages\n", N - 10)
     );
     let left = std::fs::read_dir(dir.path().join("queue")).unwrap().count();
     assert_eq!(left, 0);
-    // Four bulk commands on 10^4 messages, each in seconds.
+    // Bulk commands on 10^4 messages, each in seconds.
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(60), "{took:?}");
     // The ids deleted before are failures, on stderr, one per id.

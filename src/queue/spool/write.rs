@@ -82,6 +82,65 @@ impl Spool {
         Ok(())
     }
 
+    /// Makes many written messages durable, with two syncs in all: each
+    /// message's trailer is written, one `syncfs` makes them durable, and
+    /// one fsync of `queue/` their directory entries. One result per
+    /// message, in order.
+    pub fn store_many(
+        &self,
+        messages: Vec<(MessageWriter, crate::envelope::Envelope)>,
+        is_dsn: bool,
+    ) -> Vec<Result<MessageMeta, QueueError>> {
+        let mut written = Vec::with_capacity(messages.len());
+        for (mut writer, envelope) in messages {
+            if envelope.recipients.is_empty() {
+                written.push(Err(QueueError::NoRecipients));
+                continue;
+            }
+            let mut meta = MessageMeta::new(writer.id(), &envelope, writer.size());
+            meta.is_dsn = is_dsn;
+            meta.checksum = Some(writer.checksum.clone().finalize());
+            let path = writer.path.clone();
+            let file = &mut writer.file;
+            match file
+                .write_all(&trailer(&meta))
+                .and_then(|_| file.flush())
+                .map_err(io_error(&path))
+            {
+                Ok(()) => written.push(Ok((writer, meta))),
+                Err(e) => written.push(Err(e)),
+            }
+        }
+        let synced = File::open(&self.queue)
+            .and_then(|dir| crate::sys::syncfs(&dir))
+            .map_err(io_error(&self.queue))
+            .and_then(|()| self.queue_sync.sync(&self.queue))
+            .map_err(|e| e.to_string());
+        written
+            .into_iter()
+            .map(|w| {
+                let (mut writer, meta) = w?;
+                if let Err(why) = &synced {
+                    // Dropping the writer removes the file: never acknowledged.
+                    return Err(QueueError::Io {
+                        path: writer.path.clone(),
+                        source: io::Error::other(why.clone()),
+                    });
+                }
+                writer.done = true;
+                log::info!(
+                    "{}: from=<{}>, size={}, nrcpt={}{}",
+                    meta.id,
+                    meta.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
+                    meta.size,
+                    meta.recipients.len(),
+                    if is_dsn { ", notice" } else { "" }
+                );
+                Ok(meta)
+            })
+            .collect()
+    }
+
     /// Makes a written message durable with metadata for `envelope`;
     /// returns the metadata.
     pub fn store(
