@@ -116,7 +116,9 @@ fn run_mailq() -> ExitCode {
         return code;
     }
     match load_config(None, None) {
-        Ok((config, _)) => ExitCode::from(commands::run(&config, Request::List, Format::Text)),
+        Ok((config, _)) => {
+            ExitCode::from(commands::run(&config, Request::list_all(), Format::Text))
+        }
         Err(e) => {
             eprintln!("mailq: {e}");
             ExitCode::from(exit::CONFIG)
@@ -239,9 +241,11 @@ fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]
         }
     };
     match opts.mode {
-        Mode::List => return ExitCode::from(commands::run(&config, Request::List, Format::Text)),
+        Mode::List => {
+            return ExitCode::from(commands::run(&config, Request::list_all(), Format::Text))
+        }
         Mode::Flush => {
-            let flush = Request::Flush { ids: Vec::new() };
+            let flush = Request::flush_all();
             return ExitCode::from(commands::run(&config, flush, Format::Text));
         }
         Mode::Send | Mode::Smtp | Mode::Nothing | Mode::Help => {}

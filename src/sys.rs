@@ -106,6 +106,20 @@ pub fn syncfs(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// The soft limit on open files of this process (`RLIMIT_NOFILE`);
+/// 1024, the usual default, when it cannot be read.
+pub fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur
+}
+
 /// The user id of the process at the other end of a Unix socket, as the
 /// kernel saw it at connect time (it cannot be forged by the peer).
 pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {

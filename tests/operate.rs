@@ -403,12 +403,10 @@ fn stats_count_attempts_and_their_lag_while_the_daemon_runs() {
         "{out}"
     );
 
-    // Stopped: the queue read from the spool, the live counters missing.
     stop(&mut d);
-    let (code, out, err) = mq(&config, &["stats"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("daemon: not running"), "{out}");
-    assert!(out.contains("messages: 0"), "{out}");
+    let (code, _, err) = mq(&config, &["stats"]);
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("no daemon"), "{err}");
 }
 
 #[test]
@@ -514,6 +512,171 @@ fn a_recipient_repeated_in_a_direct_submission_is_queued_once() {
         .find(|m| m.text().contains("Subject: dup"))
         .unwrap();
     assert_eq!(dup.recipients(), vec!["v@example.net"]);
+}
+
+/// `mailqueue --config CONFIG args` with `stdin`; (exit code, stdout, stderr).
+fn mq_in(config: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("MAILQUEUE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn selection_shape_and_bulk_commands_through_the_daemon() {
+    let setup = Setup::default().queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"");
+    let mut d = Daemon::start(&setup);
+    let cfg = d.config_path();
+    let net1 = submit(&d, "one@example.net");
+    let net2 = submit(&d, "two@Example.NET");
+    let com = submit(&d, "three@example.com");
+    assert!(wait_for(LONG, || list_json(&cfg)
+        .iter()
+        .all(|m| m["queue_name"] == "deferred")));
+    let ids_of = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["list", "--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = mq(&cfg, &all);
+        assert_eq!(code, 0, "{err}");
+        let mut ids: Vec<String> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["queue_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut nets = vec![net1.clone(), net2.clone()];
+    nets.sort();
+    assert_eq!(ids_of(&["--domain", "example.net"]), nets);
+    assert_eq!(ids_of(&["--domain", "example.com"]), vec![com.clone()]);
+    assert_eq!(ids_of(&["--deferred", "--sender", "@example.org"]).len(), 3);
+    assert_eq!(ids_of(&["--sender", "sender@example.org"]).len(), 3);
+    assert!(ids_of(&["--sender", "other@example.org"]).is_empty());
+    assert!(ids_of(&["--older-than", "1h"]).is_empty());
+    assert!(ids_of(&["--held"]).is_empty());
+    let (code, _, err) = mq(&cfg, &["list", "--older-than", "soon"]);
+    assert_eq!(code, 64, "{err}");
+
+    // qshape: recipient domains by age, largest first, a total row.
+    let (code, out, err) = mq(&cfg, &["shape"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0]
+            .split_whitespace()
+            .eq(["T", "5", "10", "20", "40", "80", "160", "320", "640", "1280", "1280+"]),
+        "{out}"
+    );
+    assert!(
+        lines[1]
+            .split_whitespace()
+            .eq(["TOTAL", "3", "3", "0", "0", "0", "0", "0", "0", "0", "0", "0"]),
+        "{out}"
+    );
+    assert!(
+        lines[2]
+            .trim_start()
+            .starts_with("example.net      2      2"),
+        "{out}"
+    );
+    assert!(
+        lines[3]
+            .trim_start()
+            .starts_with("example.com      1      1"),
+        "{out}"
+    );
+    let (code, out, _) = mq(&cfg, &["shape", "--by-sender", "--json"]);
+    assert_eq!(code, 0);
+    let shape: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(shape["by"], "sender");
+    assert_eq!(shape["rows"][1]["domain"], "example.org");
+    assert_eq!(shape["rows"][1]["counts"][0], 3);
+
+    // show --body: the whole message, as queued.
+    let (code, out, _) = mq(&cfg, &["show", "--body", &com]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Subject: operate\r\n") && out.ends_with("\r\nbody\r\n"),
+        "{out:?}"
+    );
+
+    // flush --domain (postqueue -s): only those are retried.
+    let (code, out, err) = mq(&cfg, &["flush", "--domain", "example.net"]);
+    assert_eq!((code, out.as_str()), (0, "Flushed: 2 messages\n"), "{err}");
+    assert!(wait_for(LONG, || tries(&cfg, &net1) == 2 && tries(&cfg, &net2) == 2));
+    assert_eq!(tries(&cfg, &com), 1);
+
+    // Bulk commands print what they did; ids on standard input.
+    let (code, out, err) = mq(&cfg, &["hold", "ALL", "--domain", "example.com"]);
+    assert_eq!((code, out.as_str()), (0, "Held: 1 message\n"), "{err}");
+    assert_eq!(ids_of(&["--held"]), vec![com.clone()]);
+    let (code, out, err) = mq(&cfg, &["release", "ALL"]);
+    assert_eq!((code, out.as_str()), (0, "Released: 3 messages\n"), "{err}");
+    let (code, out, err) = mq_in(&cfg, &["expire", "-"], &format!("{net1}\n\n{net2}\n"));
+    assert_eq!((code, out.as_str()), (0, "Expired: 2 messages\n"), "{err}");
+    assert_eq!(ids_of(&["--sender", "<>"]).len(), 2, "two notices");
+    let (code, _, err) = mq(&cfg, &["delete"]);
+    assert_eq!(code, 64, "delete with no selection: {err}");
+    let (code, _, err) = mq(&cfg, &["delete", "ALL", &com]);
+    assert_eq!(code, 64, "{err}");
+    let (code, out, err) = mq(&cfg, &["delete", "ALL"]);
+    assert_eq!((code, out.as_str()), (0, "Deleted: 3 messages\n"), "{err}");
+    assert!(list_json(&cfg).is_empty());
+
+    // What sendmail left in incoming/ while no daemon ran is listed, and
+    // once picked up it is a message `show` shows.
+    stop(&mut d);
+    let (code, err) = sendmail(
+        &cfg,
+        &["-i", "-f", "late@example.org", "x@example.net"],
+        b"Subject: late\n\nhi\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = mq(&cfg, &["list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("1 file in incoming/") && out.contains("(incoming)"),
+        "{out}"
+    );
+    let listed = list_json(&cfg);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["queue_name"], "incoming");
+    let mut child = restart(&d);
+    assert!(wait_for(LONG, || ids_of(&["--sender", "late@example.org"])
+        .len()
+        == 1));
+    let id = ids_of(&["--sender", "late@example.org"]).remove(0);
+    let (code, out, err) = mq(&cfg, &["show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Subject: late") && out.contains("<x@example.net>"),
+        "{out}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Runs `sendmail ARGS` with `stdin`; returns the exit code and standard

@@ -203,3 +203,145 @@ fn a_starting_queue_waits_for_a_command_on_the_spool_but_not_for_another_queue()
     assert!(spool.lock_shared().unwrap().is_none());
     drop(queue);
 }
+
+/// Writes `n` messages straight into the spool at `dir` (no fsync: a
+/// fixture), the `i`th to `rcpt{i}@<domain(i)>`; returns their ids.
+fn fill(dir: &Path, n: usize, domain: impl Fn(usize) -> &'static str) -> Vec<String> {
+    use mailqueue::queue::meta::MessageMeta;
+    let spool = Spool::open(dir).unwrap();
+    let body = b"Subject: bulk\r\n\r\nbody\r\n";
+    (0..n)
+        .map(|i| {
+            let id = mailqueue::MessageId::generate();
+            let env = Envelope::new(
+                sender("a@example.org"),
+                vec![addr(&format!("rcpt{i}@{}", domain(i)))],
+            );
+            let meta = MessageMeta::new(id, &env, body.len() as u64);
+            let bytes = mailqueue::queue::spool::message_file_bytes(body, &meta);
+            std::fs::write(spool.message_path(&id), bytes).unwrap();
+            id.to_string()
+        })
+        .collect()
+}
+
+/// Runs `mailqueue --spool DIR args` with `stdin`; returns (code, stdout, stderr).
+fn mq_spool(dir: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(binary())
+        .arg("--spool")
+        .arg(dir)
+        .args(args)
+        .env_remove("MAILQUEUE_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn held_count(dir: &Path) -> usize {
+    let spool = Spool::open(dir).unwrap();
+    std::fs::read_dir(spool.queue_dir())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".msg").map(str::to_string)
+        })
+        .filter(|id| spool.read_meta(&id.parse().unwrap()).unwrap().hold)
+        .count()
+}
+
+#[test]
+fn bulk_commands_on_ten_thousand_messages_without_a_daemon() {
+    const N: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = fill(dir.path(), N, |i| {
+        if i % 2 == 0 {
+            "example.net"
+        } else {
+            "example.com"
+        }
+    });
+    let started = std::time::Instant::now();
+    let run = |args: &[&str], stdin: &str| {
+        let t = std::time::Instant::now();
+        let (code, out, err) = mq_spool(dir.path(), args, stdin);
+        eprintln!("{args:?}: {:?}", t.elapsed());
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    assert_eq!(
+        run(&["hold", "ALL", "--domain", "example.net"], ""),
+        "Held: 5000 messages\n"
+    );
+    assert_eq!(held_count(dir.path()), N / 2);
+    let listed = run(&["list", "--json", "--held"], "");
+    assert_eq!(listed.lines().count(), N / 2);
+    assert!(listed.lines().all(|l| l.contains("@example.net")));
+    assert_eq!(
+        run(&["release", "ALL", "--held"], ""),
+        "Released: 5000 messages\n"
+    );
+    assert_eq!(held_count(dir.path()), 0);
+    // Ids on standard input, one per line, as postsuper -d - reads them.
+    let some: String = ids[..10].iter().map(|i| format!("{i}\n")).collect();
+    assert_eq!(run(&["delete", "-"], &some), "Deleted: 10 messages\n");
+    assert_eq!(
+        run(&["hold", "ALL"], ""),
+        format!("Held: {} messages\n", N - 10)
+    );
+    assert_eq!(held_count(dir.path()), N - 10);
+    // Expired: gone, each sender told by a notice.
+    let half = (N - 10) / 2;
+    assert_eq!(
+        run(&["expire", "ALL", "--domain", "example.com"], ""),
+        format!("Expired: {half} messages\n")
+    );
+    assert_eq!(held_count(dir.path()), half);
+    let notices = run(&["list", "--json", "--sender", "<>"], "");
+    assert_eq!(notices.lines().count(), half);
+    assert!(notices.lines().all(|l| l.contains("a@example.org")));
+    assert_eq!(
+        run(&["delete", "ALL"], ""),
+        format!("Deleted: {} messages\n", N - 10)
+    );
+    let left = std::fs::read_dir(dir.path().join("queue")).unwrap().count();
+    assert_eq!(left, 0);
+    // Bulk commands on 10^4 messages, each in seconds.
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+    // The ids deleted before are failures, on stderr, one per id.
+    let (code, out, err) = mq_spool(dir.path(), &["release", "-"], &some);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out, "Released: 0 messages\n");
+    if std::env::var_os("BULK_KEEP").is_some() {
+        std::mem::forget(dir);
+    }
+    assert_eq!(err.lines().count(), 10, "{err}");
+}
+
+#[test]
+fn commands_on_a_spool_that_does_not_exist_fail_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere");
+    for args in [&["list"][..], &["hold", "ALL"], &["shape"]] {
+        let (code, out, err) = mq_spool(&missing, args, "");
+        assert_eq!(code, 69, "{args:?}: {out}{err}");
+        assert!(err.contains(&*missing.to_string_lossy()), "{err}");
+        assert!(!out.contains("empty"), "{out}");
+    }
+    assert!(!missing.exists(), "a command created the spool");
+}

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use mailqueue::queue::admin::{Filter, Selection};
 
 use super::commands::{parse_ids, Format};
 use super::control::Request;
@@ -35,35 +37,62 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// List the queue.
+    /// List the queue (and what waits in incoming/ for pickup).
     List {
         /// One JSON object per message per line.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Show a message's envelope, per-recipient state and header.
-    Show { id: String },
-    /// Retry now: the given messages, or all.
-    Flush { ids: Vec<String> },
-    /// Stop delivering messages until released.
+    Show {
+        id: String,
+        /// Print the whole message as queued instead (postcat -b).
+        #[arg(long)]
+        body: bool,
+    },
+    /// Retry now: the given messages, ALL, `-` (ids on standard input),
+    /// or, with neither, every message the filters match.
+    Flush {
+        ids: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Stop delivering messages until released: IDs, ALL or `-`.
     Hold {
-        #[arg(required = true)]
         ids: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
-    /// Resume delivering held messages.
+    /// Resume delivering held messages: IDs, ALL or `-`.
     Release {
-        #[arg(required = true)]
         ids: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
-    /// Remove messages without telling their senders.
+    /// Remove messages without telling their senders: IDs, ALL or `-`.
     Delete {
-        #[arg(required = true)]
         ids: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
-    /// Give messages up now, telling their senders.
+    /// Give messages up now, telling their senders: IDs, ALL or `-`.
     Expire {
-        #[arg(required = true)]
         ids: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Pending recipients per domain and age (qshape).
+    Shape {
+        /// By sender domain (messages) instead of recipient domain.
+        #[arg(long = "by-sender")]
+        by_sender: bool,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Show the running daemon's counters: queue size, attempts,
     /// scheduling lag.
@@ -94,43 +123,136 @@ impl Cmd {
     pub fn into_request(self) -> Result<Result<(Request, Format), Cmd>, String> {
         let format = |json| if json { Format::Json } else { Format::Text };
         Ok(Ok(match self {
-            Cmd::List { json } => (Request::List, format(json)),
-            Cmd::Show { id } => {
+            Cmd::List { json, filter } => (
+                Request::List {
+                    filter: filter.into_filter()?,
+                },
+                format(json),
+            ),
+            Cmd::Show { id, body } => {
                 let id = parse_ids(&[id])?.remove(0);
-                (Request::Show { id }, Format::Text)
+                (Request::Show { id, body }, Format::Text)
             }
-            Cmd::Flush { ids } => (
-                Request::Flush {
-                    ids: parse_ids(&ids)?,
+            Cmd::Shape {
+                by_sender,
+                json,
+                filter,
+            } => (
+                Request::Shape {
+                    sender: by_sender,
+                    filter: filter.into_filter()?,
                 },
-                Format::Text,
+                format(json),
             ),
-            Cmd::Hold { ids } => (
-                Request::Hold {
-                    ids: parse_ids(&ids)?,
-                },
-                Format::Text,
-            ),
-            Cmd::Release { ids } => (
-                Request::Release {
-                    ids: parse_ids(&ids)?,
-                },
-                Format::Text,
-            ),
-            Cmd::Delete { ids } => (
-                Request::Delete {
-                    ids: parse_ids(&ids)?,
-                },
-                Format::Text,
-            ),
-            Cmd::Expire { ids } => (
-                Request::Expire {
-                    ids: parse_ids(&ids)?,
-                },
-                Format::Text,
-            ),
+            Cmd::Flush { ids, filter } => {
+                let sel = selection(ids, filter, true)?;
+                (Request::Flush(sel), Format::Text)
+            }
+            Cmd::Hold { ids, filter } => {
+                (Request::Hold(selection(ids, filter, false)?), Format::Text)
+            }
+            Cmd::Release { ids, filter } => {
+                let sel = selection(ids, filter, false)?;
+                (Request::Release(sel), Format::Text)
+            }
+            Cmd::Delete { ids, filter } => {
+                let sel = selection(ids, filter, false)?;
+                (Request::Delete(sel), Format::Text)
+            }
+            Cmd::Expire { ids, filter } => {
+                let sel = selection(ids, filter, false)?;
+                (Request::Expire(sel), Format::Text)
+            }
             Cmd::Stats { json } => (Request::Stats, format(json)),
             other => return Ok(Err(other)),
         }))
+    }
+}
+
+/// Which messages, besides their ids (`list` and the bulk commands).
+#[derive(Args, Debug, Default)]
+pub struct FilterArgs {
+    /// Only messages with a pending recipient at this domain.
+    #[arg(long, value_name = "DOMAIN")]
+    domain: Option<String>,
+    /// Only messages from this sender: an address, @domain, or <> for notices.
+    #[arg(long, value_name = "ADDRESS")]
+    sender: Option<String>,
+    /// Only messages that arrived at least this long ago (30m, 2h, 3d).
+    #[arg(long, value_name = "DURATION")]
+    older_than: Option<String>,
+    /// Only held messages.
+    #[arg(long)]
+    held: bool,
+    /// Only deferred messages (tried, not held).
+    #[arg(long)]
+    deferred: bool,
+}
+
+impl FilterArgs {
+    fn into_filter(self) -> Result<Filter, String> {
+        let older_than_secs = match self.older_than {
+            Some(d) => Some(
+                mailqueue::config::parse_duration(&d)
+                    .map_err(|e| format!("--older-than: {e}"))?
+                    .as_secs(),
+            ),
+            None => None,
+        };
+        Ok(Filter {
+            domain: self.domain,
+            sender: self.sender,
+            older_than_secs,
+            held: self.held,
+            deferred: self.deferred,
+        })
+    }
+}
+
+/// The messages a bulk command names: `ALL`, `-` (ids on standard input,
+/// one per line, as `postsuper -d -` reads them), or ids; with none, the
+/// filters must say which (or, for `flush`, every message).
+fn selection(ids: Vec<String>, filter: FilterArgs, none_is_all: bool) -> Result<Selection, String> {
+    let filter = filter.into_filter()?;
+    let special = ids.iter().any(|i| i == "ALL" || i == "-");
+    if special && ids.len() > 1 {
+        return Err("ALL and - stand alone, without message ids".into());
+    }
+    if ids.is_empty() {
+        if filter.is_empty() && !none_is_all {
+            return Err("name the messages: IDs, ALL, - (ids on standard input) or filters such as --domain".into());
+        }
+        return Ok(Selection {
+            ids: Vec::new(),
+            all: true,
+            filter,
+        });
+    }
+    match ids[0].as_str() {
+        "ALL" => Ok(Selection {
+            ids: Vec::new(),
+            all: true,
+            filter,
+        }),
+        "-" => {
+            let mut read = Vec::new();
+            for line in std::io::stdin().lines() {
+                let line = line.map_err(|e| format!("standard input: {e}"))?;
+                let id = line.trim();
+                if !id.is_empty() {
+                    read.push(id.to_string());
+                }
+            }
+            Ok(Selection {
+                ids: parse_ids(&read)?,
+                all: false,
+                filter,
+            })
+        }
+        _ => Ok(Selection {
+            ids: parse_ids(&ids)?,
+            all: false,
+            filter,
+        }),
     }
 }

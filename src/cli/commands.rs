@@ -12,8 +12,8 @@ use serde_json::json;
 
 use mailqueue::config::Config;
 use mailqueue::date::rfc5322;
-use mailqueue::queue::admin::Admin;
-use mailqueue::queue::meta::{MessageMeta, RcptStatus, RecipientMeta};
+use mailqueue::queue::admin::{Admin, IncomingFile};
+use mailqueue::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Timestamp};
 use mailqueue::queue::spool::{layout, Spool};
 use mailqueue::queue::stats::StatsSnapshot;
 use mailqueue::queue::QueueError;
@@ -21,7 +21,6 @@ use mailqueue::MessageId;
 
 use super::control::{self, ControlError, Request, Response};
 use super::metrics::{Shape, STATES};
-use mailqueue::queue::meta::Timestamp;
 
 use super::exit::{FAILED, OK, UNAVAILABLE};
 
@@ -68,28 +67,9 @@ pub fn run(config: &Config, request: Request, format: Format) -> u8 {
 /// Carries out a request on the spool itself (no daemon running).
 fn direct(config: &Config, request: &Request) -> Result<Response, DirectError> {
     if !layout::queue(&config.spool).exists() {
-        // No spool yet: an empty queue, and no message to act on.
-        let mut r = Response {
-            ok: true,
-            ..Response::default()
-        };
-        match request {
-            Request::List | Request::Flush { .. } => {}
-            Request::Show { id } => return Err(QueueError::UnknownId(*id).into()),
-            Request::Hold { ids }
-            | Request::Release { ids }
-            | Request::Delete { ids }
-            | Request::Expire { ids } => {
-                r.ok = ids.is_empty();
-                r.failures = ids
-                    .iter()
-                    .map(|id| (*id, QueueError::UnknownId(*id).to_string()))
-                    .collect();
-            }
-            Request::Pickup | Request::Quota { .. } => {}
-            Request::Stats => {}
-        }
-        return Ok(r);
+        // Not an empty queue: a wrong --spool or configuration, or a
+        // daemon never started. Creating the spool here would hide that.
+        return Err(DirectError::NoSpool(config.spool.clone()));
     }
     let spool = Spool::open(&config.spool)?;
     // A queue holding the spool lock may be starting (reading the spool
@@ -127,6 +107,8 @@ enum DirectError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("spool {}: no such spool (no queue/ in it): check --spool or the configuration's spool", .0.display())]
+    NoSpool(PathBuf),
     #[error("spool {}: a daemon holds it but its control socket did not answer within {}s", spool.display(), waited.as_secs())]
     DaemonNotAnswering { spool: PathBuf, waited: Duration },
 }
@@ -142,13 +124,30 @@ fn report(config: &Config, request: &Request, format: Format, r: &Response) -> u
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match (request, format) {
-        (Request::List, Format::Json) => {
+        (Request::List { .. }, Format::Json) => {
             for m in &r.messages {
                 let _ = writeln!(out, "{}", list_json(m));
             }
+            for f in &r.incoming {
+                let _ = writeln!(out, "{}", incoming_json(f));
+            }
         }
-        (Request::List, Format::Text) => {
+        (Request::List { .. }, Format::Text) => {
             let _ = out.write_all(list_table(&r.messages).as_bytes());
+            let _ = out.write_all(incoming_table(&r.incoming, Timestamp::now()).as_bytes());
+        }
+        (Request::Show { body: true, .. }, _) => {
+            if let Some(b) = &r.message_base64 {
+                match base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b) {
+                    Ok(bytes) => {
+                        let _ = out.write_all(&bytes);
+                    }
+                    Err(e) => {
+                        eprintln!("mailqueue: bad reply: {e}");
+                        return FAILED;
+                    }
+                }
+            }
         }
         (Request::Show { .. }, _) => {
             if let Some(m) = r.messages.first() {
@@ -156,9 +155,31 @@ fn report(config: &Config, request: &Request, format: Format, r: &Response) -> u
                     .write_all(show_text(config, m, r.header.as_deref().unwrap_or("")).as_bytes());
             }
         }
+        (Request::Shape { .. }, _) => {
+            if let Some(shape) = &r.shape {
+                let text = if format == Format::Json {
+                    format!("{}\n", serde_json::to_string(shape).unwrap_or_default())
+                } else {
+                    shape.text()
+                };
+                let _ = out.write_all(text.as_bytes());
+            }
+        }
         (Request::Stats, _) => {
             if let Some(s) = &r.stats {
                 let _ = out.write_all(stats_text(s, format == Format::Json).as_bytes());
+            }
+        }
+        (
+            Request::Flush(_)
+            | Request::Hold(_)
+            | Request::Release(_)
+            | Request::Delete(_)
+            | Request::Expire(_),
+            _,
+        ) => {
+            if let Some(n) = r.done {
+                let _ = writeln!(out, "{}", bulk_line(request, n));
             }
         }
         _ => {}
@@ -168,6 +189,53 @@ fn report(config: &Config, request: &Request, format: Format, r: &Response) -> u
     } else {
         FAILED
     }
+}
+
+/// What a bulk command did: `Deleted: 31 messages`.
+fn bulk_line(request: &Request, n: usize) -> String {
+    let verb = match request {
+        Request::Flush(_) => "Flushed",
+        Request::Hold(_) => "Held",
+        Request::Release(_) => "Released",
+        Request::Delete(_) => "Deleted",
+        Request::Expire(_) => "Expired",
+        _ => "Done",
+    };
+    format!("{verb}: {n} message{}", if n == 1 { "" } else { "s" })
+}
+
+/// The files in `incoming/` after `list`'s table: not queued yet, so
+/// without id or envelope; their name, size and age.
+fn incoming_table(files: &[IncomingFile], now: Timestamp) -> String {
+    let mut s = String::new();
+    if files.is_empty() {
+        return s;
+    }
+    s.push_str(&format!(
+        "\n-- {} file{} in incoming/, waiting for pickup:\n",
+        files.len(),
+        if files.len() == 1 { "" } else { "s" }
+    ));
+    for f in files {
+        s.push_str(&format!(
+            "{:<40} {:>8} (incoming) {}s old\n",
+            f.name,
+            f.size,
+            now.since(f.modified).as_secs()
+        ));
+    }
+    s
+}
+
+/// A file in `incoming/` in `list --json`: `queue_name` is `incoming`.
+fn incoming_json(f: &IncomingFile) -> String {
+    json!({
+        "queue_name": "incoming",
+        "file": f.name,
+        "message_size": f.size,
+        "arrival_time": f.modified.unix_seconds(),
+    })
+    .to_string()
 }
 
 /// `stats`: one `name: value` line per counter, or one JSON object.
@@ -191,7 +259,7 @@ fn stats_text(s: &StatsSnapshot, json: bool) -> String {
 /// (under the shared lock, as the other commands without a daemon); the
 /// live counters are reported as missing.
 fn spool_stats(config: &Config, format: Format) -> u8 {
-    let messages = match direct(config, &Request::List) {
+    let messages = match direct(config, &Request::list_all()) {
         Ok(r) if r.error.is_none() => r.messages,
         Ok(r) => {
             eprintln!("mailqueue: {}", r.error.unwrap_or_default());
@@ -319,9 +387,7 @@ pub fn list_table(messages: &[MessageMeta]) -> String {
 }
 
 fn show_text(config: &Config, m: &MessageMeta, header: &str) -> String {
-    let when = |t: mailqueue::queue::meta::Timestamp| {
-        format!("{} ({})", rfc5322(t.to_system()), t.unix_seconds())
-    };
+    let when = |t: Timestamp| format!("{} ({})", rfc5322(t.to_system()), t.unix_seconds());
     let expires = m
         .arrival
         .plus(config.queue.max_lifetime)

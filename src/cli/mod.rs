@@ -12,3 +12,4 @@ pub mod exit;
 pub mod health;
 pub mod metrics;
 pub mod sendmail;
+pub mod shape;

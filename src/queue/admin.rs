@@ -7,6 +7,10 @@
 //! an attempt's bookkeeping: the worker re-reads the metadata after its
 //! transaction, so a delete or hold made meanwhile stands.
 
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
 use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
 use crate::queue::options::QueueOptions;
 use crate::queue::spool::{io_error, MessageLock, Spool};
@@ -16,6 +20,114 @@ use crate::smtp::reply::SmtpReply;
 
 /// Largest header `show` prints.
 const MAX_SHOWN_HEADER: usize = 64 * 1024;
+
+/// Which messages a command lists or acts on, besides their ids: every
+/// condition given must hold. The default matches every message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// A pending recipient at this domain (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The sender: an address, `@domain` for any sender at a domain, or
+    /// `<>` for the null sender (notices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Arrived at least this many seconds ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than_secs: Option<u64>,
+    /// Held messages (with `deferred`: held or deferred ones).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+    /// Deferred messages: not held, tried at least once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
+}
+
+impl Filter {
+    /// True when the filter matches every message.
+    pub fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+
+    /// Whether `m` matches, at `now`.
+    pub fn matches(&self, m: &MessageMeta, now: Timestamp) -> bool {
+        if let Some(domain) = &self.domain {
+            let wanted = domain.trim_start_matches('@');
+            if !m
+                .pending()
+                .any(|r| r.address.domain().eq_ignore_ascii_case(wanted))
+            {
+                return false;
+            }
+        }
+        if let Some(sender) = &self.sender {
+            let ok = match (&m.sender, sender.as_str()) {
+                (None, "<>" | "" | "MAILER-DAEMON") => true,
+                (None, _) => false,
+                (Some(a), s) => match s.strip_prefix('@') {
+                    Some(domain) => a.domain().eq_ignore_ascii_case(domain),
+                    None => a.as_str().eq_ignore_ascii_case(s.trim_matches(['<', '>'])),
+                },
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(secs) = self.older_than_secs {
+            if now.since(m.arrival) < Duration::from_secs(secs) {
+                return false;
+            }
+        }
+        if self.held || self.deferred {
+            let deferred = !m.hold && m.pending().any(|r| r.tries > 0);
+            if !((self.held && m.hold) || (self.deferred && deferred)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The messages a bulk command acts on: the ids given, or every message
+/// (`all`), narrowed by the filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<MessageId>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    #[serde(default, skip_serializing_if = "Filter::is_empty")]
+    pub filter: Filter,
+}
+
+/// A file in `incoming/`, not picked up yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingFile {
+    pub name: String,
+    pub size: u64,
+    /// When it was written.
+    pub modified: Timestamp,
+}
+
+/// What a bulk command did: how many messages it acted on, and the ones
+/// it could not, with why.
+#[derive(Debug, Default)]
+pub struct BulkOutcome {
+    pub done: usize,
+    pub failures: Vec<(MessageId, QueueError)>,
+}
+
+impl BulkOutcome {
+    fn fail(&mut self, id: MessageId, e: QueueError) {
+        self.failures.push((id, e));
+    }
+}
+
+/// How many messages a bulk command locks at once: each lock is an open
+/// file, and the process shares its limit with connections.
+fn batch_size() -> usize {
+    (crate::sys::open_files_limit() / 4).clamp(64, 4096) as usize
+}
 
 /// Management operations on one spool.
 pub struct Admin<'a> {
@@ -42,6 +154,24 @@ impl<'a> Admin<'a> {
         }
     }
 
+    /// The ids of every queued message, oldest first.
+    pub fn list_ids(&self) -> Result<Vec<MessageId>, QueueError> {
+        let dir = self.spool.queue_dir();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+            let name = entry.map_err(io_error(dir))?.file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".msg"))
+                .and_then(|stem| stem.parse::<MessageId>().ok())
+            {
+                out.push(id);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Every queued message, oldest first.
     pub fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
         let dir = self.spool.queue_dir();
@@ -60,6 +190,348 @@ impl<'a> Admin<'a> {
             }
         }
         out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
+    /// The messages a selection names: every message matching its filter
+    /// (`all`), or the ids given that match it. An id given that is not
+    /// queued is a failure; one that does not match the filter is left out.
+    pub fn select(&self, sel: &Selection) -> Result<BulkOutcome, QueueError> {
+        self.select_ids(sel).map(|(ids, mut out)| {
+            out.done = ids.len();
+            out
+        })
+    }
+
+    fn select_ids(&self, sel: &Selection) -> Result<(Vec<MessageId>, BulkOutcome), QueueError> {
+        let now = Timestamp::now();
+        let mut out = BulkOutcome::default();
+        if sel.all && sel.filter.is_empty() {
+            // Every message: the directory's names say which, without
+            // reading each message's metadata twice.
+            return Ok((self.list_ids()?, out));
+        }
+        if sel.all {
+            let ids = self
+                .list()?
+                .into_iter()
+                .filter(|m| sel.filter.matches(m, now))
+                .map(|m| m.id)
+                .collect();
+            return Ok((ids, out));
+        }
+        if sel.filter.is_empty() {
+            return Ok((sel.ids.clone(), out));
+        }
+        let mut ids = Vec::new();
+        for &id in &sel.ids {
+            match self.read(id) {
+                Ok(m) if sel.filter.matches(&m, now) => ids.push(id),
+                Ok(_) => {}
+                Err(e) => out.fail(id, e),
+            }
+        }
+        Ok((ids, out))
+    }
+
+    /// The files waiting in `incoming/` for pickup (not those still being
+    /// written), by name.
+    pub fn incoming(&self) -> Result<Vec<IncomingFile>, QueueError> {
+        let dir = self.spool.incoming_dir();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+            let entry = entry.map_err(io_error(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            // Picked up meanwhile: not an error.
+            let Ok(md) = entry.metadata() else { continue };
+            if !md.is_file() {
+                continue;
+            }
+            out.push(IncomingFile {
+                name,
+                size: md.len(),
+                modified: md
+                    .modified()
+                    .map(Timestamp::from_system)
+                    .unwrap_or(Timestamp(0)),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// A whole message as received, its metadata first.
+    pub fn message(&self, id: MessageId) -> Result<(MessageMeta, Vec<u8>), QueueError> {
+        let meta = self.read(id)?;
+        let bytes = self
+            .spool
+            .read_message(&meta, u64::MAX)?
+            .unwrap_or_default();
+        Ok((meta, bytes))
+    }
+
+    /// Every queued message the filter matches, oldest first.
+    pub fn list_matching(&self, filter: &Filter) -> Result<Vec<MessageMeta>, QueueError> {
+        let now = Timestamp::now();
+        let mut all = self.list()?;
+        all.retain(|m| filter.matches(m, now));
+        Ok(all)
+    }
+
+    /// Holds the selected messages; see [`Admin::hold`].
+    pub fn hold_selected(&self, sel: &Selection) -> Result<BulkOutcome, QueueError> {
+        let now = Timestamp::now();
+        self.update_selected(
+            sel,
+            |m| {
+                if !m.hold {
+                    m.hold = true;
+                    m.held_since = Some(now);
+                }
+                true
+            },
+            |id| {
+                if let Some(s) = self.shared {
+                    let _ = s.timer.send(Command::Remove(id));
+                }
+                log::info!("{id}: held by the operator");
+            },
+        )
+    }
+
+    /// Releases the selected messages; see [`Admin::release`].
+    pub fn release_selected(&self, sel: &Selection) -> Result<BulkOutcome, QueueError> {
+        let now = Timestamp::now();
+        self.update_selected(
+            sel,
+            |m| {
+                release_meta(m, now);
+                true
+            },
+            |id| {
+                if let Some(s) = self.shared {
+                    s.schedule(id, now);
+                }
+                log::info!("{id}: released by the operator");
+            },
+        )
+    }
+
+    /// Makes the selected messages due now; held ones stay held and are
+    /// not counted. An empty selection (no ids, not `all`) is every message.
+    pub fn flush_selected(&self, sel: &Selection) -> Result<BulkOutcome, QueueError> {
+        let mut sel = sel.clone();
+        if sel.ids.is_empty() {
+            sel.all = true;
+        }
+        let now = Timestamp::now();
+        self.update_selected(
+            &sel,
+            |m| {
+                if m.hold {
+                    return false;
+                }
+                m.next_attempt = now;
+                true
+            },
+            |id| {
+                if let Some(s) = self.shared {
+                    let _ = s.timer.send(Command::Flush(Some(id)));
+                }
+            },
+        )
+    }
+
+    /// Deletes the selected messages: one directory fsync per batch.
+    pub fn delete_selected(&self, sel: &Selection) -> Result<BulkOutcome, QueueError> {
+        let (ids, mut out) = self.select_ids(sel)?;
+        for chunk in ids.chunks(batch_size()) {
+            let mut locked = Vec::with_capacity(chunk.len());
+            for &id in chunk {
+                match self.lock(id) {
+                    Ok(l) => locked.push(l),
+                    // Gone since it was listed (delivered): not a failure.
+                    Err(QueueError::UnknownId(_)) if sel.all => {}
+                    Err(e) => out.fail(id, e),
+                }
+            }
+            let gone: Vec<MessageId> = locked.iter().map(|(m, _)| m.id).collect();
+            let results = self.spool.remove_many(&gone);
+            for ((meta, lock), result) in locked.into_iter().zip(results) {
+                drop(lock);
+                match result {
+                    Ok(()) => {
+                        self.forget(&meta);
+                        log::info!("{}: deleted by the operator", meta.id);
+                        out.done += 1;
+                    }
+                    Err(e) => out.fail(meta.id, e),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Expires the selected messages in batches: each batch locked, its
+    /// notices stored with two syncs in all, then the messages removed
+    /// with one directory fsync. A message with an attempt running is
+    /// marked, as [`Admin::expire`] does.
+    pub fn expire_selected(&self, sel: &Selection) -> Result<BulkOutcome, QueueError> {
+        let (ids, mut out) = self.select_ids(sel)?;
+        for chunk in ids.chunks(batch_size()) {
+            let mut marked = Vec::new();
+            let mut marked_locks = Vec::new();
+            // (meta, lock, index of its notice in `notices`)
+            let mut giving_up = Vec::new();
+            let mut notices = Vec::new();
+            for &id in chunk {
+                let (mut meta, lock) = match self.lock(id) {
+                    Ok(l) => l,
+                    Err(QueueError::UnknownId(_)) if sel.all => continue,
+                    Err(e) => {
+                        out.fail(id, e);
+                        continue;
+                    }
+                };
+                if self.is_inflight(id) {
+                    meta.expire_requested = true;
+                    marked.push(meta);
+                    marked_locks.push(lock);
+                    continue;
+                }
+                let failed = give_up_pending(&mut meta);
+                let notice = match dsn::failure_notice(self.options, self.spool, &meta, &failed) {
+                    Some((envelope, bytes)) => {
+                        match self.spool.create_message().and_then(|mut w| {
+                            w.copy_from(&mut &bytes[..])?;
+                            Ok(w)
+                        }) {
+                            Ok(w) => {
+                                notices.push((w, envelope));
+                                Some(notices.len() - 1)
+                            }
+                            Err(e) => {
+                                out.fail(id, e);
+                                continue;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                giving_up.push((meta, lock, notice));
+            }
+            for (meta, result) in marked.iter().zip(self.spool.write_metas(&marked)) {
+                match result {
+                    Ok(()) => {
+                        log::info!(
+                            "{}: expired by the operator; applied when the running attempt ends",
+                            meta.id
+                        );
+                        out.done += 1;
+                    }
+                    Err(e) => out.fail(meta.id, e),
+                }
+            }
+            drop(marked_locks);
+            let stored = if notices.is_empty() {
+                Vec::new()
+            } else {
+                self.spool.store_many(notices, true)
+            };
+            // Without its notice a message must stay, or the sender would
+            // never hear of it.
+            let mut removing = Vec::new();
+            for (meta, lock, notice) in giving_up {
+                match notice.map(|i| &stored[i]) {
+                    Some(Err(e)) => out.fail(
+                        meta.id,
+                        QueueError::Io {
+                            path: self.spool.queue_dir().to_path_buf(),
+                            source: std::io::Error::other(e.to_string()),
+                        },
+                    ),
+                    Some(Ok(n)) => {
+                        if let Some(s) = self.shared {
+                            s.stored(n);
+                        }
+                        log::info!("{}: expired by the operator; notice {}", meta.id, n.id);
+                        removing.push((meta, lock));
+                    }
+                    None => {
+                        log::info!("{}: expired by the operator", meta.id);
+                        removing.push((meta, lock));
+                    }
+                }
+            }
+            let gone: Vec<MessageId> = removing.iter().map(|(m, _)| m.id).collect();
+            for ((meta, lock), result) in removing.into_iter().zip(self.spool.remove_many(&gone)) {
+                drop(lock);
+                match result {
+                    Ok(()) => {
+                        self.forget(&meta);
+                        out.done += 1;
+                    }
+                    Err(e) => out.fail(meta.id, e),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when an attempt of the message runs now (in the daemon).
+    /// Asked under the message lock: the worker takes it to record its
+    /// results and leaves the in-flight set before releasing it.
+    fn is_inflight(&self, id: MessageId) -> bool {
+        self.shared.is_some_and(|s| {
+            s.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id)
+        })
+    }
+
+    /// Changes the metadata of the selected messages in batches: each
+    /// batch locked, changed, written with two syncs in all, then
+    /// unlocked; `after` runs for each message once its change is
+    /// durable. `change` returns false to leave a message as it is (it is
+    /// then not counted).
+    fn update_selected(
+        &self,
+        sel: &Selection,
+        change: impl Fn(&mut MessageMeta) -> bool,
+        after: impl Fn(MessageId),
+    ) -> Result<BulkOutcome, QueueError> {
+        let (ids, mut out) = self.select_ids(sel)?;
+        for chunk in ids.chunks(batch_size()) {
+            let mut metas = Vec::with_capacity(chunk.len());
+            let mut locks = Vec::with_capacity(chunk.len());
+            for &id in chunk {
+                match self.lock(id) {
+                    Ok((mut meta, lock)) => {
+                        if change(&mut meta) {
+                            metas.push(meta);
+                            locks.push(lock);
+                        }
+                    }
+                    Err(QueueError::UnknownId(_)) if sel.all => {}
+                    Err(e) => out.fail(id, e),
+                }
+            }
+            let results = self.spool.write_metas(&metas);
+            drop(locks);
+            for (meta, result) in metas.iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        after(meta.id);
+                        out.done += 1;
+                    }
+                    Err(e) => out.fail(meta.id, e),
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -114,15 +586,7 @@ impl<'a> Admin<'a> {
     /// not count towards `max_lifetime`.
     pub fn release(&self, id: MessageId) -> Result<(), QueueError> {
         let now = Timestamp::now();
-        self.update(id, |m| {
-            if let Some(since) = m.held_since.take() {
-                m.held_ms = m
-                    .held_ms
-                    .saturating_add(now.since(since).as_millis() as u64);
-            }
-            m.hold = false;
-            m.next_attempt = now;
-        })?;
+        self.update(id, |m| release_meta(m, now))?;
         if let Some(s) = self.shared {
             s.schedule(id, now);
         }
@@ -205,7 +669,8 @@ impl<'a> Admin<'a> {
             .spool
             .lock_message(&id)?
             .ok_or(QueueError::UnknownId(id))?;
-        Ok((self.read(id)?, lock))
+        let meta = self.spool.read_locked(&id, &lock)?;
+        Ok((meta, lock))
     }
 
     /// Changes a message's metadata under its lock.
@@ -218,6 +683,18 @@ impl<'a> Admin<'a> {
         change(&mut meta);
         self.spool.write_meta(&meta)
     }
+}
+
+/// A released message's metadata: due at `now`, the time it was held
+/// added to the time that does not count towards its lifetime.
+fn release_meta(m: &mut MessageMeta, now: Timestamp) {
+    if let Some(since) = m.held_since.take() {
+        m.held_ms = m
+            .held_ms
+            .saturating_add(now.since(since).as_millis() as u64);
+    }
+    m.hold = false;
+    m.next_attempt = now;
 }
 
 /// Fails every pending recipient of a message the operator expired,

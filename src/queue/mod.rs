@@ -156,10 +156,15 @@ impl Shared {
             self.check_quota(0)?;
         }
         let meta = self.spool.store(writer, envelope, is_dsn)?;
+        self.stored(&meta);
+        Ok(meta.id)
+    }
+
+    /// Accounts for a message made durable and schedules it.
+    pub(crate) fn stored(&self, meta: &MessageMeta) {
         self.messages.fetch_add(1, Ordering::SeqCst);
         self.bytes.fetch_add(meta.size, Ordering::SeqCst);
         self.schedule(meta.id, meta.next_attempt);
-        Ok(meta.id)
     }
 
     /// Stores a notice made in memory.

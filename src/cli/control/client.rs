@@ -26,9 +26,17 @@ pub fn request(spool: &Path, req: &Request) -> Result<Response, ControlError> {
         }
         Err(e) => return Err(io_err(e)),
     };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .map_err(io_err)?;
+    // A bulk command on a large queue writes for as long as the disk
+    // takes (about a minute for 10^5 messages on a busy disk).
+    let wait = match req {
+        Request::Flush(_)
+        | Request::Hold(_)
+        | Request::Release(_)
+        | Request::Delete(_)
+        | Request::Expire(_) => Duration::from_secs(30 * 60),
+        _ => Duration::from_secs(120),
+    };
+    stream.set_read_timeout(Some(wait)).map_err(io_err)?;
     let mut line = serde_json::to_vec(req).unwrap_or_default();
     line.push(b'\n');
     stream.write_all(&line).map_err(io_err)?;

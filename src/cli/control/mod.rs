@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use mailqueue::queue::admin::Admin;
+use mailqueue::queue::admin::{Admin, BulkOutcome, Filter, IncomingFile, Selection};
 use mailqueue::queue::meta::MessageMeta;
 use mailqueue::queue::stats::StatsSnapshot;
 use mailqueue::queue::QueueError;
@@ -27,24 +27,30 @@ pub use server::ControlServer;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
-    List,
+    /// The messages the filter matches, and the files in `incoming/`.
+    List {
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
+    },
     Show {
         id: MessageId,
+        /// The whole message, not only its header.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        body: bool,
     },
-    Flush {
-        ids: Vec<MessageId>,
-    },
-    Hold {
-        ids: Vec<MessageId>,
-    },
-    Release {
-        ids: Vec<MessageId>,
-    },
-    Delete {
-        ids: Vec<MessageId>,
-    },
-    Expire {
-        ids: Vec<MessageId>,
+    /// Every message when the selection names none.
+    Flush(Selection),
+    Hold(Selection),
+    Release(Selection),
+    Delete(Selection),
+    Expire(Selection),
+    /// Messages by domain and age (qshape).
+    Shape {
+        /// By sender domain instead of recipient domain.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sender: bool,
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
     },
     /// New files wait in `incoming/`. The daemon fsyncs `incoming/`
     /// before it answers (and says so in `incoming_synced`): a submitter
@@ -70,6 +76,18 @@ pub struct Response {
     /// For `show`: the message header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// For `show --body`: the whole message, base64 (it may be 8-bit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_base64: Option<String>,
+    /// For `list`: files in `incoming/`, not picked up yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incoming: Vec<IncomingFile>,
+    /// For the commands on many messages: how many they acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<usize>,
+    /// For `shape`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<crate::cli::shape::Shape>,
     /// For commands on several ids: the ones that failed, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<(MessageId, String)>,
@@ -121,16 +139,29 @@ pub fn socket_path(spool: &Path) -> PathBuf {
 }
 
 impl Request {
+    /// `list` of every message.
+    pub fn list_all() -> Request {
+        Request::List {
+            filter: Filter::default(),
+        }
+    }
+
+    /// `flush` of every message.
+    pub fn flush_all() -> Request {
+        Request::Flush(Selection::default())
+    }
+
     /// The command's name, for messages.
     pub fn name(&self) -> &'static str {
         match self {
-            Request::List => "list",
+            Request::List { .. } => "list",
+            Request::Shape { .. } => "shape",
             Request::Show { .. } => "show",
-            Request::Flush { .. } => "flush",
-            Request::Hold { .. } => "hold",
-            Request::Release { .. } => "release",
-            Request::Delete { .. } => "delete",
-            Request::Expire { .. } => "expire",
+            Request::Flush(_) => "flush",
+            Request::Hold(_) => "hold",
+            Request::Release(_) => "release",
+            Request::Delete(_) => "delete",
+            Request::Expire(_) => "expire",
             Request::Pickup => "pickup",
             Request::Quota { .. } => "quota",
             Request::Stats => "stats",
@@ -142,26 +173,35 @@ impl Request {
 /// spool. `Pickup` and `Quota` concern a running daemon only: here they
 /// do nothing; `Stats` has nothing to report.
 pub fn apply(admin: &Admin<'_>, req: &Request) -> Response {
-    let each = |ids: &[MessageId], op: &dyn Fn(MessageId) -> Result<(), QueueError>| {
-        let failures: Vec<(MessageId, String)> = ids
-            .iter()
-            .filter_map(|&id| op(id).err().map(|e| (id, e.to_string())))
-            .collect();
-        Response {
-            ok: failures.is_empty(),
-            failures,
+    let bulk = |outcome: Result<BulkOutcome, QueueError>| match outcome {
+        Ok(o) => Response {
+            ok: o.failures.is_empty(),
+            done: Some(o.done),
+            failures: o
+                .failures
+                .into_iter()
+                .map(|(id, e)| (id, e.to_string()))
+                .collect(),
             ..Response::default()
-        }
+        },
+        Err(e) => Response::error(e),
     };
     match req {
-        Request::List => match admin.list() {
+        Request::List { filter } => match admin.list_matching(filter) {
             Ok(messages) => Response {
                 messages,
+                // What waits in incoming/ is not a message yet: a filter
+                // cannot say whether it matches, so only a plain list shows it.
+                incoming: if filter.is_empty() {
+                    admin.incoming().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
                 ..Response::ok()
             },
             Err(e) => Response::error(e),
         },
-        Request::Show { id } => match admin.show(*id) {
+        Request::Show { id, body: false } => match admin.show(*id) {
             Ok((meta, header)) => Response {
                 messages: vec![meta],
                 header: Some(String::from_utf8_lossy(&header).into_owned()),
@@ -169,15 +209,33 @@ pub fn apply(admin: &Admin<'_>, req: &Request) -> Response {
             },
             Err(e) => Response::error(e),
         },
-        Request::Flush { ids } if ids.is_empty() => match admin.flush(&[]) {
-            Ok(()) => Response::ok(),
+        Request::Show { id, body: true } => match admin.message(*id) {
+            Ok((meta, bytes)) => Response {
+                messages: vec![meta],
+                message_base64: Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    bytes,
+                )),
+                ..Response::ok()
+            },
             Err(e) => Response::error(e),
         },
-        Request::Flush { ids } => each(ids, &|id| admin.flush(&[id])),
-        Request::Hold { ids } => each(ids, &|id| admin.hold(id)),
-        Request::Release { ids } => each(ids, &|id| admin.release(id)),
-        Request::Delete { ids } => each(ids, &|id| admin.delete(id)),
-        Request::Expire { ids } => each(ids, &|id| admin.expire(id)),
+        Request::Shape { sender, filter } => match admin.list_matching(filter) {
+            Ok(messages) => Response {
+                shape: Some(crate::cli::shape::Shape::of(
+                    &messages,
+                    *sender,
+                    mailqueue::queue::meta::Timestamp::now(),
+                )),
+                ..Response::ok()
+            },
+            Err(e) => Response::error(e),
+        },
+        Request::Flush(sel) => bulk(admin.flush_selected(sel)),
+        Request::Hold(sel) => bulk(admin.hold_selected(sel)),
+        Request::Release(sel) => bulk(admin.release_selected(sel)),
+        Request::Delete(sel) => bulk(admin.delete_selected(sel)),
+        Request::Expire(sel) => bulk(admin.expire_selected(sel)),
         Request::Pickup | Request::Quota { .. } => Response::ok(),
         Request::Stats => Response::error(ControlError::NoDaemon),
     }

@@ -24,6 +24,22 @@ impl Spool {
         Ok(())
     }
 
+    /// Removes many messages with one directory fsync; the caller holds
+    /// their locks. One result per message, in order.
+    pub fn remove_many(&self, ids: &[MessageId]) -> Vec<Result<(), QueueError>> {
+        let mut results: Vec<_> = ids.iter().map(|id| self.unlink(id)).collect();
+        if let Err(e) = self.queue_sync.sync(&self.queue) {
+            let why = e.to_string();
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(QueueError::Io {
+                    path: self.queue.clone(),
+                    source: io::Error::other(why.clone()),
+                });
+            }
+        }
+        results
+    }
+
     /// Unlinks a message's files without making that durable.
     pub(super) fn unlink(&self, id: &MessageId) -> Result<(), QueueError> {
         for path in [self.message_path(id), self.meta_path(id)] {

@@ -12,6 +12,10 @@ use super::{io_error, Spool};
 use crate::queue::meta::MessageMeta;
 use crate::queue::{MessageId, QueueError};
 
+/// Up to this many metadata files, [`Spool::write_metas`] fdatasyncs each
+/// rather than the whole file system.
+const FEW_METAS: usize = 8;
+
 /// A message being written into the spool.
 #[derive(Debug)]
 pub struct MessageWriter {
@@ -89,6 +93,65 @@ impl Spool {
         Ok(())
     }
 
+    /// Makes many written messages durable, with two syncs in all: each
+    /// message's trailer is written, one `syncfs` makes them durable, and
+    /// one fsync of `queue/` their directory entries. One result per
+    /// message, in order.
+    pub fn store_many(
+        &self,
+        messages: Vec<(MessageWriter, crate::envelope::Envelope)>,
+        is_dsn: bool,
+    ) -> Vec<Result<MessageMeta, QueueError>> {
+        let mut written = Vec::with_capacity(messages.len());
+        for (mut writer, envelope) in messages {
+            if envelope.recipients.is_empty() {
+                written.push(Err(QueueError::NoRecipients));
+                continue;
+            }
+            let mut meta = MessageMeta::new(writer.id(), &envelope, writer.size());
+            meta.is_dsn = is_dsn;
+            meta.checksum = Some(writer.checksum.clone().finalize());
+            let path = writer.path.clone();
+            let file = &mut writer.file;
+            match file
+                .write_all(&trailer(&meta))
+                .and_then(|_| file.flush())
+                .map_err(io_error(&path))
+            {
+                Ok(()) => written.push(Ok((writer, meta))),
+                Err(e) => written.push(Err(e)),
+            }
+        }
+        let synced = File::open(&self.queue)
+            .and_then(|dir| crate::sys::syncfs(&dir))
+            .map_err(io_error(&self.queue))
+            .and_then(|()| self.queue_sync.sync(&self.queue))
+            .map_err(|e| e.to_string());
+        written
+            .into_iter()
+            .map(|w| {
+                let (mut writer, meta) = w?;
+                if let Err(why) = &synced {
+                    // Dropping the writer removes the file: never acknowledged.
+                    return Err(QueueError::Io {
+                        path: writer.path.clone(),
+                        source: io::Error::other(why.clone()),
+                    });
+                }
+                writer.done = true;
+                log::info!(
+                    "{}: from=<{}>, size={}, nrcpt={}{}",
+                    meta.id,
+                    meta.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
+                    meta.size,
+                    meta.recipients.len(),
+                    if is_dsn { ", notice" } else { "" }
+                );
+                Ok(meta)
+            })
+            .collect()
+    }
+
     /// Makes a written message durable with metadata for `envelope`;
     /// returns the metadata.
     pub fn store(
@@ -128,21 +191,88 @@ impl Spool {
         self.queue_sync.sync(&self.queue)
     }
 
+    /// Replaces the metadata of many messages, durably, with two syncs
+    /// in all rather than two per message: every new file is written to
+    /// `tmp/`, one `syncfs` makes their contents durable, each is renamed
+    /// into `queue/`, and one fsync of `queue/` makes the renames durable.
+    /// The caller holds the messages' locks. One result per message, in
+    /// order; a failed sync fails them all.
+    pub fn write_metas(&self, metas: &[MessageMeta]) -> Vec<Result<(), QueueError>> {
+        // A few files: their own fdatasyncs cost less than flushing
+        // whatever else the file system has to write.
+        let each = metas.len() <= FEW_METAS;
+        let mut results: Vec<Result<(), QueueError>> = metas
+            .iter()
+            .map(|meta| {
+                let tmp = self.tmp.join(format!("{}.meta", meta.id));
+                self.write_tmp_meta(meta, &tmp, each)
+            })
+            .collect();
+        if results.iter().all(Result::is_err) {
+            return results;
+        }
+        let synced = if each {
+            Ok(())
+        } else {
+            File::open(&self.tmp)
+                .and_then(|dir| crate::sys::syncfs(&dir))
+                .map_err(io_error(&self.tmp))
+        };
+        if let Err(e) = synced {
+            return metas
+                .iter()
+                .map(|_| {
+                    Err(QueueError::Io {
+                        path: self.tmp.clone(),
+                        source: io::Error::other(e.to_string()),
+                    })
+                })
+                .collect();
+        }
+        for (meta, result) in metas.iter().zip(results.iter_mut()) {
+            if result.is_ok() {
+                let tmp = self.tmp.join(format!("{}.meta", meta.id));
+                let dst = self.meta_path(&meta.id);
+                *result = fs::rename(&tmp, &dst).map_err(io_error(&dst));
+            }
+        }
+        if let Err(e) = self.queue_sync.sync(&self.queue) {
+            let why = e.to_string();
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(QueueError::Io {
+                    path: self.queue.clone(),
+                    source: io::Error::other(why.clone()),
+                });
+            }
+        }
+        results
+    }
+
     fn write_meta_file(&self, meta: &MessageMeta) -> Result<(), QueueError> {
         let tmp = self.tmp.join(format!("{}.meta", meta.id));
+        self.write_tmp_meta(meta, &tmp, true)?;
+        let dst = self.meta_path(&meta.id);
+        fs::rename(&tmp, &dst).map_err(io_error(&dst))
+    }
+
+    /// Writes `tmp/<id>.meta`, fdatasynced when `sync`.
+    fn write_tmp_meta(
+        &self,
+        meta: &MessageMeta,
+        tmp: &std::path::Path,
+        sync: bool,
+    ) -> Result<(), QueueError> {
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(io_error(&tmp))?;
-        self.adopt(&file, &tmp)?;
+            .open(tmp)
+            .map_err(io_error(tmp))?;
+        self.adopt(&file, tmp)?;
         file.write_all(&meta.to_json())
-            .and_then(|_| file.sync_data())
-            .map_err(io_error(&tmp))?;
-        let dst = self.meta_path(&meta.id);
-        fs::rename(&tmp, &dst).map_err(io_error(&dst))
+            .and_then(|_| if sync { file.sync_data() } else { Ok(()) })
+            .map_err(io_error(tmp))
     }
 }
 
