@@ -66,10 +66,18 @@ fn unprivileged() -> Result<(), ExitCode> {
 
 /// The daemon's log: the level from `RUST_LOG` (default `info`), the
 /// shape from `[log] format`.
-fn init_logs(format: mailqueue::config::LogFormat) {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if format == mailqueue::config::LogFormat::Journald {
+fn init_logs(log: &mailqueue::config::LogConfig) {
+    // RUST_LOG, when set, rules (with its module filters); else the
+    // config's level, which a reload may change (see `apply_log_level`).
+    let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.is_empty());
+    let mut builder = if from_env {
+        env_logger::Builder::from_env(env_logger::Env::default())
+    } else {
+        let mut b = env_logger::Builder::new();
+        b.filter_level(log::LevelFilter::Trace);
+        b
+    };
+    if log.format == mailqueue::config::LogFormat::Journald {
         builder.format(|buf, record| {
             let text =
                 mailqueue::config::LogFormat::journald(record.level(), &record.args().to_string());
@@ -77,6 +85,7 @@ fn init_logs(format: mailqueue::config::LogFormat) {
         });
     }
     builder.init();
+    cli::daemon::apply_log_level(log.level);
 }
 
 /// sendmail's log lines (warnings only, unless `RUST_LOG` says more) go
@@ -149,7 +158,7 @@ fn run(cli: Cli) -> ExitCode {
             ExitCode::from(cli::health::run(&config, corrupt_within))
         }
         Ok(Err(Cmd::Serve)) => {
-            init_logs(config.log.format);
+            init_logs(&config.log);
             // SIGHUP reads the configuration again, from the same place.
             let reload =
                 || load_config(config_arg.clone(), spool_arg.clone()).map(|(config, _)| config);

@@ -606,3 +606,44 @@ fn check_passes_a_port_held_by_the_daemon_running_on_the_spool() {
     let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
     assert_eq!(status.code(), Some(69), "{err}");
 }
+
+#[test]
+fn sighup_applies_a_new_log_level() {
+    // No RUST_LOG: the configuration's level rules.
+    let setup = Setup::default().rust_log("");
+    let d = Daemon::start(&setup);
+    let submit = |n: u32| {
+        let mut child = std::process::Command::new(common::daemon::binary())
+            .args([
+                "--config",
+                d.config_path().to_str().unwrap(),
+                "sendmail",
+                "-i",
+            ])
+            .arg("a@example.org")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("Subject: {n}\n\nx\n").as_bytes())
+            .unwrap();
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+    };
+    // A pickup request is logged at debug level: not at info.
+    submit(1);
+    assert!(
+        wait_for(LONG, || d.log().contains("picked up")),
+        "{}",
+        d.log()
+    );
+    assert!(!d.log().contains("pickup asked for"), "{}", d.log());
+
+    reload(&d, &setup.clone().set("log", "level = \"debug\""));
+    assert!(d.wait_log("changed: [log] level", LONG), "{}", d.log());
+    submit(2);
+    assert!(d.wait_log("pickup asked for", LONG), "{}", d.log());
+}

@@ -130,6 +130,13 @@ pub fn serve(config: Config, reload: impl Fn() -> Result<Config, String>) -> Res
     Ok(())
 }
 
+/// Sets the most detailed level logged, unless `RUST_LOG` chose it.
+pub fn apply_log_level(level: mailqueue::config::LogLevel) {
+    if !std::env::var("RUST_LOG").is_ok_and(|v| !v.is_empty()) {
+        log::set_max_level(level.filter());
+    }
+}
+
 /// What a reload changes in the running daemon.
 struct Live<'a> {
     queue: &'a Queue,
@@ -162,6 +169,8 @@ static RESTART: &[Key] = &[
     key!("[bounce] enabled", bounce.enabled),
     key!("[bounce] from", bounce.from),
     key!("[bounce] max_return_size", bounce.max_return_size),
+    key!("[log] format", log.format),
+    key!("[metrics] listen", metrics.listen),
 ];
 
 /// Keeps the running values of the [`RESTART`] settings in a reloaded
@@ -181,6 +190,8 @@ fn keep_restart_settings(running: &Config, new: &mut Config) {
     new.bounce.enabled = running.bounce.enabled;
     new.bounce.from.clone_from(&running.bounce.from);
     new.bounce.max_return_size = running.bounce.max_return_size;
+    new.log.format = running.log.format;
+    new.metrics.listen.clone_from(&running.metrics.listen);
 }
 
 /// The settings a reload applies.
@@ -218,6 +229,7 @@ static RELOADED: &[Key] = &[
     key!("[delivery] command_timeout", delivery.command_timeout),
     key!("[delivery] data_timeout", delivery.data_timeout),
     key!("[bounce] target", bounce.target),
+    key!("[log] level", log.level),
 ];
 
 /// The names of the settings in `keys` that differ between `a` and `b`.
@@ -260,6 +272,7 @@ fn reconfigure(running: &Config, loaded: Result<Config, String>, live: &Live) ->
     live.queue.set_targets(target, bounce);
     live.queue.set_limits(new.queue_options().limits);
     live.server.set_settings(settings);
+    apply_log_level(new.log.level);
     *live.pickup_limits.lock().unwrap_or_else(|p| p.into_inner()) = sendmail::limits(&new);
     let changed = changed(RELOADED, running, &new);
     if changed.is_empty() {

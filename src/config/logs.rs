@@ -13,6 +13,41 @@ pub struct LogConfig {
     /// priority prefix journald and syslog read (sd-daemon(3)), and no
     /// time of ours, since they add their own.
     pub format: LogFormat,
+    /// The most detailed lines written: `error`, `warn`, `info` (the
+    /// default), `debug` or `trace`. `RUST_LOG`, when set, wins (and
+    /// takes module filters); a reload (SIGHUP) applies a new level.
+    pub level: LogLevel,
+}
+
+/// How much is logged; see [`LogConfig::level`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// What happens to each message, and the above.
+    #[default]
+    Info,
+    /// Protocol details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// As the `log` crate filters.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
 }
 
 /// How each log line is written; see [`LogConfig::format`].
@@ -57,7 +92,10 @@ mod tests {
         let c = Config::from_toml("[log]\nformat = \"journald\"\n").unwrap();
         assert_eq!(c.log.format, LogFormat::Journald);
         assert!(Config::from_toml("[log]\nformat = \"json\"\n").is_err());
-        assert!(Config::from_toml("[log]\nlevel = \"info\"\n").is_err());
+        assert_eq!(Config::default().log.level, LogLevel::Info);
+        let c = Config::from_toml("[log]\nlevel = \"debug\"\n").unwrap();
+        assert_eq!(c.log.level.filter(), log::LevelFilter::Debug);
+        assert!(Config::from_toml("[log]\nlevel = \"loud\"\n").is_err());
     }
 
     #[test]

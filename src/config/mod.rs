@@ -26,7 +26,7 @@ pub use crate::smtp::tls_policy::TlsPolicy;
 pub use build::{build_target, destination_limit, PasswordFileError, TargetError};
 pub use duration::{parse_duration, BadDuration};
 pub use local::LocalConfig;
-pub use logs::{LogConfig, LogFormat};
+pub use logs::{LogConfig, LogFormat, LogLevel};
 pub use target::{BadTarget, TargetSpec};
 
 /// A configuration that could not be read or is not valid.

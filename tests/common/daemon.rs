@@ -47,7 +47,7 @@ impl Setup {
     pub fn to(target: &str) -> Setup {
         let s = Setup {
             sections: [
-                "", "queue", "listen", "delivery", "bounce", "metrics", "local",
+                "", "queue", "listen", "delivery", "bounce", "metrics", "local", "log",
             ]
             .into_iter()
             .map(|name| (name, Vec::new()))

@@ -25,7 +25,8 @@ impl Spool {
     }
 
     /// Removes many messages with one directory fsync; the caller holds
-    /// their locks. One result per message, in order.
+    /// their locks. One result per message, in order; each removal that
+    /// is durable is logged as [`Spool::remove`] logs it.
     pub fn remove_many(&self, ids: &[MessageId]) -> Vec<Result<(), QueueError>> {
         let mut results: Vec<_> = ids.iter().map(|id| self.unlink(id)).collect();
         if let Err(e) = self.queue_sync.sync(&self.queue) {
@@ -36,6 +37,9 @@ impl Spool {
                     source: io::Error::other(why.clone()),
                 });
             }
+        }
+        for (id, _) in ids.iter().zip(&results).filter(|(_, r)| r.is_ok()) {
+            log::info!("{id}: removed");
         }
         results
     }
