@@ -304,7 +304,7 @@ fn expire_logs_a_line_per_recipient_and_removed_and_delete_logs_removed() {
 fn the_journald_format_has_priorities_and_no_timestamp_of_ours() {
     let d = Daemon::start(
         &Setup::default()
-            .set("", "log = { format = \"journald\" }")
+            .set("log", "format = \"journald\"")
             .queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"")
             .listen("relay_networks = [\"10.0.0.0/8\"]"),
     );
