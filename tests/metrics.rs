@@ -260,6 +260,15 @@ fn queue_gauges_show_deferred_mail_and_its_age() {
             "mailqueue_queue_oldest_message_age_seconds",
         ) >= 1.0
     }));
+    // The operator gives it up: one expired recipient.
+    let (code, _, err) = mq(&d.config_path(), &["expire", "ALL"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(wait_for(LONG, || {
+        value(
+            &parse(&scrape(&metrics).2),
+            "mailqueue_deliveries_total{outcome=\"expired\"}",
+        ) == 1.0
+    }));
 }
 
 #[test]

@@ -145,6 +145,14 @@ impl<'a> Admin<'a> {
         }
     }
 
+    /// Counts recipients the operator expired in the running daemon's
+    /// metrics (none to count without a daemon).
+    fn count_expired(&self, n: usize) {
+        if let Some(shared) = self.shared {
+            shared.stats.expired_by_operator(n);
+        }
+    }
+
     /// Operations on a spool that no daemon is running on.
     pub fn direct(spool: &'a Spool, options: &'a QueueOptions) -> Admin<'a> {
         Admin {
@@ -403,6 +411,7 @@ impl<'a> Admin<'a> {
                     continue;
                 }
                 let failed = give_up_pending(&mut meta);
+                self.count_expired(failed.len());
                 let notice = match dsn::failure_notice(self.options, self.spool, &meta, &failed) {
                     Some((envelope, bytes)) => {
                         match self.spool.create_message().and_then(|mut w| {
@@ -626,6 +635,7 @@ impl<'a> Admin<'a> {
             }
         }
         let failed = give_up_pending(&mut meta);
+        self.count_expired(failed.len());
         if let Some((envelope, bytes)) =
             dsn::failure_notice(self.options, self.spool, &meta, &failed)
         {

@@ -220,6 +220,11 @@ impl Stats {
         self.outcomes[i].fetch_add(1, Relaxed);
     }
 
+    /// Counts `n` recipients the operator expired (`expired` outcomes).
+    pub fn expired_by_operator(&self, n: usize) {
+        self.outcomes[3].fetch_add(n as u64, Relaxed);
+    }
+
     /// Counts a notice queued.
     pub fn notice(&self) {
         self.notices.fetch_add(1, Relaxed);

@@ -249,7 +249,9 @@ fn record(
     // An expire the operator issued during the attempt, applied after its
     // results: what it delivered stays delivered and is not bounced.
     if meta.expire_requested {
-        applied.failed.extend(operator_expire(meta));
+        let expired = operator_expire(meta);
+        shared.stats.expired_by_operator(expired.len());
+        applied.failed.extend(expired);
     }
     let delayed = delay_warnings(shared, meta, age);
     // Notices are made durable before the outcomes are recorded: a crash
