@@ -5,8 +5,9 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::time::Duration;
 
+use super::refusal::Stage;
 use super::session::{
-    bare_newline_reply, quota_reply, reply, write_error_reply, Session, Stage, Transaction, EXPIRED,
+    bare_newline_reply, quota_reply, reply, write_error_reply, Session, Transaction, EXPIRED,
 };
 use crate::envelope::Envelope;
 use crate::ingest::cleanup;

@@ -21,6 +21,7 @@ use crate::smtp::transport::Transport;
 use threads::Reused;
 
 mod data;
+mod refusal;
 mod session;
 mod threads;
 
