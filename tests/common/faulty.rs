@@ -201,6 +201,45 @@ pub struct StatusLine {
     pub reply: String,
 }
 
+/// A log field as the daemon wrote it, with its escapes (`\\`, `\xNN`,
+/// `\u{N}`) undone: the text the notice carries as it is.
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 1..];
+        let (c, used) = if tail.starts_with('\\') {
+            (Some('\\'), 1)
+        } else if let Some(hex) = tail.strip_prefix('x').and_then(|t| t.get(..2)) {
+            (
+                u32::from_str_radix(hex, 16).ok().and_then(char::from_u32),
+                3,
+            )
+        } else if let Some(t) = tail.strip_prefix("u{") {
+            let end = t.find('}').unwrap_or(0);
+            let c = u32::from_str_radix(&t[..end], 16)
+                .ok()
+                .and_then(char::from_u32);
+            (c, end + 3)
+        } else {
+            (None, 0)
+        };
+        match c {
+            Some(c) => {
+                out.push(c);
+                rest = &tail[used..];
+            }
+            None => {
+                out.push('\\');
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 impl StatusLine {
     pub fn parse(line: &str) -> Option<StatusLine> {
         let at = line.find(": to=<")?;
@@ -229,7 +268,7 @@ impl StatusLine {
             rcpt: rcpt.to_string(),
             tries,
             status: status.to_string(),
-            reply: reply.to_string(),
+            reply: unescape(reply),
         })
     }
 

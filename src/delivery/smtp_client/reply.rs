@@ -6,6 +6,7 @@ use std::io;
 use std::time::Duration;
 
 use super::{protocol_error, Session, State};
+use crate::date::format_duration;
 use crate::delivery::DeliveryError;
 use crate::smtp::deadline::{self, Deadline, DeadlineReader, LineEnd, Overlong};
 use crate::smtp::reply::{fold_line, SmtpReply};
@@ -114,7 +115,7 @@ impl Session {
         if self.is_broken() {
             return Err(self.out_of_step());
         }
-        let result = self.read_reply_within(Deadline::after(timeout));
+        let result = self.read_reply_within(Deadline::after(timeout), timeout);
         if result.is_err() {
             self.state = State::Broken;
         }
@@ -124,7 +125,11 @@ impl Session {
         result
     }
 
-    fn read_reply_within(&mut self, end: Deadline) -> Result<FullReply, DeliveryError> {
+    fn read_reply_within(
+        &mut self,
+        end: Deadline,
+        timeout: Duration,
+    ) -> Result<FullReply, DeliveryError> {
         let mut lines = Vec::new();
         let mut line = Vec::new();
         // The first line: its code and enhanced code are the reply's.
@@ -136,7 +141,17 @@ impl Session {
         loop {
             let mut reader = DeadlineReader::new(&mut self.io, end);
             let ended = deadline::read_line(&mut reader, &mut line, MAX_REPLY_LINE, Overlong::Fail)
-                .map_err(|e| self.io_failed("reading reply from", &e))?;
+                .map_err(|e| {
+                    // A socket read timeout reports "Resource temporarily
+                    // unavailable"; the operator needs to read "timeout".
+                    let e = if deadline::is_timeout(&e) {
+                        let what = format!("no reply within {}", format_duration(timeout));
+                        io::Error::new(io::ErrorKind::TimedOut, what)
+                    } else {
+                        e
+                    };
+                    self.io_failed("reading reply from", &e)
+                })?;
             if ended == LineEnd::Eof && line.is_empty() {
                 let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed");
                 return Err(self.io_failed("reading reply from", &eof));

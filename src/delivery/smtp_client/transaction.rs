@@ -291,6 +291,9 @@ mod tests {
             .envelope(&sender(), &MailParams::default(), 10, &[&r])
             .expect_err("no reply to MAIL");
         assert_eq!(e.reply().status().to_string(), "4.4.2", "{e}");
+        // Said as a timeout, not as the socket's "Resource temporarily
+        // unavailable".
+        assert!(e.to_string().contains("no reply within 300ms"), "{e}");
         assert!(session.is_broken());
         assert!(session.reset().is_err());
         // A new envelope on a broken session sends nothing either.
