@@ -55,7 +55,7 @@ pub mod smtp;
 pub mod sys;
 
 pub use address::{Address, AddressError, ReversePath};
-pub use config::{build_target, Config, ConfigError, TargetSpec, TlsPolicy};
+pub use config::{build_delivery, build_target, Config, ConfigError, TargetSpec, TlsPolicy};
 pub use delivery::{
     Body, DeliveryError, DeliveryTarget, ErrorKind, Handoff, MessageInfo, RecipientOutcome,
     Severity,

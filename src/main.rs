@@ -154,6 +154,9 @@ fn run(cli: Cli) -> ExitCode {
     match cli.command.into_request() {
         Ok(Ok((request, format))) => ExitCode::from(commands::run(&config, request, format)),
         Ok(Err(Cmd::Check)) => check(&config, path.as_deref()),
+        Ok(Err(Cmd::Routes { test, from })) => {
+            ExitCode::from(cli::routes::run(&config, test.as_deref(), from.as_deref()))
+        }
         Ok(Err(Cmd::Health { corrupt_within })) => {
             ExitCode::from(cli::health::run(&config, corrupt_within))
         }

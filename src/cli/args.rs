@@ -103,6 +103,15 @@ pub enum Cmd {
     },
     /// Validate the configuration and exit.
     Check,
+    /// Print the routing table; with --test, the route a recipient takes.
+    Routes {
+        /// The recipient to look up: which route and target it would take.
+        #[arg(long, value_name = "ADDRESS")]
+        test: Option<String>,
+        /// The sender, for routes that match on senders (<> for notices).
+        #[arg(long, value_name = "ADDRESS", requires = "test")]
+        from: Option<String>,
+    },
     /// Check the daemon, the spool and the quarantine for monitoring:
     /// one line per check; exit 0 OK, 1 WARNING, 2 CRITICAL.
     Health {

@@ -10,11 +10,11 @@ use crossbeam_channel::Receiver;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use mailqueue::build_target;
 use mailqueue::config::Config;
 use mailqueue::ingest::incoming::IncomingLimits;
 use mailqueue::ingest::listener::{self as server, Server, ServerSettings};
 use mailqueue::ingest::pickup::Pickup;
+use mailqueue::{build_delivery, build_target};
 use mailqueue::{DeliveryTarget, Queue};
 
 use super::control::ControlServer;
@@ -30,7 +30,7 @@ pub type Targets = (Arc<dyn DeliveryTarget>, Arc<dyn DeliveryTarget>);
 
 /// Builds the delivery and notice targets a configuration names.
 pub fn targets(config: &Config) -> Result<Targets, String> {
-    let target = build_target(&config.delivery.target, config).map_err(|e| e.to_string())?;
+    let target = build_delivery(config).map_err(|e| e.to_string())?;
     let bounce = match &config.bounce.target {
         Some(spec) => build_target(spec, config).map_err(|e| e.to_string())?,
         None => Arc::clone(&target),
@@ -228,6 +228,7 @@ static RELOADED: &[Key] = &[
     key!("[delivery] connect_timeout", delivery.connect_timeout),
     key!("[delivery] command_timeout", delivery.command_timeout),
     key!("[delivery] data_timeout", delivery.data_timeout),
+    key!("[[route]]", routes),
     key!("[bounce] target", bounce.target),
     key!("[log] level", log.level),
 ];

@@ -11,5 +11,6 @@ pub mod daemon;
 pub mod exit;
 pub mod health;
 pub mod metrics;
+pub mod routes;
 pub mod sendmail;
 pub mod shape;

@@ -5,8 +5,9 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Config, TargetSpec, TlsPolicy};
+use super::{Config, RouteConfig, TargetSpec, TlsPolicy};
 
+use crate::delivery::routing::{Chain, Hop, MoveOn, Route, Router};
 use crate::delivery::smtp_client::{ClientSettings, Credentials, Endpoint};
 use crate::delivery::{dns, relay, remote, smtp_client, DeliveryTarget};
 
@@ -147,6 +148,68 @@ pub fn build_target(
         matches!(spec, TargetSpec::Smtps { .. }),
         d.connection_cache_time,
     )))
+}
+
+/// The daemon's delivery target: the `[[route]]` table over
+/// `[delivery]`'s target, or that target alone when there are no routes.
+///
+/// ```
+/// let c = mailqueue::Config::from_toml(r#"
+/// [delivery]
+/// target = "smtp://127.0.0.1:2525"
+/// [[route]]
+/// domains = ["example.net"]
+/// target = ["lmtp+unix:///run/dovecot/lmtp", "smtp://127.0.0.1:2526"]
+/// "#).unwrap();
+/// let target = mailqueue::build_delivery(&c).unwrap();
+/// # drop(target);
+/// ```
+pub fn build_delivery(config: &Config) -> Result<Arc<dyn DeliveryTarget>, TargetError> {
+    let default = build_target(&config.delivery.target, config)?;
+    if config.routes.is_empty() {
+        return Ok(default);
+    }
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| {
+            Ok(Route {
+                domains: r.domains.clone(),
+                senders: r.senders.clone(),
+                target: build_route(r, config)?,
+            })
+        })
+        .collect::<Result<_, TargetError>>()?;
+    Ok(Arc::new(Router::new(routes, default)))
+}
+
+/// One route's targets: each tried when the one before cannot be used,
+/// then its fallback for what is still deferred.
+fn build_route(
+    route: &RouteConfig,
+    config: &Config,
+) -> Result<Arc<dyn DeliveryTarget>, TargetError> {
+    let config = route.config(config);
+    let hop = |spec: &TargetSpec, when| -> Result<Hop, TargetError> {
+        Ok(Hop {
+            name: spec.to_string(),
+            target: build_target(spec, &config)?,
+            when,
+        })
+    };
+    let mut hops = route
+        .target
+        .0
+        .iter()
+        .map(|t| hop(t, MoveOn::Unreachable))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(f) = &route.fallback {
+        hops.push(hop(f, MoveOn::Deferred)?);
+    }
+    if hops.len() == 1 {
+        return Ok(hops.remove(0).target);
+    }
+    Ok(Arc::new(Chain::new(hops)))
 }
 
 /// The client settings of the target `spec`: protocol, TLS (required by

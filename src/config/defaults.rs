@@ -23,6 +23,7 @@ impl Default for Config {
             metrics: Default::default(),
             log: super::LogConfig::default(),
             local: super::LocalConfig::default(),
+            routes: Vec::new(),
         }
     }
 }

@@ -49,3 +49,10 @@ pub(super) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, 
     let text = String::deserialize(de)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
+
+/// For an optional key: present means `Some`.
+pub(super) fn deserialize_some<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<Duration>, D::Error> {
+    deserialize(de).map(Some)
+}

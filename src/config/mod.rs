@@ -6,6 +6,7 @@ mod defaults;
 mod duration;
 mod local;
 mod logs;
+mod route;
 mod target;
 mod validate;
 
@@ -23,10 +24,11 @@ use crate::queue::options::QueueOptions;
 pub use crate::date::format_duration;
 pub use crate::smtp::bare_newline::BareNewline;
 pub use crate::smtp::tls_policy::TlsPolicy;
-pub use build::{build_target, destination_limit, PasswordFileError, TargetError};
+pub use build::{build_delivery, build_target, destination_limit, PasswordFileError, TargetError};
 pub use duration::{parse_duration, BadDuration};
 pub use local::LocalConfig;
 pub use logs::{LogConfig, LogFormat, LogLevel};
+pub use route::{RouteConfig, TargetList};
 pub use target::{BadTarget, TargetSpec};
 
 /// A configuration that could not be read or is not valid.
@@ -55,6 +57,20 @@ pub enum ConfigError {
         /// The key, with its section: `queue.workers`.
         key: &'static str,
         /// The value as the file wrote it.
+        value: String,
+        /// What the value must be.
+        reason: &'static str,
+    },
+    /// A `[[route]]` value that parses but makes no sense.
+    #[error("config: route {index} ({matches}): {key} = {value}: {reason}")]
+    Route {
+        /// The route's place in the file, from 1.
+        index: usize,
+        /// What the route matches, to tell it by.
+        matches: String,
+        /// The key within the route: `username`.
+        key: String,
+        /// The value as the file wrote it (or as `[delivery]` gave it).
         value: String,
         /// What the value must be.
         reason: &'static str,
@@ -92,6 +108,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[local]`: the domain of local names, the administrator's address.
     pub local: LocalConfig,
+    /// `[[route]]`: where recipients go, in order; no match uses
+    /// `[delivery]`.
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
 }
 
 /// `[metrics]`: the daemon's metrics endpoint, in the Prometheus text
@@ -284,6 +304,7 @@ impl Config {
                 d.username
             ));
         }
+        w.extend(self.route_warnings());
         w
     }
 

@@ -39,7 +39,8 @@ impl Config {
         self.delivery.validate_auth()?;
         self.metrics.validate()?;
         self.local.validate()?;
-        self.validate_bounce()
+        self.validate_bounce()?;
+        self.validate_routes()
     }
 
     fn validate_names(&self) -> Result<(), ConfigError> {
@@ -188,7 +189,7 @@ impl DeliveryConfig {
 
     /// Credentials: both or neither, for a smarthost, and never where
     /// they would be refused or go to whoever answers.
-    fn validate_auth(&self) -> Result<(), ConfigError> {
+    pub(super) fn validate_auth(&self) -> Result<(), ConfigError> {
         let user = &self.username;
         if user.is_empty() != self.password_file.as_os_str().is_empty() {
             return Err(invalid(

@@ -16,6 +16,7 @@ mod error;
 pub mod pool;
 pub mod relay;
 pub mod remote;
+pub mod routing;
 pub mod smtp_client;
 
 pub use body::{Body, DamagedBody};
