@@ -31,6 +31,8 @@ pub fn binary() -> &'static str {
 #[derive(Clone)]
 pub struct Setup {
     sections: Vec<(&'static str, Vec<(String, String)>)>,
+    /// `[[route]]` tables, in order, as TOML lines.
+    routes: Vec<String>,
     /// RUST_LOG for the daemon.
     rust_log: String,
 }
@@ -52,6 +54,7 @@ impl Setup {
             .into_iter()
             .map(|name| (name, Vec::new()))
             .collect(),
+            routes: Vec::new(),
             rust_log: "info".into(),
         };
         s.set("", "hostname = \"mq.test\"")
@@ -93,6 +96,13 @@ impl Setup {
         self
     }
 
+    /// Adds a `[[route]]` with these `key = value` lines, after the
+    /// routes added before.
+    pub fn route(mut self, lines: &str) -> Setup {
+        self.routes.push(lines.trim().to_string());
+        self
+    }
+
     /// Runs the daemon with this RUST_LOG instead of `info`.
     pub fn rust_log(mut self, level: &str) -> Setup {
         self.rust_log = level.into();
@@ -129,6 +139,9 @@ impl Setup {
             for (k, v) in entries {
                 out.push_str(&format!("{k} = {v}\n"));
             }
+        }
+        for r in &s.routes {
+            out.push_str(&format!("[[route]]\n{r}\n"));
         }
         out
     }
