@@ -214,6 +214,49 @@ mod shipped_file {
         assert_eq!(c.delivery.target, d.delivery.target);
         assert_eq!(c.delivery.data_timeout, d.delivery.data_timeout);
         assert_eq!(c.bounce.target, d.bounce.target);
+        assert!(c.routes.is_empty());
+    }
+
+    /// Each commented `[[route]]` example of the file, uncommented, is a
+    /// valid configuration of the route it says.
+    #[test]
+    fn the_route_examples_parse_as_documented() {
+        let text = include_str!("../../conf/mailqueue.toml");
+        // An example runs from its `#[[route]]` line to the first line
+        // that is not a commented key (prose or the end of the block).
+        let mut examples: Vec<String> = Vec::new();
+        let mut open = false;
+        for line in text.lines() {
+            if line == "#[[route]]" {
+                examples.push(String::new());
+                open = true;
+            }
+            let key = line
+                .strip_prefix('#')
+                .filter(|l| !l.is_empty() && !l.starts_with(' '));
+            match (open, key, examples.last_mut()) {
+                (true, Some(l), Some(e)) => {
+                    e.push_str(l);
+                    e.push('\n');
+                }
+                _ => open = false,
+            }
+        }
+        let examples: Vec<&str> = examples.iter().map(|e| e.trim()).collect();
+        assert_eq!(examples.len(), 3, "{examples:#?}");
+        let spool = std::env::temp_dir();
+        let parsed: Vec<Config> = examples
+            .iter()
+            .map(|e| {
+                // A password file of the daemon's own, mode 0600, is not
+                // needed to parse: only to build the target.
+                Config::from_toml(&format!("spool = {:?}\n{e}", spool.display()))
+                    .unwrap_or_else(|err| panic!("{e}\n{err}"))
+            })
+            .collect();
+        assert_eq!(parsed[0].routes[0].target.0.len(), 1);
+        assert_eq!(parsed[1].routes[0].target.0.len(), 2);
+        assert!(parsed[2].routes[0].fallback.is_some());
     }
 }
 
