@@ -321,6 +321,9 @@ mod tests {
             connect_timeout: t,
             command_timeout: t,
             data_timeout: t,
+            source_address: None,
+            ip_version: Default::default(),
+            messages_per_connection: 0,
         }
     }
 
