@@ -466,6 +466,44 @@ mod tests {
     }
 
     #[test]
+    fn an_address_literal_of_a_family_ruled_out_is_a_temporary_error_that_says_why() {
+        let base = target(TlsPolicy::None, 9);
+        let only = |ip_version, source: Option<&str>| {
+            let client = ClientSettings {
+                ip_version,
+                source_address: source.map(|s| s.parse().unwrap()),
+                ..(*base.settings.client).clone()
+            };
+            let resolver = Resolver::new(&["127.0.0.1:9".into()], Duration::from_secs(1)).unwrap();
+            RemoteTarget::new(
+                resolver,
+                RemoteSettings {
+                    client: Arc::new(client),
+                    ..base.settings.clone()
+                },
+            )
+        };
+        let e = only(IpVersion::V4, None)
+            .connect("[IPv6:::1]")
+            .err()
+            .expect("an IPv6 literal under ip_version = 4");
+        assert_eq!(e.kind(), ErrorKind::NoUsableAddress, "{e}");
+        assert!(!e.is_permanent());
+        assert_eq!(
+            e.reply().text,
+            "[IPv6:::1] is not an IPv4 address (ip_version = 4)"
+        );
+        let e = only(IpVersion::Any, Some("::1"))
+            .connect("[127.0.0.1]")
+            .err()
+            .expect("an IPv4 literal from an IPv6 source address");
+        assert_eq!(
+            e.reply().text,
+            "[127.0.0.1] is not an IPv6 address (source_address = ::1)"
+        );
+    }
+
+    #[test]
     fn a_failed_tls_handshake_is_told_by_its_kind_and_may_goes_on_in_clear() {
         let (port, connections) = broken_tls_server();
 
