@@ -349,6 +349,9 @@ fn the_destination_concurrency_limit_holds_under_load() {
         connect_timeout: Duration::from_secs(2),
         command_timeout: Duration::from_secs(10),
         data_timeout: Duration::from_secs(10),
+        source_address: None,
+        ip_version: Default::default(),
+        messages_per_connection: 0,
     };
     let resolver = Resolver::new(&config.delivery.dns_servers, Duration::from_secs(1)).unwrap();
     let target = Arc::new(RemoteTarget::new(

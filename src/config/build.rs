@@ -23,6 +23,10 @@ pub enum TargetError {
     /// The DNS resolver of the MX client cannot be set up.
     #[error(transparent)]
     Dns(#[from] dns::ResolverError),
+    /// A value the configuration check refuses (in a configuration
+    /// built in code, which was never checked).
+    #[error(transparent)]
+    Invalid(#[from] super::ConfigError),
 }
 
 /// Why the smarthost password cannot be used.
@@ -213,7 +217,8 @@ fn build_route(
 }
 
 /// The client settings of the target `spec`: protocol, TLS (required by
-/// SMTPS), credentials (for a smarthost only) and timeouts.
+/// SMTPS), credentials (for a smarthost only), timeouts and where
+/// connections come from.
 fn client_settings(spec: &TargetSpec, config: &Config) -> Result<ClientSettings, TargetError> {
     let d = &config.delivery;
     let ca = Some(d.ca_file.as_path()).filter(|p| !p.as_os_str().is_empty());
@@ -243,6 +248,9 @@ fn client_settings(spec: &TargetSpec, config: &Config) -> Result<ClientSettings,
         connect_timeout: d.connect_timeout,
         command_timeout: d.command_timeout,
         data_timeout: d.data_timeout,
+        source_address: d.source_ip()?,
+        ip_version: d.ip_version,
+        messages_per_connection: d.messages_per_connection,
     })
 }
 

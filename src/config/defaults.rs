@@ -85,6 +85,9 @@ impl Default for DeliveryConfig {
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),
+            source_address: String::new(),
+            ip_version: Default::default(),
+            messages_per_connection: 100,
         }
     }
 }

@@ -249,6 +249,27 @@ pub struct DeliveryConfig {
     /// reply to the final dot.
     #[serde(deserialize_with = "duration::deserialize")]
     pub data_timeout: Duration,
+    /// Local IP address outgoing connections (to the next hop or to MX
+    /// hosts) are bound to, for a host with several addresses whose mail
+    /// must come from one (its SPF record, its reverse DNS); empty (the
+    /// default) lets the kernel choose. Addresses of the other family are
+    /// not tried.
+    pub source_address: String,
+    /// Address families outgoing connections use: `"any"` (the default;
+    /// IPv6 addresses first), `"4"` or `"6"`. With `target = "remote"`
+    /// the other family's DNS records are not even looked up.
+    pub ip_version: crate::delivery::outbound::IpVersion,
+    /// Most messages one connection carries (with connection reuse)
+    /// before it is closed with QUIT and the next message opens a new
+    /// one; 0 for no limit. The default, 100, lets a steady stream renew
+    /// its connection now and then (a server's load balancer gets to
+    /// spread it, a server that limits messages per connection is not
+    /// reached unawares) at the cost of one new TCP and TLS handshake per
+    /// hundred messages. Postfix sets no count (0) but closes a reused
+    /// connection after 300 s, a limit this queue does not have; maddy
+    /// closes after 10 messages, which redoes the handshake ten times as
+    /// often.
+    pub messages_per_connection: u32,
 }
 
 /// `[bounce]`: delivery status notifications (RFC 3464) to senders.

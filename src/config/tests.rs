@@ -213,6 +213,12 @@ mod shipped_file {
         assert_eq!(c.listen.command_timeout, d.listen.command_timeout);
         assert_eq!(c.delivery.target, d.delivery.target);
         assert_eq!(c.delivery.data_timeout, d.delivery.data_timeout);
+        assert_eq!(c.delivery.source_address, d.delivery.source_address);
+        assert_eq!(c.delivery.ip_version, d.delivery.ip_version);
+        assert_eq!(
+            c.delivery.messages_per_connection,
+            d.delivery.messages_per_connection
+        );
         assert_eq!(c.bounce.target, d.bounce.target);
         assert!(c.routes.is_empty());
     }

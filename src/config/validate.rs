@@ -10,6 +10,7 @@ use super::{
 };
 use crate::address::Address;
 use crate::date::format_duration;
+use crate::delivery::outbound::IpVersion;
 
 fn invalid(key: &'static str, value: impl fmt::Display, reason: &'static str) -> ConfigError {
     ConfigError::Invalid {
@@ -37,6 +38,7 @@ impl Config {
         self.listen.validate()?;
         self.delivery.validate_limits()?;
         self.delivery.validate_auth()?;
+        self.delivery.validate_outbound()?;
         self.metrics.validate()?;
         self.local.validate()?;
         self.validate_bounce()?;
@@ -226,5 +228,60 @@ impl DeliveryConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl DeliveryConfig {
+    /// `source_address` as an address; `None` when empty (the kernel
+    /// chooses).
+    pub fn source_ip(&self) -> Result<Option<IpAddr>, ConfigError> {
+        let text = self.source_address.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let key = "delivery.source_address";
+        let value = || format!("{:?}", self.source_address);
+        let ip: IpAddr = text.parse().map_err(|_| {
+            invalid(
+                key,
+                value(),
+                "must be an IP address of this host (no port, no name), or empty to let the \
+                 kernel choose",
+            )
+        })?;
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(invalid(
+                key,
+                value(),
+                "must be a unicast address of this host, or empty to let the kernel choose",
+            ));
+        }
+        Ok(Some(ip))
+    }
+
+    /// A source address of the family `ip_version` rules out could reach
+    /// no server at all.
+    fn validate_outbound(&self) -> Result<(), ConfigError> {
+        let Some(source) = self.source_ip()? else {
+            return Ok(());
+        };
+        if self.ip_version.allows(&source) {
+            return Ok(());
+        }
+        let reason = match self.ip_version {
+            IpVersion::V6 => {
+                "delivery.source_address is an IPv4 address, from which no IPv6 server can be \
+                 reached: set an IPv6 source_address, or ip_version = \"4\" or \"any\""
+            }
+            _ => {
+                "delivery.source_address is an IPv6 address, from which no IPv4 server can be \
+                 reached: set an IPv4 source_address, or ip_version = \"6\" or \"any\""
+            }
+        };
+        Err(invalid(
+            "delivery.ip_version",
+            format!("\"{}\"", self.ip_version),
+            reason,
+        ))
     }
 }

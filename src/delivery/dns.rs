@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use simple_dns::rdata::RData;
 use simple_dns::{Name, Packet, PacketFlag, Question, CLASS, QCLASS, QTYPE, RCODE, TYPE};
 
+use crate::delivery::outbound::IpVersion;
+
 /// Record types this resolver asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordType {
@@ -307,21 +309,31 @@ impl Resolver {
         result
     }
 
-    /// The addresses of a host, IPv6 first.
-    pub fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
-        let v6 = self.lookup(host, RecordType::Aaaa);
-        let v4 = self.lookup(host, RecordType::A);
-        let ips = |r: Vec<Record>| {
-            r.into_iter().filter_map(|r| match r {
-                Record::Ip(ip) => Some(ip),
-                Record::Mx(..) => None,
-            })
+    /// The addresses of a host of the families asked for, IPv6 first.
+    /// A family not asked for is not looked up at all: its answer (or its
+    /// server's failure to give one) would only cost time.
+    pub fn addresses(&self, host: &str, families: IpVersion) -> Result<Vec<IpAddr>, DnsError> {
+        let ips = |r: Vec<Record>| -> Vec<IpAddr> {
+            r.into_iter()
+                .filter_map(|r| match r {
+                    Record::Ip(ip) => Some(ip),
+                    Record::Mx(..) => None,
+                })
+                .collect()
         };
-        match (v6, v4) {
-            (Ok(a), Ok(b)) => Ok(ips(a).chain(ips(b)).collect()),
-            (Ok(a), Err(_)) => Ok(ips(a).collect()),
-            (Err(_), Ok(b)) => Ok(ips(b).collect()),
-            (Err(e), Err(_)) => Err(e),
+        let v6 = || self.lookup(host, RecordType::Aaaa).map(ips);
+        let v4 = || self.lookup(host, RecordType::A).map(ips);
+        match families {
+            IpVersion::V4 => v4(),
+            IpVersion::V6 => v6(),
+            _ => match (v6(), v4()) {
+                (Ok(mut a), Ok(b)) => {
+                    a.extend(b);
+                    Ok(a)
+                }
+                (Ok(a), Err(_)) | (Err(_), Ok(a)) => Ok(a),
+                (Err(e), Err(_)) => Err(e),
+            },
         }
     }
 

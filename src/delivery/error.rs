@@ -41,6 +41,11 @@ pub enum ErrorKind {
     NoMailServer,
     /// The domain says it takes no mail (a null MX, RFC 7505).
     NullMx,
+    /// The next hop has no address of the families outgoing connections
+    /// may use (`ip_version`, or the family of `source_address`). Only
+    /// temporary: the other family's records were not looked up, and a
+    /// change of the configuration or of the destination's DNS helps.
+    NoUsableAddress,
     /// No connection could be made, or it broke (refused, reset).
     Connect,
     /// The server did not answer in time.
@@ -94,6 +99,7 @@ impl ErrorKind {
             BadDomain => (Permanent, 553, (5, 1, 2)),
             NoMailServer => (Permanent, 550, (5, 4, 4)),
             NullMx => (Permanent, 556, (5, 1, 10)),
+            NoUsableAddress => (Temporary, 451, (4, 4, 4)),
             Connect => (Temporary, 451, (4, 4, 1)),
             Timeout => (Temporary, 451, (4, 4, 2)),
             Closed => (Temporary, 451, (4, 4, 0)),
@@ -260,6 +266,7 @@ mod tests {
             (BadDomain, 553, "5.1.2", Permanent),
             (NoMailServer, 550, "5.4.4", Permanent),
             (NullMx, 556, "5.1.10", Permanent),
+            (NoUsableAddress, 451, "4.4.4", Temporary),
             (Connect, 451, "4.4.1", Temporary),
             (Timeout, 451, "4.4.2", Temporary),
             (Closed, 451, "4.4.0", Temporary),

@@ -9,34 +9,34 @@ use std::time::{Duration, Instant};
 
 use crate::delivery::smtp_client::Session;
 
-/// Most messages carried by one connection before it is closed.
-const MAX_USES: u32 = 100;
 /// Most idle sessions kept per destination: enough for every worker
 /// relaying through one smarthost, so none reconnects while others idle.
 const MAX_IDLE_PER_DESTINATION: usize = 64;
 
-/// A session taken out of the pool (or new), with its use count.
+/// A session taken out of the pool, or new.
 pub struct Pooled {
     pub session: Session,
-    uses: u32,
+    reused: bool,
 }
 
 impl Pooled {
     /// A session just opened.
     pub fn fresh(session: Session) -> Pooled {
-        Pooled { session, uses: 0 }
+        Pooled {
+            session,
+            reused: false,
+        }
     }
 
-    /// True when the session carried a message before: the server may
+    /// True when the session was idle in the pool before: the server may
     /// have closed it since without our knowing.
     pub fn reused(&self) -> bool {
-        self.uses > 0
+        self.reused
     }
 }
 
 struct Idle {
     session: Session,
-    uses: u32,
     since: Instant,
 }
 
@@ -73,7 +73,7 @@ impl SessionPool {
             if s.since.elapsed() < self.max_idle && s.session.still_open() {
                 found = Some(Pooled {
                     session: s.session,
-                    uses: s.uses,
+                    reused: true,
                 });
                 break;
             }
@@ -88,15 +88,15 @@ impl SessionPool {
     }
 
     /// Gives a session back after a transaction. It is kept only when it
-    /// is in step (its transaction complete, or a clean RSET) and not worn
-    /// out.
+    /// is in step (its transaction complete, or a clean RSET) and has not
+    /// carried its `messages_per_connection`: then it is closed with QUIT
+    /// and the next message opens a new connection.
     pub fn put(&self, key: &str, pooled: Pooled) {
-        let Pooled { mut session, uses } = pooled;
-        let uses = uses + 1;
+        let Pooled { mut session, .. } = pooled;
         // A session whose last transaction ended with its final reply is
         // in step already; only an abandoned one needs the RSET round trip.
         if self.max_idle.is_zero()
-            || uses >= MAX_USES
+            || session.worn_out()
             || (!session.is_idle() && session.reset().is_err())
         {
             session.quit();
@@ -111,7 +111,6 @@ impl SessionPool {
         }
         list.push(Idle {
             session,
-            uses,
             since: Instant::now(),
         });
     }

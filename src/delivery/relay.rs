@@ -321,6 +321,9 @@ mod tests {
             connect_timeout: t,
             command_timeout: t,
             data_timeout: t,
+            source_address: None,
+            ip_version: Default::default(),
+            messages_per_connection: 0,
         }
     }
 
@@ -339,11 +342,13 @@ mod tests {
     }
 
     /// A small SMTP server (PIPELINING) on loopback: connection k gets
-    /// `quirks[k]` (the last one for the rest). Records message bodies.
+    /// `quirks[k]` (the last one for the rest). Records message bodies
+    /// and counts QUITs.
     struct Server {
         port: u16,
         connections: Arc<AtomicUsize>,
         bodies: Arc<Mutex<Vec<String>>>,
+        quits: Arc<AtomicUsize>,
     }
 
     impl Server {
@@ -352,32 +357,42 @@ mod tests {
             let port = l.local_addr().unwrap().port();
             let connections = Arc::new(AtomicUsize::new(0));
             let bodies = Arc::new(Mutex::new(Vec::new()));
-            let (c, b) = (Arc::clone(&connections), Arc::clone(&bodies));
+            let quits = Arc::new(AtomicUsize::new(0));
+            let (c, b, q) = (
+                Arc::clone(&connections),
+                Arc::clone(&bodies),
+                Arc::clone(&quits),
+            );
             std::thread::spawn(move || {
                 for s in l.incoming().flatten() {
                     let k = c.fetch_add(1, Ordering::SeqCst);
                     let quirk = quirks[k.min(quirks.len() - 1)];
-                    let b = Arc::clone(&b);
-                    std::thread::spawn(move || serve(s, quirk, &b));
+                    let (b, q) = (Arc::clone(&b), Arc::clone(&q));
+                    std::thread::spawn(move || serve(s, quirk, &b, &q));
                 }
             });
             Server {
                 port,
                 connections,
                 bodies,
+                quits,
             }
         }
 
         fn target(&self) -> RelayTarget {
+            self.target_with(settings())
+        }
+
+        fn target_with(&self, settings: ClientSettings) -> RelayTarget {
             let endpoint = Endpoint::Tcp {
                 host: "127.0.0.1".into(),
                 port: self.port,
             };
-            RelayTarget::new(settings(), endpoint, false, Duration::from_secs(60))
+            RelayTarget::new(settings, endpoint, false, Duration::from_secs(60))
         }
     }
 
-    fn serve(s: TcpStream, quirk: Quirk, bodies: &Mutex<Vec<String>>) {
+    fn serve(s: TcpStream, quirk: Quirk, bodies: &Mutex<Vec<String>>, quits: &AtomicUsize) {
         let mut mails = 0;
         serve_commands(s, b"220 test ESMTP\r\n", |verb, c| match verb {
             "EHLO" => c.say(b"250-test\r\n250 PIPELINING\r\n"),
@@ -403,7 +418,10 @@ mod tests {
                     c.say(b"250 2.0.0 queued\r\n")
                 }
             }
-            "QUIT" => c.say_last(b"221 bye\r\n"),
+            "QUIT" => {
+                quits.fetch_add(1, Ordering::SeqCst);
+                c.say_last(b"221 bye\r\n")
+            }
             _ => c.say(b"500 what\r\n"),
         });
     }
@@ -436,6 +454,55 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(server.connections.load(Ordering::SeqCst), 2);
         assert_eq!(*server.bodies.lock().unwrap(), ["one\r\n", "two\r\n"]);
+    }
+
+    #[test]
+    fn a_session_that_carried_messages_per_connection_is_closed_with_quit() {
+        let server = Server::start(vec![Quirk::None]);
+        let target = server.target_with(ClientSettings {
+            messages_per_connection: 2,
+            ..settings()
+        });
+        for text in ["1\r\n", "2\r\n", "3\r\n", "4\r\n", "5\r\n"] {
+            let errors = send(&target, text);
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+        assert_eq!(server.connections.load(Ordering::SeqCst), 3);
+        // The QUIT's reply is awaited before the message's delivery ends;
+        // the third session, with one message, waits in the pool.
+        assert_eq!(server.quits.load(Ordering::SeqCst), 2);
+        assert_eq!(server.bodies.lock().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_transaction_the_server_refuses_counts_towards_messages_per_connection() {
+        // The first MAIL is refused: the session has carried two
+        // transactions after the next message and is closed.
+        let server = Server::start(vec![Quirk::RefuseMail(1), Quirk::None]);
+        let target = server.target_with(ClientSettings {
+            messages_per_connection: 2,
+            ..settings()
+        });
+        assert_eq!(send(&target, "1\r\n").len(), 1);
+        assert!(send(&target, "2\r\n").is_empty());
+        assert!(send(&target, "3\r\n").is_empty());
+        assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(server.quits.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_server_that_closes_sooner_than_messages_per_connection_is_handled_as_before() {
+        // The server hangs up silently at its second MAIL; with our limit
+        // above its own the stale session is still replaced at once.
+        let server = Server::start(vec![Quirk::HangUpAtMail(2), Quirk::None]);
+        let target = server.target_with(ClientSettings {
+            messages_per_connection: 5,
+            ..settings()
+        });
+        assert!(send(&target, "one\r\n").is_empty());
+        let errors = send(&target, "two\r\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(server.connections.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -8,12 +8,13 @@
 //! domain.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
+use crate::delivery::outbound::IpVersion;
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
 use crate::delivery::smtp_client::{ClientSettings, Session};
@@ -198,45 +199,12 @@ impl RemoteTarget {
         let mut last: Option<DeliveryError> = None;
         for (host, ip) in targets {
             let addr = SocketAddr::new(ip, self.settings.mx_port);
-            let relay = format!("{host}[{ip}]:{}", self.settings.mx_port);
-            let stream =
-                match TcpStream::connect_timeout(&addr, self.settings.client.connect_timeout) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::debug!("{domain}: cannot connect to {relay}: {e}");
-                        last = Some(
-                            DeliveryError::network(&format!("connect to {relay}"), &e)
-                                .at(host.clone()),
-                        );
-                        continue;
-                    }
-                };
-            let opened =
-                match Session::open_stream(&self.settings.client, stream, &host, relay.clone()) {
-                    // Many MX hosts offer STARTTLS with a broken TLS setup; under
-                    // `may` the mail goes in clear rather than not at all, as
-                    // Postfix does.
-                    Err(e)
-                        if self.settings.client.tls == TlsPolicy::May
-                            && e.kind() == ErrorKind::Tls =>
-                    {
-                        log::info!("{domain}: {relay}: {e}; trying again without TLS");
-                        TcpStream::connect_timeout(&addr, self.settings.client.connect_timeout)
-                            .map_err(|e| {
-                                DeliveryError::network(&format!("connect to {relay}"), &e)
-                                    .at(host.clone())
-                            })
-                            .and_then(|s| {
-                                Session::open_stream(&self.plain, s, &host, relay.clone())
-                            })
-                    }
-                    other => other,
-                };
-            match opened {
+            match self.open_at(domain, &host, addr) {
                 Ok(s) => return Ok(s),
-                // A refusing greeting, a failed EHLO or TLS: try the next.
+                // Refused, a refusing greeting, a failed EHLO or TLS:
+                // try the next.
                 Err(e) => {
-                    log::debug!("{domain}: {relay}: {e}");
+                    log::debug!("{domain}: {host}[{ip}]: {e}");
                     last = Some(e);
                 }
             }
@@ -249,8 +217,38 @@ impl RemoteTarget {
         }))
     }
 
-    /// Up to five (host, address) pairs in the order to try them.
+    /// Connects to one address of an MX host (from the source address,
+    /// if set) and runs the session set-up.
+    fn open_at(
+        &self,
+        domain: &str,
+        host: &str,
+        addr: SocketAddr,
+    ) -> Result<Session, DeliveryError> {
+        let client = &self.settings.client;
+        let relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
+        let connect = || {
+            client
+                .outbound()
+                .connect(addr, client.connect_timeout, &relay)
+                .map_err(|e| e.at(host))
+        };
+        match Session::open_stream(client, connect()?, host, relay.clone()) {
+            // Many MX hosts offer STARTTLS with a broken TLS setup; under
+            // `may` the mail goes in clear rather than not at all, as
+            // Postfix does.
+            Err(e) if client.tls == TlsPolicy::May && e.kind() == ErrorKind::Tls => {
+                log::info!("{domain}: {relay}: {e}; trying again without TLS");
+                Session::open_stream(&self.plain, connect()?, host, relay)
+            }
+            other => other,
+        }
+    }
+
+    /// Up to five (host, address) pairs in the order to try them, of the
+    /// families outgoing connections use.
     fn addresses(&self, domain: &str) -> Result<Vec<(String, IpAddr)>, DeliveryError> {
+        let outbound = self.settings.client.outbound();
         if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
             let ip: IpAddr = lit
                 .strip_prefix("IPv6:")
@@ -262,14 +260,23 @@ impl RemoteTarget {
                         &format!("bad address literal {domain}"),
                     )
                 })?;
+            if !outbound.allows(&ip) {
+                return Err(outbound.literal_ruled_out(domain));
+            }
             return Ok(vec![(domain.to_string(), ip)]);
         }
         let hosts = self.mx_hosts(domain)?;
         let mut out = Vec::new();
         let mut definitive = true;
         let mut last_err = None;
+        // Hosts found without an address of the families used: with the
+        // other family not looked up, that says nothing for certain.
+        let mut other_family = Vec::new();
         for host in hosts {
-            match self.resolver.addresses(&host) {
+            match self.resolver.addresses(&host, outbound.families()) {
+                Ok(ips) if ips.is_empty() && outbound.families() != IpVersion::Any => {
+                    other_family.push(host)
+                }
                 Ok(ips) => out.extend(ips.into_iter().map(|ip| (host.clone(), ip))),
                 Err(e) => {
                     definitive &= e.is_permanent();
@@ -281,6 +288,9 @@ impl RemoteTarget {
             }
         }
         out.truncate(MAX_ADDRESSES);
+        if out.is_empty() && !other_family.is_empty() {
+            return Err(outbound.no_address(&other_family));
+        }
         if out.is_empty() {
             let why = last_err
                 .map(|e| e.to_string())
@@ -438,6 +448,9 @@ mod tests {
             connect_timeout: timeout,
             command_timeout: timeout,
             data_timeout: timeout,
+            source_address: None,
+            ip_version: Default::default(),
+            messages_per_connection: 0,
         };
         // An address literal needs no DNS: the resolver is never asked.
         let resolver = Resolver::new(&["127.0.0.1:9".into()], timeout).unwrap();
@@ -450,6 +463,44 @@ mod tests {
                 connection_cache_time: Duration::ZERO,
             },
         )
+    }
+
+    #[test]
+    fn an_address_literal_of_a_family_ruled_out_is_a_temporary_error_that_says_why() {
+        let base = target(TlsPolicy::None, 9);
+        let only = |ip_version, source: Option<&str>| {
+            let client = ClientSettings {
+                ip_version,
+                source_address: source.map(|s| s.parse().unwrap()),
+                ..(*base.settings.client).clone()
+            };
+            let resolver = Resolver::new(&["127.0.0.1:9".into()], Duration::from_secs(1)).unwrap();
+            RemoteTarget::new(
+                resolver,
+                RemoteSettings {
+                    client: Arc::new(client),
+                    ..base.settings.clone()
+                },
+            )
+        };
+        let e = only(IpVersion::V4, None)
+            .connect("[IPv6:::1]")
+            .err()
+            .expect("an IPv6 literal under ip_version = 4");
+        assert_eq!(e.kind(), ErrorKind::NoUsableAddress, "{e}");
+        assert!(!e.is_permanent());
+        assert_eq!(
+            e.reply().text,
+            "[IPv6:::1] is not an IPv4 address (ip_version = 4)"
+        );
+        let e = only(IpVersion::Any, Some("::1"))
+            .connect("[127.0.0.1]")
+            .err()
+            .expect("an IPv4 literal from an IPv6 source address");
+        assert_eq!(
+            e.reply().text,
+            "[127.0.0.1] is not an IPv6 address (source_address = ::1)"
+        );
     }
 
     #[test]

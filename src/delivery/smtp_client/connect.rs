@@ -62,34 +62,50 @@ impl Session {
     }
 }
 
-/// Connects to the first address of `host` that answers.
+/// Connects to the first address of `host` that answers, of the
+/// families the settings allow.
 fn connect_tcp(
     settings: &ClientSettings,
     host: &str,
     port: u16,
 ) -> Result<(TcpStream, SocketAddr), DeliveryError> {
-    let addrs: Vec<SocketAddr> = (host, port)
+    let addrs = resolve(settings, host, port)?;
+    let outbound = settings.outbound();
+    let mut last = None;
+    for addr in addrs {
+        let relay = format!("{host}[{}]:{port}", addr.ip());
+        match outbound.connect(addr, settings.connect_timeout, &relay) {
+            Ok(s) => return Ok((s, addr)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| DeliveryError::new(ErrorKind::Dns, &format!("{host} has no address")))
+        .at(host))
+}
+
+/// The addresses of `host` (or the address it is), in the resolver's
+/// order, less those of a family outgoing connections do not use.
+fn resolve(
+    settings: &ClientSettings,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, DeliveryError> {
+    let all: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| DeliveryError::new(ErrorKind::Dns, &format!("cannot resolve {host}: {e}")))?
         .collect();
-    let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, settings.connect_timeout) {
-            Ok(s) => return Ok((s, addr)),
-            Err(e) => last = Some((addr, e)),
-        }
+    let outbound = settings.outbound();
+    let usable: Vec<SocketAddr> = all
+        .iter()
+        .copied()
+        .filter(|a| outbound.allows(&a.ip()))
+        .collect();
+    // Something was found, but none of it may be used: say why.
+    if usable.is_empty() && !all.is_empty() {
+        return Err(outbound.no_address(&[host.to_string()]).at(host));
     }
-    match last {
-        Some((addr, e)) => Err(DeliveryError::network(
-            &format!("connect to {host}[{}]:{port}", addr.ip()),
-            &e,
-        )
-        .at(host)),
-        None => Err(DeliveryError::new(
-            ErrorKind::Dns,
-            &format!("{host} has no address"),
-        )),
-    }
+    Ok(usable)
 }
 
 /// Runs the TLS handshake on a TCP stream (others are left as they are).

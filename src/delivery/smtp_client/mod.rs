@@ -12,10 +12,12 @@
 
 use std::fmt;
 use std::io::{self, BufReader};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::delivery::outbound::{IpVersion, Outbound};
 use crate::delivery::{DeliveryError, ErrorKind};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::tls_policy::TlsPolicy;
@@ -56,6 +58,24 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// Local address TCP connections are bound to; `None` lets the
+    /// kernel choose. Addresses of the other family are not tried.
+    pub source_address: Option<IpAddr>,
+    /// Address families TCP connections use.
+    pub ip_version: IpVersion,
+    /// Most transactions one session carries before it is closed instead
+    /// of kept for the next message; 0 for no limit.
+    pub messages_per_connection: u32,
+}
+
+impl ClientSettings {
+    /// Where TCP connections come from and which families they use.
+    pub fn outbound(&self) -> Outbound {
+        Outbound {
+            ip_version: self.ip_version,
+            source: self.source_address,
+        }
+    }
 }
 
 /// Where to connect.
@@ -99,6 +119,9 @@ pub struct Session {
     /// current transaction began: a failure after that may be about this
     /// message.
     heard: bool,
+    /// Transactions begun on this session (MAIL sent), for
+    /// `messages_per_connection`.
+    transactions: u32,
 }
 
 fn protocol_error(what: &str) -> DeliveryError {
@@ -122,6 +145,7 @@ impl Session {
             ext: Extensions::default(),
             state: State::Idle,
             heard: false,
+            transactions: 0,
         }
     }
 
@@ -146,6 +170,14 @@ impl Session {
     /// True when an error left the session unusable (see [`State::Broken`]).
     pub fn is_broken(&self) -> bool {
         self.state == State::Broken
+    }
+
+    /// True when the session has carried as many transactions as
+    /// `messages_per_connection` allows: it must be closed, not kept for
+    /// the next message.
+    pub fn worn_out(&self) -> bool {
+        let limit = self.settings.messages_per_connection;
+        limit != 0 && self.transactions >= limit
     }
 
     /// True when the server answered nothing (or only 421) since the

@@ -20,6 +20,9 @@ pub(super) fn settings(timeout: Duration) -> Arc<ClientSettings> {
         connect_timeout: timeout,
         command_timeout: timeout,
         data_timeout: timeout,
+        source_address: None,
+        ip_version: Default::default(),
+        messages_per_connection: 0,
     })
 }
 

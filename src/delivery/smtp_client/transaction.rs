@@ -72,6 +72,9 @@ impl Session {
             self.state = State::Transaction;
         }
         self.heard = false;
+        // Counted once attempted, whatever comes of it: each MAIL is work
+        // for the server, which may close sessions after so many.
+        self.transactions = self.transactions.saturating_add(1);
         if self.ext.pipelining {
             self.envelope_pipelined(&mail, &rcpt_lines)
         } else {
