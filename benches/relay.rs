@@ -163,6 +163,20 @@ fn main() {
     }
 }
 
+/// With ROUTE=1, the same sink as a `[[route]]` for every domain, to
+/// measure what routing costs (the config's last section is
+/// `[delivery]`, so the route follows it).
+fn catch_all_route(sink_port: u16) -> String {
+    if std::env::var("ROUTE").is_ok_and(|v| v == "1") {
+        format!(
+            "[[route]]\ndomains = [\"*\"]\ntarget = \"smtp://127.0.0.1:{sink_port}\"\n\
+             tls = \"none\"\n"
+        )
+    } else {
+        String::new()
+    }
+}
+
 fn run() -> Result<(), String> {
     let n = env_num("N", 5000)?;
     let size = env_num("S", 4096)?;
@@ -222,8 +236,9 @@ fn run() -> Result<(), String> {
             sink_port,
             &format!("max_connections = {}\n", (sessions + 16).max(64)),
             &format!(
-                "connection_cache_time = \"{}\"\n",
-                std::env::var("CONNECTION_CACHE_TIME").unwrap_or_else(|_| "5s".into())
+                "connection_cache_time = \"{}\"\n{}",
+                std::env::var("CONNECTION_CACHE_TIME").unwrap_or_else(|_| "5s".into()),
+                catch_all_route(sink_port)
             ),
         ),
     )

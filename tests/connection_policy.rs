@@ -6,13 +6,14 @@
 
 mod common;
 
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::dns::dnsmasq;
 use common::peers::{require_tool, PyServer, SmtpSink};
 use common::{files_in, wait_for};
 use mailqueue::delivery::outbound::IpVersion;
@@ -68,52 +69,6 @@ fn client_addrs(messages: &[String]) -> Vec<String> {
         .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("X-Client-Addr: ")))
         .map(str::to_string)
         .collect()
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// dnsmasq answering for `.test` names from `records` (dnsmasq options);
-/// returns it and its port.
-fn dnsmasq(records: &[String]) -> (Proc, u16) {
-    let bin = require_tool("dnsmasq", "Debian package dnsmasq");
-    // A port free for UDP may be taken for TCP, or a moment later (tests
-    // run in parallel): dnsmasq exits at once, and another is tried.
-    for _ in 0..5 {
-        let port = free_udp_port();
-        let child = Command::new(&bin)
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--pid-file=",
-                &format!("--port={port}"),
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--local=/test/",
-            ])
-            .args(records)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut proc = Proc(child);
-        let mut exited = false;
-        let ready = wait_for(LONG, || {
-            exited = proc.0.try_wait().ok().flatten().is_some();
-            exited || TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        if ready && !exited {
-            return (proc, port);
-        }
-    }
-    panic!("dnsmasq did not start (5 ports tried)");
 }
 
 /// smtp-sink on `127.0.0.1:port`, dumping each message into `dir`.

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::dns::dnsmasq;
 use common::scripted::{addr, sender, Scripted};
 use common::{files_in, test_config, wait_for};
 use mailqueue::config::{Config, TargetSpec};
@@ -41,14 +42,6 @@ fn require(program: &str, peer: &str) -> PathBuf {
     panic!("test peer missing: {program} ({peer}); run tests/run.sh to install it");
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A port free on every loopback address the sinks use.
 fn free_tcp_port() -> u16 {
     loop {
@@ -64,46 +57,6 @@ fn free_tcp_port() -> u16 {
             return port;
         }
     }
-}
-
-/// dnsmasq answering for `.test` names from `records` (dnsmasq options);
-/// unknown `.test` names are NXDOMAIN.
-fn dnsmasq(records: &[String]) -> (Proc, u16) {
-    let bin = require("dnsmasq", "Debian package dnsmasq");
-    // The port is free for UDP when picked; its TCP twin, or the UDP port
-    // itself a moment later, may not be (tests run in parallel): dnsmasq
-    // then exits at once, and another port is tried.
-    for _ in 0..5 {
-        let port = free_udp_port();
-        let child = Command::new(&bin)
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--pid-file=",
-                &format!("--port={port}"),
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--local=/test/",
-            ])
-            .args(records)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut proc = Proc(child);
-        // Ready once it answers over TCP (it opens UDP and TCP together).
-        let mut exited = false;
-        let ready = wait_for(LONG, || {
-            exited = proc.0.try_wait().ok().flatten().is_some();
-            exited || TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        if ready && !exited {
-            return (proc, port);
-        }
-    }
-    panic!("dnsmasq did not start (5 ports tried)");
 }
 
 /// smtp-sink on `ip:port`, dumping each transaction into a file in `dir`.

@@ -106,6 +106,33 @@ fn each_recipient_goes_to_the_route_its_domain_and_sender_match() {
 }
 
 #[test]
+fn a_route_connects_with_its_own_source_address_and_helo_name() {
+    let (routed, rest) = (SmtpSink::start(&[]), SmtpSink::start(&[]));
+    let setup = tls_none(Setup::to(&rest.url("smtp"))).route(&format!(
+        "domains = [\"example.net\"]\ntarget = \"{}\"\n\
+         source_address = \"127.0.0.2\"\nip_version = \"4\"\nhelo_name = \"mail.example.org\"",
+        routed.url("smtp")
+    ));
+    let d = Daemon::start(&setup);
+    submit(&d, "me@example.org", &["a@example.net", "b@example.com"]);
+    assert!(wait_for(LONG, || d.queued().is_empty()), "{}", d.log());
+    let header = |dump: &str, name: &str| {
+        dump.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (routed, rest) = (routed.messages(), rest.messages());
+    assert_eq!(routed.len(), 1);
+    assert_eq!(header(&routed[0], "X-Client-Addr: "), "127.0.0.2");
+    assert_eq!(header(&routed[0], "X-Helo-Args: "), "mail.example.org");
+    assert_eq!(header(&routed[0], "X-Rcpt-Args: "), "<a@example.net>");
+    // [delivery] keeps the kernel's choice and the hostname.
+    assert_eq!(header(&rest[0], "X-Client-Addr: "), "127.0.0.1");
+    assert_eq!(header(&rest[0], "X-Helo-Args: "), "mq.test");
+}
+
+#[test]
 fn a_relay_that_is_down_or_says_421_hands_its_recipients_to_the_next() {
     let backup = PyServer::start(&[]);
     let (busy, busy_seen) = greeter("421 4.3.2 too busy, try another\r\n");
@@ -297,6 +324,15 @@ fn the_config_check_names_a_bad_route() {
         (
             "[[route]]\ndomains = [\"example.net\"]\ntarget = \"remote\"\nrelay = \"x\"\n",
             "unknown field `relay`",
+        ),
+        (
+            "[[route]]\ndomains = [\"*\"]\ntarget = \"remote\"\n\
+             source_address = \"127.0.0.2\"\nip_version = \"6\"\n",
+            "route 1 (*): ip_version = \"6\"",
+        ),
+        (
+            "[[route]]\ndomains = [\"*\"]\ntarget = \"remote\"\nhelo_name = \"not a name\"\n",
+            "route 1 (*): helo_name = \"not a name\": must be a domain name",
         ),
     ];
     for (config, expect) in cases {

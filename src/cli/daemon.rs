@@ -228,6 +228,12 @@ static RELOADED: &[Key] = &[
     key!("[delivery] connect_timeout", delivery.connect_timeout),
     key!("[delivery] command_timeout", delivery.command_timeout),
     key!("[delivery] data_timeout", delivery.data_timeout),
+    key!("[delivery] source_address", delivery.source_address),
+    key!("[delivery] ip_version", delivery.ip_version),
+    key!(
+        "[delivery] messages_per_connection",
+        delivery.messages_per_connection
+    ),
     key!("[[route]]", routes),
     key!("[bounce] target", bounce.target),
     key!("[log] level", log.level),

@@ -110,6 +110,20 @@ fn settings(target: &str, d: &DeliveryConfig, helo: &str) -> String {
         ));
     }
     s.push_str(&format!("    helo      {helo}\n"));
+    let source = if d.source_address.is_empty() {
+        "(the kernel's choice)"
+    } else {
+        &d.source_address
+    };
+    s.push_str(&format!(
+        "    source    {source}, ip_version {}\n",
+        d.ip_version
+    ));
+    let per_connection = match d.messages_per_connection {
+        0 => "no limit".to_string(),
+        n => n.to_string(),
+    };
+    s.push_str(&format!("    messages per connection  {per_connection}\n"));
     s.push_str(&format!(
         "    timeouts  connect {}, command {}, data {}\n",
         format_duration(d.connect_timeout),

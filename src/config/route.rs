@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::{duration, target, Config, ConfigError, DeliveryConfig, TargetSpec, TlsPolicy};
 use crate::address::{Address, ReversePath};
+use crate::delivery::outbound::IpVersion;
 use crate::delivery::routing::{route_matches, DomainPattern, SenderPattern};
 
 /// One `[[route]]` entry. Every key but `domains` and `target` is
@@ -71,6 +72,15 @@ pub struct RouteConfig {
     /// As `[delivery] connection_cache_time`.
     #[serde(default, deserialize_with = "duration::deserialize_some")]
     pub connection_cache_time: Option<Duration>,
+    /// As `[delivery] source_address`.
+    #[serde(default)]
+    pub source_address: Option<String>,
+    /// As `[delivery] ip_version`.
+    #[serde(default)]
+    pub ip_version: Option<IpVersion>,
+    /// As `[delivery] messages_per_connection`.
+    #[serde(default)]
+    pub messages_per_connection: Option<u32>,
     /// The name this route's connections give in EHLO (it should match
     /// the PTR of their source address); `hostname` when left out.
     #[serde(default)]
@@ -135,6 +145,13 @@ impl RouteConfig {
         d.connection_cache_time = self
             .connection_cache_time
             .unwrap_or(d.connection_cache_time);
+        if let Some(source) = &self.source_address {
+            d.source_address.clone_from(source);
+        }
+        d.ip_version = self.ip_version.unwrap_or(d.ip_version);
+        d.messages_per_connection = self
+            .messages_per_connection
+            .unwrap_or(d.messages_per_connection);
         d
     }
 
@@ -293,6 +310,7 @@ impl RouteConfig {
             .filter(|t| **t != TargetSpec::Remote)
             .collect();
         let mut d = self.delivery(&base.delivery);
+        d.validate_outbound()?;
         if relays.is_empty() {
             return d.validate_auth();
         }

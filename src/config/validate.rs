@@ -261,7 +261,7 @@ impl DeliveryConfig {
 
     /// A source address of the family `ip_version` rules out could reach
     /// no server at all.
-    fn validate_outbound(&self) -> Result<(), ConfigError> {
+    pub(super) fn validate_outbound(&self) -> Result<(), ConfigError> {
         let Some(source) = self.source_ip()? else {
             return Ok(());
         };

@@ -167,9 +167,13 @@ pub fn route_matches(
     sender: &ReversePath,
     rcpt: &Address,
 ) -> bool {
+    let sender_ok = senders.is_empty() || senders.iter().any(|s| s.matches(sender));
+    // A catch-all needs no look at the domain (IDNA costs on every attempt).
+    if !sender_ok || domains.contains(&DomainPattern::Any) {
+        return sender_ok;
+    }
     let domain = normalize_domain(rcpt.domain());
     domains.iter().any(|d| d.matches(&domain))
-        && (senders.is_empty() || senders.iter().any(|s| s.matches(sender)))
 }
 
 impl fmt::Display for DomainPattern {
