@@ -8,29 +8,19 @@ mod common;
 
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::dns::dnsmasq;
-use common::peers::{require_tool, PyServer, SmtpSink};
+use common::peers::{require_tool, PyServer, Reaper, SmtpSink};
 use common::{files_in, wait_for};
 use mailqueue::delivery::outbound::IpVersion;
 use mailqueue::{Body, Config, DeliveryTarget, MessageId, MessageInfo, Recipient};
 
 const LONG: Duration = Duration::from_secs(20);
 const MSG: &[u8] = b"Subject: connection policy\r\n\r\nbody\r\n";
-
-/// A child process killed when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A test configuration (no TLS, short timeouts) with `extra` added to
 /// its `[delivery]` section, parsed and checked as a file would be.
@@ -72,7 +62,7 @@ fn client_addrs(messages: &[String]) -> Vec<String> {
 }
 
 /// smtp-sink on `127.0.0.1:port`, dumping each message into `dir`.
-fn sink_on(port: u16, dir: &Path) -> Proc {
+fn sink_on(port: u16, dir: &Path) -> Reaper {
     let bin = require_tool("smtp-sink", "Debian package postfix");
     let child = Command::new(bin)
         .args(["-u", "root", "-d", &format!("{}/%M.", dir.display())])
@@ -82,7 +72,7 @@ fn sink_on(port: u16, dir: &Path) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let proc = Proc(child);
+    let proc = Reaper(child);
     assert!(
         wait_for(LONG, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
         "smtp-sink did not start on port {port}"
@@ -116,7 +106,7 @@ fn ipv6_counter(port: u16) -> std::io::Result<(u16, Arc<AtomicUsize>)> {
 }
 
 /// An IPv6 counter and an smtp-sink on 127.0.0.1, on the same port.
-fn dual_stack_mx() -> (u16, Arc<AtomicUsize>, Proc, tempfile::TempDir) {
+fn dual_stack_mx() -> (u16, Arc<AtomicUsize>, Reaper, tempfile::TempDir) {
     for _ in 0..10 {
         let (port, count) = ipv6_counter(0).expect("no IPv6 loopback (::1) on this machine");
         if TcpListener::bind(("127.0.0.1", port)).is_err() {

@@ -5,11 +5,12 @@ mod common;
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::dns::dnsmasq;
+use common::peers::Reaper;
 use common::scripted::{addr, sender, Scripted};
 use common::{files_in, test_config, wait_for};
 use mailqueue::config::{Config, TargetSpec};
@@ -21,16 +22,6 @@ use mailqueue::{Envelope, Queue};
 
 const LONG: Duration = Duration::from_secs(20);
 const MSG: &[u8] = b"Subject: remote test\r\n\r\nbody\r\n";
-
-/// A child process killed when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn require(program: &str, peer: &str) -> PathBuf {
     for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
@@ -60,7 +51,7 @@ fn free_tcp_port() -> u16 {
 }
 
 /// smtp-sink on `ip:port`, dumping each transaction into a file in `dir`.
-fn sink(ip: &str, port: u16, dir: &Path, extra: &[&str]) -> Proc {
+fn sink(ip: &str, port: u16, dir: &Path, extra: &[&str]) -> Reaper {
     let bin = require("smtp-sink", "Debian package postfix");
     let template = format!("{}/%M.", dir.display());
     let child = Command::new(bin)
@@ -72,7 +63,7 @@ fn sink(ip: &str, port: u16, dir: &Path, extra: &[&str]) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let proc = Proc(child);
+    let proc = Reaper(child);
     assert!(
         wait_for(LONG, || TcpStream::connect((ip, port)).is_ok()),
         "smtp-sink did not start"
@@ -351,7 +342,7 @@ fn under_tls_may_a_botched_handshake_falls_back_to_clear_text() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _server = Proc(child);
+    let _server = Reaper(child);
     assert!(
         wait_for(LONG, || TcpStream::connect(("127.0.0.2", port)).is_ok()),
         "broken_tls.py did not start"

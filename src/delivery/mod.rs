@@ -133,6 +133,21 @@ impl RecipientOutcome {
     }
 }
 
+/// Outcomes gathered by position from parts of a delivery (domains,
+/// routes, hops), one per recipient: a position no part answered is a
+/// bug of ours, reported as a temporary failure, never as delivered.
+pub(crate) fn fill_outcomes(outcomes: Vec<Option<RecipientOutcome>>) -> Vec<RecipientOutcome> {
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                let e = DeliveryError::new(ErrorKind::Local, "internal error in delivery");
+                RecipientOutcome::new(Err(e))
+            })
+        })
+        .collect()
+}
+
 /// What the next hop took on with a recipient it accepted; decides the
 /// success notice a sender who asked for one (NOTIFY=SUCCESS) gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

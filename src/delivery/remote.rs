@@ -19,7 +19,7 @@ use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
 use crate::delivery::smtp_client::{ClientSettings, Session};
 use crate::delivery::{
-    Body, DeliveryError, DeliveryTarget, ErrorKind, MessageInfo, RecipientOutcome,
+    fill_outcomes, Body, DeliveryError, DeliveryTarget, ErrorKind, MessageInfo, RecipientOutcome,
 };
 use crate::envelope::Recipient;
 use crate::smtp::tls_policy::TlsPolicy;
@@ -94,10 +94,7 @@ impl DeliveryTarget for RemoteTarget {
                 outcomes[i] = Some(outcome);
             }
         }
-        outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| RecipientOutcome::new(Err(internal_error()))))
-            .collect()
+        fill_outcomes(outcomes)
     }
 }
 

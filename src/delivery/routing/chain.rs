@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use crate::delivery::{
-    Body, DeliveryError, DeliveryTarget, ErrorKind, MessageInfo, RecipientOutcome, Severity,
+    fill_outcomes, Body, DeliveryError, DeliveryTarget, ErrorKind, MessageInfo, RecipientOutcome,
+    Severity,
 };
 use crate::envelope::Recipient;
 
@@ -105,15 +106,7 @@ impl DeliveryTarget for Chain {
                 break;
             }
         }
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    let e = DeliveryError::new(ErrorKind::Local, "internal error in routing");
-                    RecipientOutcome::new(Err(e))
-                })
-            })
-            .collect()
+        fill_outcomes(outcomes)
     }
 }
 

@@ -6,9 +6,7 @@ use std::thread;
 
 use super::pattern::{route_matches, DomainPattern, SenderPattern};
 use crate::address::{Address, ReversePath};
-use crate::delivery::{
-    Body, DeliveryError, DeliveryTarget, ErrorKind, MessageInfo, RecipientOutcome,
-};
+use crate::delivery::{fill_outcomes, Body, DeliveryTarget, MessageInfo, RecipientOutcome};
 use crate::envelope::Recipient;
 
 /// One `[[route]]`: what it matches and where it delivers.
@@ -89,15 +87,7 @@ impl DeliveryTarget for Router {
                 }
             }
         });
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    let e = DeliveryError::new(ErrorKind::Local, "internal error in routing");
-                    RecipientOutcome::new(Err(e))
-                })
-            })
-            .collect()
+        fill_outcomes(outcomes)
     }
 }
 
