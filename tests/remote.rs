@@ -357,6 +357,7 @@ fn the_destination_concurrency_limit_holds_under_load() {
             client: Arc::new(client),
             mx_port: port,
             destination_concurrency: 2,
+            rate: None,
             connection_cache_time: Duration::from_secs(5),
         },
     ));
