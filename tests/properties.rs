@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 
 use mailqueue::delivery::dns::{build_query, parse_response, to_ascii, Record, RecordType};
-use mailqueue::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Timestamp, META_VERSION};
+use mailqueue::queue::meta::{
+    MessageMeta, RcptStatus, RecipientMeta, Throttle, Timestamp, META_VERSION,
+};
 use mailqueue::smtp::command::{parse, Command};
 use mailqueue::smtp::params::{OrigRecipient, RcptParam, RcptTo};
 use mailqueue::smtp::xtext;
@@ -441,12 +443,18 @@ fn recipient_meta() -> impl Strategy<Value = RecipientMeta> {
             prop::option::of(any::<String>()),
             any::<bool>(),
             any::<bool>(),
+            prop::option::of((any::<u64>(), any::<String>()).prop_map(|(until, reason)| {
+                Throttle {
+                    until: Timestamp(until),
+                    reason,
+                }
+            })),
         ),
     )
         .prop_map(
             |(
                 (address, original, orcpt, notify),
-                (status, tries, last_error, remote_mta, delay_warned, expired),
+                (status, tries, last_error, remote_mta, delay_warned, expired, throttled),
             )| {
                 RecipientMeta {
                     address,
@@ -459,6 +467,7 @@ fn recipient_meta() -> impl Strategy<Value = RecipientMeta> {
                     remote_mta,
                     delay_warned,
                     expired,
+                    throttled,
                 }
             },
         )

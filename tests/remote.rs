@@ -304,6 +304,7 @@ fn the_destination_concurrency_limit_holds_under_load() {
             client: Arc::new(client),
             mx_port: port,
             destination_concurrency: 2,
+            rate: None,
             connection_cache_time: Duration::from_secs(5),
         },
     ));
@@ -429,5 +430,56 @@ fn a_hanging_destination_does_not_take_every_worker() {
         held.lock().unwrap().len()
     );
     assert_eq!(held.lock().unwrap().len(), 3, "the share of 4 workers is 3");
+    queue.close();
+}
+
+#[test]
+fn the_rate_limit_counts_per_recipient_domain_and_a_waiting_one_uses_no_try() {
+    let port = free_tcp_port();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let _sa = sink("127.0.0.2", port, a.path(), &[]);
+    let _sb = sink("127.0.0.3", port, b.path(), &[]);
+    let (_dns, dns_port) = dnsmasq(&[
+        "--mx-host=one.test,mx.one.test,10".into(),
+        "--host-record=mx.one.test,127.0.0.2".into(),
+        "--mx-host=two.test,mx.two.test,10".into(),
+        "--host-record=mx.two.test,127.0.0.3".into(),
+    ]);
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = remote_config(spool.path(), dns_port, port);
+    config.delivery.rate = Config::from_toml("[delivery]\nrate = \"1/1h\"\n")
+        .unwrap()
+        .delivery
+        .rate;
+    let queue = open(&config, &Scripted::new(vec![]));
+    send(&queue, &["u1@one.test"]);
+    assert!(wait_for(LONG, || spool_empty(&config)), "not delivered");
+
+    // one.test has used its token for the hour; two.test has its own.
+    let env = Envelope::new(
+        sender("s@example.org"),
+        vec![addr("u2@one.test"), addr("v@two.test")],
+    );
+    let id = queue.enqueue(&env, MSG).unwrap();
+    assert!(wait_for(LONG, || dumps(b.path()).len() == 1), "two.test");
+    let spool_files = mailqueue::queue::spool::Spool::open(&config.spool).unwrap();
+    let mut meta = None;
+    assert!(wait_for(LONG, || {
+        meta = spool_files.read_meta(&id).ok();
+        meta.as_ref()
+            .is_some_and(|m| m.recipients[1].status == RcptStatus::Delivered)
+    }));
+    let meta = meta.unwrap();
+    let waiting = &meta.recipients[0];
+    assert_eq!(waiting.status, RcptStatus::Pending);
+    assert_eq!(waiting.tries, 0);
+    assert_eq!(waiting.last_error, None);
+    let throttle = waiting.throttled.as_ref().expect("recorded as throttled");
+    assert_eq!(throttle.reason, "rate 1/1h to one.test");
+    let hour = Duration::from_secs(3600);
+    let last = meta.last_attempt.unwrap();
+    assert!(throttle.until >= last.plus(hour - Duration::from_secs(60)));
+    assert!(meta.next_attempt >= last.plus(hour - Duration::from_secs(60)));
+    assert_eq!(dumps(a.path()).len(), 1, "one.test got only the first");
     queue.close();
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 use mailqueue::config::Config;
 use mailqueue::date::rfc5322;
 use mailqueue::queue::admin::{Admin, IncomingFile};
-use mailqueue::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Timestamp};
+use mailqueue::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Throttle, Timestamp};
 use mailqueue::queue::spool::{layout, Spool};
 use mailqueue::queue::stats::StatsSnapshot;
 use mailqueue::queue::QueueError;
@@ -317,6 +317,22 @@ fn status_word(s: RcptStatus) -> &'static str {
     }
 }
 
+/// The wait of a pending recipient its destination's limits hold back.
+fn throttle(r: &RecipientMeta) -> Option<&Throttle> {
+    r.throttled
+        .as_ref()
+        .filter(|_| r.status == RcptStatus::Pending)
+}
+
+/// A recipient's state as `list` and `show` print it: its status, or
+/// `throttled` while it waits for its destination's limits.
+fn state_word(r: &RecipientMeta) -> &'static str {
+    match throttle(r) {
+        Some(_) => "throttled",
+        None => status_word(r.status),
+    }
+}
+
 /// One line of `list --json`, with `postqueue -j` field names.
 pub fn list_json(m: &MessageMeta) -> String {
     let recipients: Vec<serde_json::Value> = m
@@ -328,6 +344,10 @@ pub fn list_json(m: &MessageMeta) -> String {
                 "delay_reason": r.last_error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
                 "status": status_word(r.status),
                 "tries": r.tries,
+                "throttled": throttle(r).map(|t| json!({
+                    "until": t.until.unix_seconds(),
+                    "reason": t.reason,
+                })),
             })
         })
         .collect();
@@ -367,12 +387,20 @@ pub fn list_table(messages: &[MessageMeta]) -> String {
             s.push_str(&format!(
                 "{:>44} {:<9} tries={:<3} {}\n",
                 "",
-                status_word(r.status),
+                state_word(r),
                 r.tries,
                 r.address
             ));
             if let Some(e) = &r.last_error {
                 s.push_str(&format!("{:>44} ({e})\n", ""));
+            }
+            if let Some(t) = throttle(r) {
+                s.push_str(&format!(
+                    "{:>44} ({}, until {})\n",
+                    "",
+                    t.reason,
+                    rfc5322(t.until.to_system())
+                ));
             }
         }
         s.push('\n');
@@ -436,7 +464,7 @@ fn recipient_text(r: &RecipientMeta) -> String {
     s.push_str(&format!(
         "  <{}> {} tries={}",
         r.address,
-        status_word(r.status),
+        state_word(r),
         r.tries
     ));
     if let Some(o) = &r.original {
@@ -451,6 +479,14 @@ fn recipient_text(r: &RecipientMeta) -> String {
     s.push('\n');
     if let Some(e) = &r.last_error {
         s.push_str(&format!("    last error: {e}\n"));
+    }
+    if let Some(t) = throttle(r) {
+        s.push_str(&format!(
+            "    throttled: {}, until {} ({})\n",
+            t.reason,
+            rfc5322(t.until.to_system()),
+            t.until.unix_seconds()
+        ));
     }
     s
 }

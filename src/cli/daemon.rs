@@ -221,6 +221,7 @@ static RELOADED: &[Key] = &[
         "[delivery] destination_concurrency",
         delivery.destination_concurrency
     ),
+    key!("[delivery] rate", delivery.rate),
     key!(
         "[delivery] connection_cache_time",
         delivery.connection_cache_time

@@ -81,6 +81,7 @@ impl Default for DeliveryConfig {
             dns_servers: Vec::new(),
             dns_timeout: Duration::from_secs(5),
             destination_concurrency: 20,
+            rate: None,
             connection_cache_time: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(5 * 60),

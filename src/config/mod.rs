@@ -231,9 +231,23 @@ pub struct DeliveryConfig {
     /// How long one DNS query waits for an answer from one server.
     #[serde(deserialize_with = "duration::deserialize")]
     pub dns_timeout: Duration,
-    /// Most connections open to one recipient domain at once (with
-    /// `target = "remote"`), never more than four fifths of the workers.
+    /// Most connections open to one destination at once: to each
+    /// recipient domain with `target = "remote"` (never more than four
+    /// fifths of the workers), to the next hop with a relay target.
+    ///
+    /// One key for both kinds of target, not a second one for relays: a
+    /// target is one kind or the other, so the two would never both
+    /// apply, and "destination" already means the domain for the MX
+    /// client and the host for a relay (as in Postfix, whose
+    /// `default_destination_concurrency_limit` covers a relayhost too).
+    /// A `[[route]]`'s `concurrency` overlays this key for its target.
     pub destination_concurrency: usize,
+    /// Most messages per interval to one destination (the next hop, or
+    /// each recipient domain with `target = "remote"`), as `"55/1m"`: a
+    /// burst of up to the count, refilled evenly. `None` (absent or
+    /// `""`): no limit.
+    #[serde(deserialize_with = "duration::rate::deserialize")]
+    pub rate: Option<crate::delivery::limits::Rate>,
     /// How long an idle connection to the next hop is kept for the next
     /// message to the same destination; "0s" turns reuse off.
     #[serde(deserialize_with = "duration::deserialize")]

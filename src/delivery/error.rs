@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use crate::smtp::reply::{EnhancedCode, SmtpReply};
 
@@ -16,7 +17,9 @@ pub enum Severity {
     /// Give up on the recipient (SMTP 5xx).
     Permanent,
     /// Nothing was tried: the destination is busy (at its connection
-    /// limit). Try again soon, without counting a try.
+    /// limit) or out of tokens (at its rate). Try again soon, or when
+    /// the error's [`wait_hint`](DeliveryError::wait_hint) says, without
+    /// counting a try.
     Throttled,
 }
 
@@ -73,7 +76,8 @@ pub enum ErrorKind {
     TooBig,
     /// The message needs SMTPUTF8, which the server does not offer.
     NeedsSmtputf8,
-    /// The destination is at its connection limit: nothing was tried.
+    /// The destination is at its connection limit or its rate: nothing
+    /// was tried.
     Throttled,
     /// Our side, for now: reading the queued message, the disk, an
     /// internal error.
@@ -138,6 +142,9 @@ pub struct DeliveryError {
     reply: SmtpReply,
     remote_mta: Option<String>,
     relay: Option<String>,
+    /// For a throttled error: how long until the destination may be
+    /// used again, when known.
+    wait: Option<Duration>,
 }
 
 impl DeliveryError {
@@ -151,6 +158,7 @@ impl DeliveryError {
             reply: SmtpReply::new(code, Some(enhanced), text),
             remote_mta: None,
             relay: None,
+            wait: None,
         }
     }
 
@@ -167,6 +175,7 @@ impl DeliveryError {
             reply,
             remote_mta: None,
             relay: None,
+            wait: None,
         }
     }
 
@@ -188,6 +197,20 @@ impl DeliveryError {
     /// The destination is at its connection limit; nothing was tried.
     pub fn throttled(text: &str) -> Self {
         Self::new(ErrorKind::Throttled, text)
+    }
+
+    /// The destination is at its rate: nothing was tried, and it may be
+    /// used again in `wait`.
+    pub fn throttled_for(text: &str, wait: Duration) -> Self {
+        let mut e = Self::new(ErrorKind::Throttled, text);
+        e.wait = Some(wait);
+        e
+    }
+
+    /// How long until a throttled destination may be used again, when
+    /// the limit knows; `None` for one that is merely busy.
+    pub fn wait_hint(&self) -> Option<Duration> {
+        self.wait
     }
 
     /// Names the server that produced this error.
@@ -293,6 +316,13 @@ mod tests {
         }
         assert_eq!(DeliveryError::tls("t").kind(), Tls);
         assert_eq!(DeliveryError::throttled("t").kind(), ErrorKind::Throttled);
+        assert_eq!(DeliveryError::throttled("t").wait_hint(), None);
+        let wait = std::time::Duration::from_secs(60);
+        let e = DeliveryError::throttled_for("t", wait);
+        assert_eq!(
+            (e.severity(), e.wait_hint()),
+            (Severity::Throttled, Some(wait))
+        );
     }
 
     #[test]

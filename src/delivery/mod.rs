@@ -13,6 +13,7 @@
 mod body;
 pub mod dns;
 mod error;
+pub mod limits;
 pub mod outbound;
 pub mod pool;
 pub mod relay;

@@ -1,9 +1,11 @@
 //! A fixed next hop: a smarthost over SMTP or SMTPS, or an LMTP server
-//! over TCP or a Unix socket.
+//! over TCP or a Unix socket; at most so many transactions at once and
+//! per interval to it, when limited.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::delivery::limits::{DestinationLimits, Rate};
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::smtp_client::{ClientSettings, Endpoint, Session};
 use crate::delivery::{
@@ -21,10 +23,14 @@ pub struct RelayTarget {
     endpoint: Endpoint,
     implicit_tls: bool,
     pool: Arc<SessionPool>,
+    limits: DestinationLimits,
+    /// The next hop as limits and throttled recipients name it.
+    destination: String,
 }
 
 impl RelayTarget {
-    /// A target that keeps idle sessions for `cache_time` (zero: none).
+    /// A target that keeps idle sessions for `cache_time` (zero: none),
+    /// without limits.
     pub fn new(
         settings: ClientSettings,
         endpoint: Endpoint,
@@ -33,10 +39,24 @@ impl RelayTarget {
     ) -> RelayTarget {
         RelayTarget {
             settings: Arc::new(settings),
+            destination: destination_name(&endpoint),
             endpoint,
             implicit_tls,
             pool: SessionPool::new(cache_time),
+            limits: DestinationLimits::new(usize::MAX, None),
         }
+    }
+
+    /// The same target with at most `concurrency` transactions at once
+    /// and at most `rate` (`None`: any number) to the next hop.
+    pub fn with_limits(mut self, concurrency: usize, rate: Option<Rate>) -> RelayTarget {
+        self.limits = DestinationLimits::new(concurrency, rate);
+        self
+    }
+
+    /// Connections open to the next hop for deliveries now.
+    pub fn active_connections(&self) -> usize {
+        self.limits.connections(&self.destination)
     }
 
     fn open(&self) -> Result<Session, DeliveryError> {
@@ -51,6 +71,12 @@ impl DeliveryTarget for RelayTarget {
         rcpts: &[Recipient],
         body: &Body,
     ) -> Vec<RecipientOutcome> {
+        // Held for the whole transaction, idle pooled sessions aside: a
+        // session in the pool is not one in use.
+        let _permit = match self.limits.admit(&self.destination) {
+            Ok(p) => p,
+            Err(e) => return RecipientOutcome::all(rcpts.len(), Err(e)),
+        };
         let pooled = match self.pool.take(HOP) {
             Some(p) => p,
             None => match self.open() {
@@ -73,6 +99,14 @@ impl DeliveryTarget for RelayTarget {
             self.pool.put(HOP, pooled);
         }
         outcomes
+    }
+}
+
+/// `host:port`, or the socket's path.
+fn destination_name(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Tcp { host, port } => format!("{host}:{port}"),
+        Endpoint::Unix(path) => path.display().to_string(),
     }
 }
 

@@ -2,18 +2,19 @@
 //!
 //! Recipients are grouped by domain; each domain is its own SMTP
 //! transaction with its own per-recipient results, run in parallel with
-//! the message's other domains. A destination at its connection limit is
-//! not tried (the recipients wait a moment without using up a try), and an
+//! the message's other domains. A destination at its connection limit or
+//! its rate is not tried (the recipients wait without using up a try), and an
 //! idle connection is kept a few seconds for the next message to the same
 //! domain.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
+use crate::delivery::limits::{DestinationLimits, Rate};
 use crate::delivery::outbound::IpVersion;
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
@@ -36,6 +37,8 @@ pub struct RemoteSettings {
     pub client: Arc<ClientSettings>,
     pub mx_port: u16,
     pub destination_concurrency: usize,
+    /// Most transactions per interval to one domain; `None`: no limit.
+    pub rate: Option<Rate>,
     /// Zero turns connection reuse off.
     pub connection_cache_time: Duration,
 }
@@ -44,7 +47,7 @@ pub struct RemoteSettings {
 pub struct RemoteTarget {
     resolver: Arc<Resolver>,
     settings: RemoteSettings,
-    limiter: Limiter,
+    limits: DestinationLimits,
     pool: Arc<SessionPool>,
     /// The client settings without TLS, for the fallback under `may`.
     plain: Arc<ClientSettings>,
@@ -59,7 +62,7 @@ impl RemoteTarget {
         });
         RemoteTarget {
             resolver: Arc::new(resolver),
-            limiter: Limiter::new(settings.destination_concurrency),
+            limits: DestinationLimits::new(settings.destination_concurrency, settings.rate),
             settings,
             pool,
             plain,
@@ -68,7 +71,7 @@ impl RemoteTarget {
 
     /// Connections currently open to `domain` for deliveries.
     pub fn active_connections(&self, domain: &str) -> usize {
-        self.limiter.count(domain)
+        self.limits.connections(domain)
     }
 }
 
@@ -159,9 +162,11 @@ impl RemoteTarget {
         rcpts: &[Recipient],
         body: &Body,
     ) -> Vec<RecipientOutcome> {
-        let Some(_permit) = self.limiter.try_acquire(domain) else {
-            let e = DeliveryError::throttled(&format!("{domain}: too many connections, waiting"));
-            return RecipientOutcome::all(rcpts.len(), Err(e));
+        // Held for the whole transaction: the connection place, and the
+        // token the transaction used.
+        let _permit = match self.limits.admit(domain) {
+            Ok(p) => p,
+            Err(e) => return RecipientOutcome::all(rcpts.len(), Err(e)),
         };
         let pooled = match self.pool.take(domain) {
             Some(s) => s,
@@ -342,60 +347,6 @@ impl RemoteTarget {
     }
 }
 
-/// Counts connections per destination.
-struct Limiter {
-    limit: usize,
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-struct Permit {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-    key: String,
-}
-
-impl Limiter {
-    fn new(limit: usize) -> Limiter {
-        Limiter {
-            limit,
-            counts: Arc::default(),
-        }
-    }
-
-    fn try_acquire(&self, key: &str) -> Option<Permit> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key.to_string()).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(Permit {
-            counts: Arc::clone(&self.counts),
-            key: key.to_string(),
-        })
-    }
-
-    fn count(&self, key: &str) -> usize {
-        self.counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.key);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Read;
@@ -457,6 +408,7 @@ mod tests {
                 client: Arc::new(client),
                 mx_port,
                 destination_concurrency: 1,
+                rate: None,
                 connection_cache_time: Duration::ZERO,
             },
         )

@@ -91,6 +91,20 @@ pub struct RecipientMeta {
     /// operator), not because the last reply was permanent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expired: bool,
+    /// Not tried at the last attempt: its destination was at its rate
+    /// or connection limit. Cleared by the next real try. (Absent from
+    /// files written before it existed.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<Throttle>,
+}
+
+/// Why a pending recipient waits without being tried, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttle {
+    /// When it is tried again.
+    pub until: Timestamp,
+    /// The limit it waits for: `rate 55/1m to relay.example.com`.
+    pub reason: String,
 }
 
 impl RecipientMeta {
@@ -186,6 +200,7 @@ impl MessageMeta {
                     remote_mta: None,
                     delay_warned: false,
                     expired: false,
+                    throttled: None,
                 })
                 .collect(),
         }
@@ -338,5 +353,22 @@ mod tests {
         assert_eq!(e.to_string(), "unknown metadata version 99");
         assert!(MessageMeta::from_json(b"{").is_err());
         assert!(MessageMeta::from_json(&json[..json.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn a_throttle_round_trips_and_older_files_without_it_still_read() {
+        let env = Envelope::new(None, vec!["a@b.c".parse().unwrap()]);
+        let mut meta = MessageMeta::new(MessageId::generate(), &env, 10);
+        let plain = String::from_utf8(meta.to_json()).unwrap();
+        assert!(!plain.contains("throttled"), "{plain}");
+        meta.recipients[0].throttled = Some(Throttle {
+            until: Timestamp(1_700_000_000_000),
+            reason: "rate 1/1h to relay.test:25".into(),
+        });
+        let json = meta.to_json();
+        assert_eq!(MessageMeta::from_json(&json).unwrap(), meta);
+        // A file of a version before throttles: the same metadata, none.
+        meta.recipients[0].throttled = None;
+        assert_eq!(MessageMeta::from_json(plain.as_bytes()).unwrap(), meta);
     }
 }

@@ -21,7 +21,7 @@ use crate::envelope::Recipient;
 use crate::logline;
 use crate::queue::admin::give_up_pending;
 use crate::queue::dsn::{self, Action};
-use crate::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Timestamp};
+use crate::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Throttle, Timestamp};
 use crate::queue::{Job, MessageId, QueueError, Shared};
 
 /// Panics of one message's attempts before it is quarantined: a bug hit
@@ -244,7 +244,7 @@ fn record(
     let age = meta.age(now);
     let mut applied = Applied::default();
     for (&i, outcome) in pending.iter().zip(outcomes) {
-        apply(shared, meta, i, outcome, age, &mut applied);
+        apply(shared, meta, i, outcome, now, &mut applied);
     }
     // An expire the operator issued during the attempt, applied after its
     // results: what it delivered stays delivered and is not bounced.
@@ -257,7 +257,7 @@ fn record(
     // Notices are made durable before the outcomes are recorded: a crash
     // in between repeats a notice rather than losing it.
     send_notices(shared, meta, &applied.failed, &delayed, &applied.succeeded);
-    reschedule(shared, meta, now, applied.throttled)
+    reschedule(shared, meta, now)
 }
 
 /// What the outcomes of an attempt call for beyond the metadata.
@@ -265,8 +265,6 @@ fn record(
 struct Applied {
     failed: Reported,
     succeeded: Reported,
-    /// Some recipient was not tried: its destination was busy.
-    throttled: bool,
 }
 
 /// Records one recipient's outcome and logs it.
@@ -275,10 +273,11 @@ fn apply(
     meta: &mut MessageMeta,
     i: usize,
     outcome: RecipientOutcome,
-    age: Duration,
+    now: Timestamp,
     applied: &mut Applied,
 ) {
     let id = meta.id;
+    let age = meta.age(now);
     let Some(r) = meta
         .recipients
         .get_mut(i)
@@ -294,12 +293,17 @@ fn apply(
     } = outcome;
     if let Err(e) = &result {
         if e.severity() == Severity::Throttled {
-            // Not tried: no try counted, no error recorded.
+            // Not tried: no try counted, no error recorded; the wait is
+            // recorded, for the schedule and for the operator to see.
             log::debug!("{id}: to=<{}>, waiting: {}", r.address, e.reply());
-            applied.throttled = true;
+            r.throttled = Some(Throttle {
+                until: now.plus(throttle_wait(e.wait_hint())),
+                reason: e.reply().text.clone(),
+            });
             return;
         }
     }
+    r.throttled = None;
     r.tries += 1;
     let (status, relay, reply) = match result {
         Ok(handoff) => {
@@ -404,27 +408,59 @@ fn send_notices(
     }
 }
 
+/// Longest spread added to a throttled recipient's wait.
+const MAX_THROTTLE_SPREAD: Duration = Duration::from_secs(60);
+
+/// How long a throttled recipient waits: soon (0.5–1.5 s) for a busy
+/// destination, or until the limit says it has room again, when that is
+/// later. Spread out, so the messages waiting for one destination do not
+/// all come back at the same instant (only one of them would get the
+/// token), yet never long after the room is there.
+fn throttle_wait(hint: Option<Duration>) -> Duration {
+    let soon = Duration::from_millis(500 + fastrand::u64(..1000));
+    match hint {
+        Some(wait) if wait > soon => {
+            let spread = (wait / 4).min(MAX_THROTTLE_SPREAD);
+            wait + spread.mul_f64(fastrand::f64())
+        }
+        _ => soon,
+    }
+}
+
+/// When to attempt a message next: the earliest of the retry time of the
+/// recipients that were tried (after the fewest tries among them) and the
+/// end of the wait of those that were throttled.
+fn next_attempt(shared: &Shared, meta: &MessageMeta, now: Timestamp) -> Timestamp {
+    let retry = meta
+        .pending()
+        .filter(|r| r.throttled.is_none())
+        .map(|r| r.tries)
+        .min()
+        .map(|tries| now.plus(shared.policy.delay(tries)));
+    let wake = meta
+        .pending()
+        .filter_map(|r| r.throttled.as_ref().map(|t| t.until))
+        .min();
+    retry
+        .into_iter()
+        .chain(wake)
+        .min()
+        .unwrap_or_else(|| now.plus(shared.policy.delay(1)))
+}
+
 /// Removes a finished message, or writes its metadata with the next
 /// attempt's time and returns that time (`None` while it is held).
 fn reschedule(
     shared: &Shared,
     meta: &mut MessageMeta,
     now: Timestamp,
-    throttled: bool,
 ) -> Result<Option<Timestamp>, QueueError> {
     if !meta.has_pending() {
         shared.spool.remove(&meta.id)?;
         shared.forget(meta.size);
         return Ok(None);
     }
-    let tries = meta.pending().map(|r| r.tries).min().unwrap_or(1);
-    meta.next_attempt = now.plus(shared.policy.delay(tries));
-    if throttled {
-        // Back soon, spread out so the waiting messages do not all come
-        // back at the same instant.
-        let soon = now.plus(Duration::from_millis(500 + fastrand::u64(..1000)));
-        meta.next_attempt = meta.next_attempt.min(soon);
-    }
+    meta.next_attempt = next_attempt(shared, meta, now);
     shared.spool.write_meta(meta)?;
     // Held while the attempt ran: stays out of the schedule until released.
     Ok((!meta.hold).then_some(meta.next_attempt))
@@ -472,6 +508,21 @@ mod tests {
 
     fn ok() -> RecipientOutcome {
         RecipientOutcome::new(Ok(Handoff::Relayed))
+    }
+
+    #[test]
+    fn a_throttled_wait_is_soon_or_the_limit_s_own_spread_a_little() {
+        let soon = Duration::from_millis(500)..=Duration::from_millis(1500);
+        for _ in 0..200 {
+            assert!(soon.contains(&throttle_wait(None)));
+            assert!(soon.contains(&throttle_wait(Some(Duration::from_millis(100)))));
+            let hour = Duration::from_secs(3600);
+            let w = throttle_wait(Some(hour));
+            assert!(w >= hour && w <= hour + MAX_THROTTLE_SPREAD, "{w:?}");
+            let five = Duration::from_secs(5);
+            let w = throttle_wait(Some(five));
+            assert!(w >= five && w <= five + five / 4, "{w:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,11 @@ stdout once it accepts connections, and appends to files in --dir:
                     X-Seq and Message-ID of the message; for a notice (null
                     sender) also the queue id it reports on and one entry
                     per recipient block (final recipient, action, status)
+  connections.jsonl one line when a session opens (before the greeting) and
+                    one when it ends (before the reply to QUIT goes out, so
+                    a client that waits for it opens its next connection
+                    after the line): time, connection, event ("open" or
+                    "close"), and how many sessions were open after it
   events.jsonl      one line per injected fault: time, connection, step,
                     kind, the reply sent (with its token "fault-<n>"), the
                     recipients the transaction had; a stall's line is
@@ -103,10 +108,12 @@ class Sink:
         lo, _, hi = (args.reply_delay or "0:0").partition(":")
         self.delay = (float(lo), float(hi or lo))
         self.conns = 0
+        self.open = 0
         self.tokens = 0
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         self.deliveries = os.open(os.path.join(self.dir, "deliveries.jsonl"), flags, 0o644)
         self.events = os.open(os.path.join(self.dir, "events.jsonl"), flags, 0o644)
+        self.connections = os.open(os.path.join(self.dir, "connections.jsonl"), flags, 0o644)
 
     def record(self, fd, fields):
         line = (json.dumps(fields) + "\n").encode()
@@ -119,6 +126,14 @@ class Sink:
             n = self.conns
             pipelining = self.pipelining or (self.fault_rate > 0 and self.rng.random() < 0.5)
         return n, self.draw(STEPS), pipelining
+
+    def session_changed(self, conn, event, change):
+        """Counts the sessions open; records the change."""
+        with LOCK:
+            self.open += change
+            line = json.dumps({"t": time.time(), "conn": conn, "event": event,
+                               "open": self.open}) + "\n"
+            os.write(self.connections, line.encode())
 
     def draw(self, steps):
         """The fault of a connection or of a transaction, or None."""
@@ -186,6 +201,14 @@ class Handler(socketserver.BaseRequestHandler):
         self.rcpt_count = 0
         self.rcpts = []
         self.sender = None
+        self.counted = True
+        self.sink.session_changed(self.conn, "open", 1)
+
+    def uncount(self):
+        """The session is over for the count of open sessions (once)."""
+        if self.counted:
+            self.counted = False
+            self.sink.session_changed(self.conn, "close", -1)
 
     # --- I/O -------------------------------------------------------------
 
@@ -313,6 +336,7 @@ class Handler(socketserver.BaseRequestHandler):
         except Closed:
             pass
         finally:
+            self.uncount()
             try:
                 self.sock.close()
             except OSError:
@@ -395,6 +419,7 @@ class Handler(socketserver.BaseRequestHandler):
                 kind = self.faulty("quit")
                 if kind:
                     self.inject("quit", kind)
+                self.uncount()
                 self.send(b"221 2.0.0 Bye\r\n")
                 return
             else:

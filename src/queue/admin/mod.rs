@@ -364,6 +364,7 @@ pub(crate) fn give_up_pending(meta: &mut MessageMeta) -> Vec<usize> {
             );
             r.status = RcptStatus::Failed;
             r.expired = true;
+            r.throttled = None;
             r.last_error.get_or_insert_with(|| {
                 SmtpReply::with_code(
                     554,
