@@ -133,6 +133,27 @@ fn a_route_connects_with_its_own_source_address_and_helo_name() {
 }
 
 #[test]
+fn a_route_has_its_own_rate_and_can_lift_the_one_of_delivery() {
+    let (routed, rest) = (SmtpSink::start(&[]), SmtpSink::start(&[]));
+    let setup = tls_none(Setup::to(&rest.url("smtp")))
+        .delivery("rate = \"1/1h\"")
+        .route(&format!(
+            "domains = [\"example.net\"]\ntarget = \"{}\"\nrate = \"\"",
+            routed.url("smtp")
+        ));
+    let d = Daemon::start(&setup);
+    for _ in 0..3 {
+        submit(&d, "me@example.org", &["a@example.net", "b@example.com"]);
+    }
+    // The route has no limit: all three; [delivery] takes one an hour.
+    assert!(wait_for(LONG, || routed.count() == 3), "{}", d.log());
+    assert!(wait_for(LONG, || rest.count() == 1), "{}", d.log());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rest.count(), 1);
+    assert_eq!(d.queued().len(), 2, "two wait for [delivery]'s rate");
+}
+
+#[test]
 fn a_relay_that_is_down_or_says_421_hands_its_recipients_to_the_next() {
     let backup = PyServer::start(&[]);
     let (busy, busy_seen) = greeter("421 4.3.2 too busy, try another\r\n");
@@ -329,6 +350,14 @@ fn the_config_check_names_a_bad_route() {
             "[[route]]\ndomains = [\"*\"]\ntarget = \"remote\"\n\
              source_address = \"127.0.0.2\"\nip_version = \"6\"\n",
             "route 1 (*): ip_version = \"6\"",
+        ),
+        (
+            "[[route]]\ndomains = [\"*\"]\ntarget = \"remote\"\nrate = \"55 a minute\"\n",
+            "invalid rate \"55 a minute\"",
+        ),
+        (
+            "[[route]]\ndomains = [\"*\"]\ntarget = \"remote\"\nconcurrency = 0\n",
+            "route 1 (*): concurrency = 0: must be at least 1",
         ),
         (
             "[[route]]\ndomains = [\"*\"]\ntarget = \"remote\"\nhelo_name = \"not a name\"\n",

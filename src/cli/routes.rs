@@ -123,7 +123,14 @@ fn settings(target: &str, d: &DeliveryConfig, helo: &str) -> String {
         0 => "no limit".to_string(),
         n => n.to_string(),
     };
-    s.push_str(&format!("    messages per connection  {per_connection}\n"));
+    let rate = d
+        .rate
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "no limit".into());
+    s.push_str(&format!(
+        "    limits    rate {rate}, concurrency {}, messages per connection {per_connection}\n",
+        d.destination_concurrency
+    ));
     s.push_str(&format!(
         "    timeouts  connect {}, command {}, data {}\n",
         format_duration(d.connect_timeout),

@@ -4,9 +4,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// Rates are a count per duration, in the same syntax.
-pub(super) mod rate;
-
 /// Text that is not a duration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(

@@ -6,6 +6,7 @@ mod defaults;
 mod duration;
 mod local;
 mod logs;
+mod rate;
 mod route;
 mod target;
 mod validate;
@@ -246,7 +247,7 @@ pub struct DeliveryConfig {
     /// each recipient domain with `target = "remote"`), as `"55/1m"`: a
     /// burst of up to the count, refilled evenly. `None` (absent or
     /// `""`): no limit.
-    #[serde(deserialize_with = "duration::rate::deserialize")]
+    #[serde(deserialize_with = "rate::deserialize")]
     pub rate: Option<crate::delivery::limits::Rate>,
     /// How long an idle connection to the next hop is kept for the next
     /// message to the same destination; "0s" turns reuse off.

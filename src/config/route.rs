@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::{duration, target, Config, ConfigError, DeliveryConfig, TargetSpec, TlsPolicy};
+use super::{duration, rate, target, Config, ConfigError, DeliveryConfig, TargetSpec, TlsPolicy};
 use crate::address::{Address, ReversePath};
+use crate::delivery::limits::Rate;
 use crate::delivery::outbound::IpVersion;
 use crate::delivery::routing::{route_matches, DomainPattern, SenderPattern};
 
@@ -72,6 +73,16 @@ pub struct RouteConfig {
     /// As `[delivery] connection_cache_time`.
     #[serde(default, deserialize_with = "duration::deserialize_some")]
     pub connection_cache_time: Option<Duration>,
+    /// Messages per interval to this route's destination (`"55/1m"`):
+    /// each relay, or each recipient domain with `remote`; `""` lifts
+    /// `[delivery]`'s rate.
+    #[serde(default, deserialize_with = "rate::deserialize_some")]
+    pub rate: Option<Option<Rate>>,
+    /// Most connections at once to each relay of this route, or to each
+    /// recipient domain with `remote` (`[delivery]
+    /// destination_concurrency`).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
     /// As `[delivery] source_address`.
     #[serde(default)]
     pub source_address: Option<String>,
@@ -145,6 +156,10 @@ impl RouteConfig {
         d.connection_cache_time = self
             .connection_cache_time
             .unwrap_or(d.connection_cache_time);
+        if let Some(rate) = self.rate {
+            d.rate = rate;
+        }
+        d.destination_concurrency = self.concurrency.unwrap_or(d.destination_concurrency);
         if let Some(source) = &self.source_address {
             d.source_address.clone_from(source);
         }
@@ -290,6 +305,9 @@ impl RouteConfig {
                     "must be a domain name",
                 ));
             }
+        }
+        if self.concurrency == Some(0) {
+            return Err(invalid("concurrency", 0, "must be at least 1"));
         }
         for (key, d) in [
             ("connect_timeout", self.connect_timeout),

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Deserializer};
 
-use super::parse_duration;
+use super::duration::parse_duration;
 use crate::delivery::limits::Rate;
 
 /// Text that is not a rate.
@@ -43,6 +43,14 @@ pub(crate) fn parse_rate(text: &str) -> Result<Option<Rate>, BadRate> {
         return Err(err("the interval must be longer than zero"));
     }
     Ok(Some(Rate { count, per }))
+}
+
+/// For a route's optional `rate`: present (even `""`, no limit) means
+/// `Some`, so that a route can lift `[delivery]`'s rate.
+pub(in crate::config) fn deserialize_some<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<Option<Rate>>, D::Error> {
+    deserialize(de).map(Some)
 }
 
 /// Serde's side of [`parse_rate`], for `rate` keys.
