@@ -21,6 +21,10 @@ pub enum RecordType {
     Mx,
     A,
     Aaaa,
+    /// Text records: MTA-STS (`_mta-sts.`), DKIM keys (`._domainkey.`), SPF.
+    Txt,
+    /// Reverse DNS: the name of an address (`in-addr.arpa`, `ip6.arpa`).
+    Ptr,
 }
 
 impl RecordType {
@@ -29,6 +33,8 @@ impl RecordType {
             RecordType::Mx => TYPE::MX,
             RecordType::A => TYPE::A,
             RecordType::Aaaa => TYPE::AAAA,
+            RecordType::Txt => TYPE::TXT,
+            RecordType::Ptr => TYPE::PTR,
         }
     }
 }
@@ -40,6 +46,11 @@ pub enum Record {
     /// the root, as in a null MX).
     Mx(u16, String),
     Ip(IpAddr),
+    /// One TXT record: its strings joined, as RFC 7208 §3.3 and RFC 6376
+    /// §3.6.2.2 read them (invalid UTF-8 replaced).
+    Txt(String),
+    /// A PTR record's target name (without a trailing dot).
+    Name(String),
 }
 
 /// Why a lookup failed.
@@ -205,12 +216,48 @@ fn records_of(p: &Packet<'_>, owners: &[String], qtype: RecordType) -> (Vec<Reco
             ),
             (RData::A(a), RecordType::A) => Record::Ip(IpAddr::V4(Ipv4Addr::from(a.address))),
             (RData::AAAA(a), RecordType::Aaaa) => Record::Ip(IpAddr::V6(Ipv6Addr::from(a.address))),
+            (RData::TXT(t), RecordType::Txt) => Record::Txt(txt_text(t)),
+            (RData::PTR(n), RecordType::Ptr) => {
+                Record::Name(n.0.to_string().trim_end_matches('.').to_string())
+            }
             _ => continue,
         };
         ttl = ttl.min(rr.ttl);
         records.push(record);
     }
     (records, ttl)
+}
+
+/// A TXT record's character-strings, concatenated without separators.
+fn txt_text(t: &simple_dns::rdata::TXT<'_>) -> String {
+    let mut bytes = Vec::new();
+    for part in t.iter_raw() {
+        bytes.extend_from_slice(part.0);
+        if let Some(v) = part.1 {
+            bytes.push(b'=');
+            bytes.extend_from_slice(v);
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The name PTR records of `ip` live at: `4.3.2.1.in-addr.arpa` for
+/// 1.2.3.4, nibbles reversed under `ip6.arpa` for IPv6.
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut name = String::with_capacity(72);
+            for byte in v6.octets().iter().rev() {
+                name.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+            }
+            name.push_str("ip6.arpa");
+            name
+        }
+    }
 }
 
 /// What a cached lookup gave.
@@ -317,7 +364,7 @@ impl Resolver {
             r.into_iter()
                 .filter_map(|r| match r {
                     Record::Ip(ip) => Some(ip),
-                    Record::Mx(..) => None,
+                    _ => None,
                 })
                 .collect()
         };
@@ -465,6 +512,56 @@ mod tests {
                 exchange: Name::new_unchecked(host),
             }),
         )
+    }
+
+    #[test]
+    fn txt_strings_are_joined_and_ptr_names_read() {
+        let mut txt = simple_dns::rdata::TXT::new();
+        txt.add_string("v=DKIM1; k=ed25519; ").unwrap();
+        txt.add_string("p=AAAA").unwrap();
+        let owner = "s1._domainkey.d.test";
+        let bytes = reply(
+            3,
+            owner,
+            TYPE::TXT,
+            vec![ResourceRecord::new(
+                Name::new_unchecked(owner),
+                CLASS::IN,
+                60,
+                RData::TXT(txt),
+            )],
+        );
+        let r = parse_response(&bytes, 3, owner, RecordType::Txt).unwrap();
+        assert_eq!(
+            r.records,
+            vec![Record::Txt("v=DKIM1; k=ed25519; p=AAAA".into())]
+        );
+        let rev = "1.0.0.127.in-addr.arpa";
+        let bytes = reply(
+            4,
+            rev,
+            TYPE::PTR,
+            vec![ResourceRecord::new(
+                Name::new_unchecked(rev),
+                CLASS::IN,
+                60,
+                RData::PTR(simple_dns::rdata::PTR(Name::new_unchecked("mail.d.test"))),
+            )],
+        );
+        let r = parse_response(&bytes, 4, rev, RecordType::Ptr).unwrap();
+        assert_eq!(r.records, vec![Record::Name("mail.d.test".into())]);
+    }
+
+    #[test]
+    fn reverse_names_of_v4_and_v6_addresses() {
+        assert_eq!(
+            reverse_name("192.0.2.10".parse().unwrap()),
+            "10.2.0.192.in-addr.arpa"
+        );
+        let v6 = reverse_name("2001:db8::1".parse().unwrap());
+        assert!(v6.starts_with("1.0.0.0.0.0.0.0."), "{v6}");
+        assert!(v6.ends_with(".8.b.d.0.1.0.0.2.ip6.arpa"), "{v6}");
+        assert_eq!(v6.split('.').count(), 34);
     }
 
     #[test]

@@ -327,7 +327,7 @@ impl RemoteTarget {
             .into_iter()
             .filter_map(|r| match r {
                 Record::Mx(p, h) => Some((p, h)),
-                Record::Ip(_) => None,
+                _ => None,
             })
             .collect();
         if mx.is_empty() {
