@@ -629,6 +629,8 @@ fn packet(id: u16, qname: &str, qtype: RecordType, answers: &[(usize, u32, Answe
         RecordType::Mx => TYPE::MX,
         RecordType::A => TYPE::A,
         RecordType::Aaaa => TYPE::AAAA,
+        RecordType::Txt => TYPE::TXT,
+        RecordType::Ptr => TYPE::PTR,
     };
     p.questions.push(Question::new(
         name(qname),
