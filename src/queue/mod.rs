@@ -410,6 +410,13 @@ impl Queue {
         &self.shared.stats
     }
 
+    /// Messages and bytes queued now by state, and the oldest message's
+    /// start, kept up to date as messages change (nothing is read from
+    /// disk): what the metrics endpoint reports.
+    pub fn census(&self) -> spool::CensusCounts {
+        self.shared.spool.census()
+    }
+
     /// Messages and bytes queued now.
     pub fn usage(&self) -> (u64, u64) {
         (
