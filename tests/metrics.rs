@@ -464,3 +464,64 @@ fn queue_gauges_follow_deliveries_deferrals_holds_releases_and_deletes() {
         "scraped {scraped}, spool {from_spool} {between:.1}s later"
     );
 }
+
+#[test]
+fn connections_past_max_connections_get_421_are_counted_and_logged_once_a_second() {
+    require_python_module("prometheus_client");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(
+        &Setup::default()
+            .listen("max_connections = 2")
+            .set("metrics", &format!("listen = {metrics:?}")),
+    );
+    let refused = |m: &HashMap<String, f64>| {
+        value(
+            m,
+            "mailqueue_refused_total{reason=\"too_many_connections\"}",
+        )
+    };
+    assert_eq!(refused(&parse(&scrape(&metrics).2)), 0.0);
+    let held: Vec<Client> = (0..2).map(|_| Client::connect(d.addr()).unwrap()).collect();
+    let extra = || {
+        let mut c = Client::raw(d.addr()).unwrap();
+        let r = c.reply();
+        assert_eq!(r.code, 421, "{:?}", r.lines);
+        assert!(
+            r.text().starts_with("4.7.0 Too many connections"),
+            "{:?}",
+            r.lines
+        );
+    };
+    extra();
+    assert!(d.wait_log(
+        "NOQUEUE: reject: CONNECT from [127.0.0.1]: 421 4.7.0 Too many connections, \
+         try again later; proto=SMTP",
+        LONG
+    ));
+    assert_eq!(refused(&parse(&scrape(&metrics).2)), 1.0);
+
+    // A flood: every one counted, the log kept to a line a second.
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        extra();
+    }
+    let flood = started.elapsed();
+    assert_eq!(refused(&parse(&scrape(&metrics).2)), 6.0);
+    let lines = d.log().matches("NOQUEUE: reject: CONNECT").count();
+    assert!(
+        lines <= 1 + flood.as_secs() as usize + 1,
+        "{lines} lines for 6 refusals in {flood:?}\n{}",
+        d.log()
+    );
+    // Once connections are taken again, the refusals not logged yet are.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(1100));
+    Client::connect(d.addr()).unwrap().quit();
+    if lines == 1 {
+        assert!(
+            d.wait_log("5 more connections refused (too many connections)", LONG),
+            "{}",
+            d.log()
+        );
+    }
+}
