@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::daemon::{
     binary, queued_id, run_mailqueue, spawn_serve, wait_child, Client, Daemon, Setup,
 };
-use common::peers::{Reaper, SmtpSink};
+use common::peers::{PyServer, Reaper, SmtpSink};
 use common::wait_for;
 
 const LONG: Duration = Duration::from_secs(20);
@@ -646,4 +646,57 @@ fn sighup_applies_a_new_log_level() {
     assert!(d.wait_log("changed: [log] level", LONG), "{}", d.log());
     submit(2);
     assert!(d.wait_log("pickup asked for", LONG), "{}", d.log());
+}
+
+#[test]
+fn sighup_applies_the_retry_policy_and_the_notice_settings_at_the_next_attempt() {
+    // The peer answers 450 to this recipient, and takes the notice.
+    let peer = PyServer::start(&[]);
+    // Retries an hour apart: the next attempt is the operator's flush.
+    let setup = Setup::to(&peer.url("smtp"))
+        .queue("max_tries = 5\ninitial_retry = \"1h\"\nmax_retry_interval = \"1h\"")
+        .bounce("enabled = false");
+    let mut d = Daemon::start(&setup);
+    let mut c = Client::connect(d.addr()).unwrap();
+    let id = queued_id(&c.mail("sender@example.org", &["tempfail-rcpt@example.net"], MSG));
+    c.quit();
+    assert!(d.wait_log("tries=1, ", LONG), "{}", d.log());
+    assert!(d.log().contains("status=deferred"), "{}", d.log());
+
+    reload(
+        &d,
+        &setup
+            .clone()
+            .queue("max_tries = 1")
+            .bounce("enabled = true"),
+    );
+    assert!(d.wait_log("reload: done", LONG), "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("changed: [queue] max_tries, [bounce] enabled"),
+        "{log}"
+    );
+    assert!(!log.contains("restart to apply"), "{log}");
+    // Nothing is rescheduled by the reload itself: the message waits for
+    // its next attempt.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!d.log().contains("tries=2"), "{}", d.log());
+
+    let (status, out, err) =
+        run_mailqueue(&["--config", d.config_path().to_str().unwrap(), "flush", &id]);
+    assert!(status.success(), "{out}{err}");
+    assert!(d.wait_log("tries=2, ", LONG), "{}", d.log());
+    let log = d.log();
+    let second = log.lines().find(|l| l.contains("tries=2, ")).unwrap();
+    assert!(second.contains("status=bounced"), "{log}");
+    assert!(
+        d.wait_log("sender non-delivery notification", LONG),
+        "{}",
+        d.log()
+    );
+    // The notice, now enabled, reaches the sender through the peer.
+    let notices = peer.wait_messages(1, LONG);
+    assert_eq!(notices[0].sender(), "", "{}", d.log());
+    assert_eq!(notices[0].recipients(), ["sender@example.org"]);
+    still_running(&mut d);
 }

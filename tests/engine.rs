@@ -479,6 +479,34 @@ fn max_tries_ends_retries_also_when_lowered_on_queued_mail() {
 }
 
 #[test]
+fn a_retry_policy_and_notices_set_while_running_apply_at_the_next_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.queue.max_tries = 100;
+    config.queue.initial_retry = Duration::from_millis(30);
+    config.bounce.enabled = false;
+    let target = Scripted::new(vec![]).with_fallback(Plan::start(temp("down")));
+    let bounces = Scripted::new(vec![]);
+    let queue = open(&config, &target, &bounces);
+    queue.enqueue(&envelope(&["b@x.org"]), MSG).unwrap();
+    assert!(wait_for(LONG, || target.attempts() >= 2));
+
+    let mut options = queue.settings();
+    options.retry.max_tries = 2;
+    options.notices.enabled = true;
+    queue.set_retry(options.retry);
+    queue.set_notices(options.notices.clone(), options.delay_warning);
+    assert_eq!(queue.settings(), options);
+    assert_eq!(queue.options().retry.max_tries, 100, "as opened");
+    // Given up at its next try (its tries are past the new limit), with
+    // the notice the new settings allow.
+    assert!(wait_for(LONG, || spool_empty(&config) && bounces.attempts() == 1));
+    let (dsn, _) = notice(&bounces, 0);
+    assert_eq!(dsn.recipients[0]["Action"], "failed");
+    queue.close();
+}
+
+#[test]
 fn max_lifetime_expires_mail_before_max_tries() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::daemon::{binary, free_port, run_mailqueue, Client, Daemon, Setup};
-use common::peers::{require_python_module, SmtpSink};
+use common::daemon::{binary, free_port, queued_id, run_mailqueue, Client, Daemon, Setup};
+use common::peers::{require_python_module, PyServer, SmtpSink};
 use common::wait_for;
 use serde_json::Value;
 
@@ -240,8 +240,14 @@ fn a_scrape_parses_and_counts_mail_sent_through_the_daemon() {
 fn queue_gauges_show_deferred_mail_and_its_age() {
     require_python_module("prometheus_client");
     let metrics = format!("127.0.0.1:{}", free_port());
-    // Nothing listens at the target: the message is deferred.
-    let d = Daemon::start(&Setup::default().set("metrics", &format!("listen = {metrics:?}")));
+    // Nothing listens at the target: the message is deferred, and tried
+    // every 200 ms: past the default max_tries in 4 s, before the
+    // operator's expire on a busy machine.
+    let d = Daemon::start(
+        &Setup::default()
+            .queue("max_tries = 1000")
+            .set("metrics", &format!("listen = {metrics:?}")),
+    );
     let mut c = Client::connect(d.addr()).unwrap();
     c.mail("sender@example.org", &["rcpt@example.net"], MSG)
         .expect(250, "2.0.0");
@@ -263,12 +269,17 @@ fn queue_gauges_show_deferred_mail_and_its_age() {
     // The operator gives it up: one expired recipient.
     let (code, _, err) = mq(&d.config_path(), &["expire", "ALL"]);
     assert_eq!(code, 0, "{err}");
-    assert!(wait_for(LONG, || {
-        value(
-            &parse(&scrape(&metrics).2),
-            "mailqueue_deliveries_total{outcome=\"expired\"}",
-        ) == 1.0
-    }));
+    assert!(
+        wait_for(LONG, || {
+            value(
+                &parse(&scrape(&metrics).2),
+                "mailqueue_deliveries_total{outcome=\"expired\"}",
+            ) == 1.0
+        }),
+        "{}\n{}",
+        scrape(&metrics).2,
+        d.log()
+    );
 }
 
 #[test]
@@ -325,4 +336,192 @@ fn stats_without_a_daemon_reads_the_queue_from_the_spool() {
     assert_eq!(code, 0);
     assert!(out.contains("daemon: not running"), "{out}");
     assert!(out.contains("deferred: 1 messages"), "{out}");
+}
+
+/// The queue gauges of a scrape: `(messages, bytes)` by state, in the
+/// order of `list --json`'s `active`, `deferred`, `hold`.
+fn gauges(metrics: &str) -> [(f64, f64); 3] {
+    let m = parse(&scrape(metrics).2);
+    ["active", "deferred", "held"].map(|state| {
+        (
+            value(
+                &m,
+                &format!("mailqueue_queue_messages{{state=\"{state}\"}}"),
+            ),
+            value(&m, &format!("mailqueue_queue_bytes{{state=\"{state}\"}}")),
+        )
+    })
+}
+
+/// The same counts from a full read of the spool (`list --json`).
+fn listed(config: &Path) -> [(f64, f64); 3] {
+    let (code, out, err) = mq(config, &["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let mut by_state = [(0.0, 0.0); 3];
+    for line in out.lines() {
+        let m: Value = serde_json::from_str(line).unwrap();
+        let i = match m["queue_name"].as_str().unwrap() {
+            "active" => 0,
+            "deferred" => 1,
+            "hold" => 2,
+            other => panic!("queue_name {other}"),
+        };
+        by_state[i].0 += 1.0;
+        by_state[i].1 += m["message_size"].as_f64().unwrap();
+    }
+    by_state
+}
+
+/// Scrapes until the gauges agree with a full read of the spool (a
+/// worker may be between two writes); panics naming both otherwise.
+fn assert_gauges_match_the_spool(metrics: &str, config: &Path, what: &str) -> [(f64, f64); 3] {
+    let mut seen = ([(0.0, 0.0); 3], [(0.0, 0.0); 3]);
+    let agreed = wait_for(LONG, || {
+        seen = (gauges(metrics), listed(config));
+        seen.0 == seen.1
+    });
+    assert!(agreed, "{what}: scraped {:?}, listed {:?}", seen.0, seen.1);
+    seen.0
+}
+
+#[test]
+fn queue_gauges_follow_deliveries_deferrals_holds_releases_and_deletes() {
+    require_python_module("prometheus_client");
+    // The peer answers 450 to tempfail-rcpt*: those messages are deferred
+    // (retried an hour later); the others are delivered and leave.
+    let peer = PyServer::start(&[]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut d = Daemon::start(
+        &Setup::to(&peer.url("smtp"))
+            .queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"")
+            .set("metrics", &format!("listen = {metrics:?}")),
+    );
+    let config = d.config_path();
+    let mut c = Client::connect(d.addr()).unwrap();
+    let mut deferred = Vec::new();
+    for n in 0..4 {
+        let big = format!("Subject: {n}\r\n\r\n{}\r\n", "x".repeat(100 * n));
+        deferred.push(queued_id(&c.mail(
+            "sender@example.org",
+            &[&format!("tempfail-rcpt{n}@example.net")],
+            big.as_bytes(),
+        )));
+        c.mail("sender@example.org", &[&format!("ok{n}@example.net")], MSG)
+            .expect(250, "2.0.0");
+    }
+    c.quit();
+    assert!(wait_for(LONG, || d
+        .log()
+        .matches("status=deferred")
+        .count()
+        == 4
+        && d.log().matches("status=sent").count() == 4));
+    let g = assert_gauges_match_the_spool(&metrics, &config, "after deliveries and deferrals");
+    assert_eq!((g[0].0, g[1].0, g[2].0), (0.0, 4.0, 0.0));
+
+    // One by id, then two in bulk.
+    assert_eq!(mq(&config, &["hold", &deferred[0]]).0, 0);
+    let g = assert_gauges_match_the_spool(&metrics, &config, "after a hold");
+    assert_eq!((g[1].0, g[2].0), (3.0, 1.0));
+    let (code, _, err) = mq(&config, &["hold", &deferred[1], &deferred[2]]);
+    assert_eq!(code, 0, "{err}");
+    let g = assert_gauges_match_the_spool(&metrics, &config, "after a bulk hold");
+    assert_eq!((g[1].0, g[2].0), (1.0, 3.0));
+    assert_eq!(mq(&config, &["release", &deferred[0]]).0, 0);
+    assert_gauges_match_the_spool(&metrics, &config, "after a release");
+    let (code, _, err) = mq(&config, &["release", "ALL"]);
+    assert_eq!(code, 0, "{err}");
+    let g = assert_gauges_match_the_spool(&metrics, &config, "after release ALL");
+    assert_eq!(g[2].0, 0.0);
+    assert_eq!(mq(&config, &["delete", &deferred[3]]).0, 0);
+    let g = assert_gauges_match_the_spool(&metrics, &config, "after a delete");
+    assert_eq!(g[1].0, 3.0);
+    let (code, _, err) = mq(&config, &["hold", "ALL"]);
+    assert_eq!(code, 0, "{err}");
+    let g = assert_gauges_match_the_spool(&metrics, &config, "after hold ALL");
+    assert_eq!(g[2].0, 3.0);
+
+    // The oldest age (time held before a release not counted), against
+    // `stats` reading the spool once the daemon has stopped.
+    std::thread::sleep(Duration::from_millis(1100));
+    let scraped_at = std::time::Instant::now();
+    let scraped = value(
+        &parse(&scrape(&metrics).2),
+        "mailqueue_queue_oldest_message_age_seconds",
+    );
+    assert!(scraped >= 1.0, "{scraped}");
+    d.terminate();
+    assert!(d.wait_exit(LONG).is_some_and(|s| s.success()));
+    let (code, out, err) = mq(&config, &["stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let s: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(s["held"]["messages"], 3, "{s}");
+    // Whole seconds, read at two moments `between` apart.
+    let from_spool = s["oldest_age_s"].as_f64().unwrap();
+    let between = scraped_at.elapsed().as_secs_f64();
+    assert!(
+        from_spool + 1.0 >= scraped && from_spool <= scraped + between + 1.0,
+        "scraped {scraped}, spool {from_spool} {between:.1}s later"
+    );
+}
+
+#[test]
+fn connections_past_max_connections_get_421_are_counted_and_logged_once_a_second() {
+    require_python_module("prometheus_client");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(
+        &Setup::default()
+            .listen("max_connections = 2")
+            .set("metrics", &format!("listen = {metrics:?}")),
+    );
+    let refused = |m: &HashMap<String, f64>| {
+        value(
+            m,
+            "mailqueue_refused_total{reason=\"too_many_connections\"}",
+        )
+    };
+    assert_eq!(refused(&parse(&scrape(&metrics).2)), 0.0);
+    let held: Vec<Client> = (0..2).map(|_| Client::connect(d.addr()).unwrap()).collect();
+    let extra = || {
+        let mut c = Client::raw(d.addr()).unwrap();
+        let r = c.reply();
+        assert_eq!(r.code, 421, "{:?}", r.lines);
+        assert!(
+            r.text().starts_with("4.7.0 Too many connections"),
+            "{:?}",
+            r.lines
+        );
+    };
+    extra();
+    assert!(d.wait_log(
+        "NOQUEUE: reject: CONNECT from [127.0.0.1]: 421 4.7.0 Too many connections, \
+         try again later; proto=SMTP",
+        LONG
+    ));
+    assert_eq!(refused(&parse(&scrape(&metrics).2)), 1.0);
+
+    // A flood: every one counted, the log kept to a line a second.
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        extra();
+    }
+    let flood = started.elapsed();
+    assert_eq!(refused(&parse(&scrape(&metrics).2)), 6.0);
+    let lines = d.log().matches("NOQUEUE: reject: CONNECT").count();
+    assert!(
+        lines <= 1 + flood.as_secs() as usize + 1,
+        "{lines} lines for 6 refusals in {flood:?}\n{}",
+        d.log()
+    );
+    // Once connections are taken again, the refusals not logged yet are.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(1100));
+    Client::connect(d.addr()).unwrap().quit();
+    if lines == 1 {
+        assert!(
+            d.wait_log("5 more connections refused (too many connections)", LONG),
+            "{}",
+            d.log()
+        );
+    }
 }

@@ -300,12 +300,10 @@ fn spool_stats(config: &Config, format: Format) -> u8 {
 
 /// `active`, `deferred` or `hold`, as Postfix names its queues.
 fn queue_name(m: &MessageMeta) -> &'static str {
-    if m.hold {
-        "hold"
-    } else if m.pending().any(|r| r.tries > 0) {
-        "deferred"
-    } else {
-        "active"
+    match mailqueue::queue::spool::State::of(m) {
+        mailqueue::queue::spool::State::Held => "hold",
+        mailqueue::queue::spool::State::Deferred => "deferred",
+        mailqueue::queue::spool::State::Active => "active",
     }
 }
 

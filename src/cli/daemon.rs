@@ -160,15 +160,6 @@ static RESTART: &[Key] = &[
     key!("spool", spool),
     key!("[listen] smtp", listen.smtp),
     key!("[queue] workers", queue.workers),
-    key!("[queue] max_tries", queue.max_tries),
-    key!("[queue] initial_retry", queue.initial_retry),
-    key!("[queue] retry_scale", queue.retry_scale),
-    key!("[queue] max_retry_interval", queue.max_retry_interval),
-    key!("[queue] max_lifetime", queue.max_lifetime),
-    key!("[queue] delay_warning", queue.delay_warning),
-    key!("[bounce] enabled", bounce.enabled),
-    key!("[bounce] from", bounce.from),
-    key!("[bounce] max_return_size", bounce.max_return_size),
     key!("[log] format", log.format),
     key!("[metrics] listen", metrics.listen),
 ];
@@ -179,23 +170,24 @@ fn keep_restart_settings(running: &Config, new: &mut Config) {
     new.hostname.clone_from(&running.hostname);
     new.spool.clone_from(&running.spool);
     new.listen.smtp.clone_from(&running.listen.smtp);
-    let (q, r) = (&mut new.queue, &running.queue);
-    q.workers = r.workers;
-    q.max_tries = r.max_tries;
-    q.initial_retry = r.initial_retry;
-    q.retry_scale = r.retry_scale;
-    q.max_retry_interval = r.max_retry_interval;
-    q.max_lifetime = r.max_lifetime;
-    q.delay_warning = r.delay_warning;
-    new.bounce.enabled = running.bounce.enabled;
-    new.bounce.from.clone_from(&running.bounce.from);
-    new.bounce.max_return_size = running.bounce.max_return_size;
+    new.queue.workers = running.queue.workers;
     new.log.format = running.log.format;
     new.metrics.listen.clone_from(&running.metrics.listen);
 }
 
-/// The settings a reload applies.
+/// The settings a reload applies. The retry policy and the notice
+/// settings apply from each message's next attempt: nothing is
+/// rescheduled at the reload (see [`Queue::set_retry`]).
 static RELOADED: &[Key] = &[
+    key!("[queue] max_tries", queue.max_tries),
+    key!("[queue] initial_retry", queue.initial_retry),
+    key!("[queue] retry_scale", queue.retry_scale),
+    key!("[queue] max_retry_interval", queue.max_retry_interval),
+    key!("[queue] max_lifetime", queue.max_lifetime),
+    key!("[queue] delay_warning", queue.delay_warning),
+    key!("[bounce] enabled", bounce.enabled),
+    key!("[bounce] from", bounce.from),
+    key!("[bounce] max_return_size", bounce.max_return_size),
     key!("[queue] max_messages", queue.max_messages),
     key!("[queue] max_bytes", queue.max_bytes),
     key!("[queue] min_free_bytes", queue.min_free_bytes),
@@ -278,7 +270,7 @@ fn reconfigure(running: &Config, loaded: Result<Config, String>, live: &Live) ->
         log::warn!("config: {w}");
     }
     live.queue.set_targets(target, bounce);
-    live.queue.set_limits(new.queue_options().limits);
+    apply_queue_options(live.queue, &new);
     live.server.set_settings(settings);
     apply_log_level(new.log.level);
     *live.pickup_limits.lock().unwrap_or_else(|p| p.into_inner()) = sendmail::limits(&new);
@@ -289,6 +281,15 @@ fn reconfigure(running: &Config, loaded: Result<Config, String>, live: &Live) ->
         log::info!("reload: done; changed: {}", changed.join(", "));
     }
     Some(new)
+}
+
+/// Puts a reloaded configuration's quotas, retry policy and notice
+/// settings in force in the running queue.
+fn apply_queue_options(queue: &Queue, config: &Config) {
+    let options = config.queue_options();
+    queue.set_limits(options.limits);
+    queue.set_retry(options.retry);
+    queue.set_notices(options.notices, options.delay_warning);
 }
 
 /// The pickup thread: a pass at start, when told (a wake-up on `wake`),

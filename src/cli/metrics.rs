@@ -4,19 +4,21 @@
 //!
 //! The event counters live in the library (`queue::stats::Stats`, a few
 //! atomics); the queue's shape by state (active, deferred, held) and the
-//! oldest message's age are read from the spool's metadata at each scrape,
-//! as `list` reads them, so they cost nothing per message.
+//! oldest message's age come from the spool's census, kept in memory as
+//! messages change (`Queue::census`): a scrape reads no file, however
+//! many messages are queued.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use mailqueue::queue::meta::{MessageMeta, Timestamp};
+use mailqueue::queue::spool::{CensusCounts, State};
 use mailqueue::queue::stats::{self, OUTCOMES, REFUSAL_REASONS};
 use mailqueue::{Config, Queue};
 
 /// The queue's states, as `list --json` names them (`hold` there).
-pub const STATES: [&str; 3] = ["active", "deferred", "held"];
+pub use mailqueue::queue::spool::STATES;
 
 /// Messages and bytes by state, and the oldest message's age.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -32,18 +34,20 @@ impl Shape {
     pub fn of(messages: &[MessageMeta], now: Timestamp) -> Shape {
         let mut s = Shape::default();
         for m in messages {
-            let state = if m.hold {
-                2
-            } else if m.pending().any(|r| r.tries > 0) {
-                1
-            } else {
-                0
-            };
+            let state = State::of(m) as usize;
             s.by_state[state].0 += 1;
             s.by_state[state].1 += m.size;
             s.oldest_age_secs = s.oldest_age_secs.max(m.age(now).as_secs());
         }
         s
+    }
+
+    /// The shape the running queue's census counts.
+    pub fn of_census(c: &CensusCounts, now: Timestamp) -> Shape {
+        Shape {
+            by_state: c.by_state,
+            oldest_age_secs: c.oldest_age(now).as_secs(),
+        }
     }
 }
 
@@ -138,13 +142,7 @@ fn answer(request: tiny_http::Request, queue: &Queue) {
 
 /// The running queue's metrics in the text format.
 pub fn render(queue: &Queue) -> String {
-    let shape = match queue.list() {
-        Ok(messages) => Shape::of(&messages, Timestamp::now()),
-        Err(e) => {
-            log::warn!("metrics: cannot read the queue: {e}");
-            Shape::default()
-        }
-    };
+    let shape = Shape::of_census(&queue.census(), Timestamp::now());
     let free = fs2::available_space(&queue.options().spool).ok();
     encode(&shape, queue.counters(), free)
 }

@@ -273,6 +273,10 @@ pub struct Queued {
     pub hold: bool,
     /// Some recipient still waits for delivery.
     pub pending: bool,
+    /// Some recipient still waiting was tried (the message is deferred).
+    pub deferred: bool,
+    pub arrival: Timestamp,
+    pub held_ms: u64,
 }
 
 impl Queued {
@@ -282,6 +286,7 @@ impl Queued {
         #[derive(Deserialize)]
         struct Status {
             status: RcptStatus,
+            tries: u32,
         }
         #[derive(Deserialize)]
         struct View {
@@ -291,6 +296,9 @@ impl Queued {
             size: u64,
             #[serde(default)]
             hold: bool,
+            arrival: Timestamp,
+            #[serde(default)]
+            held_ms: u64,
             recipients: Vec<Status>,
         }
         let v: View = serde_json::from_slice(bytes).map_err(MetaError::json)?;
@@ -306,6 +314,12 @@ impl Queued {
             size: v.size,
             hold: v.hold,
             pending: v.recipients.iter().any(|r| r.status == RcptStatus::Pending),
+            deferred: v
+                .recipients
+                .iter()
+                .any(|r| r.status == RcptStatus::Pending && r.tries > 0),
+            arrival: v.arrival,
+            held_ms: v.held_ms,
         })
     }
 }
@@ -328,8 +342,16 @@ mod tests {
             (q.id, q.next_attempt, q.size, q.hold, q.pending),
             (meta.id, meta.next_attempt, 1234, true, true)
         );
+        assert!(!q.deferred);
+        assert_eq!((q.arrival, q.held_ms), (meta.arrival, 0));
+        meta.recipients[1].tries = 1;
+        meta.held_ms = 70;
+        let q = Queued::from_json(&meta.to_json()).unwrap();
+        assert!(q.deferred);
+        assert_eq!(q.held_ms, 70);
         meta.recipients[1].status = RcptStatus::Failed;
-        assert!(!Queued::from_json(&meta.to_json()).unwrap().pending);
+        let q = Queued::from_json(&meta.to_json()).unwrap();
+        assert!(!q.pending && !q.deferred);
         let text = String::from_utf8(meta.to_json()).unwrap();
         let newer = text.replace("\"version\":1", "\"version\":2");
         assert!(Queued::from_json(newer.as_bytes()).is_err());

@@ -44,6 +44,7 @@ use crate::envelope::{Envelope, Recipient};
 
 pub use crate::id::{BadMessageId, MessageId};
 use meta::{MessageMeta, Timestamp};
+use options::LivePolicy;
 pub use options::{NoticeOptions, QueueLimits, QueueOptions};
 use retry::RetryPolicy;
 use spool::{MessageWriter, Spool, SpoolLock};
@@ -56,9 +57,13 @@ pub use incoming::IncomingMessage;
 
 /// State shared by the queue handle and its worker threads.
 pub(crate) struct Shared {
+    /// The options as the queue was opened; the retry policy and the
+    /// notice settings in force are `policy`'s.
     pub options: QueueOptions,
     pub spool: Spool,
-    pub policy: RetryPolicy,
+    /// The retry policy and the notice settings now: `options`' at first,
+    /// then as [`Queue::set_retry`] and [`Queue::set_notices`] set them.
+    pub policy: LivePolicy,
     /// The targets, replaceable while the queue runs (see
     /// [`Queue::set_targets`]); each is itself a target, so a worker
     /// delivers through `&*shared.target`.
@@ -127,7 +132,7 @@ pub struct Job {
 impl Shared {
     /// Hands a message to the time wheel for `when` (wall-clock).
     pub(crate) fn schedule(&self, id: MessageId, when: Timestamp) {
-        let wait = clock::wait_until(when, Timestamp::now(), self.policy.max_interval);
+        let wait = clock::wait_until(when, Timestamp::now(), self.policy.retry().max_interval);
         if wait.is_zero() {
             // Due now and a worker free: skip the timer thread's wake-up.
             let direct = self.direct_jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -270,7 +275,7 @@ impl Queue {
         let direct_jobs = Mutex::new(Some(jobs_tx.clone()));
         let timer = Timer::start(jobs_tx);
         let shared = Arc::new(Shared {
-            policy: options.retry,
+            policy: LivePolicy::new(&options),
             limits: RwLock::new(options.limits),
             options,
             spool,
@@ -300,9 +305,36 @@ impl Queue {
     }
 
     /// The options the queue was opened with; the quotas now are
-    /// [`Queue::limits`].
+    /// [`Queue::limits`], the retry policy and notice settings now
+    /// [`Queue::settings`].
     pub fn options(&self) -> &QueueOptions {
         &self.shared.options
+    }
+
+    /// The options in force now: those the queue was opened with, with
+    /// the retry policy and the notice settings set since.
+    pub fn settings(&self) -> QueueOptions {
+        QueueOptions::clone(&self.shared.policy.options())
+    }
+
+    /// Replaces the retry policy (`max_tries`, the retry curve,
+    /// `max_lifetime`). It applies from each message's next attempt:
+    /// nothing is rescheduled now, a message keeps the time its last
+    /// attempt chose, and is then judged and rescheduled under the new
+    /// policy. A lower `max_tries` or `max_lifetime` thus gives up queued
+    /// mail at its next try, not at once.
+    pub fn set_retry(&self, retry: RetryPolicy) {
+        self.shared.policy.change(|o| o.retry = retry);
+    }
+
+    /// Replaces the notice settings and the wait before a delay warning,
+    /// for the notices made from now on (at each message's next attempt,
+    /// or by the operator's `expire`).
+    pub fn set_notices(&self, notices: NoticeOptions, delay_warning: std::time::Duration) {
+        self.shared.policy.change(|o| {
+            o.notices = notices;
+            o.delay_warning = delay_warning;
+        });
     }
 
     /// Replaces the delivery target and the target for notices. Attempts
@@ -376,6 +408,13 @@ impl Queue {
     #[doc(hidden)]
     pub fn counters(&self) -> &stats::Stats {
         &self.shared.stats
+    }
+
+    /// Messages and bytes queued now by state, and the oldest message's
+    /// start, kept up to date as messages change (nothing is read from
+    /// disk): what the metrics endpoint reports.
+    pub fn census(&self) -> spool::CensusCounts {
+        self.shared.spool.census()
     }
 
     /// Messages and bytes queued now.

@@ -5,6 +5,7 @@
 //! [`QueueOptions::new`].
 
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::retry::RetryPolicy;
@@ -111,5 +112,68 @@ impl Default for NoticeOptions {
             from: String::new(),
             max_return_size: 50_000,
         }
+    }
+}
+
+/// The parts of a running queue's options that may change while it runs:
+/// the retry policy, the delay warning and the notice settings. Kept as a
+/// whole copy of the options, swapped on a change, so that a notice is
+/// made from one consistent set; a reader holds the lock only to copy the
+/// policy or clone the `Arc`, so reading it at each use costs next to
+/// nothing against an attempt.
+pub(crate) struct LivePolicy(RwLock<Arc<QueueOptions>>);
+
+impl LivePolicy {
+    pub(crate) fn new(options: &QueueOptions) -> LivePolicy {
+        LivePolicy(RwLock::new(Arc::new(options.clone())))
+    }
+
+    /// The options in force now.
+    pub(crate) fn options(&self) -> Arc<QueueOptions> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The retry policy in force now.
+    pub(crate) fn retry(&self) -> RetryPolicy {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).retry
+    }
+
+    /// [`RetryPolicy::delay`] of the policy in force now.
+    pub(crate) fn delay(&self, tries: u32) -> Duration {
+        self.retry().delay(tries)
+    }
+
+    /// [`RetryPolicy::gives_up`] of the policy in force now.
+    pub(crate) fn gives_up(&self, tries: u32, age: Duration) -> bool {
+        self.retry().gives_up(tries, age)
+    }
+
+    /// Puts in force a changed copy of the options.
+    pub(crate) fn change(&self, change: impl FnOnce(&mut QueueOptions)) {
+        let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut new = QueueOptions::clone(&current);
+        change(&mut new);
+        *current = Arc::new(new);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_policy_is_read_at_the_next_use_and_readers_keep_theirs() {
+        let live = LivePolicy::new(&QueueOptions::new("/nonexistent"));
+        let before = live.options();
+        assert!(!live.gives_up(1, Duration::ZERO));
+        live.change(|o| {
+            o.retry.max_tries = 1;
+            o.notices.enabled = false;
+        });
+        assert!(live.gives_up(1, Duration::ZERO));
+        assert!(!live.options().notices.enabled);
+        // A notice being made with the old settings finishes with them.
+        assert!(before.notices.enabled);
+        assert_eq!(before.retry.max_tries, 20);
     }
 }

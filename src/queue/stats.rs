@@ -135,7 +135,7 @@ pub enum Way {
 
 /// Why the listener refused a command, as its reply's enhanced code
 /// says; the label values of `mailqueue_refused_total`.
-pub const REFUSAL_REASONS: [&str; 7] = [
+pub const REFUSAL_REASONS: [&str; 8] = [
     "relay_denied",
     "message_size",
     "quota",
@@ -143,7 +143,12 @@ pub const REFUSAL_REASONS: [&str; 7] = [
     "bad_address",
     "protocol",
     "other",
+    "too_many_connections",
 ];
+
+/// The index in [`REFUSAL_REASONS`] of a connection refused past
+/// `[listen] max_connections` (its 421 4.7.0 says no more than "other").
+const TOO_MANY_CONNECTIONS: usize = 7;
 
 /// The index in [`REFUSAL_REASONS`] of a refusal with this reply.
 fn refusal_reason(reply: &SmtpReply) -> usize {
@@ -228,6 +233,11 @@ impl Stats {
     /// Counts a notice queued.
     pub fn notice(&self) {
         self.notices.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection refused (421) past `max_connections`.
+    pub fn connection_refused(&self) {
+        self.refused[TOO_MANY_CONNECTIONS].fetch_add(1, Relaxed);
     }
 
     /// Counts a connection the listener took on.
@@ -371,7 +381,9 @@ mod tests {
         ] {
             s.reply_sent(&SmtpReply::with_code(code, e, "x"));
         }
-        assert_eq!(s.refused_counts(), [1, 1, 1, 1, 2, 1, 1]);
+        assert_eq!(s.refused_counts(), [1, 1, 1, 1, 2, 1, 1, 0]);
+        s.connection_refused();
+        assert_eq!(s.refused_counts(), [1, 1, 1, 1, 2, 1, 1, 1]);
         s.outcome("sent", false);
         s.outcome("bounced", true);
         s.outcome("bounced", false);

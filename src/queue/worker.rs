@@ -55,7 +55,7 @@ pub(crate) fn run(shared: &Shared, jobs: &Receiver<Job>) {
             Ok(Err(e)) => {
                 // Typically a full disk: the results of this attempt could
                 // not be written, so it will be repeated later.
-                let wait = shared.policy.initial.min(Duration::from_secs(60));
+                let wait = shared.policy.retry().initial.min(Duration::from_secs(60));
                 log::error!(
                     "{id}: attempt not recorded, retrying in {}s: {e}",
                     wait.as_secs()
@@ -370,7 +370,7 @@ fn operator_expire(meta: &mut MessageMeta) -> Reported {
 /// One delay warning per recipient, once it has waited long enough.
 fn delay_warnings(shared: &Shared, meta: &mut MessageMeta, age: Duration) -> Reported {
     let mut delayed = Vec::new();
-    let warn_after = shared.options.delay_warning;
+    let warn_after = shared.policy.options().delay_warning;
     if !warn_after.is_zero() && age >= warn_after {
         for (i, r) in meta.recipients.iter_mut().enumerate() {
             if r.status == RcptStatus::Pending && !r.delay_warned && r.tries > 0 {
@@ -398,7 +398,8 @@ fn send_notices(
         if reported.is_empty() {
             continue;
         }
-        if let Some((envelope, bytes)) = dsn::notice(&shared.options, &shared.spool, meta, reported)
+        if let Some((envelope, bytes)) =
+            dsn::notice(&shared.policy.options(), &shared.spool, meta, reported)
         {
             match shared.store_notice(&envelope, &bytes) {
                 Ok(dsn_id) => log::info!("{}: sender {what}: {dsn_id}", meta.id),

@@ -25,6 +25,7 @@ mod refusal;
 mod session;
 mod threads;
 
+use refusal::ConnectionRefusals;
 use session::Session;
 
 /// How long a session thread waits for the next connection: under load
@@ -155,21 +156,24 @@ impl Server {
         };
         let mut addrs = Vec::new();
         let mut threads = Vec::new();
+        let refusals = Arc::new(ConnectionRefusals::default());
         for listener in listeners {
             if let Ok(a) = listener.local_addr() {
                 log::info!("listening for SMTP on {a}");
                 addrs.push(a);
             }
-            let (stopping, active, sessions, settings) = (
-                Arc::clone(&stopping),
-                Arc::clone(&active),
-                Arc::clone(&sessions),
-                Arc::clone(&settings),
-            );
+            let accepting = Accepting {
+                sessions: Arc::clone(&sessions),
+                settings: Arc::clone(&settings),
+                stopping: Arc::clone(&stopping),
+                active: Arc::clone(&active),
+                queue: Arc::clone(&queue),
+                refusals: Arc::clone(&refusals),
+            };
             threads.push(
                 thread::Builder::new()
                     .name("mailqueue-listen".into())
-                    .spawn(move || accept_loop(listener, &sessions, &settings, &stopping, &active))
+                    .spawn(move || accept_loop(listener, &accepting))
                     .expect("cannot start the listener thread"),
             );
         }
@@ -212,6 +216,19 @@ impl Server {
     }
 }
 
+/// Answers a connection past `max_connections` with 421, counts it among
+/// the refusals and logs it (at most one line a second). The write may
+/// not block the accept loop for long: the client is not read from.
+fn refuse(stream: &mut TcpStream, a: &Accepting) {
+    let reply = refusal::too_many_connections();
+    // Counted before the client can read the reply and look.
+    a.queue.counters().connection_refused();
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.write_all(format!("{reply}\r\n").as_bytes());
+    a.refusals
+        .refused(stream.peer_addr().ok().map(|p| p.ip()), &reply);
+}
+
 struct ActiveGuard(Arc<AtomicUsize>);
 
 impl Drop for ActiveGuard {
@@ -220,13 +237,25 @@ impl Drop for ActiveGuard {
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    sessions: &Reused<(TcpStream, ActiveGuard)>,
-    settings: &Current,
-    stopping: &AtomicBool,
-    active: &Arc<AtomicUsize>,
-) {
+/// What an accepting thread shares with the others and the sessions.
+struct Accepting {
+    sessions: Arc<Reused<(TcpStream, ActiveGuard)>>,
+    settings: Current,
+    stopping: Arc<AtomicBool>,
+    active: Arc<AtomicUsize>,
+    /// For the counters of refused connections.
+    queue: Arc<Queue>,
+    refusals: Arc<ConnectionRefusals>,
+}
+
+fn accept_loop(listener: TcpListener, a: &Accepting) {
+    let Accepting {
+        sessions,
+        settings,
+        stopping,
+        active,
+        ..
+    } = a;
     for stream in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             return;
@@ -243,10 +272,10 @@ fn accept_loop(
         let max_connections = current(settings).max_connections;
         if active.fetch_add(1, Ordering::SeqCst) >= max_connections {
             active.fetch_sub(1, Ordering::SeqCst);
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-            let _ = stream.write_all(b"421 4.7.0 Too many connections, try again later\r\n");
+            refuse(&mut stream, a);
             continue;
         }
+        a.refusals.flush();
         let guard = ActiveGuard(Arc::clone(active));
         if let Err(e) = sessions.run((stream, guard)) {
             log::error!("cannot start a connection thread: {e}");

@@ -1,6 +1,12 @@
 //! Refusals in the log, in Postfix's shape: `NOQUEUE: reject: RCPT from
 //! [ip]: <reply>; from=<...> to=<...> proto=ESMTP helo=<...>`, with what
-//! the client wrote escaped and capped, and a bounded number per session.
+//! the client wrote escaped and capped, and a bounded number per session;
+//! connections refused past `max_connections` as `NOQUEUE: reject:
+//! CONNECT from [ip]: 421 ...`, at most one line a second.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::session::Session;
 use crate::logline;
@@ -107,5 +113,108 @@ impl Session<'_> {
             line.push_str(&format!(" helo=<{}>", logline::clean(helo, logline::FIELD)));
         }
         log::info!("{line}");
+    }
+}
+
+/// The reply to a client past `[listen] max_connections`.
+pub(super) fn too_many_connections() -> SmtpReply {
+    SmtpReply::with_code(421, (4, 7, 0), "Too many connections, try again later")
+}
+
+/// Shortest time between two log lines of connections refused for
+/// `max_connections`: a flood of connections must not flood the log.
+const CONNECTION_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Logs the connections refused past `max_connections`, in Postfix's
+/// shape (`NOQUEUE: reject: CONNECT from [ip]: 421 4.7.0 ...;
+/// proto=SMTP`), at most one line per [`CONNECTION_LOG_INTERVAL`]; a line
+/// says how many were refused since the one before without a line of
+/// their own. Shared by the accept threads.
+#[derive(Default)]
+pub(super) struct ConnectionRefusals(Mutex<Unlogged>);
+
+#[derive(Default)]
+struct Unlogged {
+    last_line: Option<Instant>,
+    /// Refused since `last_line` without a line of their own.
+    count: u64,
+}
+
+impl ConnectionRefusals {
+    /// Logs (or counts for a later line) a connection from `ip` refused
+    /// with `reply`.
+    pub(super) fn refused(&self, ip: Option<IpAddr>, reply: &SmtpReply) {
+        let now = Instant::now();
+        let mut u = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !u.due(now) {
+            u.count += 1;
+            return;
+        }
+        let ip = ip
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        log::info!(
+            "NOQUEUE: reject: CONNECT from [{ip}]: {}; proto=SMTP{}",
+            logline::clean(&reply.to_string(), logline::REPLY),
+            u.take_count()
+        );
+        u.last_line = Some(now);
+    }
+
+    /// Logs the count of refusals not logged yet, once the interval has
+    /// passed: called as connections are accepted again, so the end of a
+    /// flood is not left uncounted until the next one.
+    pub(super) fn flush(&self) {
+        let now = Instant::now();
+        let mut u = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if u.count == 0 || !u.due(now) {
+            return;
+        }
+        log::info!(
+            "NOQUEUE: reject: CONNECT: {} more connections refused (too many connections) \
+             since the last line",
+            u.count
+        );
+        u.count = 0;
+        u.last_line = Some(now);
+    }
+}
+
+impl Unlogged {
+    fn due(&self, now: Instant) -> bool {
+        self.last_line
+            .is_none_or(|t| now.duration_since(t) >= CONNECTION_LOG_INTERVAL)
+    }
+
+    /// The tail of a line that follows refusals not logged, and resets
+    /// their count.
+    fn take_count(&mut self) -> String {
+        let n = std::mem::take(&mut self.count);
+        if n == 0 {
+            String::new()
+        } else {
+            format!(" ({n} more refused since the last line)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_refused_connections_logs_one_line_then_a_count() {
+        let r = ConnectionRefusals::default();
+        let reply = too_many_connections();
+        for _ in 0..100 {
+            r.refused(None, &reply);
+        }
+        let u = r.0.lock().unwrap();
+        assert!(u.last_line.is_some());
+        assert_eq!(u.count, 99, "the first one is logged, the rest counted");
+        drop(u);
+        r.0.lock().unwrap().last_line = Some(Instant::now() - CONNECTION_LOG_INTERVAL);
+        r.flush();
+        assert_eq!(r.0.lock().unwrap().count, 0);
     }
 }

@@ -128,7 +128,7 @@ impl Admin<'_> {
                 }
                 let failed = give_up_pending(&mut meta);
                 self.count_expired(failed.len());
-                let notice = match dsn::failure_notice(self.options, self.spool, &meta, &failed) {
+                let notice = match dsn::failure_notice(&self.options, self.spool, &meta, &failed) {
                     Some((envelope, bytes)) => {
                         match self.spool.create_message().and_then(|mut w| {
                             w.copy_from(&mut &bytes[..])?;

@@ -7,6 +7,8 @@
 //! an attempt's bookkeeping: the worker re-reads the metadata after its
 //! transaction, so a delete or hold made meanwhile stands.
 
+use std::sync::Arc;
+
 use crate::queue::meta::{MessageMeta, RcptStatus, Timestamp};
 use crate::queue::options::QueueOptions;
 use crate::queue::spool::{io_error, MessageLock, Spool};
@@ -25,7 +27,9 @@ const MAX_SHOWN_HEADER: usize = 64 * 1024;
 /// Management operations on one spool.
 pub struct Admin<'a> {
     spool: &'a Spool,
-    options: &'a QueueOptions,
+    /// For notices: in the daemon, its settings in force when the
+    /// command started (a reload may have changed them since it opened).
+    options: Arc<QueueOptions>,
     shared: Option<&'a Shared>,
 }
 
@@ -33,7 +37,7 @@ impl<'a> Admin<'a> {
     pub(crate) fn daemon(shared: &'a Shared) -> Admin<'a> {
         Admin {
             spool: &shared.spool,
-            options: &shared.options,
+            options: shared.policy.options(),
             shared: Some(shared),
         }
     }
@@ -50,7 +54,7 @@ impl<'a> Admin<'a> {
     pub fn direct(spool: &'a Spool, options: &'a QueueOptions) -> Admin<'a> {
         Admin {
             spool,
-            options,
+            options: Arc::new(options.clone()),
             shared: None,
         }
     }
@@ -275,7 +279,7 @@ impl<'a> Admin<'a> {
         let failed = give_up_pending(&mut meta);
         self.count_expired(failed.len());
         if let Some((envelope, bytes)) =
-            dsn::failure_notice(self.options, self.spool, &meta, &failed)
+            dsn::failure_notice(&self.options, self.spool, &meta, &failed)
         {
             let stored = match self.shared {
                 Some(s) => s.store_notice(&envelope, &bytes),

@@ -66,6 +66,7 @@ impl Spool {
         }
         let mut report = scan.report;
         report.messages.sort_by_key(|m| m.id);
+        self.census.reset(&report.messages);
         Ok(report)
     }
 }

@@ -27,6 +27,7 @@
 //! counts as done: a deleted or finished message does not come back after
 //! a power loss. Quarantines fsync `corrupt/`, then `queue/`.
 
+mod census;
 pub mod layout;
 mod load;
 mod lock;
@@ -47,6 +48,8 @@ use std::sync::Mutex;
 
 use crate::queue::{MessageId, QueueError};
 
+use census::Census;
+pub use census::{CensusCounts, State, STATES};
 pub use load::LoadReport;
 pub use lock::{MessageLock, SpoolLock, LOCK_WAIT};
 pub(crate) use sync::sync_dir;
@@ -68,6 +71,8 @@ pub struct Spool {
     /// write of that run; an older one was complete at that start, and
     /// has been damaged since.
     last_start: Mutex<Option<std::time::SystemTime>>,
+    /// What the spool holds, by state, kept as this process changes it.
+    census: Census,
     root: PathBuf,
     queue: PathBuf,
     tmp: PathBuf,
@@ -94,6 +99,7 @@ impl Spool {
             queue_sync: GroupSync::default(),
             owner: None,
             last_start: Mutex::new(None),
+            census: Census::default(),
         };
         let root_existed = root.exists();
         // Private to the spool's owner, except that the owner's group may
@@ -133,6 +139,14 @@ impl Spool {
             std::os::unix::fs::fchown(file, Some(uid), Some(gid)).map_err(io_error(path))?;
         }
         Ok(())
+    }
+
+    /// Messages and bytes by state and the oldest message's start, as
+    /// this process has seen them since its start-up scan ([`Spool::load`]):
+    /// exact in the daemon, which makes every change; empty for a spool
+    /// opened without a scan.
+    pub fn census(&self) -> CensusCounts {
+        self.census.counts()
     }
 
     pub fn root(&self) -> &Path {

@@ -52,6 +52,9 @@ impl Spool {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error(&path)(e)),
             }
+            // Without its message file it is no longer listed: no longer
+            // counted, whatever happens to its `.meta`.
+            self.census.remove(id);
         }
         Ok(())
     }
@@ -64,6 +67,9 @@ impl Spool {
 
     pub(super) fn move_to_corrupt(&self, id: &str, reason: &str) {
         log::error!("{id}: moved to {}: {reason}", self.corrupt.display());
+        if let Ok(id) = id.parse::<MessageId>() {
+            self.census.remove(&id);
+        }
         for ext in ["meta", "msg"] {
             let from = self.queue.join(format!("{id}.{ext}"));
             let to = self.corrupt.join(format!("{id}.{ext}"));

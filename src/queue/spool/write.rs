@@ -90,6 +90,7 @@ impl Spool {
             .map_err(io_error(&path))?;
         self.queue_sync.sync(&self.queue)?;
         writer.done = true;
+        self.census.set(meta);
         Ok(())
     }
 
@@ -139,6 +140,7 @@ impl Spool {
                     });
                 }
                 writer.done = true;
+                self.census.set(&meta);
                 log::info!(
                     "{}: from=<{}>, size={}, nrcpt={}{}",
                     meta.id,
@@ -188,6 +190,7 @@ impl Spool {
     /// Replaces a message's metadata atomically and durably.
     pub fn write_meta(&self, meta: &MessageMeta) -> Result<(), QueueError> {
         self.write_meta_file(meta)?;
+        self.census.set(meta);
         self.queue_sync.sync(&self.queue)
     }
 
@@ -234,6 +237,9 @@ impl Spool {
                 let tmp = self.tmp.join(format!("{}.meta", meta.id));
                 let dst = self.meta_path(&meta.id);
                 *result = fs::rename(&tmp, &dst).map_err(io_error(&dst));
+                if result.is_ok() {
+                    self.census.set(meta);
+                }
             }
         }
         if let Err(e) = self.queue_sync.sync(&self.queue) {

@@ -1,0 +1,222 @@
+//! The spool's shape kept in memory: messages and bytes by state (active,
+//! deferred, held) and the oldest message's age, so the metrics endpoint
+//! reads them in constant time instead of every metadata file.
+//!
+//! The spool keeps it because every change of a message goes through the
+//! spool (a store, a metadata write, a removal, a quarantine): counting
+//! there, rather than at each caller (the workers, each admin command and
+//! its bulk form), leaves no way to change a message without counting it.
+//!
+//! The oldest age is exact and cheap: the messages' lifetime starts (the
+//! arrival plus the time spent held, as [`MessageMeta::age`] counts) are
+//! counted in a `BTreeMap`, whose first key is the oldest; a change costs
+//! O(log n), a read O(1)-ish, and nothing goes stale as a recomputation
+//! every N seconds would.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::queue::meta::{MessageMeta, Queued, Timestamp};
+use crate::queue::MessageId;
+
+/// A message's state, as `list --json` and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not tried yet (or every pending recipient untried).
+    Active = 0,
+    /// Some pending recipient was tried and failed temporarily.
+    Deferred = 1,
+    /// Held by the operator.
+    Held = 2,
+}
+
+impl State {
+    /// The state of a message with this metadata.
+    pub fn of(meta: &MessageMeta) -> State {
+        Self::from_flags(meta.hold, meta.pending().any(|r| r.tries > 0))
+    }
+
+    fn from_flags(hold: bool, deferred: bool) -> State {
+        match (hold, deferred) {
+            (true, _) => State::Held,
+            (false, true) => State::Deferred,
+            (false, false) => State::Active,
+        }
+    }
+}
+
+/// The names of the states, in the order of [`CensusCounts::by_state`].
+pub const STATES: [&str; 3] = ["active", "deferred", "held"];
+
+/// The shape of the queue at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CensusCounts {
+    /// `(messages, bytes)` in the order of [`STATES`].
+    pub by_state: [(u64, u64); 3],
+    /// When the lifetime of the oldest message started (its arrival plus
+    /// the time it spent held); `None` when the queue is empty.
+    pub oldest_start: Option<Timestamp>,
+}
+
+impl CensusCounts {
+    /// The oldest message's age at `now`; zero when the queue is empty.
+    pub fn oldest_age(&self, now: Timestamp) -> Duration {
+        self.oldest_start.map(|t| now.since(t)).unwrap_or_default()
+    }
+}
+
+/// What the census remembers of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    state: State,
+    size: u64,
+    start: Timestamp,
+}
+
+impl Entry {
+    fn of(meta: &MessageMeta) -> Entry {
+        Entry {
+            state: State::of(meta),
+            size: meta.size,
+            start: meta.arrival.plus(Duration::from_millis(meta.held_ms)),
+        }
+    }
+
+    fn of_queued(q: &Queued) -> Entry {
+        Entry {
+            state: State::from_flags(q.hold, q.deferred),
+            size: q.size,
+            start: q.arrival.plus(Duration::from_millis(q.held_ms)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    /// Each message's entry, so a change replaces what it counted before
+    /// (a state counted twice, or a removal never counted, cannot happen).
+    entries: HashMap<MessageId, Entry>,
+    counts: CensusCounts,
+    /// Messages by lifetime start.
+    starts: BTreeMap<Timestamp, u32>,
+}
+
+impl Tally {
+    fn add(&mut self, e: Entry) {
+        let s = &mut self.counts.by_state[e.state as usize];
+        s.0 += 1;
+        s.1 += e.size;
+        *self.starts.entry(e.start).or_insert(0) += 1;
+    }
+
+    fn subtract(&mut self, e: Entry) {
+        let s = &mut self.counts.by_state[e.state as usize];
+        s.0 = s.0.saturating_sub(1);
+        s.1 = s.1.saturating_sub(e.size);
+        if let Some(n) = self.starts.get_mut(&e.start) {
+            *n -= 1;
+            if *n == 0 {
+                self.starts.remove(&e.start);
+            }
+        }
+    }
+
+    fn set(&mut self, id: MessageId, e: Entry) {
+        match self.entries.insert(id, e) {
+            Some(old) if old == e => return,
+            Some(old) => self.subtract(old),
+            None => {}
+        }
+        self.add(e);
+    }
+
+    fn remove(&mut self, id: &MessageId) {
+        if let Some(old) = self.entries.remove(id) {
+            self.subtract(old);
+        }
+    }
+}
+
+/// The spool's shape, updated as messages change; see the module doc.
+#[derive(Debug, Default)]
+pub(super) struct Census(Mutex<Tally>);
+
+impl Census {
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a message as its metadata now says (new or changed).
+    pub(super) fn set(&self, meta: &MessageMeta) {
+        self.tally().set(meta.id, Entry::of(meta));
+    }
+
+    /// Stops counting a message that left the queue.
+    pub(super) fn remove(&self, id: &MessageId) {
+        self.tally().remove(id);
+    }
+
+    /// Starts over from the messages a start-up scan found.
+    pub(super) fn reset(&self, messages: &[Queued]) {
+        let mut t = Tally::default();
+        for q in messages {
+            t.set(q.id, Entry::of_queued(q));
+        }
+        *self.tally() = t;
+    }
+
+    /// The counts now.
+    pub(super) fn counts(&self) -> CensusCounts {
+        let t = self.tally();
+        CensusCounts {
+            oldest_start: t.starts.keys().next().copied(),
+            ..t.counts
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Envelope;
+
+    fn meta(arrival: u64, size: u64) -> MessageMeta {
+        let env = Envelope::new(None, vec!["a@example.net".parse().unwrap()]);
+        let mut m = MessageMeta::new(MessageId::generate(), &env, size);
+        m.arrival = Timestamp(arrival);
+        m
+    }
+
+    #[test]
+    fn states_and_the_oldest_follow_each_change() {
+        let c = Census::default();
+        assert_eq!(c.counts(), CensusCounts::default());
+        let mut a = meta(1_000, 10);
+        let b = meta(2_000, 20);
+        c.set(&a);
+        c.set(&b);
+        c.set(&b); // written again unchanged: counted once
+        assert_eq!(c.counts().by_state, [(2, 30), (0, 0), (0, 0)]);
+        assert_eq!(c.counts().oldest_age(Timestamp(5_000)).as_millis(), 4_000);
+
+        a.recipients[0].tries = 1;
+        c.set(&a);
+        assert_eq!(c.counts().by_state, [(1, 20), (1, 10), (0, 0)]);
+        a.hold = true;
+        c.set(&a);
+        assert_eq!(c.counts().by_state, [(1, 20), (0, 0), (1, 10)]);
+        // Released after 1.5 s held: its lifetime starts 1.5 s later.
+        a.hold = false;
+        a.held_ms = 1_500;
+        c.set(&a);
+        assert_eq!(c.counts().by_state, [(1, 20), (1, 10), (0, 0)]);
+        assert_eq!(c.counts().oldest_start, Some(Timestamp(2_000)));
+
+        c.remove(&b.id);
+        c.remove(&b.id); // removed twice: counted once
+        assert_eq!(c.counts().oldest_start, Some(Timestamp(2_500)));
+        c.remove(&a.id);
+        assert_eq!(c.counts(), CensusCounts::default());
+    }
+}
