@@ -494,6 +494,7 @@ fn message_meta() -> impl Strategy<Value = MessageMeta> {
             prop::option::of(any::<u64>()),
             any::<u64>(),
             any::<bool>(),
+            prop::option::of(any::<String>()),
         ),
         prop::collection::vec(recipient_meta(), 1..4),
     )
@@ -501,7 +502,7 @@ fn message_meta() -> impl Strategy<Value = MessageMeta> {
             |(
                 (sender, arrival, last_attempt, next_attempt, size, checksum),
                 (ret, envid, smtputf8, eight_bit),
-                (hold, held_since, held_ms, is_dsn),
+                (hold, held_since, held_ms, is_dsn, target),
                 recipients,
             )| MessageMeta {
                 version: META_VERSION,
@@ -527,6 +528,7 @@ fn message_meta() -> impl Strategy<Value = MessageMeta> {
                 held_ms,
                 is_dsn,
                 expire_requested: false,
+                target,
                 recipients,
             },
         )

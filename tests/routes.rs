@@ -297,6 +297,84 @@ fn a_reloaded_route_applies_to_mail_already_queued() {
     );
 }
 
+/// `mailqueue --config <daemon's config> <args>`.
+fn mq(d: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .arg("--config")
+        .arg(d.config_path())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn requeue_pins_stuck_mail_to_a_target_and_without_one_returns_it_to_the_routes() {
+    let peer = PyServer::start(&[]);
+    let (down, other_down) = (free_port(), free_port());
+    let setup = tls_none(Setup::to(&format!("smtp://127.0.0.1:{down}")))
+        .queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"");
+    let d = Daemon::start(&setup);
+    let (a, b) = (
+        submit(&d, "me@example.org", &["a@example.net"]),
+        submit(&d, "me@example.org", &["b@example.net"]),
+    );
+    assert!(wait_for(LONG, || d
+        .log()
+        .matches("status=deferred")
+        .count()
+        == 2));
+
+    // Pinned to the peer: sent now, where the routes would wait an hour.
+    let (code, out, err) = mq(&d, &["requeue", "--target", &peer.url("smtp"), &a]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "Requeued: 1 message");
+    peer.wait_messages(1, LONG);
+    assert_eq!(got(&peer), [["a@example.net"]]);
+    assert!(d.wait_log(
+        &format!("{a}: requeued by the operator to {}", peer.url("smtp")),
+        LONG
+    ));
+
+    // Pinned to a target that is down: deferred there, and show says so;
+    // requeue without --target gives it back to the routes.
+    let other = format!("smtp://127.0.0.1:{other_down}");
+    let (code, _, err) = mq(&d, &["requeue", "--target", &other, &b]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        d.wait_log(
+            &format!("connect to 127.0.0.1[127.0.0.1]:{other_down}"),
+            LONG
+        ),
+        "{}",
+        d.log()
+    );
+    let (_, shown, _) = mq(&d, &["show", &b]);
+    assert!(
+        shown.contains(&format!("target: {other} (pinned by requeue")),
+        "{shown}"
+    );
+    let (code, _, err) = mq(&d, &["requeue", &b]);
+    assert_eq!(code, 0, "{err}");
+    let requeued = format!("{b}: requeued by the operator");
+    assert!(
+        wait_for(LONG, || d.log().matches(&requeued).count() == 2),
+        "{}",
+        d.log()
+    );
+    let (_, shown, _) = mq(&d, &["show", &b]);
+    assert!(!shown.contains("target:"), "{shown}");
+
+    // A URL that is not a target is refused before anything changes.
+    let (code, _, err) = mq(&d, &["requeue", "--target", "ftp://x:21", &b]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--target"), "{err}");
+}
+
 /// `mailqueue --config <file> <args>` with the given config text.
 fn cli(config: &str, args: &[&str]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();

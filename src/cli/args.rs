@@ -83,6 +83,18 @@ pub enum Cmd {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Route messages again, now: IDs, ALL or `-`. With --target, pin
+    /// them to that target until they leave the queue; without, back to
+    /// the routes.
+    Requeue {
+        ids: Vec<String>,
+        /// The target to send them to: smtp://host:port, smtps://, lmtp://,
+        /// lmtp+unix:///path or remote.
+        #[arg(long, value_name = "URL")]
+        target: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
     /// Pending recipients per domain and age (qshape).
     Shape {
         /// By sender domain (messages) instead of recipient domain.
@@ -171,6 +183,18 @@ impl Cmd {
             Cmd::Expire { ids, filter } => {
                 let sel = selection(ids, filter, false)?;
                 (Request::Expire(sel), Format::Text)
+            }
+            Cmd::Requeue {
+                ids,
+                target,
+                filter,
+            } => {
+                if let Some(t) = &target {
+                    t.parse::<mailqueue::TargetSpec>()
+                        .map_err(|e| format!("--target: {e}"))?;
+                }
+                let selection = selection(ids, filter, false)?;
+                (Request::Requeue { selection, target }, Format::Text)
             }
             Cmd::Stats { json } => (Request::Stats, format(json)),
             other => return Ok(Err(other)),

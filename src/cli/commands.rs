@@ -175,7 +175,8 @@ fn report(config: &Config, request: &Request, format: Format, r: &Response) -> u
             | Request::Hold(_)
             | Request::Release(_)
             | Request::Delete(_)
-            | Request::Expire(_),
+            | Request::Expire(_)
+            | Request::Requeue { .. },
             _,
         ) => {
             if let Some(n) = r.done {
@@ -199,6 +200,7 @@ fn bulk_line(request: &Request, n: usize) -> String {
         Request::Release(_) => "Released",
         Request::Delete(_) => "Deleted",
         Request::Expire(_) => "Expired",
+        Request::Requeue { .. } => "Requeued",
         _ => "Done",
     };
     format!("{verb}: {n} message{}", if n == 1 { "" } else { "s" })
@@ -446,6 +448,12 @@ fn show_text(config: &Config, m: &MessageMeta, header: &str) -> String {
     }
     if m.is_dsn {
         s.push_str("notice: yes (delivery status notification)\n");
+    }
+    if let Some(t) = &m.target {
+        s.push_str(&format!(
+            "target: {t} (pinned by requeue; `mailqueue requeue {}` undoes it)\n",
+            m.id
+        ));
     }
     s.push_str("recipients:\n");
     for r in &m.recipients {

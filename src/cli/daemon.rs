@@ -10,10 +10,11 @@ use crossbeam_channel::Receiver;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use mailqueue::config::Config;
+use mailqueue::config::{BadTarget, Config, TargetSpec};
 use mailqueue::ingest::incoming::IncomingLimits;
 use mailqueue::ingest::listener::{self as server, Server, ServerSettings};
 use mailqueue::ingest::pickup::Pickup;
+use mailqueue::queue::BuildTarget;
 use mailqueue::{build_delivery, build_target};
 use mailqueue::{DeliveryTarget, Queue};
 
@@ -36,6 +37,17 @@ pub fn targets(config: &Config) -> Result<Targets, String> {
         None => Arc::clone(&target),
     };
     Ok((target, bounce))
+}
+
+/// How the daemon builds a target the operator pins messages to
+/// (`requeue --target URL`): with the settings of the route that names
+/// it, or `[delivery]`'s.
+pub fn target_builder(config: &Config) -> Arc<BuildTarget> {
+    let config = config.clone();
+    Arc::new(move |url: &str| {
+        let spec: TargetSpec = url.parse().map_err(|e: BadTarget| e.to_string())?;
+        build_target(&spec, &config.config_for_target(&spec)).map_err(|e| e.to_string())
+    })
 }
 
 /// The listener settings of a configuration, loading the TLS identity.
@@ -80,6 +92,7 @@ pub fn serve(config: Config, reload: impl Fn() -> Result<Config, String>) -> Res
         Queue::open_with_bounce_target(config.queue_options(), target, bounce)
             .map_err(|e| e.to_string())?,
     );
+    queue.set_target_builder(target_builder(&config));
     let (pickup_tx, pickup_rx) = crossbeam_channel::bounded(1);
     let mut control = ControlServer::start(Arc::clone(&queue), pickup_tx).map_err(|e| {
         format!(
@@ -270,6 +283,7 @@ fn reconfigure(running: &Config, loaded: Result<Config, String>, live: &Live) ->
         log::warn!("config: {w}");
     }
     live.queue.set_targets(target, bounce);
+    live.queue.set_target_builder(target_builder(&new));
     apply_queue_options(live.queue, &new);
     live.server.set_settings(settings);
     apply_log_level(new.log.level);

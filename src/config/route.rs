@@ -206,6 +206,26 @@ impl RouteConfig {
 }
 
 impl Config {
+    /// The configuration a target named on its own runs with (`mailqueue
+    /// requeue --target`): that of the first route that lists it, else
+    /// `[delivery]`'s, without `[delivery]`'s credentials unless it is
+    /// `[delivery]`'s own target, so that a mistyped URL never hands the
+    /// smarthost's password to another server.
+    pub fn config_for_target(&self, spec: &TargetSpec) -> Config {
+        let listed =
+            |r: &&RouteConfig| r.target.0.contains(spec) || r.fallback.as_ref() == Some(spec);
+        if let Some(route) = self.routes.iter().find(listed) {
+            return route.config(self);
+        }
+        let mut c = self.clone();
+        c.routes.clear();
+        if *spec != self.delivery.target {
+            c.delivery.username.clear();
+            c.delivery.password_file = PathBuf::new();
+        }
+        c
+    }
+
     /// The route (1-based, as `mailqueue routes` numbers them) mail from
     /// `sender` to `rcpt` takes; `None` for `[delivery]`.
     pub fn route_for(&self, sender: &ReversePath, rcpt: &Address) -> Option<usize> {

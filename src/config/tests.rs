@@ -274,3 +274,25 @@ fn metrics_listen_is_off_by_default_and_must_be_an_address() {
     let e = Config::from_toml("[metrics]\nlisten = \"localhost\"\n").unwrap_err();
     assert!(e.to_string().contains("metrics.listen"), "{e}");
 }
+
+#[test]
+fn a_target_named_on_its_own_gets_its_routes_settings_and_no_stray_password() {
+    let c = Config::from_toml(
+        "[delivery]\ntarget = \"smtp://smart.example:587\"\ntls = \"verify\"\n\
+         username = \"u\"\npassword_file = \"/etc/mailqueue/pw\"\n\
+         [[route]]\ndomains = [\"example.net\"]\ntarget = \"smtp://relay.example:25\"\n\
+         tls = \"none\"\nhelo_name = \"out.example.org\"\n",
+    )
+    .unwrap();
+    let smart: TargetSpec = "smtp://smart.example:587".parse().unwrap();
+    assert_eq!(c.config_for_target(&smart).delivery.username, "u");
+    let relay: TargetSpec = "smtp://relay.example:25".parse().unwrap();
+    let r = c.config_for_target(&relay);
+    assert_eq!(r.delivery.tls, TlsPolicy::None);
+    assert_eq!(r.hostname, "out.example.org");
+    assert!(r.delivery.username.is_empty());
+    let other: TargetSpec = "smtp://typo.example:587".parse().unwrap();
+    let o = c.config_for_target(&other);
+    assert!(o.delivery.username.is_empty() && o.delivery.password_file.as_os_str().is_empty());
+    assert_eq!(o.delivery.tls, TlsPolicy::Verify);
+}

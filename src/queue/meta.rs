@@ -164,6 +164,11 @@ pub struct MessageMeta {
     /// pending fails.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expire_requested: bool,
+    /// The target the operator pinned the message to (`requeue --target
+    /// URL`), used instead of the routes until it is delivered or
+    /// requeued again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     pub recipients: Vec<RecipientMeta>,
 }
 
@@ -186,6 +191,7 @@ impl MessageMeta {
             held_ms: 0,
             is_dsn: false,
             expire_requested: false,
+            target: None,
             recipients: envelope
                 .recipients
                 .iter()

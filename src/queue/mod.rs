@@ -52,8 +52,10 @@ use timer::{Command, Timer};
 
 mod error;
 mod incoming;
+mod pinned;
 pub use error::{is_no_space, QueueError};
 pub use incoming::IncomingMessage;
+pub use pinned::BuildTarget;
 
 /// State shared by the queue handle and its worker threads.
 pub(crate) struct Shared {
@@ -69,6 +71,8 @@ pub(crate) struct Shared {
     /// delivers through `&*shared.target`.
     pub target: Arc<CurrentTarget>,
     pub bounce_target: Arc<CurrentTarget>,
+    /// Targets messages are pinned to by `requeue --target`.
+    pub pinned: pinned::PinnedTargets,
     /// The quotas now: `options.limits` at first, then as
     /// [`Queue::set_limits`] sets them.
     pub limits: RwLock<QueueLimits>,
@@ -281,6 +285,7 @@ impl Queue {
             spool,
             target: CurrentTarget::new(target),
             bounce_target: CurrentTarget::new(bounce_target),
+            pinned: Default::default(),
             timer: timer.sender(),
             stopping: AtomicBool::new(false),
             messages: AtomicU64::new(report.messages.len() as u64),
@@ -335,6 +340,14 @@ impl Queue {
             o.notices = notices;
             o.delay_warning = delay_warning;
         });
+    }
+
+    /// Sets how a target named by URL is built, for messages the operator
+    /// pins to one (`requeue --target`); without it such messages are
+    /// deferred with the reason.
+    #[doc(hidden)]
+    pub fn set_target_builder(&self, build: Arc<BuildTarget>) {
+        self.shared.pinned.set_builder(build);
     }
 
     /// Replaces the delivery target and the target for notices. Attempts

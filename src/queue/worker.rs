@@ -10,12 +10,14 @@
 //! results, to the recipients it left pending.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
 use crate::delivery::{
-    Body, DeliveryError, DeliveryTarget, Handoff, MessageInfo, RecipientOutcome, Severity,
+    Body, DeliveryError, DeliveryTarget, ErrorKind, Handoff, MessageInfo, RecipientOutcome,
+    Severity,
 };
 use crate::envelope::Recipient;
 use crate::logline;
@@ -199,11 +201,7 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
     let file = lock.file();
     drop(lock);
 
-    let target: &dyn DeliveryTarget = if meta.is_dsn {
-        &*shared.bounce_target
-    } else {
-        &*shared.target
-    };
+    let target = choose_target(shared, &meta);
     let info = MessageInfo {
         id,
         sender: meta.sender.clone(),
@@ -215,7 +213,10 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         .map(|&i| meta.recipients[i].to_recipient())
         .collect();
     let body = Body::from_open_file(file, meta.size, meta.checksum);
-    let outcomes = deliver(target, &info, &recipients, &body);
+    let outcomes = match &target {
+        Ok(target) => deliver(&**target, &info, &recipients, &body),
+        Err(e) => RecipientOutcome::all(recipients.len(), Err(e.clone())),
+    };
 
     let Some((mut meta, lock)) = read(shared, &id)? else {
         log::info!("{id}: removed during the attempt; its results are dropped");
@@ -465,6 +466,28 @@ fn reschedule(
     shared.spool.write_meta(meta)?;
     // Held while the attempt ran: stays out of the schedule until released.
     Ok((!meta.hold).then_some(meta.next_attempt))
+}
+
+/// Where this attempt delivers: the notice target for a notice, the
+/// target the operator pinned the message to, or the queue's target.
+fn choose_target(
+    shared: &Shared,
+    meta: &MessageMeta,
+) -> Result<Arc<dyn DeliveryTarget>, DeliveryError> {
+    if meta.is_dsn {
+        return Ok(shared.bounce_target.clone());
+    }
+    match &meta.target {
+        None => Ok(shared.target.clone()),
+        // A target that cannot be built defers the message: the operator
+        // chose it, so the routes are not a silent substitute.
+        Some(url) => shared.pinned.get(url).map_err(|why| {
+            DeliveryError::new(
+                ErrorKind::Config,
+                &format!("the target the message is pinned to ({url}): {why}"),
+            )
+        }),
+    }
 }
 
 /// Runs the delivery; returns one outcome per recipient, in order.

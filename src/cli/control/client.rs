@@ -33,7 +33,8 @@ pub fn request(spool: &Path, req: &Request) -> Result<Response, ControlError> {
         | Request::Hold(_)
         | Request::Release(_)
         | Request::Delete(_)
-        | Request::Expire(_) => Duration::from_secs(30 * 60),
+        | Request::Expire(_)
+        | Request::Requeue { .. } => Duration::from_secs(30 * 60),
         _ => Duration::from_secs(120),
     };
     stream.set_read_timeout(Some(wait)).map_err(io_err)?;

@@ -44,6 +44,13 @@ pub enum Request {
     Release(Selection),
     Delete(Selection),
     Expire(Selection),
+    /// Routing again, now: pinned to `target`, or back to the routes.
+    Requeue {
+        #[serde(flatten)]
+        selection: Selection,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
     /// Messages by domain and age (qshape).
     Shape {
         /// By sender domain instead of recipient domain.
@@ -162,6 +169,7 @@ impl Request {
             Request::Release(_) => "release",
             Request::Delete(_) => "delete",
             Request::Expire(_) => "expire",
+            Request::Requeue { .. } => "requeue",
             Request::Pickup => "pickup",
             Request::Quota { .. } => "quota",
             Request::Stats => "stats",
@@ -236,6 +244,9 @@ pub fn apply(admin: &Admin<'_>, req: &Request) -> Response {
         Request::Release(sel) => bulk(admin.release_selected(sel)),
         Request::Delete(sel) => bulk(admin.delete_selected(sel)),
         Request::Expire(sel) => bulk(admin.expire_selected(sel)),
+        Request::Requeue { selection, target } => {
+            bulk(admin.requeue_selected(selection, target.as_deref()))
+        }
         Request::Pickup | Request::Quota { .. } => Response::ok(),
         Request::Stats => Response::error(ControlError::NoDaemon),
     }

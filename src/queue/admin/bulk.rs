@@ -69,6 +69,37 @@ impl Admin<'_> {
         )
     }
 
+    /// Sends the selected messages through routing again, now: pinned to
+    /// `target` (a URL) until they leave the queue, or, with `None`, back
+    /// to the routes (Postfix's `postsuper -r`; here routing is decided
+    /// at every attempt, so nothing else needs redoing). Held ones stay
+    /// held and are not counted. Tries and schedules are kept.
+    pub fn requeue_selected(
+        &self,
+        sel: &Selection,
+        target: Option<&str>,
+    ) -> Result<BulkOutcome, QueueError> {
+        let now = Timestamp::now();
+        let to = target.map(|t| format!(" to {t}")).unwrap_or_default();
+        self.update_selected(
+            sel,
+            |m| {
+                if m.hold {
+                    return false;
+                }
+                m.target = target.map(str::to_string);
+                m.next_attempt = now;
+                true
+            },
+            |id| {
+                if let Some(s) = self.shared {
+                    let _ = s.timer.send(Command::Flush(Some(id)));
+                }
+                log::info!("{id}: requeued by the operator{to}");
+            },
+        )
+    }
+
     /// Deletes the selected messages: one directory fsync per batch.
     pub fn delete_selected(&self, sel: &Selection) -> Result<BulkOutcome, QueueError> {
         let (ids, mut out) = self.select_ids(sel)?;
