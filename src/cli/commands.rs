@@ -124,29 +124,11 @@ fn report(config: &Config, request: &Request, format: Format, r: &Response) -> u
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match (request, format) {
-        (Request::List { .. }, Format::Json) => {
-            for m in &r.messages {
-                let _ = writeln!(out, "{}", list_json(m));
-            }
-            for f in &r.incoming {
-                let _ = writeln!(out, "{}", incoming_json(f));
-            }
-        }
-        (Request::List { .. }, Format::Text) => {
-            let _ = out.write_all(list_table(&r.messages).as_bytes());
-            let _ = out.write_all(incoming_table(&r.incoming, Timestamp::now()).as_bytes());
-        }
+        (Request::List { .. }, _) => print_list(&mut out, r, format),
         (Request::Show { body: true, .. }, _) => {
-            if let Some(b) = &r.message_base64 {
-                match base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b) {
-                    Ok(bytes) => {
-                        let _ = out.write_all(&bytes);
-                    }
-                    Err(e) => {
-                        eprintln!("mailqueue: bad reply: {e}");
-                        return FAILED;
-                    }
-                }
+            if let Err(e) = print_body(&mut out, r) {
+                eprintln!("mailqueue: bad reply: {e}");
+                return FAILED;
             }
         }
         (Request::Show { .. }, _) => {
@@ -190,6 +172,30 @@ fn report(config: &Config, request: &Request, format: Format, r: &Response) -> u
     } else {
         FAILED
     }
+}
+
+/// `list`: the queue, then what is still waiting in `incoming/`.
+fn print_list(out: &mut impl Write, r: &Response, format: Format) {
+    if format == Format::Json {
+        for m in &r.messages {
+            let _ = writeln!(out, "{}", list_json(m));
+        }
+        for f in &r.incoming {
+            let _ = writeln!(out, "{}", incoming_json(f));
+        }
+    } else {
+        let _ = out.write_all(list_table(&r.messages).as_bytes());
+        let _ = out.write_all(incoming_table(&r.incoming, Timestamp::now()).as_bytes());
+    }
+}
+
+/// `show --body`: the message as it is queued, byte for byte.
+fn print_body(out: &mut impl Write, r: &Response) -> Result<(), base64::DecodeError> {
+    if let Some(b) = &r.message_base64 {
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b)?;
+        let _ = out.write_all(&bytes);
+    }
+    Ok(())
 }
 
 /// What a bulk command did: `Deleted: 31 messages`.

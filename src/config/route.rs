@@ -298,6 +298,13 @@ impl RouteConfig {
         if self.target.0.is_empty() {
             return Err(invalid("target", "[]", "names no target"));
         }
+        self.validate_fallback()?;
+        self.validate_own_keys()?;
+        self.validate_credentials(base)
+    }
+
+    /// A fallback is a relay, behind MX delivery only.
+    fn validate_fallback(&self) -> Result<(), ConfigError> {
         let remote = self.target.0.contains(&TargetSpec::Remote);
         match &self.fallback {
             Some(TargetSpec::Remote) => {
@@ -317,6 +324,11 @@ impl RouteConfig {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// The keys only a route has, or whose bounds differ from `[delivery]`'s.
+    fn validate_own_keys(&self) -> Result<(), ConfigError> {
         if let Some(helo) = &self.helo_name {
             if helo.is_empty() || Address::parse(&format!("x@{helo}")).is_err() {
                 return Err(invalid(
@@ -338,6 +350,12 @@ impl RouteConfig {
                 return Err(invalid(key, "\"0s\"", "must be longer than zero"));
             }
         }
+        Ok(())
+    }
+
+    /// The route's settings merged over `[delivery]`'s, checked as
+    /// `[delivery]`'s are.
+    fn validate_credentials(&self, base: &Config) -> Result<(), ConfigError> {
         // Credentials are checked against each relay, as `[delivery]`'s
         // are against its target: never to MX hosts, never in clear.
         let relays: Vec<&TargetSpec> = self

@@ -181,53 +181,9 @@ impl Request {
 /// spool. `Pickup` and `Quota` concern a running daemon only: here they
 /// do nothing; `Stats` has nothing to report.
 pub fn apply(admin: &Admin<'_>, req: &Request) -> Response {
-    let bulk = |outcome: Result<BulkOutcome, QueueError>| match outcome {
-        Ok(o) => Response {
-            ok: o.failures.is_empty(),
-            done: Some(o.done),
-            failures: o
-                .failures
-                .into_iter()
-                .map(|(id, e)| (id, e.to_string()))
-                .collect(),
-            ..Response::default()
-        },
-        Err(e) => Response::error(e),
-    };
     match req {
-        Request::List { filter } => match admin.list_matching(filter) {
-            Ok(messages) => Response {
-                messages,
-                // What waits in incoming/ is not a message yet: a filter
-                // cannot say whether it matches, so only a plain list shows it.
-                incoming: if filter.is_empty() {
-                    admin.incoming().unwrap_or_default()
-                } else {
-                    Vec::new()
-                },
-                ..Response::ok()
-            },
-            Err(e) => Response::error(e),
-        },
-        Request::Show { id, body: false } => match admin.show(*id) {
-            Ok((meta, header)) => Response {
-                messages: vec![meta],
-                header: Some(String::from_utf8_lossy(&header).into_owned()),
-                ..Response::ok()
-            },
-            Err(e) => Response::error(e),
-        },
-        Request::Show { id, body: true } => match admin.message(*id) {
-            Ok((meta, bytes)) => Response {
-                messages: vec![meta],
-                message_base64: Some(base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    bytes,
-                )),
-                ..Response::ok()
-            },
-            Err(e) => Response::error(e),
-        },
+        Request::List { filter } => list(admin, filter),
+        Request::Show { id, body } => show(admin, *id, *body),
         Request::Shape { sender, filter } => match admin.list_matching(filter) {
             Ok(messages) => Response {
                 shape: Some(crate::cli::shape::Shape::of(
@@ -249,5 +205,64 @@ pub fn apply(admin: &Admin<'_>, req: &Request) -> Response {
         }
         Request::Pickup | Request::Quota { .. } => Response::ok(),
         Request::Stats => Response::error(ControlError::NoDaemon),
+    }
+}
+
+/// What a bulk command did, and which ids failed and why.
+fn bulk(outcome: Result<BulkOutcome, QueueError>) -> Response {
+    match outcome {
+        Ok(o) => Response {
+            ok: o.failures.is_empty(),
+            done: Some(o.done),
+            failures: o
+                .failures
+                .into_iter()
+                .map(|(id, e)| (id, e.to_string()))
+                .collect(),
+            ..Response::default()
+        },
+        Err(e) => Response::error(e),
+    }
+}
+
+fn list(admin: &Admin<'_>, filter: &Filter) -> Response {
+    match admin.list_matching(filter) {
+        Ok(messages) => Response {
+            messages,
+            // What waits in incoming/ is not a message yet: a filter
+            // cannot say whether it matches, so only a plain list shows it.
+            incoming: if filter.is_empty() {
+                admin.incoming().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            ..Response::ok()
+        },
+        Err(e) => Response::error(e),
+    }
+}
+
+/// `show`: the metadata and the header, or with `body` the whole message.
+fn show(admin: &Admin<'_>, id: MessageId, body: bool) -> Response {
+    if body {
+        return match admin.message(id) {
+            Ok((meta, bytes)) => Response {
+                messages: vec![meta],
+                message_base64: Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    bytes,
+                )),
+                ..Response::ok()
+            },
+            Err(e) => Response::error(e),
+        };
+    }
+    match admin.show(id) {
+        Ok((meta, header)) => Response {
+            messages: vec![meta],
+            header: Some(String::from_utf8_lossy(&header).into_owned()),
+            ..Response::ok()
+        },
+        Err(e) => Response::error(e),
     }
 }

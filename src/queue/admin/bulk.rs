@@ -3,6 +3,7 @@
 
 use super::select::{batch_size, BulkOutcome, Selection};
 use super::*;
+use crate::queue::spool::MessageWriter;
 
 impl Admin<'_> {
     /// Holds the selected messages; see [`Admin::hold`].
@@ -137,91 +138,14 @@ impl Admin<'_> {
     pub fn expire_selected(&self, sel: &Selection) -> Result<BulkOutcome, QueueError> {
         let (ids, mut out) = self.select_ids(sel)?;
         for chunk in ids.chunks(batch_size()) {
-            let mut marked = Vec::new();
-            let mut marked_locks = Vec::new();
-            // (meta, lock, index of its notice in `notices`)
-            let mut giving_up = Vec::new();
-            let mut notices = Vec::new();
-            for &id in chunk {
-                let (mut meta, lock) = match self.lock(id) {
-                    Ok(l) => l,
-                    Err(QueueError::UnknownId(_)) if sel.all => continue,
-                    Err(e) => {
-                        out.fail(id, e);
-                        continue;
-                    }
-                };
-                if self.is_inflight(id) {
-                    meta.expire_requested = true;
-                    marked.push(meta);
-                    marked_locks.push(lock);
-                    continue;
-                }
-                let failed = give_up_pending(&mut meta);
-                self.count_expired(failed.len());
-                let notice = match dsn::failure_notice(&self.options, self.spool, &meta, &failed) {
-                    Some((envelope, bytes)) => {
-                        match self.spool.create_message().and_then(|mut w| {
-                            w.copy_from(&mut &bytes[..])?;
-                            Ok(w)
-                        }) {
-                            Ok(w) => {
-                                notices.push((w, envelope));
-                                Some(notices.len() - 1)
-                            }
-                            Err(e) => {
-                                out.fail(id, e);
-                                continue;
-                            }
-                        }
-                    }
-                    None => None,
-                };
-                giving_up.push((meta, lock, notice));
-            }
-            for (meta, result) in marked.iter().zip(self.spool.write_metas(&marked)) {
-                match result {
-                    Ok(()) => {
-                        log::info!(
-                            "{}: expired by the operator; applied when the running attempt ends",
-                            meta.id
-                        );
-                        out.done += 1;
-                    }
-                    Err(e) => out.fail(meta.id, e),
-                }
-            }
-            drop(marked_locks);
-            let stored = if notices.is_empty() {
+            let batch = self.stage_expiry(chunk, sel.all, &mut out);
+            self.mark_running_expired(batch.running, &mut out);
+            let stored = if batch.notices.is_empty() {
                 Vec::new()
             } else {
-                self.spool.store_many(notices, true)
+                self.spool.store_many(batch.notices, true)
             };
-            // Without its notice a message must stay, or the sender would
-            // never hear of it.
-            let mut removing = Vec::new();
-            for (meta, lock, notice) in giving_up {
-                match notice.map(|i| &stored[i]) {
-                    Some(Err(e)) => out.fail(
-                        meta.id,
-                        QueueError::Io {
-                            path: self.spool.queue_dir().to_path_buf(),
-                            source: std::io::Error::other(e.to_string()),
-                        },
-                    ),
-                    Some(Ok(n)) => {
-                        if let Some(s) = self.shared {
-                            s.stored(n);
-                        }
-                        log::info!("{}: expired by the operator; notice {}", meta.id, n.id);
-                        removing.push((meta, lock));
-                    }
-                    None => {
-                        log::info!("{}: expired by the operator", meta.id);
-                        removing.push((meta, lock));
-                    }
-                }
-            }
+            let removing = self.keep_unnoticed(batch.giving_up, &stored, &mut out);
             let gone: Vec<MessageId> = removing.iter().map(|(m, _)| m.id).collect();
             for ((meta, lock), result) in removing.into_iter().zip(self.spool.remove_many(&gone)) {
                 drop(lock);
@@ -237,9 +161,106 @@ impl Admin<'_> {
         Ok(out)
     }
 
-    /// True when an attempt of the message runs now (in the daemon).
-    /// Asked under the message lock: the worker takes it to record its
-    /// results and leaves the in-flight set before releasing it.
+    /// Locks a batch to expire: messages with an attempt running are
+    /// set apart to be marked; the others give up their pending
+    /// recipients, and their notices are written (not yet synced).
+    fn stage_expiry(&self, chunk: &[MessageId], all: bool, out: &mut BulkOutcome) -> ExpiryBatch {
+        let mut batch = ExpiryBatch::default();
+        for &id in chunk {
+            let (mut meta, lock) = match self.lock(id) {
+                Ok(l) => l,
+                // Gone since it was listed (delivered): not a failure.
+                Err(QueueError::UnknownId(_)) if all => continue,
+                Err(e) => {
+                    out.fail(id, e);
+                    continue;
+                }
+            };
+            if self.is_inflight(id) {
+                meta.expire_requested = true;
+                batch.running.push((meta, lock));
+                continue;
+            }
+            let failed = give_up_pending(&mut meta);
+            self.count_expired(failed.len());
+            let notice = match dsn::failure_notice(&self.options, self.spool, &meta, &failed) {
+                Some((envelope, bytes)) => match self.spool.create_message().and_then(|mut w| {
+                    w.copy_from(&mut &bytes[..])?;
+                    Ok(w)
+                }) {
+                    Ok(w) => {
+                        batch.notices.push((w, envelope));
+                        Some(batch.notices.len() - 1)
+                    }
+                    Err(e) => {
+                        out.fail(id, e);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            batch.giving_up.push((meta, lock, notice));
+        }
+        batch
+    }
+
+    /// Marks messages whose attempt is running: the worker expires them
+    /// when it ends, as [`Admin::expire`] does.
+    fn mark_running_expired(
+        &self,
+        running: Vec<(MessageMeta, MessageLock)>,
+        out: &mut BulkOutcome,
+    ) {
+        let (metas, locks): (Vec<MessageMeta>, Vec<MessageLock>) = running.into_iter().unzip();
+        for (meta, result) in metas.iter().zip(self.spool.write_metas(&metas)) {
+            match result {
+                Ok(()) => {
+                    log::info!(
+                        "{}: expired by the operator; applied when the running attempt ends",
+                        meta.id
+                    );
+                    out.done += 1;
+                }
+                Err(e) => out.fail(meta.id, e),
+            }
+        }
+        drop(locks);
+    }
+
+    /// The messages that may leave: without its notice a message must
+    /// stay, or the sender would never hear of it.
+    fn keep_unnoticed(
+        &self,
+        giving_up: Vec<(MessageMeta, MessageLock, Option<usize>)>,
+        stored: &[Result<MessageMeta, QueueError>],
+        out: &mut BulkOutcome,
+    ) -> Vec<(MessageMeta, MessageLock)> {
+        let mut removing = Vec::new();
+        for (meta, lock, notice) in giving_up {
+            match notice.map(|i| &stored[i]) {
+                Some(Err(e)) => out.fail(
+                    meta.id,
+                    QueueError::Io {
+                        path: self.spool.queue_dir().to_path_buf(),
+                        source: std::io::Error::other(e.to_string()),
+                    },
+                ),
+                Some(Ok(n)) => {
+                    if let Some(s) = self.shared {
+                        s.stored(n);
+                    }
+                    log::info!("{}: expired by the operator; notice {}", meta.id, n.id);
+                    removing.push((meta, lock));
+                }
+                None => {
+                    log::info!("{}: expired by the operator", meta.id);
+                    removing.push((meta, lock));
+                }
+            }
+        }
+        removing
+    }
+
     fn is_inflight(&self, id: MessageId) -> bool {
         self.shared.is_some_and(|s| {
             s.inflight
@@ -290,4 +311,14 @@ impl Admin<'_> {
         }
         Ok(out)
     }
+}
+
+/// One batch of `expire`, locked.
+#[derive(Default)]
+struct ExpiryBatch {
+    /// Messages with an attempt running: marked, not removed.
+    running: Vec<(MessageMeta, MessageLock)>,
+    /// Messages giving up, with the index of their notice in `notices`.
+    giving_up: Vec<(MessageMeta, MessageLock, Option<usize>)>,
+    notices: Vec<(MessageWriter, crate::envelope::Envelope)>,
 }
