@@ -1,0 +1,81 @@
+//! `mailqueue check --dns`: what a big provider (Gmail, Yahoo) would
+//! object to in this host's DNS before it sends a single message: the
+//! outbound address, its reverse DNS, the sender domains' SPF, DKIM keys
+//! and MX. Every check looks things up; none sends mail.
+//!
+//! Each check returns [`Finding`]s; the report prints one line per
+//! finding, then a summary, and exits 0 when nothing is a problem, 1 when
+//! something is, 75 when DNS did not answer a check and nothing else is a
+//! problem.
+
+mod dkim;
+mod finding;
+mod outbound;
+mod reverse;
+mod senders;
+mod spf;
+
+use std::net::IpAddr;
+
+use mailqueue::delivery::dns::{DnsError, Record, RecordType, Resolver};
+use mailqueue::delivery::outbound::IpVersion;
+use mailqueue::Config;
+
+pub use finding::{exit_code, summary, Finding, EXIT_UNKNOWN};
+
+/// A DNS lookup: the resolver's in the command, a table in tests.
+pub type Lookup<'a> = &'a dyn Fn(&str, RecordType) -> Result<Vec<Record>, DnsError>;
+
+/// What the command line adds to the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--address`: the addresses mail leaves from, as the world sees
+    /// them, instead of `source_address` or the kernel's choice.
+    pub addresses: Vec<IpAddr>,
+    /// `--domain`: more sender domains.
+    pub domains: Vec<String>,
+}
+
+/// Runs every check against the configured resolver, prints the report
+/// and returns the exit code.
+pub fn run(config: &Config, options: &Options) -> u8 {
+    let d = &config.delivery;
+    let resolver = match Resolver::new(&d.dns_servers, d.dns_timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailqueue: DNS check: {e}");
+            return EXIT_UNKNOWN;
+        }
+    };
+    let lookup = |name: &str, qtype| resolver.lookup(name, qtype);
+    let findings = report(config, options, &lookup, &outbound::kernel_address);
+    for f in &findings {
+        println!("{f}");
+    }
+    println!("{}", summary(&findings));
+    exit_code(&findings)
+}
+
+/// The findings, in the order of the report: outbound addresses, their
+/// reverse DNS, then per sender domain SPF and MX, then DKIM.
+fn report(
+    config: &Config,
+    options: &Options,
+    dns: Lookup<'_>,
+    kernel: &dyn Fn(IpVersion) -> Option<IpAddr>,
+) -> Vec<Finding> {
+    let (outbound, mut findings) = outbound::outbound(config, &options.addresses, kernel);
+    for o in outbound.iter().filter(|o| !o.hidden()) {
+        findings.push(reverse::reverse_dns(o, dns));
+    }
+    let keys = dkim::configured_keys(config);
+    let domains = senders::sender_domains(config, &keys, &options.domains);
+    for domain in &domains {
+        findings.extend(senders::spf(domain, &outbound, dns));
+    }
+    for domain in &domains {
+        findings.push(senders::mx(domain, dns));
+    }
+    findings.extend(dkim::dkim(&keys, |key| dkim::published(key, dns)));
+    findings
+}
