@@ -36,6 +36,8 @@ fn base_records() -> Vec<String> {
         "--host-record=mail.d.test,127.0.0.2",
         "--mx-host=d.test,mx.d.test,10",
         "--host-record=mx.d.test,127.0.0.1",
+        // The EHLO name's SPF, by which notices (sent from <>) are judged.
+        "--txt-record=mail.d.test,v=spf1 a -all",
         // PTR names nobody set are "no such name", not "refused".
         "--local=/127.in-addr.arpa/",
     ]
@@ -94,9 +96,10 @@ fn a_good_setup_reports_no_problem_and_exits_0() {
     r.line("ok       outbound [delivery]: mail leaves from 127.0.0.2 (given with --address) with EHLO mail.d.test");
     r.line("ok       reverse DNS 127.0.0.2: PTR mail.d.test resolves back to the address and is the EHLO name");
     r.line("ok       SPF d.test (127.0.0.2): permits it (\"ip4:127.0.0.0/8\" in d.test)");
+    r.line("ok       SPF mail.d.test (127.0.0.2): permits it (\"a\" in mail.d.test)");
     r.line("ok       MX d.test: bounces come back to mx.d.test");
     r.line("warning  DKIM: no keys configured (see `mailqueue dkim keygen`)");
-    r.line("DNS check: 0 problems, 0 checks not made, 1 warning, 4 ok");
+    r.line("DNS check: 0 problems, 0 checks not made, 1 warning, 5 ok");
 }
 
 #[test]
@@ -145,6 +148,12 @@ fn a_ptr_other_than_the_ehlo_name_is_a_problem_and_a_route_helo_name_fixes_it() 
         "PROBLEM  reverse DNS 127.0.0.6: PTR other.d.test resolves back to the address but the EHLO name is mail.d.test",
     );
     assert!(line.contains("give EHLO other.d.test"), "{line}");
+    // Notices through the route are judged by other.d.test's SPF: none.
+    let line = r.line("warning  SPF other.d.test (127.0.0.6): no v=spf1 record at other.d.test: receivers judge notices");
+    assert!(
+        line.contains("fix: publish other.d.test. TXT \"v=spf1 a -all\""),
+        "{line}"
+    );
     // The route says other.d.test in EHLO: that one is right.
     r.line("ok       outbound route 1 (example.net): mail leaves from 127.0.0.6 (given with --address) with EHLO other.d.test");
     r.line("ok       reverse DNS 127.0.0.6: PTR other.d.test resolves back to the address and is the EHLO name");

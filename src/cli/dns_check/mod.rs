@@ -57,7 +57,8 @@ pub fn run(config: &Config, options: &Options) -> u8 {
 }
 
 /// The findings, in the order of the report: outbound addresses, their
-/// reverse DNS, then per sender domain SPF and MX, then DKIM.
+/// reverse DNS, SPF of each sender domain and of the EHLO names, MX of
+/// each sender domain, then DKIM.
 fn report(
     config: &Config,
     options: &Options,
@@ -73,6 +74,7 @@ fn report(
     for domain in &domains {
         findings.extend(senders::spf(domain, &outbound, dns));
     }
+    findings.extend(senders::helo_spf(&outbound, &domains, dns));
     for domain in &domains {
         findings.push(senders::mx(domain, dns));
     }

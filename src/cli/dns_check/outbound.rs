@@ -59,7 +59,7 @@ fn direct_paths(config: &Config) -> Vec<DirectPath> {
     if config.delivery.target == TargetSpec::Remote {
         paths.push(DirectPath {
             label: "[delivery]".into(),
-            // An invalid address does not pass `check`; None is unreachable.
+            // Loading the configuration refused an invalid address already.
             source: config.delivery.source_ip().ok().flatten(),
             ip_version: config.delivery.ip_version,
             helo: config.hostname.clone(),

@@ -108,7 +108,34 @@ pub fn spf(domain: &SenderDomain, outbound: &[Outbound], dns: Lookup<'_>) -> Vec
 }
 
 fn spf_for(domain: &SenderDomain, o: &Outbound, dns: Lookup<'_>) -> Finding {
-    let d = &domain.name;
+    spf_finding(&domain.name, o, Identity::MailFrom, dns)
+}
+
+/// Which SPF identity a domain is checked as (RFC 7208 §2.3, §2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// The MAIL FROM domain of ordinary mail.
+    MailFrom,
+    /// The EHLO name: what receivers judge notices by, sent from `<>`.
+    Helo,
+}
+
+/// SPF of the EHLO name of each outbound address (hidden ones aside)
+/// that is not a sender domain already: notices go out with the null
+/// sender, and receivers then check the EHLO name's record instead.
+pub fn helo_spf(outbound: &[Outbound], domains: &[SenderDomain], dns: Lookup<'_>) -> Vec<Finding> {
+    outbound
+        .iter()
+        .filter(|o| !o.hidden())
+        .filter(|o| {
+            let helo = to_ascii(&o.helo).unwrap_or_default();
+            !domains.iter().any(|d| d.name == helo)
+        })
+        .map(|o| spf_finding(&o.helo, o, Identity::Helo, dns))
+        .collect()
+}
+
+fn spf_finding(d: &str, o: &Outbound, identity: Identity, dns: Lookup<'_>) -> Finding {
     let subject = format!("{d} ({})", o.ip);
     let query = Query {
         ip: o.ip,
@@ -117,6 +144,10 @@ fn spf_for(domain: &SenderDomain, o: &Outbound, dns: Lookup<'_>) -> Finding {
         helo: &o.helo,
     };
     let v = check_host(&query, d, dns);
+    let mail = match identity {
+        Identity::MailFrom => "the mail",
+        Identity::Helo => "notices (sent from <>, judged by the EHLO name)",
+    };
     let add = format!(
         "add {} to {d}'s SPF record, before its \"all\"",
         mechanism_for(o.ip)
@@ -126,13 +157,13 @@ fn spf_for(domain: &SenderDomain, o: &Outbound, dns: Lookup<'_>) -> Finding {
         SpfResult::Fail => Finding::problem(
             Check::Spf,
             subject,
-            format!("does not permit it ({}): receivers refuse the mail", v.why),
+            format!("does not permit it ({}): receivers refuse {mail}", v.why),
             add,
         ),
         SpfResult::SoftFail => Finding::warning(
             Check::Spf,
             subject,
-            format!("softfail ({}): receivers mark the mail as suspect", v.why),
+            format!("softfail ({}): receivers mark {mail} as suspect", v.why),
             add,
         ),
         SpfResult::Neutral => Finding::warning(
@@ -143,6 +174,14 @@ fn spf_for(domain: &SenderDomain, o: &Outbound, dns: Lookup<'_>) -> Finding {
                 v.why
             ),
             add,
+        ),
+        SpfResult::None if identity == Identity::Helo => Finding::warning(
+            Check::Spf,
+            subject,
+            format!("{}: receivers judge notices (sent from <>) by it", v.why),
+            // `a`: the EHLO name's own address, which the reverse DNS
+            // check wants to be this one.
+            format!("publish {d}. TXT \"v=spf1 a -all\""),
         ),
         SpfResult::None => Finding::problem(
             Check::Spf,
