@@ -81,3 +81,46 @@ fn report(
     findings.extend(dkim::dkim(&keys, |key| dkim::published(key, dns)));
     findings
 }
+
+#[cfg(test)]
+mod tests {
+    use super::finding::{Check, Level};
+    use super::*;
+
+    #[test]
+    fn an_ehlo_name_that_is_a_sender_domain_is_checked_once_as_a_sender() {
+        // The default notice sender is MAILER-DAEMON@<hostname>.
+        let config = Config::from_toml("hostname = \"mail.d.test\"\n").unwrap();
+        let lookup = |name: &str, t: RecordType| -> Result<Vec<Record>, DnsError> {
+            Ok(match (name, t) {
+                ("mail.d.test", RecordType::Txt) => vec![Record::Txt("v=spf1 a -all".into())],
+                ("mail.d.test", RecordType::A) => vec![Record::Ip("192.0.2.1".parse().unwrap())],
+                ("1.2.0.192.in-addr.arpa", RecordType::Ptr) => {
+                    vec![Record::Name("mail.d.test".into())]
+                }
+                _ => Vec::new(),
+            })
+        };
+        let options = Options {
+            addresses: vec!["192.0.2.1".parse().unwrap()],
+            domains: Vec::new(),
+        };
+        let findings = report(&config, &options, &lookup, &|_| None);
+        let spf: Vec<&Finding> = findings.iter().filter(|f| f.check == Check::Spf).collect();
+        assert_eq!(spf.len(), 1, "{findings:#?}");
+        assert_eq!(spf[0].subject, "mail.d.test (192.0.2.1)");
+        assert_eq!(spf[0].level, Level::Ok);
+        let levels: Vec<(Check, Level)> = findings.iter().map(|f| (f.check, f.level)).collect();
+        assert_eq!(
+            levels,
+            [
+                (Check::Outbound, Level::Ok),
+                (Check::ReverseDns, Level::Ok),
+                (Check::Spf, Level::Ok),
+                (Check::Mx, Level::Ok),
+                (Check::Dkim, Level::Warning),
+            ]
+        );
+        assert_eq!(exit_code(&findings), 0);
+    }
+}
