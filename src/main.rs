@@ -153,7 +153,17 @@ fn run(cli: Cli) -> ExitCode {
     };
     match cli.command.into_request() {
         Ok(Ok((request, format))) => ExitCode::from(commands::run(&config, request, format)),
-        Ok(Err(Cmd::Check)) => check(&config, path.as_deref()),
+        Ok(Err(Cmd::Check {
+            dns,
+            address,
+            domain,
+        })) => {
+            let dns = dns.then_some(cli::dns_check::Options {
+                addresses: address,
+                domains: domain,
+            });
+            check(&config, path.as_deref(), dns.as_ref())
+        }
         Ok(Err(Cmd::Routes { test, from })) => {
             ExitCode::from(cli::routes::run(&config, test.as_deref(), from.as_deref()))
         }
@@ -183,8 +193,9 @@ fn run(cli: Cli) -> ExitCode {
 
 /// `mailqueue check`: the configuration, what the daemon would load with
 /// it (passwords, certificates), and what it would need of the system
-/// (a writable spool, free listening addresses), as the user running it.
-fn check(config: &Config, path: Option<&Path>) -> ExitCode {
+/// (a writable spool, free listening addresses), as the user running it;
+/// with `--dns`, then the DNS report (its exit code when all else passed).
+fn check(config: &Config, path: Option<&Path>, dns: Option<&cli::dns_check::Options>) -> ExitCode {
     let source = path
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in defaults".into());
@@ -214,6 +225,12 @@ fn check(config: &Config, path: Option<&Path>) -> ExitCode {
     }
     if code == exit::OK {
         println!("{source}: ok");
+    }
+    if let Some(options) = dns {
+        let dns_code = cli::dns_check::run(config, options);
+        if code == exit::OK {
+            code = dns_code;
+        }
     }
     ExitCode::from(code)
 }

@@ -113,8 +113,22 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Validate the configuration and exit.
-    Check,
+    /// Validate the configuration and exit; with --dns, also report what
+    /// big mail providers would object to in this host's DNS.
+    Check {
+        /// Also check DNS as receivers see it: the outbound address's
+        /// reverse DNS, the sender domains' SPF and MX, DKIM keys. Exit 1
+        /// on a problem, 75 when DNS did not answer.
+        #[arg(long)]
+        dns: bool,
+        /// The address mail leaves from as receivers see it (behind NAT),
+        /// instead of source_address or the kernel's choice; repeatable.
+        #[arg(long, value_name = "IP", requires = "dns")]
+        address: Vec<std::net::IpAddr>,
+        /// One more sender domain to check (SPF, MX); repeatable.
+        #[arg(long, value_name = "DOMAIN", requires = "dns", value_parser = parse_domain)]
+        domain: Vec<String>,
+    },
     /// Print the routing table; with --test, the route a recipient takes.
     Routes {
         /// The recipient to look up: which route and target it would take.
@@ -131,6 +145,10 @@ pub enum Cmd {
         #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
         corrupt_within: Duration,
     },
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    mailqueue::delivery::dns::to_ascii(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
