@@ -9,7 +9,7 @@ use super::{Config, RouteConfig, TargetSpec, TlsPolicy};
 
 use crate::delivery::routing::{Chain, Hop, MoveOn, Route, Router};
 use crate::delivery::smtp_client::{ClientSettings, Credentials, Endpoint};
-use crate::delivery::{dns, relay, remote, smtp_client, DeliveryTarget};
+use crate::delivery::{dns, mta_sts, relay, remote, smtp_client, DeliveryTarget};
 
 /// Why the delivery target a configuration names cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +137,20 @@ pub fn build_target(
                 rate: d.rate,
                 connection_cache_time: d.connection_cache_time,
             };
-            return Ok(Arc::new(remote::RemoteTarget::new(resolver, remote)));
+            let target = remote::RemoteTarget::new(resolver, remote);
+            if !d.mta_sts {
+                return Ok(Arc::new(target));
+            }
+            let sts = mta_sts::MtaSts::new(
+                Arc::clone(target.resolver()),
+                &target.settings().client,
+                mta_sts::MtaStsSettings {
+                    cache_dir: crate::queue::spool::layout::mta_sts(&config.spool),
+                    https_port: d.mta_sts_port,
+                    ca_file: Some(d.ca_file.clone()).filter(|p| !p.as_os_str().is_empty()),
+                },
+            )?;
+            return Ok(Arc::new(target.with_mta_sts(sts)));
         }
         TargetSpec::Smtp { host, port }
         | TargetSpec::Smtps { host, port }

@@ -285,6 +285,15 @@ pub struct DeliveryConfig {
     /// closes after 10 messages, which redoes the handshake ten times as
     /// often.
     pub messages_per_connection: u32,
+    /// Apply the recipient domains' MTA-STS policies (RFC 8461) to MX
+    /// delivery: under `enforce`, mail goes only to the MX hosts a policy
+    /// names, over TLS verified for their names. Policies are kept in
+    /// `<spool>/mta-sts/`. Only for `target = "remote"` (and remote
+    /// routes); a relay target is unaffected.
+    pub mta_sts: bool,
+    /// The HTTPS port policies are fetched from: 443. For tests only,
+    /// which serve policies on a port of their own.
+    pub mta_sts_port: u16,
 }
 
 /// `[bounce]`: delivery status notifications (RFC 3464) to senders.
