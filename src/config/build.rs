@@ -141,14 +141,10 @@ pub fn build_target(
             if !d.mta_sts {
                 return Ok(Arc::new(target));
             }
-            let sts = mta_sts::MtaSts::new(
+            let sts = mta_sts_with(
+                config,
                 Arc::clone(target.resolver()),
                 &target.settings().client,
-                mta_sts::MtaStsSettings {
-                    cache_dir: crate::queue::spool::layout::mta_sts(&config.spool),
-                    https_port: d.mta_sts_port,
-                    ca_file: Some(d.ca_file.clone()).filter(|p| !p.as_os_str().is_empty()),
-                },
             )?;
             return Ok(Arc::new(target.with_mta_sts(sts)));
         }
@@ -170,6 +166,31 @@ pub fn build_target(
         relay_limit(d.destination_concurrency),
         d.rate,
     )))
+}
+
+/// The MTA-STS state MX delivery under `config` has (its `[delivery]`),
+/// for `mailqueue sts`: the spool's cache and the policy fetcher.
+pub fn build_mta_sts(config: &Config) -> Result<mta_sts::MtaSts, TargetError> {
+    let d = &config.delivery;
+    let resolver = Arc::new(dns::Resolver::new(&d.dns_servers, d.dns_timeout)?);
+    let client = client_settings(&TargetSpec::Remote, config)?;
+    mta_sts_with(config, resolver, &client)
+}
+
+/// MTA-STS for an MX client with this resolver and these settings,
+/// caching in the spool and trusting `ca_file` beside the system's roots.
+fn mta_sts_with(
+    config: &Config,
+    resolver: Arc<dns::Resolver>,
+    client: &ClientSettings,
+) -> Result<mta_sts::MtaSts, TargetError> {
+    let d = &config.delivery;
+    let settings = mta_sts::MtaStsSettings {
+        cache_dir: crate::queue::spool::layout::mta_sts(&config.spool),
+        https_port: d.mta_sts_port,
+        ca_file: Some(d.ca_file.clone()).filter(|p| !p.as_os_str().is_empty()),
+    };
+    Ok(mta_sts::MtaSts::new(resolver, client, settings)?)
 }
 
 /// The daemon's delivery target: the `[[route]]` table over

@@ -25,7 +25,9 @@ use crate::queue::options::QueueOptions;
 pub use crate::date::format_duration;
 pub use crate::smtp::bare_newline::BareNewline;
 pub use crate::smtp::tls_policy::TlsPolicy;
-pub use build::{build_delivery, build_target, destination_limit, PasswordFileError, TargetError};
+pub use build::{
+    build_delivery, build_mta_sts, build_target, destination_limit, PasswordFileError, TargetError,
+};
 pub use duration::{parse_duration, BadDuration};
 pub use local::LocalConfig;
 pub use logs::{LogConfig, LogFormat, LogLevel};
