@@ -289,7 +289,12 @@ fn mta_sts_families(o: &mut String) {
         "MTA-STS policy fetches, by result.",
     );
     let (ok, failed) = mta_sts::fetch_counts();
-    sample(o, "mailqueue_mta_sts_fetches_total", &[("result", "ok")], ok);
+    sample(
+        o,
+        "mailqueue_mta_sts_fetches_total",
+        &[("result", "ok")],
+        ok,
+    );
     sample(
         o,
         "mailqueue_mta_sts_fetches_total",

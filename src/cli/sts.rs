@@ -5,7 +5,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use mailqueue::config::{build_mta_sts, format_duration, Config};
+use mailqueue::config::{build_mta_sts, Config};
 use mailqueue::date::rfc5322;
 use mailqueue::delivery::mta_sts::{Found, Source};
 
@@ -42,10 +42,11 @@ fn describe(domain: &str, found: &Found) -> String {
     let date = |secs: u64| rfc5322(UNIX_EPOCH + Duration::from_secs(secs));
     let source = match found.source {
         Source::Cache => "cached in the spool",
-        Source::Fetched => "fetched now (not cached: the daemon caches at its next delivery)",
+        Source::Fetched => "fetched now (the daemon stores it at its next delivery)",
     };
     let mut out = format!("domain   {domain}\n");
-    out.push_str(&format!("id       {} ({source})\n", c.id));
+    out.push_str(&format!("id       {}\n", c.id));
+    out.push_str(&format!("source   {source}\n"));
     out.push_str(&format!("mode     {}\n", p.mode));
     let mx = if p.mx.is_empty() {
         "(none)".to_string()
@@ -53,11 +54,7 @@ fn describe(domain: &str, found: &Found) -> String {
         p.mx_list()
     };
     out.push_str(&format!("mx       {mx}\n"));
-    out.push_str(&format!(
-        "max_age  {} ({})\n",
-        p.max_age.as_secs(),
-        format_duration(p.max_age)
-    ));
+    out.push_str(&format!("max_age  {} seconds\n", p.max_age.as_secs()));
     out.push_str(&format!("fetched  {}\n", date(c.fetched)));
     out.push_str(&format!("expires  {}\n", date(c.expires())));
     if let Some(id) = found.published_id.as_ref().filter(|id| **id != c.id) {
