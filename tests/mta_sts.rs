@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::daemon::{queued_id, run_mailqueue, spawn_serve, Client, Daemon, Setup};
+use common::daemon::{free_port, queued_id, run_mailqueue, spawn_serve, Client, Daemon, Setup};
 use common::dns::dnsmasq;
 use common::peers::{require_python_module, start_python_peer, PyServer, Reaper};
 use common::tls::{ca_signed, self_signed, TestCert};
@@ -178,7 +178,11 @@ fn enforce_defers_an_mx_the_policy_does_not_name_and_says_why() {
     policies.publish("d.test", &enforce("mx.other.test", 86400));
     let (_dns, dns_port) = dns(&[("d.test", Some("1"))], &[("d.test", "mx.d.test")]);
     let mx = tls_mx(&cert);
-    let d = Daemon::start(&setup(dns_port, mx.port, policies.port, &cert.ca));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(
+        &setup(dns_port, mx.port, policies.port, &cert.ca)
+            .set("metrics", &format!("listen = {metrics:?}")),
+    );
     submit(&d, "b@d.test");
     let why = "MTA-STS policy of d.test (enforce) does not allow MX host mx.d.test \
                (mx: mx.other.test)";
@@ -193,6 +197,33 @@ fn enforce_defers_an_mx_the_policy_does_not_name_and_says_why() {
     // Not even a connection went to the host.
     assert!(mx.events().is_empty(), "{:?}", mx.events());
     assert_eq!(d.queued().len(), 1);
+    // Counted: one fetch, and a refusal at each try.
+    let scraped = scrape(&metrics);
+    assert!(
+        scraped.contains("mailqueue_mta_sts_fetches_total{result=\"ok\"} 1\n"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("mailqueue_mta_sts_fetches_total{result=\"failed\"} 0\n"),
+        "{scraped}"
+    );
+    let refusals = scraped
+        .lines()
+        .find_map(|l| l.strip_prefix("mailqueue_mta_sts_refusals_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(refusals.is_some_and(|n| n >= 1), "{scraped}");
+}
+
+/// The metrics endpoint's text.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw
 }
 
 #[test]
