@@ -491,3 +491,41 @@ fn the_sts_command_shows_the_policy_in_force() {
     );
     assert!(out.contains("mx       mx.f.test"), "{out}");
 }
+
+#[test]
+fn routes_tell_where_mta_sts_applies_and_a_route_may_turn_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailqueue.toml");
+    fs::write(
+        &config,
+        format!(
+            "spool = {:?}\n[delivery]\ntarget = \"remote\"\n\
+             [[route]]\ndomains = [\"example.net\"]\ntarget = \"remote\"\nmta_sts = false\n\
+             [[route]]\ndomains = [\"example.com\"]\ntarget = \"smtp://127.0.0.1:2526\"\n",
+            dir.path().join("spool").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (status, out, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "routes"]);
+    assert!(status.success(), "{err}");
+    // The lines of the table's entry that starts with `head`.
+    let route = |head: &str| -> String {
+        let mut lines = out.lines().skip_while(|l| !l.starts_with(head));
+        let first = lines.next().unwrap_or_else(|| panic!("{head} in {out}"));
+        std::iter::once(first)
+            .chain(lines.take_while(|l| l.starts_with(' ')))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(route("route 1:").contains("mta_sts   off"), "{out}");
+    // A relay is not MX delivery: no MTA-STS line.
+    assert!(!route("route 2:").contains("mta_sts"), "{out}");
+    assert!(route("[delivery]").contains("mta_sts   on"), "{out}");
+    let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
+    assert!(status.code() != Some(78), "{err}");
+
+    fs::write(&config, "[delivery]\nmta_sts = \"yes\"\n").unwrap();
+    let (status, _, err) = run_mailqueue(&["--config", config.to_str().unwrap(), "check"]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(err.contains("mta_sts"), "{err}");
+}

@@ -208,7 +208,25 @@ impl MtaSts {
                 .entry(domain.to_string())
                 .or_default(),
         );
-        let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = {
+            let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.refresh_alone(domain, id, cached)
+        };
+        // The lock's entry goes when no other worker waits on it.
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&lock) == 2 {
+            fetching.remove(domain);
+        }
+        result
+    }
+
+    /// [`refresh`](Self::refresh), with the domain's fetch lock held.
+    fn refresh_alone(
+        &self,
+        domain: &str,
+        id: &str,
+        cached: Option<Arc<CachedPolicy>>,
+    ) -> Option<Arc<CachedPolicy>> {
         // Another worker may have fetched it while this one waited.
         if let Some(c) = self.cache.get(domain) {
             if c.id == id && c.fresh(unix_now()) {
