@@ -167,6 +167,7 @@ fn run(cli: Cli) -> ExitCode {
         Ok(Err(Cmd::Routes { test, from })) => {
             ExitCode::from(cli::routes::run(&config, test.as_deref(), from.as_deref()))
         }
+        Ok(Err(Cmd::Sts { domain })) => ExitCode::from(cli::sts::run(&config, &domain)),
         Ok(Err(Cmd::Health { corrupt_within })) => {
             ExitCode::from(cli::health::run(&config, corrupt_within))
         }

@@ -138,6 +138,12 @@ pub enum Cmd {
         #[arg(long, value_name = "ADDRESS", requires = "test")]
         from: Option<String>,
     },
+    /// Show the MTA-STS policy in force for a recipient domain: the
+    /// cached one, or fetched now; exit 1 when there is none.
+    Sts {
+        /// The recipient domain.
+        domain: String,
+    },
     /// Check the daemon, the spool and the quarantine for monitoring:
     /// one line per check; exit 0 OK, 1 WARNING, 2 CRITICAL.
     Health {

@@ -240,6 +240,8 @@ static RELOADED: &[Key] = &[
         "[delivery] messages_per_connection",
         delivery.messages_per_connection
     ),
+    key!("[delivery] mta_sts", delivery.mta_sts),
+    key!("[delivery] mta_sts_port", delivery.mta_sts_port),
     key!("[[route]]", routes),
     key!("[bounce] target", bounce.target),
     key!("[log] level", log.level),

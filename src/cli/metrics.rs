@@ -265,6 +265,7 @@ fn encode(shape: &Shape, c: &stats::Stats, free: Option<u64>) -> String {
         c.lag.sum_us() as f64 / 1e6
     );
     sample(o, "mailqueue_scheduling_lag_seconds_count", &[], count);
+    mta_sts_families(o);
     if let Some(free) = free {
         family(
             o,
@@ -275,6 +276,43 @@ fn encode(shape: &Shape, c: &stats::Stats, free: Option<u64>) -> String {
         sample(o, "mailqueue_spool_free_bytes", &[], free);
     }
     out
+}
+
+/// MTA-STS: policy fetches by result, and MX hosts refused under
+/// `enforce` (counted by every MX target of the process).
+fn mta_sts_families(o: &mut String) {
+    use mailqueue::delivery::mta_sts;
+    family(
+        o,
+        "mailqueue_mta_sts_fetches_total",
+        "counter",
+        "MTA-STS policy fetches, by result.",
+    );
+    let (ok, failed) = mta_sts::fetch_counts();
+    sample(
+        o,
+        "mailqueue_mta_sts_fetches_total",
+        &[("result", "ok")],
+        ok,
+    );
+    sample(
+        o,
+        "mailqueue_mta_sts_fetches_total",
+        &[("result", "failed")],
+        failed,
+    );
+    family(
+        o,
+        "mailqueue_mta_sts_refusals_total",
+        "counter",
+        "MX hosts refused under an enforce MTA-STS policy.",
+    );
+    sample(
+        o,
+        "mailqueue_mta_sts_refusals_total",
+        &[],
+        mta_sts::refusals(),
+    );
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod routes;
 pub mod sendmail;
 pub mod shape;
+pub mod sts;

@@ -110,6 +110,10 @@ fn settings(target: &str, d: &DeliveryConfig, helo: &str) -> String {
         ));
     }
     s.push_str(&format!("    helo      {helo}\n"));
+    if target.split(", then ").any(|t| t == "remote") {
+        let on = if d.mta_sts { "on" } else { "off" };
+        s.push_str(&format!("    mta_sts   {on}\n"));
+    }
     let source = if d.source_address.is_empty() {
         "(the kernel's choice)"
     } else {

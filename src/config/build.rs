@@ -9,7 +9,7 @@ use super::{Config, RouteConfig, TargetSpec, TlsPolicy};
 
 use crate::delivery::routing::{Chain, Hop, MoveOn, Route, Router};
 use crate::delivery::smtp_client::{ClientSettings, Credentials, Endpoint};
-use crate::delivery::{dns, relay, remote, smtp_client, DeliveryTarget};
+use crate::delivery::{dns, mta_sts, relay, remote, smtp_client, DeliveryTarget};
 
 /// Why the delivery target a configuration names cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +137,16 @@ pub fn build_target(
                 rate: d.rate,
                 connection_cache_time: d.connection_cache_time,
             };
-            return Ok(Arc::new(remote::RemoteTarget::new(resolver, remote)));
+            let target = remote::RemoteTarget::new(resolver, remote);
+            if !d.mta_sts {
+                return Ok(Arc::new(target));
+            }
+            let sts = mta_sts_with(
+                config,
+                Arc::clone(target.resolver()),
+                &target.settings().client,
+            )?;
+            return Ok(Arc::new(target.with_mta_sts(sts)));
         }
         TargetSpec::Smtp { host, port }
         | TargetSpec::Smtps { host, port }
@@ -157,6 +166,31 @@ pub fn build_target(
         relay_limit(d.destination_concurrency),
         d.rate,
     )))
+}
+
+/// The MTA-STS state MX delivery under `config` has (its `[delivery]`),
+/// for `mailqueue sts`: the spool's cache and the policy fetcher.
+pub fn build_mta_sts(config: &Config) -> Result<mta_sts::MtaSts, TargetError> {
+    let d = &config.delivery;
+    let resolver = Arc::new(dns::Resolver::new(&d.dns_servers, d.dns_timeout)?);
+    let client = client_settings(&TargetSpec::Remote, config)?;
+    mta_sts_with(config, resolver, &client)
+}
+
+/// MTA-STS for an MX client with this resolver and these settings,
+/// caching in the spool and trusting `ca_file` beside the system's roots.
+fn mta_sts_with(
+    config: &Config,
+    resolver: Arc<dns::Resolver>,
+    client: &ClientSettings,
+) -> Result<mta_sts::MtaSts, TargetError> {
+    let d = &config.delivery;
+    let settings = mta_sts::MtaStsSettings {
+        cache_dir: crate::queue::spool::layout::mta_sts(&config.spool),
+        https_port: d.mta_sts_port,
+        ca_file: Some(d.ca_file.clone()).filter(|p| !p.as_os_str().is_empty()),
+    };
+    Ok(mta_sts::MtaSts::new(resolver, client, settings)?)
 }
 
 /// The daemon's delivery target: the `[[route]]` table over

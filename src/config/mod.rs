@@ -25,7 +25,9 @@ use crate::queue::options::QueueOptions;
 pub use crate::date::format_duration;
 pub use crate::smtp::bare_newline::BareNewline;
 pub use crate::smtp::tls_policy::TlsPolicy;
-pub use build::{build_delivery, build_target, destination_limit, PasswordFileError, TargetError};
+pub use build::{
+    build_delivery, build_mta_sts, build_target, destination_limit, PasswordFileError, TargetError,
+};
 pub use duration::{parse_duration, BadDuration};
 pub use local::LocalConfig;
 pub use logs::{LogConfig, LogFormat, LogLevel};
@@ -285,6 +287,15 @@ pub struct DeliveryConfig {
     /// closes after 10 messages, which redoes the handshake ten times as
     /// often.
     pub messages_per_connection: u32,
+    /// Apply the recipient domains' MTA-STS policies (RFC 8461) to MX
+    /// delivery: under `enforce`, mail goes only to the MX hosts a policy
+    /// names, over TLS verified for their names. Policies are kept in
+    /// `<spool>/mta-sts/`. Only for `target = "remote"` (and remote
+    /// routes); a relay target is unaffected.
+    pub mta_sts: bool,
+    /// The HTTPS port policies are fetched from: 443. For tests only,
+    /// which serve policies on a port of their own.
+    pub mta_sts_port: u16,
 }
 
 /// `[bounce]`: delivery status notifications (RFC 3464) to senders.

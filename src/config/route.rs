@@ -92,6 +92,9 @@ pub struct RouteConfig {
     /// As `[delivery] messages_per_connection`.
     #[serde(default)]
     pub messages_per_connection: Option<u32>,
+    /// As `[delivery] mta_sts` (for `target = "remote"`).
+    #[serde(default)]
+    pub mta_sts: Option<bool>,
     /// The name this route's connections give in EHLO (it should match
     /// the PTR of their source address); `hostname` when left out.
     #[serde(default)]
@@ -167,6 +170,7 @@ impl RouteConfig {
         d.messages_per_connection = self
             .messages_per_connection
             .unwrap_or(d.messages_per_connection);
+        d.mta_sts = self.mta_sts.unwrap_or(d.mta_sts);
         d
     }
 

@@ -220,6 +220,8 @@ mod shipped_file {
             d.delivery.messages_per_connection
         );
         assert_eq!(c.bounce.target, d.bounce.target);
+        assert_eq!(c.delivery.mta_sts, d.delivery.mta_sts);
+        assert_eq!(c.delivery.mta_sts_port, d.delivery.mta_sts_port);
         assert!(c.routes.is_empty());
     }
 

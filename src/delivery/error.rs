@@ -62,6 +62,11 @@ pub enum ErrorKind {
     /// Encryption is required (by the policy, or to send a password)
     /// but the server does not offer it or refuses it.
     EncryptionNeeded,
+    /// The recipient domain's MTA-STS policy (RFC 8461, mode `enforce`)
+    /// refuses the MX host: it is not among the policy's `mx`, or its TLS
+    /// is missing or does not verify. Temporary: the policy or the host
+    /// may be fixed.
+    MtaSts,
     /// Our credentials were refused, or the server offers no mechanism
     /// we speak.
     Auth,
@@ -109,6 +114,7 @@ impl ErrorKind {
             Closed => (Temporary, 451, (4, 4, 0)),
             Tls => (Temporary, 451, (4, 7, 5)),
             EncryptionNeeded => (Temporary, 451, (4, 7, 10)),
+            MtaSts => (Temporary, 451, (4, 7, 5)),
             Auth => (Temporary, 451, (4, 7, 8)),
             Config => (Temporary, 451, (4, 7, 0)),
             Protocol => (Temporary, 451, (4, 5, 0)),

@@ -14,6 +14,7 @@ mod body;
 pub mod dns;
 mod error;
 pub mod limits;
+pub mod mta_sts;
 pub mod outbound;
 pub mod pool;
 pub mod relay;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
 use crate::delivery::limits::{DestinationLimits, Rate};
+use crate::delivery::mta_sts::MtaSts;
 use crate::delivery::outbound::IpVersion;
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
@@ -51,6 +52,8 @@ pub struct RemoteTarget {
     pool: Arc<SessionPool>,
     /// The client settings without TLS, for the fallback under `may`.
     plain: Arc<ClientSettings>,
+    /// MTA-STS policies, when `mta_sts` is on.
+    mta_sts: Option<MtaSts>,
 }
 
 impl RemoteTarget {
@@ -66,7 +69,24 @@ impl RemoteTarget {
             settings,
             pool,
             plain,
+            mta_sts: None,
         }
+    }
+
+    /// Applies the recipient domains' MTA-STS policies to their MX hosts.
+    pub fn with_mta_sts(mut self, mta_sts: MtaSts) -> Self {
+        self.mta_sts = Some(mta_sts);
+        self
+    }
+
+    /// The settings it was made with.
+    pub fn settings(&self) -> &RemoteSettings {
+        &self.settings
+    }
+
+    /// The resolver, to share with MTA-STS.
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
     }
 
     /// Connections currently open to `domain` for deliveries.
@@ -198,10 +218,16 @@ impl RemoteTarget {
     /// Finds the domain's servers and connects to the first that greets.
     fn connect(&self, domain: &str) -> Result<Session, DeliveryError> {
         let targets = self.addresses(domain)?;
+        let sts = self.mta_sts.as_ref().map(|s| s.policy_for(domain));
         let mut last: Option<DeliveryError> = None;
         for (host, ip) in targets {
             let addr = SocketAddr::new(ip, self.settings.mx_port);
-            match self.open_at(domain, &host, addr) {
+            let open = |client: &Arc<ClientSettings>| self.open_at(domain, &host, addr, client);
+            let opened = match &sts {
+                Some(policy) => policy.open(&host, &self.settings.client, open),
+                None => open(&self.settings.client),
+            };
+            match opened {
                 Ok(s) => return Ok(s),
                 // Refused, a refusing greeting, a failed EHLO or TLS:
                 // try the next.
@@ -220,14 +246,14 @@ impl RemoteTarget {
     }
 
     /// Connects to one address of an MX host (from the source address,
-    /// if set) and runs the session set-up.
+    /// if set) and runs the session set-up with `client`'s settings.
     fn open_at(
         &self,
         domain: &str,
         host: &str,
         addr: SocketAddr,
+        client: &Arc<ClientSettings>,
     ) -> Result<Session, DeliveryError> {
-        let client = &self.settings.client;
         let relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
         let connect = || {
             client

@@ -18,6 +18,14 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 /// The spool lock, holding the running queue's pid.
 pub const LOCK: &str = "lock";
 
+/// MTA-STS policies of recipient domains, one file per domain.
+pub const MTA_STS: &str = "mta-sts";
+
+/// `<root>/mta-sts`.
+pub fn mta_sts(root: &Path) -> PathBuf {
+    root.join(MTA_STS)
+}
+
 /// `<root>/queue`.
 pub fn queue(root: &Path) -> PathBuf {
     root.join(QUEUE)
