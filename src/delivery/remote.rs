@@ -235,13 +235,13 @@ impl RemoteTarget {
                 .connect(addr, client.connect_timeout, &relay)
                 .map_err(|e| e.at(host))
         };
-        match Session::open_stream(client, connect()?, host, relay.clone()) {
+        match Session::open_stream(client, connect()?, host, relay.clone(), None) {
             // Many MX hosts offer STARTTLS with a broken TLS setup; under
             // `may` the mail goes in clear rather than not at all, as
             // Postfix does.
             Err(e) if client.tls == TlsPolicy::May && e.kind() == ErrorKind::Tls => {
                 log::info!("{domain}: {relay}: {e}; trying again without TLS");
-                Session::open_stream(&self.plain, connect()?, host, relay)
+                Session::open_stream(&self.plain, connect()?, host, relay, None)
             }
             other => other,
         }
