@@ -189,7 +189,7 @@ pub fn parse_response(
     }
     let p = Packet::parse(&bytes).map_err(|e| WireError(e.to_string()))?;
     let qtype_seen = if asked_tlsa { TYPE::NULL } else { qtype.wire() };
-    check_answers_query(&p, id, name, qtype, qtype_seen)?;
+    check_answers_query(&p, id, name, qtype_seen)?;
     let owners = cname_chain(&p, name);
     let (records, ttl) = records_of(&p, &owners, qtype);
     Ok(Response {
@@ -226,12 +226,11 @@ fn tlsa_question_as_null(bytes: &[u8]) -> (std::borrow::Cow<'_, [u8]>, bool) {
 }
 
 /// Checks that `p` is a response to the query `id`, with one question:
-/// `name`/`qtype` (`qtype_seen` on the wire as parsed).
+/// `name` and the type asked (`qtype_seen`, as parsed).
 fn check_answers_query(
     p: &Packet<'_>,
     id: u16,
     name: &str,
-    qtype: RecordType,
     qtype_seen: TYPE,
 ) -> Result<(), WireError> {
     if p.id() != id {
