@@ -11,6 +11,7 @@
 //! trying again later can help.
 
 mod body;
+pub mod dane;
 pub mod dns;
 mod error;
 pub mod limits;
