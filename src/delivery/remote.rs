@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use crate::delivery::dane::Dane;
 use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
 use crate::delivery::limits::{DestinationLimits, Rate};
 use crate::delivery::outbound::IpVersion;
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
-use crate::delivery::smtp_client::{ClientSettings, Session};
+use crate::delivery::smtp_client::{ClientSettings, PeerCheck, Session};
 use crate::delivery::{
     fill_outcomes, Body, DeliveryError, DeliveryTarget, ErrorKind, MessageInfo, RecipientOutcome,
 };
@@ -51,6 +52,8 @@ pub struct RemoteTarget {
     pool: Arc<SessionPool>,
     /// The client settings without TLS, for the fallback under `may`.
     plain: Arc<ClientSettings>,
+    /// TLSA lookups, with `[delivery] dane` and a local resolver.
+    dane: Option<Dane>,
 }
 
 impl RemoteTarget {
@@ -66,7 +69,15 @@ impl RemoteTarget {
             settings,
             pool,
             plain,
+            dane: None,
         }
+    }
+
+    /// The same target with DANE, if the resolver's AD bit can be
+    /// trusted (it is on loopback); without, as it was.
+    pub fn with_dane(mut self) -> RemoteTarget {
+        self.dane = Dane::new(Arc::clone(&self.resolver), self.settings.mx_port);
+        self
     }
 
     /// Connections currently open to `domain` for deliveries.
@@ -200,8 +211,21 @@ impl RemoteTarget {
         let targets = self.addresses(domain)?;
         let mut last: Option<DeliveryError> = None;
         for (host, ip) in targets {
+            // DANE, when the host has usable TLSA records, settles its TLS
+            // (before MTA-STS would).
+            let check: Option<Arc<dyn PeerCheck>> = match &self.dane {
+                Some(dane) => match dane.usable_records(domain, &host) {
+                    Ok(c) => c.map(|c| c as Arc<dyn PeerCheck>),
+                    Err(e) => {
+                        log::info!("{domain}: {host}: {e}");
+                        last = Some(e);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let addr = SocketAddr::new(ip, self.settings.mx_port);
-            match self.open_at(domain, &host, addr) {
+            match self.open_at(domain, &host, addr, check) {
                 Ok(s) => return Ok(s),
                 // Refused, a refusing greeting, a failed EHLO or TLS:
                 // try the next.
@@ -220,12 +244,14 @@ impl RemoteTarget {
     }
 
     /// Connects to one address of an MX host (from the source address,
-    /// if set) and runs the session set-up.
+    /// if set) and runs the session set-up, with the certificate check
+    /// the host needs (DANE), if any.
     fn open_at(
         &self,
         domain: &str,
         host: &str,
         addr: SocketAddr,
+        check: Option<Arc<dyn PeerCheck>>,
     ) -> Result<Session, DeliveryError> {
         let client = &self.settings.client;
         let relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
@@ -235,11 +261,12 @@ impl RemoteTarget {
                 .connect(addr, client.connect_timeout, &relay)
                 .map_err(|e| e.at(host))
         };
-        match Session::open_stream(client, connect()?, host, relay.clone(), None) {
+        let required = check.is_some();
+        match Session::open_stream(client, connect()?, host, relay.clone(), check) {
             // Many MX hosts offer STARTTLS with a broken TLS setup; under
             // `may` the mail goes in clear rather than not at all, as
-            // Postfix does.
-            Err(e) if client.tls == TlsPolicy::May && e.kind() == ErrorKind::Tls => {
+            // Postfix does; never where DANE requires TLS.
+            Err(e) if client.tls == TlsPolicy::May && !required && e.kind() == ErrorKind::Tls => {
                 log::info!("{domain}: {relay}: {e}; trying again without TLS");
                 Session::open_stream(&self.plain, connect()?, host, relay, None)
             }

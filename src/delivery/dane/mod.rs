@@ -39,7 +39,7 @@ impl Dane {
     /// its servers on loopback); `None`, with a warning, when not.
     pub fn new(resolver: Arc<Resolver>, port: u16) -> Option<Dane> {
         if !resolver.is_local() {
-            log::warn!("{}", NOT_LOCAL);
+            log::debug!("{NOT_LOCAL}");
             return None;
         }
         Some(Dane { resolver, port })
