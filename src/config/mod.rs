@@ -214,7 +214,9 @@ pub struct DeliveryConfig {
     pub target: TargetSpec,
     /// How hard outgoing connections insist on TLS.
     pub tls: TlsPolicy,
-    /// Extra trust roots (PEM) for `tls = "verify"`; empty for none.
+    /// Extra trust roots (PEM) besides the system's: what `tls =
+    /// "verify"` checks against, and under the other policies what the
+    /// log's `tls=... verified` is judged by; empty for none.
     pub ca_file: PathBuf,
     /// AUTH PLAIN/LOGIN user at a smarthost (never with `target =
     /// "remote"`); empty for no AUTH. Set with `password_file` or neither.
