@@ -633,6 +633,7 @@ fn packet(id: u16, qname: &str, qtype: RecordType, answers: &[(usize, u32, Answe
         RecordType::Aaaa => TYPE::AAAA,
         RecordType::Txt => TYPE::TXT,
         RecordType::Ptr => TYPE::PTR,
+        RecordType::Tlsa => TYPE::Unknown(52),
     };
     p.questions.push(Question::new(
         name(qname),

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::daemon::{queued_id, Client, Daemon, Setup};
+use common::daemon::{free_port, queued_id, Client, Daemon, Setup};
 use common::peers::PyServer;
 use common::tls::{ca_signed, self_signed, trusting_connector, TestCert};
 use common::wait_for;
@@ -417,5 +417,90 @@ fn a_client_trickling_its_tls_hello_is_cut_off_at_the_command_timeout() {
         started.elapsed() < Duration::from_secs(5),
         "the listener waited {:?} for the handshake",
         started.elapsed()
+    );
+}
+
+/// GET /metrics from the daemon's endpoint: the body.
+fn scrape(addr: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(raw)
+}
+
+/// Delivers one message to a fresh peer started with `peer_args`, under
+/// `delivery`; returns the `status=sent` line and the metrics scraped
+/// after it.
+fn sent_over(peer_args: &[&str], delivery: &str) -> (String, String) {
+    let peer = PyServer::start(peer_args);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(
+        &Setup::to(&peer.url("smtp"))
+            .delivery(delivery)
+            .set("metrics", &format!("listen = {metrics:?}")),
+    );
+    submit(&d, "b@example.net");
+    assert!(d.wait_log("status=sent", LONG), "{}", d.log());
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("status=sent")).unwrap();
+    (line.to_string(), scrape(&metrics))
+}
+
+#[test]
+fn each_delivery_logs_its_tls_version_and_verification_and_the_metrics_count_them() {
+    // A certificate that chains to the ca_file and names the address:
+    // verified, though `may` would have taken any.
+    let cert = ca_signed(&["localhost", "127.0.0.1"]);
+    let (line, metrics) = sent_over(
+        &["--tls-cert", cert.cert_arg(), "--tls-key", cert.key_arg()],
+        &format!("tls = \"may\"\nca_file = {:?}", cert.ca.to_str().unwrap()),
+    );
+    assert!(
+        line.contains(", tls=TLSv1.3 verified, status=sent (250 "),
+        "{line}"
+    );
+    assert!(
+        metrics.contains(
+            "mailqueue_outbound_sessions_total{tls=\"TLSv1.3\",verified=\"verified\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mailqueue_outbound_tls_sessions_total 1\n"),
+        "{metrics}"
+    );
+
+    // Self-signed under `may`: encrypted, not verified.
+    let cert = self_signed(&["peer.test"]);
+    let (line, metrics) = sent_over(
+        &["--tls-cert", cert.cert_arg(), "--tls-key", cert.key_arg()],
+        "tls = \"may\"",
+    );
+    assert!(
+        line.contains(", tls=TLSv1.3 unverified, status=sent (250 "),
+        "{line}"
+    );
+    assert!(
+        metrics.contains(
+            "mailqueue_outbound_sessions_total{tls=\"TLSv1.3\",verified=\"unverified\"} 1\n"
+        ),
+        "{metrics}"
+    );
+
+    // No STARTTLS offered: clear text, and said so.
+    let (line, metrics) = sent_over(&[], "tls = \"may\"");
+    assert!(line.contains(", tls=none, status=sent (250 "), "{line}");
+    assert!(
+        metrics.contains("mailqueue_outbound_sessions_total{tls=\"none\",verified=\"none\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mailqueue_outbound_tls_sessions_total 0\n"),
+        "{metrics}"
     );
 }

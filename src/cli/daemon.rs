@@ -222,6 +222,8 @@ static RELOADED: &[Key] = &[
     key!("[delivery] mx_port", delivery.mx_port),
     key!("[delivery] dns_servers", delivery.dns_servers),
     key!("[delivery] dns_timeout", delivery.dns_timeout),
+    // The MX client is built again with the rest of [delivery].
+    key!("[delivery] dane", delivery.dane),
     key!(
         "[delivery] destination_concurrency",
         delivery.destination_concurrency

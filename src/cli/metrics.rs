@@ -239,6 +239,21 @@ fn encode(shape: &Shape, c: &stats::Stats, free: Option<u64>) -> String {
     );
     family(
         o,
+        "mailqueue_outbound_sessions_total",
+        "counter",
+        "Outbound SMTP/LMTP sessions set up, by TLS version (none: clear text) and \
+         certificate verification (verified, unverified, dane-verified).",
+    );
+    for ((version, verified), n) in stats::outbound_sessions() {
+        sample(
+            o,
+            "mailqueue_outbound_sessions_total",
+            &[("tls", version), ("verified", verified)],
+            n,
+        );
+    }
+    family(
+        o,
         "mailqueue_scheduling_lag_seconds",
         "histogram",
         "How late attempts started against the time they were due.",

@@ -123,9 +123,15 @@ pub fn build_target(
     config: &Config,
 ) -> Result<Arc<dyn DeliveryTarget>, TargetError> {
     let d = &config.delivery;
-    let settings = client_settings(spec, config)?;
+    let mut settings = client_settings(spec, config)?;
     let endpoint = match spec {
         TargetSpec::Remote => {
+            if d.dane && settings.tls_connector.is_none() {
+                // tls = "none" still leaves DANE hosts to TLS.
+                let ca = Some(d.ca_file.as_path()).filter(|p| !p.as_os_str().is_empty());
+                settings.tls_connector =
+                    smtp_client::tls_connector(TlsPolicy::May, ca)?.map(Arc::new);
+            }
             let resolver = dns::Resolver::new(&d.dns_servers, d.dns_timeout)?;
             let remote = remote::RemoteSettings {
                 client: Arc::new(settings),
@@ -138,6 +144,7 @@ pub fn build_target(
                 connection_cache_time: d.connection_cache_time,
             };
             let target = remote::RemoteTarget::new(resolver, remote);
+            let target = if d.dane { target.with_dane() } else { target };
             if !d.mta_sts {
                 return Ok(Arc::new(target));
             }

@@ -80,6 +80,7 @@ impl Default for DeliveryConfig {
             mx_port: 25,
             dns_servers: Vec::new(),
             dns_timeout: Duration::from_secs(5),
+            dane: false,
             destination_concurrency: 20,
             rate: None,
             connection_cache_time: Duration::from_secs(5),

@@ -216,7 +216,9 @@ pub struct DeliveryConfig {
     pub target: TargetSpec,
     /// How hard outgoing connections insist on TLS.
     pub tls: TlsPolicy,
-    /// Extra trust roots (PEM) for `tls = "verify"`; empty for none.
+    /// Extra trust roots (PEM) besides the system's: what `tls =
+    /// "verify"` checks against, and under the other policies what the
+    /// log's `tls=... verified` is judged by; empty for none.
     pub ca_file: PathBuf,
     /// AUTH PLAIN/LOGIN user at a smarthost (never with `target =
     /// "remote"`); empty for no AUTH. Set with `password_file` or neither.
@@ -234,6 +236,11 @@ pub struct DeliveryConfig {
     /// How long one DNS query waits for an answer from one server.
     #[serde(deserialize_with = "duration::deserialize")]
     pub dns_timeout: Duration,
+    /// DANE for MX delivery (RFC 7672): an MX host with DNSSEC-signed,
+    /// usable TLSA records gets TLS with a certificate they name, or no
+    /// mail. Only with DNS servers on loopback (a validating resolver),
+    /// whose AD bit can be trusted; `check` warns otherwise.
+    pub dane: bool,
     /// Most connections open to one destination at once: to each
     /// recipient domain with `target = "remote"` (never more than four
     /// fifths of the workers), to the next hop with a relay target.
@@ -350,6 +357,12 @@ impl Config {
                  checking the server's certificate (tls = \"verify\" checks it)",
                 d.username
             ));
+        }
+        if d.dane {
+            let resolver = crate::delivery::dns::Resolver::new(&d.dns_servers, d.dns_timeout);
+            if resolver.is_ok_and(|r| !r.is_local()) {
+                w.push(crate::delivery::dane::NOT_LOCAL.to_string());
+            }
         }
         w.extend(self.route_warnings());
         w

@@ -2,6 +2,10 @@
 //! over UDP (TCP when the answer is truncated), against the servers of the
 //! configuration or `/etc/resolv.conf`, with a TTL-honouring cache.
 //!
+//! Queries set the AD bit (RFC 6840 §5.7), so a validating resolver says
+//! whether it authenticated each answer with DNSSEC; DANE trusts that only
+//! from a resolver on this host ([`Resolver::is_local`]).
+//!
 //! The wire format is simple-dns's; the sockets are std's.
 
 use std::collections::HashMap;
@@ -25,7 +29,13 @@ pub enum RecordType {
     Txt,
     /// Reverse DNS: the name of an address (`in-addr.arpa`, `ip6.arpa`).
     Ptr,
+    /// DANE: the certificates a TLS server may present (RFC 6698), at
+    /// `_25._tcp.<mx host>`.
+    Tlsa,
 }
+
+/// The type code of TLSA (RFC 6698 §7.1), which simple-dns does not know.
+const TLSA: u16 = 52;
 
 impl RecordType {
     fn wire(self) -> TYPE {
@@ -35,6 +45,7 @@ impl RecordType {
             RecordType::Aaaa => TYPE::AAAA,
             RecordType::Txt => TYPE::TXT,
             RecordType::Ptr => TYPE::PTR,
+            RecordType::Tlsa => TYPE::Unknown(TLSA),
         }
     }
 }
@@ -51,6 +62,37 @@ pub enum Record {
     Txt(String),
     /// A PTR record's target name (without a trailing dot).
     Name(String),
+    /// A TLSA record.
+    Tlsa(Tlsa),
+}
+
+/// One TLSA record (RFC 6698 §2.1) as the wire gives it; whether it can
+/// be used is DANE's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tlsa {
+    /// Certificate usage: 0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE.
+    pub usage: u8,
+    /// 0: the whole certificate; 1: its SubjectPublicKeyInfo.
+    pub selector: u8,
+    /// 0: the data as it is; 1: its SHA-256; 2: its SHA-512.
+    pub matching: u8,
+    /// The certificate association data.
+    pub data: Vec<u8>,
+}
+
+impl Tlsa {
+    /// Reads TLSA RDATA: three octets, then the data. `None` when shorter.
+    pub fn from_rdata(rdata: &[u8]) -> Option<Tlsa> {
+        match rdata {
+            [usage, selector, matching, data @ ..] => Some(Tlsa {
+                usage: *usage,
+                selector: *selector,
+                matching: *matching,
+                data: data.to_vec(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Why a lookup failed.
@@ -95,6 +137,8 @@ pub struct Response {
     pub records: Vec<Record>,
     /// Smallest TTL of the records used, in seconds.
     pub ttl: u32,
+    /// The AD bit: the server says it authenticated the answer (DNSSEC).
+    pub authenticated: bool,
 }
 
 /// A reply that does not belong to the question or cannot be read.
@@ -105,7 +149,10 @@ pub struct WireError(pub String);
 /// Builds a recursive query.
 pub fn build_query(id: u16, name: &str, qtype: RecordType) -> Result<Vec<u8>, WireError> {
     let mut p = Packet::new_query(id);
-    p.set_flags(PacketFlag::RECURSION_DESIRED);
+    // AD in a query asks a validating resolver to say whether it
+    // authenticated the answer (RFC 6840 §5.7), without the DO bit's
+    // DNSSEC records in the reply.
+    p.set_flags(PacketFlag::RECURSION_DESIRED | PacketFlag::AUTHENTIC_DATA);
     let qname = Name::new(name).map_err(|e| WireError(e.to_string()))?;
     // simple-dns skips empty labels and reads `\DDD` escapes, so some
     // names would be asked as another name, and no reply could ever match
@@ -136,8 +183,13 @@ pub fn parse_response(
     name: &str,
     qtype: RecordType,
 ) -> Result<Response, WireError> {
-    let p = Packet::parse(bytes).map_err(|e| WireError(e.to_string()))?;
-    check_answers_query(&p, id, name, qtype)?;
+    let (bytes, asked_tlsa) = tlsa_question_as_null(bytes);
+    if asked_tlsa != (qtype == RecordType::Tlsa) {
+        return Err(WireError("reply is about another record type".into()));
+    }
+    let p = Packet::parse(&bytes).map_err(|e| WireError(e.to_string()))?;
+    let qtype_seen = if asked_tlsa { TYPE::NULL } else { qtype.wire() };
+    check_answers_query(&p, id, name, qtype_seen)?;
     let owners = cname_chain(&p, name);
     let (records, ttl) = records_of(&p, &owners, qtype);
     Ok(Response {
@@ -145,16 +197,41 @@ pub fn parse_response(
         truncated: p.has_flags(PacketFlag::TRUNCATION),
         records,
         ttl: if ttl == u32::MAX { 0 } else { ttl },
+        authenticated: p.has_flags(PacketFlag::AUTHENTIC_DATA),
     })
 }
 
+/// simple-dns refuses a question of a type it does not know, TLSA among
+/// them (answers of such types it keeps as opaque data). A reply's first
+/// question of type TLSA is given to it as one of type NULL, which this
+/// resolver never asks; the flag says it was TLSA.
+fn tlsa_question_as_null(bytes: &[u8]) -> (std::borrow::Cow<'_, [u8]>, bool) {
+    const HEADER: usize = 12;
+    let has_question = bytes.len() > 5 && bytes[4..6] != [0, 0];
+    let mut at = HEADER;
+    // The question's name: labels up to the root (a pointer cannot come
+    // first in a message, so none is followed).
+    while has_question && at < bytes.len() && bytes[at] != 0 && bytes[at] < 64 {
+        at += 1 + usize::from(bytes[at]);
+    }
+    let qtype_at = at + 1;
+    match bytes.get(at..qtype_at + 2) {
+        Some([0, hi, lo]) if has_question && u16::from_be_bytes([*hi, *lo]) == TLSA => {
+            let mut patched = bytes.to_vec();
+            patched[qtype_at..qtype_at + 2].copy_from_slice(&10u16.to_be_bytes());
+            (patched.into(), true)
+        }
+        _ => (bytes.into(), false),
+    }
+}
+
 /// Checks that `p` is a response to the query `id`, with one question:
-/// `name`/`qtype`.
+/// `name` and the type asked (`qtype_seen`, as parsed).
 fn check_answers_query(
     p: &Packet<'_>,
     id: u16,
     name: &str,
-    qtype: RecordType,
+    qtype_seen: TYPE,
 ) -> Result<(), WireError> {
     if p.id() != id {
         return Err(WireError(format!("id {} instead of {id}", p.id())));
@@ -168,7 +245,7 @@ fn check_answers_query(
             p.questions.len()
         )));
     };
-    if !same_name(&q.qname.to_string(), name) || q.qtype != QTYPE::TYPE(qtype.wire()) {
+    if !same_name(&q.qname.to_string(), name) || q.qtype != QTYPE::TYPE(qtype_seen) {
         return Err(WireError(format!(
             "reply is about {} {:?}",
             q.qname, q.qtype
@@ -220,6 +297,12 @@ fn records_of(p: &Packet<'_>, owners: &[String], qtype: RecordType) -> (Vec<Reco
             (RData::PTR(n), RecordType::Ptr) => {
                 Record::Name(n.0.to_string().trim_end_matches('.').to_string())
             }
+            (RData::NULL(TLSA, rdata), RecordType::Tlsa) => {
+                match Tlsa::from_rdata(rdata.get_data()) {
+                    Some(t) => Record::Tlsa(t),
+                    None => continue,
+                }
+            }
             _ => continue,
         };
         ttl = ttl.min(rr.ttl);
@@ -264,7 +347,18 @@ pub fn reverse_name(ip: IpAddr) -> String {
 #[derive(Clone)]
 struct Cached {
     expires: Instant,
-    result: Result<Vec<Record>, DnsError>,
+    result: Result<Answer, DnsError>,
+}
+
+/// The records of one lookup, and whether the server authenticated them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The records of the type asked; empty when the name has none.
+    pub records: Vec<Record>,
+    /// The server set the AD bit: it validated the answer with DNSSEC
+    /// (or the authenticated denial of the records). Worth something only
+    /// from a resolver on this host ([`Resolver::is_local`]).
+    pub authenticated: bool,
 }
 
 /// Most names kept in the cache; past it the cache starts over.
@@ -315,9 +409,21 @@ impl Resolver {
         })
     }
 
+    /// Whether every server is on this host (loopback): only then is the
+    /// AD bit of its answers worth trusting, since the path to a remote
+    /// resolver is not protected (RFC 6698 §4.1; maddy's rule too).
+    pub fn is_local(&self) -> bool {
+        self.servers.iter().all(|s| s.ip().is_loopback())
+    }
+
     /// Records of one type for a name; an empty list when the name exists
     /// without such records.
     pub fn lookup(&self, name: &str, qtype: RecordType) -> Result<Vec<Record>, DnsError> {
+        self.lookup_answer(name, qtype).map(|a| a.records)
+    }
+
+    /// Records of one type for a name, with the AD bit of the answer.
+    pub fn lookup_answer(&self, name: &str, qtype: RecordType) -> Result<Answer, DnsError> {
         let name = to_ascii(name)?;
         let key = (name.clone(), qtype);
         let now = Instant::now();
@@ -333,13 +439,13 @@ impl Resolver {
         }
         let result = self.query_servers(&name, qtype);
         let keep = match &result {
-            Ok((records, ttl)) if !records.is_empty() => {
+            Ok((answer, ttl)) if !answer.records.is_empty() => {
                 Some(Duration::from_secs(u64::from(*ttl)).min(MAX_TTL))
             }
             Ok(_) | Err(DnsError::NxDomain(_)) => Some(NEGATIVE_TTL),
             Err(_) => None,
         };
-        let result = result.map(|(r, _)| r);
+        let result = result.map(|(a, _)| a);
         if let Some(keep) = keep.filter(|k| !k.is_zero()) {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= CACHE_LIMIT {
@@ -384,13 +490,19 @@ impl Resolver {
         }
     }
 
-    fn query_servers(&self, name: &str, qtype: RecordType) -> Result<(Vec<Record>, u32), DnsError> {
+    fn query_servers(&self, name: &str, qtype: RecordType) -> Result<(Answer, u32), DnsError> {
         let mut why = String::new();
         // Two rounds over the servers: a lost UDP packet is common.
         for _round in 0..2 {
             for server in &self.servers {
                 match self.query_one(*server, name, qtype) {
-                    Ok(r) if r.rcode == RCODE::NoError as u16 => return Ok((r.records, r.ttl)),
+                    Ok(r) if r.rcode == RCODE::NoError as u16 => {
+                        let answer = Answer {
+                            records: r.records,
+                            authenticated: r.authenticated,
+                        };
+                        return Ok((answer, r.ttl));
+                    }
                     Ok(r) if r.rcode == RCODE::NameError as u16 => {
                         return Err(DnsError::NxDomain(name.into()))
                     }
@@ -550,6 +662,71 @@ mod tests {
         );
         let r = parse_response(&bytes, 4, rev, RecordType::Ptr).unwrap();
         assert_eq!(r.records, vec![Record::Name("mail.d.test".into())]);
+    }
+
+    #[test]
+    fn tlsa_records_and_the_ad_bit_are_read() {
+        let owner = "_25._tcp.mx.d.test";
+        const RDATA: &[u8] = &[3, 1, 1, 0xab, 0xcd];
+        let tlsa = |data: &'static [u8]| {
+            ResourceRecord::new(
+                Name::new_unchecked(owner),
+                CLASS::IN,
+                300,
+                RData::NULL(TLSA, simple_dns::rdata::NULL::new(data).unwrap()),
+            )
+        };
+        // A record too short to be TLSA is left out, not an error.
+        let bytes = reply(
+            9,
+            owner,
+            TYPE::Unknown(TLSA),
+            vec![tlsa(RDATA), tlsa(&[2, 0])],
+        );
+        let plain = bytes.clone();
+        let mut authenticated = bytes;
+        authenticated[3] |= 0x20; // AD
+        let want = vec![Record::Tlsa(Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![0xab, 0xcd],
+        })];
+        let r = parse_response(&authenticated, 9, owner, RecordType::Tlsa).unwrap();
+        assert_eq!((r.records.clone(), r.authenticated), (want.clone(), true));
+        let r = parse_response(&plain, 9, owner, RecordType::Tlsa).unwrap();
+        assert_eq!((r.records, r.authenticated), (want, false));
+        // TLSA records are not the answer to another type, nor others to TLSA.
+        assert!(parse_response(&plain, 9, owner, RecordType::Txt).is_err());
+        let mx_reply = reply(9, owner, TYPE::Unknown(TLSA), vec![mx(owner, 1, "x.test")]);
+        let r = parse_response(&mx_reply, 9, owner, RecordType::Tlsa).unwrap();
+        assert!(r.records.is_empty());
+    }
+
+    #[test]
+    fn queries_ask_for_the_ad_bit() {
+        let bytes = build_query(5, "_25._tcp.mx.d.test", RecordType::Tlsa).unwrap();
+        let (masked, was_tlsa) = tlsa_question_as_null(&bytes);
+        assert!(was_tlsa);
+        let q = Packet::parse(&masked).unwrap();
+        assert!(q.has_flags(PacketFlag::AUTHENTIC_DATA | PacketFlag::RECURSION_DESIRED));
+        assert_eq!(q.questions[0].qtype, QTYPE::TYPE(TYPE::NULL));
+        assert_eq!(&bytes[bytes.len() - 4..], &[0, 52, 0, 1]);
+        let bytes = build_query(5, "mx.d.test", RecordType::A).unwrap();
+        assert!(!tlsa_question_as_null(&bytes).1);
+    }
+
+    #[test]
+    fn only_loopback_servers_count_as_local() {
+        let t = Duration::from_secs(1);
+        assert!(Resolver::new(&["127.0.0.1:5353".into(), "::1".into()], t)
+            .unwrap()
+            .is_local());
+        assert!(
+            !Resolver::new(&["127.0.0.1".into(), "192.0.2.53".into()], t)
+                .unwrap()
+                .is_local()
+        );
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub enum ErrorKind {
     /// ahead of it. Under the `may` policy the MX client tries again in
     /// clear.
     Tls,
+    /// The server's certificate does not pass a check its connection
+    /// requires (its DANE TLSA records): temporary, and never retried in
+    /// clear.
+    TlsAuthentication,
     /// Encryption is required (by the policy, or to send a password)
     /// but the server does not offer it or refuses it.
     EncryptionNeeded,
@@ -113,6 +117,7 @@ impl ErrorKind {
             Timeout => (Temporary, 451, (4, 4, 2)),
             Closed => (Temporary, 451, (4, 4, 0)),
             Tls => (Temporary, 451, (4, 7, 5)),
+            TlsAuthentication => (Temporary, 451, (4, 7, 5)),
             EncryptionNeeded => (Temporary, 451, (4, 7, 10)),
             MtaSts => (Temporary, 451, (4, 7, 5)),
             Auth => (Temporary, 451, (4, 7, 8)),

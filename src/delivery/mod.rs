@@ -11,6 +11,7 @@
 //! trying again later can help.
 
 mod body;
+pub mod dane;
 pub mod dns;
 mod error;
 pub mod limits;
@@ -21,6 +22,7 @@ pub mod relay;
 pub mod remote;
 pub mod routing;
 pub mod smtp_client;
+pub mod tls_report;
 
 pub use body::{Body, DamagedBody};
 pub use error::{DeliveryError, ErrorKind, Severity};
@@ -29,6 +31,7 @@ use crate::address::ReversePath;
 use crate::envelope::{MailParams, Recipient};
 use crate::id::MessageId;
 use crate::smtp::reply::SmtpReply;
+use tls_report::TlsReport;
 
 /// What a target needs to know to start a transaction.
 #[derive(Debug, Clone)]
@@ -104,6 +107,9 @@ pub struct RecipientOutcome {
     /// The next hop's reply for a recipient it took on (`250 2.0.0 Ok:
     /// queued as X`), for the log; `None` when there is none to tell.
     pub reply: Option<SmtpReply>,
+    /// The TLS of the session that answered, for the log; `None` when
+    /// no session answered or the target has no sessions.
+    pub tls: Option<TlsReport>,
 }
 
 impl RecipientOutcome {
@@ -113,6 +119,7 @@ impl RecipientOutcome {
             result,
             relay: None,
             reply: None,
+            tls: None,
         }
     }
 
@@ -125,6 +132,12 @@ impl RecipientOutcome {
     /// Names the server that answered.
     pub fn via(mut self, relay: Option<String>) -> Self {
         self.relay = relay;
+        self
+    }
+
+    /// Names the TLS of the session that answered.
+    pub fn over(mut self, tls: Option<TlsReport>) -> Self {
+        self.tls = tls;
         self
     }
 

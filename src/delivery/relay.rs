@@ -165,6 +165,7 @@ impl<'a> HopDelivery<'a> {
         let handoff = self.handoff();
         // After the session it ended on, which may be a new one.
         let relay = self.session_relay();
+        let tls = self.session.as_ref().map(|p| p.session.tls_report());
         slots
             .into_iter()
             .map(|slot| {
@@ -180,6 +181,7 @@ impl<'a> HopDelivery<'a> {
                 };
                 RecipientOutcome::new(result)
                     .via(relay.clone())
+                    .over(tls)
                     .with_reply(reply)
             })
             .collect()

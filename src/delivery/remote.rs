@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use crate::delivery::dane::Dane;
 use crate::delivery::dns::{self, DnsError, Record, RecordType, Resolver};
 use crate::delivery::limits::{DestinationLimits, Rate};
 use crate::delivery::mta_sts::MtaSts;
 use crate::delivery::outbound::IpVersion;
 use crate::delivery::pool::{Pooled, SessionPool};
 use crate::delivery::relay::HopDelivery;
-use crate::delivery::smtp_client::{ClientSettings, Session};
+use crate::delivery::smtp_client::{ClientSettings, PeerCheck, Session};
 use crate::delivery::{
     fill_outcomes, Body, DeliveryError, DeliveryTarget, ErrorKind, MessageInfo, RecipientOutcome,
 };
@@ -54,6 +55,8 @@ pub struct RemoteTarget {
     plain: Arc<ClientSettings>,
     /// MTA-STS policies, when `mta_sts` is on.
     mta_sts: Option<MtaSts>,
+    /// TLSA lookups, with `[delivery] dane` and a local resolver.
+    dane: Option<Dane>,
 }
 
 impl RemoteTarget {
@@ -70,6 +73,7 @@ impl RemoteTarget {
             pool,
             plain,
             mta_sts: None,
+            dane: None,
         }
     }
 
@@ -87,6 +91,13 @@ impl RemoteTarget {
     /// The resolver, to share with MTA-STS.
     pub fn resolver(&self) -> &Arc<Resolver> {
         &self.resolver
+    }
+
+    /// The same target with DANE, if the resolver's AD bit can be
+    /// trusted (it is on loopback); without, as it was.
+    pub fn with_dane(mut self) -> RemoteTarget {
+        self.dane = Dane::new(Arc::clone(&self.resolver), self.settings.mx_port);
+        self
     }
 
     /// Connections currently open to `domain` for deliveries.
@@ -221,11 +232,31 @@ impl RemoteTarget {
         let sts = self.mta_sts.as_ref().map(|s| s.policy_for(domain));
         let mut last: Option<DeliveryError> = None;
         for (host, ip) in targets {
+            // DANE, when the host has usable TLSA records, settles its TLS
+            // (before MTA-STS would).
+            let check: Option<Arc<dyn PeerCheck>> = match &self.dane {
+                Some(dane) => match dane.usable_records(domain, &host) {
+                    Ok(c) => c.map(|c| c as Arc<dyn PeerCheck>),
+                    Err(e) => {
+                        log::info!("{domain}: {host}: {e}");
+                        last = Some(e);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let addr = SocketAddr::new(ip, self.settings.mx_port);
-            let open = |client: &Arc<ClientSettings>| self.open_at(domain, &host, addr, client);
-            let opened = match &sts {
-                Some(policy) => policy.open(&host, &self.settings.client, open),
-                None => open(&self.settings.client),
+            let opened = match check {
+                Some(dane) => self.open_at(domain, &host, addr, &self.settings.client, Some(dane)),
+                None => {
+                    let open = |client: &Arc<ClientSettings>| {
+                        self.open_at(domain, &host, addr, client, None)
+                    };
+                    match &sts {
+                        Some(policy) => policy.open(&host, &self.settings.client, open),
+                        None => open(&self.settings.client),
+                    }
+                }
             };
             match opened {
                 Ok(s) => return Ok(s),
@@ -246,13 +277,15 @@ impl RemoteTarget {
     }
 
     /// Connects to one address of an MX host (from the source address,
-    /// if set) and runs the session set-up with `client`'s settings.
+    /// if set) and runs the session set-up with `client`'s settings and
+    /// the certificate check the host needs (DANE), if any.
     fn open_at(
         &self,
         domain: &str,
         host: &str,
         addr: SocketAddr,
         client: &Arc<ClientSettings>,
+        check: Option<Arc<dyn PeerCheck>>,
     ) -> Result<Session, DeliveryError> {
         let relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
         let connect = || {
@@ -261,13 +294,14 @@ impl RemoteTarget {
                 .connect(addr, client.connect_timeout, &relay)
                 .map_err(|e| e.at(host))
         };
-        match Session::open_stream(client, connect()?, host, relay.clone()) {
+        let required = check.is_some();
+        match Session::open_stream(client, connect()?, host, relay.clone(), check) {
             // Many MX hosts offer STARTTLS with a broken TLS setup; under
             // `may` the mail goes in clear rather than not at all, as
-            // Postfix does.
-            Err(e) if client.tls == TlsPolicy::May && e.kind() == ErrorKind::Tls => {
+            // Postfix does; never where DANE requires TLS.
+            Err(e) if client.tls == TlsPolicy::May && !required && e.kind() == ErrorKind::Tls => {
                 log::info!("{domain}: {relay}: {e}; trying again without TLS");
-                Session::open_stream(&self.plain, connect()?, host, relay)
+                Session::open_stream(&self.plain, connect()?, host, relay, None)
             }
             other => other,
         }

@@ -9,11 +9,14 @@
 //! notices, connections) are what the daemon's metrics endpoint renders;
 //! they count from the queue's start.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::tls_report::TlsReport;
 use crate::smtp::reply::SmtpReply;
 
 /// Four buckets per power of two of microseconds: a quantile read off the
@@ -168,19 +171,33 @@ fn refusal_reason(reply: &SmtpReply) -> usize {
 /// `mailqueue_deliveries_total`.
 pub const OUTCOMES: [&str; 4] = ["sent", "deferred", "bounced", "expired"];
 
-/// Outbound TLS sessions established, by every delivery target of the
-/// process (the SMTP client knows no queue).
-static OUTBOUND_TLS: AtomicU64 = AtomicU64::new(0);
+/// Outbound sessions established by every delivery target of the
+/// process (the SMTP client knows no queue), by TLS version and
+/// certificate verification. A session is counted once it is set up.
+static OUTBOUND_SESSIONS: Mutex<BTreeMap<(&str, &str), u64>> = Mutex::new(BTreeMap::new());
 
-/// Counts an outbound TLS session and passes it on.
-pub fn count_tls<T>(session: T) -> T {
-    OUTBOUND_TLS.fetch_add(1, Relaxed);
-    session
+/// Counts an outbound session with its TLS.
+pub fn count_outbound_session(tls: TlsReport) {
+    let mut counts = OUTBOUND_SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
+    *counts
+        .entry((tls.version(), tls.verification()))
+        .or_default() += 1;
+}
+
+/// Outbound sessions since the process started, by (TLS version,
+/// verification), `("none", "none")` for clear text.
+pub fn outbound_sessions() -> Vec<((&'static str, &'static str), u64)> {
+    let counts = OUTBOUND_SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
+    counts.iter().map(|(k, n)| (*k, *n)).collect()
 }
 
 /// Outbound TLS sessions established since the process started.
 pub fn outbound_tls() -> u64 {
-    OUTBOUND_TLS.load(Relaxed)
+    outbound_sessions()
+        .into_iter()
+        .filter(|((version, _), _)| *version != "none")
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// The running queue's counters.

@@ -290,6 +290,7 @@ fn apply(
         result,
         relay,
         reply,
+        tls,
         ..
     } = outcome;
     if let Err(e) = &result {
@@ -334,11 +335,12 @@ fn apply(
     };
     shared.stats.outcome(status, r.expired);
     log::info!(
-        "{id}: to=<{}>, relay={}, tries={}, delay={:.1}s, status={status}{}",
+        "{id}: to=<{}>, relay={}, tries={}, delay={:.1}s, {}status={status}{}",
         r.address,
         relay.as_deref().unwrap_or("none"),
         r.tries,
         age.as_secs_f64(),
+        tls.map(|t| format!("tls={t}, ")).unwrap_or_default(),
         reply
             .map(|r| format!(" ({})", logline::clean(&r.to_string(), logline::REPLY)))
             .unwrap_or_default()

@@ -10,7 +10,11 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum Transport {
     Tcp(TcpStream),
+    /// The listener's side of STARTTLS.
     Tls(Box<native_tls::TlsStream<TcpStream>>),
+    /// The client's side: OpenSSL directly, for the version and the
+    /// certificate chain native-tls does not give.
+    ClientTls(Box<openssl::ssl::SslStream<TcpStream>>),
     Unix(UnixStream),
 }
 
@@ -23,6 +27,10 @@ impl Transport {
                 s.set_write_timeout(Some(t))
             }
             Transport::Tls(s) => {
+                s.get_ref().set_read_timeout(Some(t))?;
+                s.get_ref().set_write_timeout(Some(t))
+            }
+            Transport::ClientTls(s) => {
                 s.get_ref().set_read_timeout(Some(t))?;
                 s.get_ref().set_write_timeout(Some(t))
             }
@@ -39,6 +47,7 @@ impl Transport {
         match self {
             Transport::Tcp(s) => s.set_read_timeout(Some(t)),
             Transport::Tls(s) => s.get_ref().set_read_timeout(Some(t)),
+            Transport::ClientTls(s) => s.get_ref().set_read_timeout(Some(t)),
             Transport::Unix(s) => s.set_read_timeout(Some(t)),
         }
     }
@@ -48,12 +57,13 @@ impl Transport {
         match self {
             Transport::Tcp(s) => s.set_write_timeout(Some(t)),
             Transport::Tls(s) => s.get_ref().set_write_timeout(Some(t)),
+            Transport::ClientTls(s) => s.get_ref().set_write_timeout(Some(t)),
             Transport::Unix(s) => s.set_write_timeout(Some(t)),
         }
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
+        matches!(self, Transport::Tls(_) | Transport::ClientTls(_))
     }
 
     /// Whether an idle connection is still worth a transaction: false when
@@ -66,6 +76,7 @@ impl Transport {
             // Bytes on the socket under TLS are an alert or a close_notify
             // as far as an idle SMTP session goes.
             Transport::Tls(s) => peek_now(s.get_ref(), |s| s.peek(&mut probe)),
+            Transport::ClientTls(s) => peek_now(s.get_ref(), |s| s.peek(&mut probe)),
             // UnixStream::peek is not stable; a byte read here would end
             // the session anyway.
             Transport::Unix(s) => {
@@ -99,6 +110,7 @@ impl Read for Transport {
         match self {
             Transport::Tcp(s) => s.read(buf),
             Transport::Tls(s) => s.read(buf),
+            Transport::ClientTls(s) => s.read(buf),
             Transport::Unix(s) => s.read(buf),
         }
     }
@@ -109,6 +121,7 @@ impl Write for Transport {
         match self {
             Transport::Tcp(s) => s.write(buf),
             Transport::Tls(s) => s.write(buf),
+            Transport::ClientTls(s) => s.write(buf),
             Transport::Unix(s) => s.write(buf),
         }
     }
@@ -117,6 +130,7 @@ impl Write for Transport {
         match self {
             Transport::Tcp(s) => s.flush(),
             Transport::Tls(s) => s.flush(),
+            Transport::ClientTls(s) => s.flush(),
             Transport::Unix(s) => s.flush(),
         }
     }

@@ -75,7 +75,7 @@ pub enum FetchError {
 pub(crate) struct Fetcher {
     pub(crate) resolver: Arc<Resolver>,
     /// Verifies the chain (system roots plus `ca_file`) and the name.
-    pub(crate) tls: Option<Arc<native_tls::TlsConnector>>,
+    pub(crate) tls: Arc<openssl::ssl::SslConnector>,
     /// 443, but for tests.
     pub(crate) port: u16,
     pub(crate) outbound: Outbound,
@@ -86,10 +86,6 @@ impl Fetcher {
     /// The policy text of `domain` (an A-label domain).
     pub(crate) fn fetch(&self, domain: &str) -> Result<String, FetchError> {
         let host = format!("mta-sts.{domain}");
-        let connector = self.tls.as_ref().ok_or_else(|| FetchError::Tls {
-            host: host.clone(),
-            why: "no TLS client".into(),
-        })?;
         let tcp = self.connect(&host)?;
         let io = |e: std::io::Error| FetchError::Io {
             host: host.clone(),
@@ -99,7 +95,7 @@ impl Fetcher {
         let _deadline = Watchdog::arm(&tcp, FETCH_TIMEOUT);
         tcp.set_read_timeout(Some(FETCH_TIMEOUT)).map_err(io)?;
         tcp.set_write_timeout(Some(FETCH_TIMEOUT)).map_err(io)?;
-        let mut tls = connector.connect(&host, tcp).map_err(|e| FetchError::Tls {
+        let mut tls = self.tls.connect(&host, tcp).map_err(|e| FetchError::Tls {
             host: host.clone(),
             why: e.to_string(),
         })?;

@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::delivery::dns::{DnsError, Record, RecordType, Resolver};
-use crate::delivery::smtp_client::{tls_connector, ClientSettings, Session, TlsConnectorError};
+use crate::delivery::smtp_client::{
+    tls_connector, verifying_connector, ClientSettings, Session, TlsConnectorError,
+};
 use crate::delivery::{DeliveryError, ErrorKind};
 use crate::smtp::tls_policy::TlsPolicy;
 
@@ -122,17 +124,16 @@ impl MtaSts {
         settings: MtaStsSettings,
     ) -> Result<MtaSts, TlsConnectorError> {
         // Always built: the policy is not `none`.
-        let connector =
-            tls_connector(TlsPolicy::Verify, settings.ca_file.as_deref())?.map(Arc::new);
+        let ca_file = settings.ca_file.as_deref();
         let verified = Arc::new(ClientSettings {
             tls: TlsPolicy::Verify,
-            tls_connector: connector.clone(),
+            tls_connector: tls_connector(TlsPolicy::Verify, ca_file)?.map(Arc::new),
             ..client.clone()
         });
         Ok(MtaSts {
             fetcher: Fetcher {
                 resolver: Arc::clone(&resolver),
-                tls: connector,
+                tls: Arc::new(verifying_connector(ca_file)?),
                 port: settings.https_port,
                 outbound: client.outbound(),
                 connect_timeout: client.connect_timeout,
@@ -403,5 +404,8 @@ impl DomainPolicy {
 /// A failure of the TLS the policy requires: no STARTTLS, a failed
 /// handshake or certificate check.
 fn is_tls_failure(e: &DeliveryError) -> bool {
-    matches!(e.kind(), ErrorKind::Tls | ErrorKind::EncryptionNeeded)
+    matches!(
+        e.kind(),
+        ErrorKind::Tls | ErrorKind::TlsAuthentication | ErrorKind::EncryptionNeeded
+    )
 }

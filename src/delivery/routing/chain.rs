@@ -35,7 +35,10 @@ impl MoveOn {
             MoveOn::Unreachable => {
                 let never_connected = relay.is_none() && e.relay().is_none();
                 never_connected
-                    || matches!(e.kind(), ErrorKind::Tls | ErrorKind::EncryptionNeeded)
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::Tls | ErrorKind::TlsAuthentication | ErrorKind::EncryptionNeeded
+                    )
                     || e.reply().code == 421
             }
         }

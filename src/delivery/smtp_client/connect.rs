@@ -3,12 +3,12 @@
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::tls::PeerCheck;
 use super::{ClientSettings, Endpoint, Session};
+use crate::delivery::tls_report::TlsReport;
 use crate::delivery::{DeliveryError, ErrorKind};
-use crate::smtp::tls_policy::TlsPolicy;
 use crate::smtp::transport::{Transport, Watchdog};
 
 impl Session {
@@ -40,16 +40,18 @@ impl Session {
                 )
             }
         };
-        Self::open_on(settings, transport, host, relay, implicit_tls)
+        Self::open_on(settings, transport, host, relay, implicit_tls, None)
     }
 
     /// Runs the session set-up on an already connected TCP stream (the
-    /// MX client connects itself, address by address).
+    /// MX client connects itself, address by address); `check`, when
+    /// given, requires TLS and decides whether the certificate will do.
     pub fn open_stream(
         settings: &Arc<ClientSettings>,
         stream: TcpStream,
         host: &str,
         relay: String,
+        check: Option<Arc<dyn PeerCheck>>,
     ) -> Result<Session, DeliveryError> {
         let _ = stream.set_nodelay(true);
         Self::open_on(
@@ -58,6 +60,7 @@ impl Session {
             host.to_string(),
             relay,
             false,
+            check,
         )
     }
 }
@@ -108,86 +111,27 @@ fn resolve(
     Ok(usable)
 }
 
-/// Runs the TLS handshake on a TCP stream (others are left as they are).
+/// Runs the TLS handshake on a TCP stream (others are left as they are),
+/// checking the certificate as `check` or the policy asks; the report
+/// says what the session's TLS amounted to.
 pub(super) fn tls_handshake(
     settings: &ClientSettings,
     transport: Transport,
     host: &str,
-) -> Result<Transport, DeliveryError> {
+    check: Option<&dyn PeerCheck>,
+) -> Result<(Transport, TlsReport), DeliveryError> {
     let Transport::Tcp(tcp) = transport else {
-        return Ok(transport);
+        return Ok((transport, TlsReport::None));
     };
-    let connector = settings
+    let client = settings
         .tls_connector
         .as_ref()
         .ok_or_else(|| DeliveryError::new(ErrorKind::Config, "TLS is not configured"))?;
-    let name = host.trim_end_matches('.');
     // The whole handshake within command_timeout, as Postfix's
     // smtp_starttls_timeout: each read and write alone is not enough.
     let _deadline = Watchdog::arm(&tcp, settings.command_timeout);
-    match connector.connect(name, tcp) {
-        Ok(s) => Ok(Transport::Tls(Box::new(crate::queue::stats::count_tls(s)))),
-        // Its kind lets the MX client tell a failed handshake from other
-        // errors and, under `may`, retry in clear.
-        Err(e) => {
-            Err(DeliveryError::tls(&format!("TLS handshake with {name} failed: {e}")).at(host))
-        }
-    }
-}
-
-/// Why the TLS client cannot be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsConnectorError {
-    /// The `ca_file` cannot be read.
-    #[error("cannot read ca_file {path}: {source}")]
-    ReadCa {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The `ca_file` holds no usable certificate.
-    #[error("ca_file {path}: {source}")]
-    BadCa {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: native_tls::Error,
-    },
-    /// The TLS library refused the settings.
-    #[error("cannot set up TLS: {0}")]
-    Build(#[source] native_tls::Error),
-}
-
-/// Builds the TLS client for a policy: `verify` checks the chain (system
-/// roots plus `ca_file`) and the host name; `may` and `encrypt` only encrypt.
-pub fn tls_connector(
-    policy: TlsPolicy,
-    ca_file: Option<&std::path::Path>,
-) -> Result<Option<native_tls::TlsConnector>, TlsConnectorError> {
-    if policy == TlsPolicy::None {
-        return Ok(None);
-    }
-    let mut b = native_tls::TlsConnector::builder();
-    if policy == TlsPolicy::Verify {
-        if let Some(path) = ca_file {
-            let pem = std::fs::read(path).map_err(|source| TlsConnectorError::ReadCa {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let cert = native_tls::Certificate::from_pem(&pem).map_err(|source| {
-                TlsConnectorError::BadCa {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            })?;
-            b.add_root_certificate(cert);
-        }
-    } else {
-        b.danger_accept_invalid_certs(true);
-        b.danger_accept_invalid_hostnames(true);
-    }
-    b.build().map(Some).map_err(TlsConnectorError::Build)
+    let (stream, report) = client.handshake(tcp, host, check)?;
+    Ok((Transport::ClientTls(Box::new(stream)), report))
 }
 
 #[cfg(test)]
@@ -197,7 +141,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::super::testing::{server, settings};
+    use super::super::tls_connector;
     use super::*;
+    use crate::smtp::tls_policy::TlsPolicy;
 
     #[test]
     fn a_tls_handshake_trickled_byte_by_byte_ends_at_the_command_timeout() {

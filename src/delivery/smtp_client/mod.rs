@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::delivery::outbound::{IpVersion, Outbound};
+use crate::delivery::tls_report::TlsReport;
 use crate::delivery::{DeliveryError, ErrorKind};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::tls_policy::TlsPolicy;
@@ -26,10 +27,11 @@ use crate::smtp::transport::Transport;
 mod connect;
 mod reply;
 mod session;
+mod tls;
 mod transaction;
 
-pub use connect::{tls_connector, TlsConnectorError};
 pub use session::Extensions;
+pub use tls::{tls_connector, verifying_connector, PeerCheck, TlsClient, TlsConnectorError};
 
 /// A user name and password for AUTH. Debug output hides the password.
 #[derive(Clone)]
@@ -53,7 +55,7 @@ pub struct ClientSettings {
     pub lmtp: bool,
     pub tls: TlsPolicy,
     /// Used for STARTTLS and implicit TLS; built from the policy.
-    pub tls_connector: Option<Arc<native_tls::TlsConnector>>,
+    pub tls_connector: Option<Arc<TlsClient>>,
     pub auth: Option<Credentials>,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
@@ -122,6 +124,11 @@ pub struct Session {
     /// Transactions begun on this session (MAIL sent), for
     /// `messages_per_connection`.
     transactions: u32,
+    /// What the session's TLS amounts to, for the log and the metrics.
+    tls: TlsReport,
+    /// The certificate check this connection needs (DANE), which also
+    /// makes TLS required.
+    check: Option<Arc<dyn PeerCheck>>,
 }
 
 fn protocol_error(what: &str) -> DeliveryError {
@@ -132,12 +139,15 @@ impl Session {
     /// A session on a connected (and, if need be, encrypted) stream,
     /// before the greeting is read.
     fn on(
-        transport: Transport,
+        (transport, tls): (Transport, TlsReport),
         settings: Arc<ClientSettings>,
         host: String,
         relay: String,
+        check: Option<Arc<dyn PeerCheck>>,
     ) -> Self {
         Session {
+            tls,
+            check,
             io: BufReader::new(transport),
             settings,
             host,
@@ -160,6 +170,11 @@ impl Session {
 
     pub fn is_tls(&self) -> bool {
         self.io.get_ref().is_tls()
+    }
+
+    /// The TLS version and certificate verification of the session.
+    pub fn tls_report(&self) -> TlsReport {
+        self.tls
     }
 
     /// True when no transaction is open, so the next can start at once.

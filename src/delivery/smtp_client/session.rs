@@ -8,7 +8,9 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use super::connect::tls_handshake;
+use super::tls::PeerCheck;
 use super::{ClientSettings, Credentials, Session, State};
+use crate::delivery::tls_report::TlsReport;
 use crate::delivery::{DeliveryError, ErrorKind};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::tls_policy::TlsPolicy;
@@ -66,11 +68,14 @@ impl Session {
         host: String,
         relay: String,
         implicit_tls: bool,
+        check: Option<Arc<dyn PeerCheck>>,
     ) -> Result<Session, DeliveryError> {
         // Connected: whatever fails from here on, this server was there.
         let named = relay.clone();
-        Self::set_up(settings, transport, host, relay, implicit_tls)
-            .map_err(|e| e.with_relay(named))
+        let session = Self::set_up(settings, transport, host, relay, implicit_tls, check)
+            .map_err(|e| e.with_relay(named))?;
+        crate::queue::stats::count_outbound_session(session.tls);
+        Ok(session)
     }
 
     fn set_up(
@@ -79,16 +84,17 @@ impl Session {
         host: String,
         relay: String,
         implicit_tls: bool,
+        check: Option<Arc<dyn PeerCheck>>,
     ) -> Result<Session, DeliveryError> {
         transport
             .set_timeout(settings.command_timeout)
             .map_err(|e| DeliveryError::network("socket", &e))?;
         let transport = if implicit_tls {
-            tls_handshake(settings, transport, &host)?
+            tls_handshake(settings, transport, &host, check.as_deref())?
         } else {
-            transport
+            (transport, TlsReport::None)
         };
-        let mut session = Session::on(transport, Arc::clone(settings), host, relay);
+        let mut session = Session::on(transport, Arc::clone(settings), host, relay, check);
         let greeting = session.read_reply(settings.command_timeout)?;
         if greeting.reply.code != 220 {
             // A server that will not talk to us (5xx greeting) says nothing
@@ -106,24 +112,38 @@ impl Session {
 
     /// Upgrades to TLS with STARTTLS as the policy says.
     fn encrypt(mut self) -> Result<Session, DeliveryError> {
-        let must_encrypt = matches!(self.settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify);
+        let must_encrypt = matches!(self.settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify)
+            || self.check.is_some();
         // A Unix socket never leaves the machine: nothing to encrypt.
         let local = matches!(self.io.get_ref(), Transport::Unix(_));
         if self.is_tls() || local {
             return Ok(self);
         }
-        if self.ext.starttls && self.settings.tls != TlsPolicy::None {
+        if self.ext.starttls && (self.settings.tls != TlsPolicy::None || self.check.is_some()) {
             return self.starttls();
         }
         if must_encrypt {
             let _ = self.command("QUIT");
             return Err(DeliveryError::new(
                 ErrorKind::EncryptionNeeded,
-                &format!("TLS is required but {} does not offer STARTTLS", self.host),
+                &format!(
+                    "TLS is required{} but {} does not offer STARTTLS",
+                    self.required_by(),
+                    self.host
+                ),
             )
             .at(self.host.clone()));
         }
         Ok(self)
+    }
+
+    /// ` by DANE (...)` when a certificate check requires TLS; empty
+    /// when only the policy does.
+    fn required_by(&self) -> String {
+        self.check
+            .as_ref()
+            .map(|c| format!(" by {}", c.requirement()))
+            .unwrap_or_default()
     }
 
     fn hello(&mut self) -> Result<(), DeliveryError> {
@@ -147,7 +167,7 @@ impl Session {
     fn starttls(mut self) -> Result<Session, DeliveryError> {
         let r = self.command("STARTTLS")?;
         if r.reply.code != 220 {
-            if self.settings.tls == TlsPolicy::May {
+            if self.settings.tls == TlsPolicy::May && self.check.is_none() {
                 // Offered but refused: go on in clear, as the policy allows.
                 return Ok(self);
             }
@@ -158,8 +178,10 @@ impl Session {
             return Err(DeliveryError::new(
                 ErrorKind::EncryptionNeeded,
                 &format!(
-                    "TLS is required but {} refused STARTTLS: {}",
-                    self.host, r.reply
+                    "TLS is required{} but {} refused STARTTLS: {}",
+                    self.required_by(),
+                    self.host,
+                    r.reply
                 ),
             )
             .at(self.host.clone()));
@@ -182,10 +204,11 @@ impl Session {
             settings,
             host,
             relay,
+            check,
             ..
         } = self;
-        let transport = tls_handshake(&settings, io.into_inner(), &host)?;
-        let mut session = Session::on(transport, settings, host, relay);
+        let transport = tls_handshake(&settings, io.into_inner(), &host, check.as_deref())?;
+        let mut session = Session::on(transport, settings, host, relay, check);
         session.hello()?;
         Ok(session)
     }
@@ -241,7 +264,7 @@ impl Session {
         match self.io.get_ref() {
             Transport::Tcp(s) => s.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false),
             Transport::Unix(_) => true,
-            Transport::Tls(_) => false,
+            Transport::Tls(_) | Transport::ClientTls(_) => false,
         }
     }
 
