@@ -188,7 +188,9 @@ fn check(config: &Config, path: Option<&Path>) -> ExitCode {
     let source = path
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in defaults".into());
-    let checked = cli::daemon::targets(config).and_then(|_| cli::daemon::server_settings(config));
+    let checked = cli::daemon::targets(config)
+        .and_then(|_| cli::daemon::server_settings(config))
+        .and_then(|_| config.dkim_signer().map(|_| ()).map_err(|e| e.to_string()));
     for w in config.warnings() {
         eprintln!("mailqueue: {source}: warning: {w}");
     }

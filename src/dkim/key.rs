@@ -298,7 +298,7 @@ pub fn generate_pem(algorithm: Algorithm, bits: u32) -> Result<Vec<u8>, KeyError
 }
 
 /// The domain in A-label form, lower case, without a final dot.
-fn check_domain(domain: &str) -> Result<String, KeyError> {
+pub(crate) fn check_domain(domain: &str) -> Result<String, KeyError> {
     crate::delivery::dns::to_ascii(domain).map_err(|_| KeyError::Invalid {
         what: "domain",
         value: domain.into(),
@@ -307,7 +307,7 @@ fn check_domain(domain: &str) -> Result<String, KeyError> {
 }
 
 /// A selector: one or more DNS labels of letters, digits and hyphens.
-fn check_selector(selector: &str) -> Result<String, KeyError> {
+pub(crate) fn check_selector(selector: &str) -> Result<String, KeyError> {
     let label_ok = |l: &str| {
         !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     };
@@ -323,7 +323,7 @@ fn check_selector(selector: &str) -> Result<String, KeyError> {
 }
 
 /// The header list, lower case, each name once; `from` must be there.
-fn check_headers(headers: &[String]) -> Result<Vec<String>, KeyError> {
+pub(crate) fn check_headers(headers: &[String]) -> Result<Vec<String>, KeyError> {
     let mut out: Vec<String> = Vec::new();
     for h in headers {
         let name = h.trim().to_ascii_lowercase();

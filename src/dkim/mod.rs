@@ -9,7 +9,7 @@
 //! the signature.
 
 mod canon;
-mod key;
+pub(crate) mod key;
 mod record;
 mod signature;
 mod signer;
