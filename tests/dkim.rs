@@ -420,3 +420,185 @@ fn check_names_a_bad_key_and_warns_about_one_others_can_read() {
     assert_eq!(status.code(), Some(78), "{err}");
     assert!(err.contains("unknown field"), "{err}");
 }
+
+/// `mailqueue dkim keygen ARGS`; returns (exit code, stdout, stderr).
+fn keygen(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["dkim", "keygen"];
+    all.extend_from_slice(args);
+    let (status, out, err) = run_mailqueue(&all);
+    (status.code(), out, err)
+}
+
+/// The strings of the TXT record `keygen` printed for publishing.
+fn printed_strings(out: &str) -> (String, Vec<String>) {
+    let line = out.lines().find(|l| l.contains(" IN TXT ")).unwrap();
+    let name = line
+        .split(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches('.')
+        .to_string();
+    let strings = line
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect();
+    (name, strings)
+}
+
+#[test]
+fn keygen_writes_a_private_key_once_and_prints_its_record_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("example.org.pem");
+    let out_arg = out_path.to_str().unwrap();
+    let (code, out, err) = keygen(&[
+        "--domain",
+        "example.org",
+        "--selector",
+        "s1",
+        "--out",
+        out_arg,
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&out_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let pem = fs::read_to_string(&out_path).unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
+    // The printed record is the key's (as openssl reads it), in strings
+    // of at most 255 bytes.
+    let (name, strings) = printed_strings(&out);
+    assert_eq!(name, "s1._domainkey.example.org");
+    assert!(
+        strings.len() >= 2 && strings.iter().all(|s| s.len() <= 255),
+        "{out}"
+    );
+    assert_eq!(strings.concat(), record_of(&out_path));
+    let openssl = require_tool("openssl", "Debian package openssl");
+    let text = Command::new(openssl)
+        .args(["pkey", "-in", out_arg, "-noout", "-text"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("2048 bit"));
+    assert!(
+        out.contains("[[dkim]]\ndomain = \"example.org\"\nselector = \"s1\"\nkey_file = "),
+        "{out}"
+    );
+
+    // Never over an existing file.
+    let (code, _, err) = keygen(&[
+        "--domain",
+        "example.org",
+        "--selector",
+        "s2",
+        "--out",
+        out_arg,
+    ]);
+    assert_eq!(code, Some(73), "{err}");
+    assert!(err.contains("exists already"), "{err}");
+    assert_eq!(fs::read_to_string(&out_path).unwrap(), pem);
+
+    let ed_path = dir.path().join("ed.pem");
+    let (code, out, err) = keygen(&[
+        "--domain",
+        "example.com",
+        "--selector",
+        "ed",
+        "--ed25519",
+        "--out",
+        ed_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, strings) = printed_strings(&out);
+    assert_eq!(strings.concat(), record_of(&ed_path));
+    assert!(strings[0].starts_with("v=DKIM1; k=ed25519; p="));
+}
+
+#[test]
+fn dkim_check_tells_published_missing_and_mismatched_keys_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let gen = |domain: &str, extra: &[&str], file: &str| {
+        let p = path(file);
+        let mut args = vec![
+            "--domain",
+            domain,
+            "--selector",
+            "s1",
+            "--out",
+            p.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = keygen(&args);
+        assert_eq!(code, Some(0), "{err}");
+        printed_strings(&out)
+    };
+    // good.test: RSA, its record in two strings; ed.test: Ed25519;
+    // other.test: the record of another key; none.test: none.
+    let (good_name, good) = gen("good.test", &[], "good.pem");
+    let (ed_name, ed) = gen("ed.test", &["--ed25519"], "ed.pem");
+    let (other_name, _) = gen("other.test", &["--ed25519"], "other.pem");
+    let (_, stranger) = gen("stranger.test", &["--ed25519"], "stranger.pem");
+    gen("none.test", &["--ed25519"], "none.pem");
+    let (bad_name, _) = gen("bad.test", &["--ed25519"], "bad.pem");
+    let txt = |name: &str, strings: &[String]| format!("--txt-record={name},{}", strings.join(","));
+    let (_dns, port) = common::dns::dnsmasq(&[
+        txt(&good_name, &good),
+        txt(&ed_name, &ed),
+        txt(&other_name, &stranger),
+        // No p= tag: no key record at all.
+        txt(&bad_name, &["v=DKIM1; k=ed25519".to_string()]),
+    ]);
+    let write = |domains: &[&str]| {
+        let mut text = format!(
+            "hostname = \"mq.test\"\nspool = {:?}\n[listen]\nsmtp = []\n[delivery]\ndns_servers = [\"127.0.0.1:{port}\"]\ndns_timeout = \"2s\"\n",
+            path("spool").display().to_string()
+        );
+        for d in domains {
+            let file = path(&format!("{}.pem", d.trim_end_matches(".test")));
+            text.push_str(&format!("[[dkim]]\n{}\n", dkim_table(d, "s1", &file)));
+        }
+        let p = path("mailqueue.toml");
+        fs::write(&p, text).unwrap();
+        p
+    };
+    let config = write(&["good.test", "ed.test"]);
+    let (status, out, err) =
+        run_mailqueue(&["--config", config.to_str().unwrap(), "dkim", "check"]);
+    assert_eq!(status.code(), Some(0), "{out}{err}");
+    assert!(
+        out.contains("s1._domainkey.good.test: published and matching"),
+        "{out}"
+    );
+    assert!(
+        out.contains("s1._domainkey.ed.test: published and matching"),
+        "{out}"
+    );
+
+    let config = write(&["good.test", "other.test", "none.test", "bad.test"]);
+    let (status, out, err) =
+        run_mailqueue(&["--config", config.to_str().unwrap(), "dkim", "check"]);
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.contains("s1._domainkey.good.test: published and matching"),
+        "{out}"
+    );
+    assert!(
+        out.contains("s1._domainkey.other.test: published with a different key"),
+        "{out}"
+    );
+    assert!(
+        out.contains("s1._domainkey.none.test: not published"),
+        "{out}"
+    );
+    assert!(
+        out.contains("s1._domainkey.bad.test: malformed record (no p= tag)"),
+        "{out}"
+    );
+    // What to publish is said for each key that fails.
+    assert!(
+        out.contains("publish: s1._domainkey.none.test. IN TXT \"v=DKIM1; k=ed25519; p="),
+        "{out}"
+    );
+}

@@ -18,5 +18,5 @@ pub use key::{
     generate_pem, Algorithm, KeyError, SigningKey, DEFAULT_HEADERS, MIN_RSA_BITS,
     RECOMMENDED_RSA_BITS,
 };
-pub use record::{check_published, zone_line, KeyRecord, Published};
+pub use record::{check_all, check_published, zone_line, KeyRecord, Published};
 pub use signer::{DkimSigner, SignError};

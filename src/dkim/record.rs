@@ -7,6 +7,7 @@ use std::fmt;
 use base64::Engine;
 
 use super::key::SigningKey;
+use super::signer::DkimSigner;
 use crate::delivery::dns::{DnsError, Record, RecordType, Resolver};
 
 /// Longest string in a TXT record (one length byte).
@@ -126,6 +127,15 @@ pub fn check_published(resolver: &Resolver, key: &SigningKey) -> Published {
         })
         .collect();
     compare(key, &texts)
+}
+
+/// [`check_published`] for every key of `signer`: each key's record
+/// name (`s1._domainkey.example.org`) and what DNS says of it.
+pub fn check_all(resolver: &Resolver, signer: &DkimSigner) -> Vec<(String, Published)> {
+    signer
+        .keys()
+        .map(|k| (k.record_name(), check_published(resolver, k)))
+        .collect()
 }
 
 /// [`check_published`] on the TXT records found.
