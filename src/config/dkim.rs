@@ -125,3 +125,76 @@ impl Config {
         w
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(tables: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(tables)
+    }
+
+    #[test]
+    fn the_commented_example_parses_with_the_default_headers() {
+        let text = include_str!("../../conf/mailqueue.toml");
+        let example: String = text
+            .lines()
+            .skip_while(|l| *l != "#[[dkim]]")
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| !l.is_empty() && !l.starts_with(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&example).unwrap_or_else(|e| panic!("{example}\n{e}"));
+        assert_eq!(c.dkim.len(), 1);
+        let d = &c.dkim[0];
+        assert_eq!(
+            (d.domain.as_str(), d.selector.as_str()),
+            ("example.org", "s1")
+        );
+        let listed: Vec<&str> = d
+            .headers
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(listed, crate::dkim::DEFAULT_HEADERS);
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let entry = |extra: &str| {
+            format!(
+                "[[dkim]]\ndomain = \"example.org\"\nselector = \"s1\"\nkey_file = \"/k.pem\"\n{extra}"
+            )
+        };
+        let e = parse(&entry("headers = [\"subject\"]")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[[dkim]] 1 (example.org, selector s1)")
+                && e.to_string().contains("must include from"),
+            "{e}"
+        );
+        let twice = format!("{}\n{}", entry(""), entry(""));
+        let e = parse(&twice).unwrap_err();
+        assert!(e.to_string().contains("[[dkim]] 2"), "{e}");
+        let e = parse(&entry("").replace("s1", "bad selector")).unwrap_err();
+        assert!(e.to_string().contains("selector"), "{e}");
+        let e = parse(&entry("").replace("/k.pem", "")).unwrap_err();
+        assert!(e.to_string().contains("key_file"), "{e}");
+        let e = parse(&entry("algorithm = \"rsa\"")).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_read_names_its_entry() {
+        let c = parse("[[dkim]]\ndomain = \"example.org\"\nselector = \"s1\"\nkey_file = \"/nonexistent/k.pem\"\n")
+            .unwrap();
+        let e = c.dkim_signer().unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config: [[dkim]] 1 (example.org, selector s1): cannot read key_file"),
+            "{e}"
+        );
+    }
+}
