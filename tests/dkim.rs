@@ -602,3 +602,84 @@ fn dkim_check_tells_published_missing_and_mismatched_keys_apart() {
         "{out}"
     );
 }
+
+/// A message as the SMTP client sends it: every line end CR LF.
+fn as_on_the_wire(stored: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored.len() + 64);
+    let mut i = 0;
+    while i < stored.len() {
+        match stored[i] {
+            b'\r' if stored.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[test]
+fn an_embedder_signs_through_the_queue_options_and_odd_line_ends_still_verify() {
+    use common::scripted::{addr, sender, Scripted};
+    use mailqueue::dkim::{DkimSigner, SigningKey};
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = openssl_key(keys.path(), "lib", "ed25519");
+    let records = vec![(
+        "lib._domainkey.example.org".to_string(),
+        record_of(&key_file),
+    )];
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(dir.path());
+    let mut options = config.queue_options();
+    options.dkim = DkimSigner::new(vec![
+        SigningKey::from_file("example.org", "lib", &key_file).unwrap()
+    ]);
+    let target = Scripted::new(vec![]);
+    let queue = mailqueue::Queue::open(options, target.arc()).unwrap();
+    let envelope = mailqueue::Envelope::new(sender("a@example.org"), vec![addr("b@example.net")]);
+    let messages: [&[u8]; 3] = [
+        b"From: a@example.org\nSubject: bare LF\n\nline one\nline two  \n\n",
+        b"From: a@example.org\r\nSubject: all header, no line end",
+        b"From: a@example.org\r\nSubject: a body line ends the header\r\nno blank line before me\r\n",
+    ];
+    for m in messages {
+        queue.enqueue(&envelope, m).unwrap();
+    }
+    assert!(
+        common::wait_for(LONG, || target.seen().len() == messages.len()),
+        "{} delivered",
+        target.seen().len()
+    );
+    for seen in target.seen() {
+        let wire = as_on_the_wire(&seen.body);
+        let text = String::from_utf8_lossy(&wire).into_owned();
+        assert!(
+            text.starts_with("DKIM-Signature: v=1; a=ed25519-sha256;"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\nMessage-ID: <") && text.contains("\r\nDate: "),
+            "{text}"
+        );
+        let (ok, out) = verify(&wire, &records);
+        assert!(ok, "{out}\n{text}");
+    }
+    // A header field RFC 5322 allows once, twice: refused, nothing queued.
+    let e = queue
+        .enqueue(
+            &envelope,
+            b"From: a@example.org\r\nFrom: b@example.org\r\n\r\nx\r\n",
+        )
+        .unwrap_err();
+    assert!(matches!(e, mailqueue::QueueError::BadMessage(_)), "{e}");
+    assert!(e.to_string().contains("From appears 2 times"), "{e}");
+    queue.close();
+    assert!(common::files_in(&dir.path().join("queue")).is_empty());
+    assert!(common::files_in(&dir.path().join("tmp")).is_empty());
+}

@@ -1,7 +1,8 @@
 //! The clean-up step every message passes on its way into the queue, as
 //! in Postfix's cleanup(8): one place that decides what we add to a
-//! message (the `Received:` line; for local submissions the `From:`,
-//! `Date:` and `Message-ID:` it lacks) and that each recipient is queued
+//! message (the `Received:` line; for local submissions the `From:`
+//! it lacks; for every message the `Date:` and `Message-ID:` it lacks,
+//! added by the queue's staging step) and that each recipient is queued
 //! once, whichever way the message came in.
 
 use std::net::IpAddr;

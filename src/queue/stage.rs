@@ -40,8 +40,12 @@ pub(super) fn stage(
         added = cleanup::missing_date_and_id(fields, &shared.options.hostname, SystemTime::now());
     }
     // The header as it will be: its fields, then those added.
-    let mut complete = Vec::with_capacity(fields.len() + added.len());
+    let mut complete = Vec::with_capacity(fields.len() + added.len() + 2);
     complete.extend_from_slice(fields);
+    if !fields.is_empty() && !fields.ends_with(b"\n") && !fields.ends_with(b"\r") {
+        // A last field without a line end (a message that is all header).
+        complete.extend_from_slice(b"\r\n");
+    }
     complete.extend_from_slice(&added);
     let signer = shared.policy.options().dkim.clone();
     let signature = if signer.is_empty() {
@@ -89,12 +93,18 @@ fn read_header(writer: &mut MessageWriter) -> Result<Vec<u8>, QueueError> {
     let mut file = io::BufReader::new(writer.read_back().map_err(writer.io_error())?);
     let mut bytes = Vec::with_capacity(2 * head_len);
     let mut chunk = vec![0u8; 64 * 1024];
+    // Parsed again only each time the bytes read doubled: a header of
+    // megabytes costs a few passes, not one per chunk.
+    let mut parse_at = 0;
     loop {
         let n = file.read(&mut chunk).map_err(writer.io_error())?;
         bytes.extend_from_slice(&chunk[..n]);
-        if let Some(h) = header::parse(&bytes, n == 0) {
-            bytes.truncate(h.body);
-            return Ok(bytes);
+        if n == 0 || bytes.len() >= parse_at {
+            if let Some(h) = header::parse(&bytes, n == 0) {
+                bytes.truncate(h.body);
+                return Ok(bytes);
+            }
+            parse_at = bytes.len() * 2;
         }
     }
 }
