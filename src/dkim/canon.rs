@@ -156,6 +156,49 @@ mod tests {
         assert_eq!(body(&[b"x\r"]), b"x\r\n");
     }
 
+    /// What the SMTP client sends for stored bytes: every bare CR or LF
+    /// as CR LF (`smtp::transport::write_dot_stuffed`, dots aside).
+    fn wire(stored: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < stored.len() {
+            match stored[i] {
+                b'\r' if stored.get(i + 1) == Some(&b'\n') => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 1;
+                }
+                b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// The body hashed at queueing is the body the next hop gets,
+        /// whatever the line ends, blanks and read sizes.
+        #[test]
+        fn the_stored_and_the_sent_body_canonicalise_alike(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'.', b' ', b'\t', b'\r', b'\n', 0xc3]),
+                0..200,
+            ),
+            step in 1usize..17,
+        ) {
+            let whole = body(&[&bytes]);
+            let pieces: Vec<&[u8]> = bytes.chunks(step).collect();
+            proptest::prop_assert_eq!(&body(&pieces), &whole);
+            proptest::prop_assert_eq!(&body(&[&wire(&bytes)]), &whole);
+            // Canonical form: CRLF lines, no blank at a line's end, no
+            // empty line last.
+            proptest::prop_assert!(whole.is_empty() || whole.ends_with(b"\r\n"));
+            proptest::prop_assert!(!whole.ends_with(b"\r\n\r\n"));
+            let text = String::from_utf8_lossy(&whole);
+            proptest::prop_assert!(!text.contains(" \r\n") && !text.contains('\t'));
+        }
+    }
+
     #[test]
     fn rfc6376_example_header() {
         let mut out = Vec::new();
