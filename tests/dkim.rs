@@ -683,3 +683,26 @@ fn an_embedder_signs_through_the_queue_options_and_odd_line_ends_still_verify() 
     assert!(common::files_in(&dir.path().join("queue")).is_empty());
     assert!(common::files_in(&dir.path().join("tmp")).is_empty());
 }
+
+#[test]
+fn a_bounce_from_a_domain_with_a_key_is_signed() {
+    let s = signing();
+    let d = Daemon::start(&s.setup.clone().bounce("from = \"postmaster@example.org\""));
+    let mut c = Client::connect(d.addr()).unwrap();
+    c.mail(
+        "alice@example.com",
+        &["permfail-rcpt@example.net"],
+        b"From: alice@example.com\r\nSubject: will bounce\r\n\r\nx\r\n",
+    )
+    .expect(250, "2.0.0");
+    c.quit();
+    let got = s.peer.wait_messages(1, LONG);
+    let notice = &got[0];
+    assert_eq!(notice.sender(), "", "not the notice: {}", notice.text());
+    assert_eq!(
+        signature_domain(&notice.text()).as_deref(),
+        Some("example.org")
+    );
+    let (ok, out) = verify(&notice.body, &s.records);
+    assert!(ok, "{out}\n{}", notice.text());
+}
