@@ -33,6 +33,7 @@
 // The embedding API: the items below, re-exported at the root.
 mod address;
 mod envelope;
+mod header;
 mod id;
 mod logline;
 
@@ -45,6 +46,7 @@ pub mod config;
 pub mod date;
 #[doc(hidden)]
 pub mod delivery;
+pub mod dkim;
 #[doc(hidden)]
 pub mod ingest;
 #[doc(hidden)]

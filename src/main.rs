@@ -11,7 +11,7 @@ use mailqueue::Config;
 
 mod cli;
 
-use cli::args::{Cli, Cmd};
+use cli::args::{Cli, Cmd, DkimCmd};
 use cli::commands::{self, Format};
 use cli::control::Request;
 use cli::exit;
@@ -143,6 +143,24 @@ fn run(cli: Cli) -> ExitCode {
     if let Err(code) = unprivileged() {
         return code;
     }
+    // A new key needs no configuration (there may be none yet).
+    if let Cmd::Dkim(DkimCmd::Keygen {
+        domain,
+        selector,
+        ed25519,
+        bits,
+        out,
+    }) = cli.command
+    {
+        let k = cli::dkim::Keygen {
+            domain,
+            selector,
+            ed25519,
+            bits,
+            out,
+        };
+        return ExitCode::from(cli::dkim::keygen(&k));
+    }
     let (config_arg, spool_arg) = (cli.config.clone(), cli.spool.clone());
     let (config, path) = match load_config(cli.config, cli.spool) {
         Ok(c) => c,
@@ -168,6 +186,7 @@ fn run(cli: Cli) -> ExitCode {
             ExitCode::from(cli::routes::run(&config, test.as_deref(), from.as_deref()))
         }
         Ok(Err(Cmd::Sts { domain })) => ExitCode::from(cli::sts::run(&config, &domain)),
+        Ok(Err(Cmd::Dkim(DkimCmd::Check))) => ExitCode::from(cli::dkim::check(&config)),
         Ok(Err(Cmd::Health { corrupt_within })) => {
             ExitCode::from(cli::health::run(&config, corrupt_within))
         }
@@ -184,7 +203,7 @@ fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Ok(Err(_)) => unreachable!("sendmail is handled above"),
+        Ok(Err(_)) => unreachable!("sendmail and dkim keygen are handled above"),
         Err(e) => {
             eprintln!("mailqueue: {e}");
             ExitCode::from(exit::USAGE)
@@ -200,7 +219,9 @@ fn check(config: &Config, path: Option<&Path>, dns: Option<&cli::dns_check::Opti
     let source = path
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in defaults".into());
-    let checked = cli::daemon::targets(config).and_then(|_| cli::daemon::server_settings(config));
+    let checked = cli::daemon::targets(config)
+        .and_then(|_| cli::daemon::server_settings(config))
+        .and_then(|_| config.dkim_signer().map(|_| ()).map_err(|e| e.to_string()));
     for w in config.warnings() {
         eprintln!("mailqueue: {source}: warning: {w}");
     }

@@ -336,3 +336,67 @@ fn dns_options_need_dns_and_bad_domains_are_usage_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("a..b"));
 }
+
+/// `mailqueue dkim keygen` for `domain` selector s1 into `file`: the
+/// record as dnsmasq serves it (`--txt-record=NAME,STRING,...`).
+fn keygen_record(domain: &str, file: &std::path::Path) -> String {
+    let out = Command::new(binary())
+        .args([
+            "dkim",
+            "keygen",
+            "--ed25519",
+            "--selector",
+            "s1",
+            "--domain",
+            domain,
+        ])
+        .arg("--out")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains(" IN TXT "))
+        .expect("a TXT line");
+    let strings: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+    format!("--txt-record=s1._domainkey.{domain},{}", strings.join(","))
+}
+
+#[test]
+fn each_dkim_key_record_is_compared_with_the_key() {
+    let keys = tempfile::tempdir().unwrap();
+    let (good, other, stranger) = (
+        keys.path().join("good.pem"),
+        keys.path().join("other.pem"),
+        keys.path().join("stranger.pem"),
+    );
+    let good_record = keygen_record("d.test", &good);
+    keygen_record("other.d.test", &other);
+    // other.d.test publishes a key, but not the one it signs with.
+    let stranger_record = keygen_record("other.d.test", &stranger);
+    let dkim = |domain: &str, file: &std::path::Path| {
+        format!(
+            "[[dkim]]\ndomain = \"{domain}\"\nselector = \"s1\"\nkey_file = {:?}\n",
+            file.display().to_string()
+        )
+    };
+    let r = check_dns(
+        &[GOOD_SPF, &good_record, &stranger_record],
+        &format!("{}{}", dkim("d.test", &good), dkim("other.d.test", &other)),
+        &["--address", "127.0.0.2"],
+    );
+    r.assert_code(1);
+    r.line("ok       DKIM d.test selector s1: key record at s1._domainkey.d.test holds this key");
+    let line = r.line("PROBLEM  DKIM other.d.test selector s1: record at s1._domainkey.other.d.test: published with a different key");
+    assert!(
+        line.contains("fix: publish at s1._domainkey.other.d.test"),
+        "{line}"
+    );
+    assert!(!r.out.contains("no keys configured"), "{}", r.out);
+}

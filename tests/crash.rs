@@ -13,9 +13,11 @@ use mailqueue::{Envelope, MessageId, Queue};
 
 const CHILD_ENV: &str = "MAILQUEUE_TEST_CRASH_CHILD";
 
+/// Complete (Date and Message-ID given), so the queue stores it as it is.
 fn body(n: u64) -> Vec<u8> {
     format!(
-        "Subject: crash {n}\r\n\r\n{}\r\n",
+        "Subject: crash {n}\r\nDate: Tue, 1 Dec 2026 12:00:00 +0000\r\n\
+         Message-ID: <crash-{n}@example.org>\r\n\r\n{}\r\n",
         "x".repeat((n % 7000) as usize)
     )
     .into_bytes()

@@ -15,8 +15,9 @@ use mailqueue::{
 };
 
 const LONG: Duration = Duration::from_secs(10);
-const MSG: &[u8] =
-    b"From: a@example.org\r\nTo: b@example.org\r\nSubject: test message\r\n\r\nHello.\r\n";
+/// Complete (Date and Message-ID given), so the queue stores it as it is.
+const MSG: &[u8] = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: test message\r\n\
+    Date: Tue, 1 Dec 2026 12:00:00 +0000\r\nMessage-ID: <engine@example.org>\r\n\r\nHello.\r\n";
 
 fn envelope(rcpts: &[&str]) -> Envelope {
     Envelope::new(

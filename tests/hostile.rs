@@ -128,7 +128,11 @@ fn a_huge_header_block_is_taken_whole_under_the_size_limit() {
         header.push_str(&format!("X-Filler-{n}: {}\r\n", "h".repeat(200)));
         n += 1;
     }
-    let message = format!("{header}Subject: big header\r\n\r\nbody\r\n");
+    // Date and Message-ID given: the queue adds nothing to it.
+    let message = format!(
+        "{header}Subject: big header\r\nDate: Tue, 1 Dec 2026 12:00:00 +0000\r\n\
+         Message-ID: <big@example.org>\r\n\r\nbody\r\n"
+    );
     let mut c = Client::connect(d.addr()).unwrap();
     let id = queued_id(&c.mail("s@example.org", &["r@example.org"], message.as_bytes()));
     let stored = message_file(&d, &id);

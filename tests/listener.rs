@@ -12,7 +12,9 @@ use common::peers::PyServer;
 use common::wait_for;
 
 const LONG: Duration = Duration::from_secs(15);
-const MSG: &[u8] = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nHello.\r\n";
+/// Complete (Date and Message-ID given), so the queue stores it as it is.
+const MSG: &[u8] = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\
+    Date: Tue, 1 Dec 2026 12:00:00 +0000\r\nMessage-ID: <listener@example.org>\r\n\r\nHello.\r\n";
 
 /// A daemon whose target accepts nothing: what it accepts stays queued.
 fn daemon_with(listen: &str) -> Daemon {
@@ -37,7 +39,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10) as s:
     s.ehlo("client.test")
     assert s.has_extn("pipelining") and s.has_extn("8bitmime") and s.has_extn("smtputf8")
     refused = s.sendmail("alice@example.org", ["bob@example.net", "carol@example.net"],
-                         b"Subject: from smtplib\r\n\r\nHello from Python.\r\n")
+                         b"Subject: from smtplib\r\nDate: Tue, 1 Dec 2026 12:00:00 +0000\r\nMessage-ID: <py@example.org>\r\n\r\nHello from Python.\r\n")
     assert refused == {}, refused
 "#;
     let out = Command::new("python3")
@@ -57,7 +59,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10) as s:
     );
     assert!(got[0]
         .text()
-        .ends_with("Subject: from smtplib\r\n\r\nHello from Python.\r\n"));
+        .ends_with("Subject: from smtplib\r\nDate: Tue, 1 Dec 2026 12:00:00 +0000\r\nMessage-ID: <py@example.org>\r\n\r\nHello from Python.\r\n"));
 }
 
 #[test]
@@ -271,7 +273,8 @@ fn data_is_unstuffed_and_8bit_and_utf8_bodies_arrive_byte_for_byte() {
     // bytes that are not UTF-8, a bare CR and a tab. Only the bare CR
     // changes on the way: it reaches the next hop as a line break, never as
     // it is (a next hop might end a line, or the data, at it).
-    let mut body = b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\n".to_vec();
+    // Date and Message-ID given: the queue adds nothing to the header.
+    let mut body = b"Subject: =?utf-8?q?caf=C3=A9?=\r\nDate: Tue, 1 Dec 2026 12:00:00 +0000\r\nMessage-ID: <8bit@example.org>\r\n\r\n".to_vec();
     body.extend_from_slice(b".leading dot\r\n..two dots\r\n.\r\n");
     body.extend_from_slice("grüße, 日本語, ☃\r\n".as_bytes());
     body.extend_from_slice(b"latin-1: caf\xe9 \xff\xfe\r\n");
@@ -469,7 +472,7 @@ fn data_sent_one_byte_at_a_time_is_stored_the_same() {
     c.cmd("RCPT TO:<b@example.org>").expect(250, "2.1.5");
     c.cmd("DATA").expect(354, "");
     // Every state of the end-of-data scanner meets a read boundary.
-    let body = b"Subject: slow\r\n\r\n.\r\n..\r\n.x\r\nx.\r\n.\rx\r\n\r\n".to_vec();
+    let body = b"Subject: slow\r\nDate: Tue, 1 Dec 2026 12:00:00 +0000\r\nMessage-ID: <slow@example.org>\r\n\r\n.\r\n..\r\n.x\r\nx.\r\n.\rx\r\n\r\n".to_vec();
     for b in dot_stuff(&body) {
         c.send(&[b]);
         std::thread::sleep(Duration::from_millis(1));
@@ -551,12 +554,12 @@ fn bare_lf_lines_are_taken_as_crlf_by_default() {
     c.reply().expect(250, "2.1.0");
     c.reply().expect(250, "2.1.5");
     c.reply().expect(354, "");
-    queued_id(&c.data_raw(b"Subject: lf\n\nline one\n..dotted\n\r\n.\r\n"));
+    queued_id(&c.data_raw(b"Subject: lf\nDate: Tue, 1 Dec 2026 12:00:00 +0000\nMessage-ID: <lf@example.org>\n\nline one\n..dotted\n\r\n.\r\n"));
     let got = peer.wait_messages(1, LONG);
     assert!(
         got[0]
             .body
-            .ends_with(b"Subject: lf\r\n\r\nline one\r\n.dotted\r\n\r\n"),
+            .ends_with(b"Subject: lf\r\nDate: Tue, 1 Dec 2026 12:00:00 +0000\r\nMessage-ID: <lf@example.org>\r\n\r\nline one\r\n.dotted\r\n\r\n"),
         "{:?}",
         got[0].text()
     );

@@ -162,10 +162,15 @@ fn a_message_queued_over_smtp_is_logged_with_its_client_and_message_id() {
         )),
         "{line}"
     );
-    // Without a Message-ID, no message-id= (SMTP mail is stored as sent).
+    // Without a Message-ID, the one the queue added (for SMTP mail too)
+    // is the one logged.
     let id = queued_id(&c.mail("a@example.org", &["b@example.org"], MSG));
     let line = wait_line(&d, &format!("{id}: from="));
-    assert!(line.ends_with("nrcpt=1, client=[127.0.0.1]"), "{line}");
+    assert!(
+        line.contains("nrcpt=1, client=[127.0.0.1], message-id=<"),
+        "{line}"
+    );
+    assert!(line.ends_with("@mq.test>"), "{line}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the test peers (Postfix's smtp-sink/smtp-source, dnsmasq,
-# Python's aiosmtpd and prometheus-client, OpenSSL headers for native-tls, strace), then runs the tests.
+# Python's aiosmtpd, prometheus-client and dkimpy, openssl, OpenSSL headers for native-tls, strace), then runs the tests.
 # Safe to run again: installed pieces are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,8 @@ command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 # namespaces: systemd-tmpfiles makes the spool, ip brings up loopback.
 command -v systemd-tmpfiles >/dev/null 2>&1 || need_apt+=(systemd-standalone-tmpfiles)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
+# tests/dkim.rs makes keys with openssl genpkey, as an operator would.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   as_root apt-get update -qq
@@ -31,6 +33,11 @@ fi
 if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   echo "installing: aiosmtpd"
   python3 -m pip install -q aiosmtpd
+fi
+# tests/dkim.rs verifies signatures with dkimpy (PyNaCl for Ed25519).
+if ! python3 -c 'import dkim, nacl' >/dev/null 2>&1; then
+  echo "installing: dkimpy, PyNaCl"
+  python3 -m pip install -q dkimpy PyNaCl
 fi
 # tests/metrics.rs parses the metrics endpoint's scrape with it.
 if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then

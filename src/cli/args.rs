@@ -144,6 +144,9 @@ pub enum Cmd {
         /// The recipient domain.
         domain: String,
     },
+    /// DKIM keys: make one (keygen), check their DNS records (check).
+    #[command(subcommand)]
+    Dkim(DkimCmd),
     /// Check the daemon, the spool and the quarantine for monitoring:
     /// one line per check; exit 0 OK, 1 WARNING, 2 CRITICAL.
     Health {
@@ -155,6 +158,34 @@ pub enum Cmd {
 
 fn parse_domain(s: &str) -> Result<String, String> {
     mailqueue::delivery::dns::to_ascii(s).map_err(|e| e.to_string())
+}
+
+/// `mailqueue dkim ...`.
+#[derive(Subcommand)]
+pub enum DkimCmd {
+    /// Make a signing key (PKCS#8 PEM, mode 0600) and print the DNS
+    /// record to publish and the [[dkim]] lines to add.
+    Keygen {
+        /// The signing domain: mail from it and its subdomains.
+        #[arg(long)]
+        domain: String,
+        /// The selector: the record goes at <selector>._domainkey.<domain>.
+        #[arg(long)]
+        selector: String,
+        /// An Ed25519 key (RFC 8463) instead of RSA.
+        #[arg(long)]
+        ed25519: bool,
+        /// RSA key size.
+        #[arg(long, default_value_t = 2048, conflicts_with = "ed25519")]
+        bits: u32,
+        /// Where to write the key (default: <domain>.<selector>.pem here);
+        /// an existing file is never overwritten.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+    /// Look up each configured key's DNS record and compare it with the
+    /// key; exit 1 when any is missing or differs.
+    Check,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

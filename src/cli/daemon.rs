@@ -88,9 +88,10 @@ pub fn serve(config: Config, reload: impl Fn() -> Result<Config, String>) -> Res
     // mid-attempt when it exits.
     let listeners = server::bind(&config.listen.smtp).map_err(|e| e.to_string())?;
     let metrics = super::metrics::bind(&config)?;
+    let mut options = config.queue_options();
+    options.dkim = config.dkim_signer().map_err(|e| e.to_string())?;
     let queue = Arc::new(
-        Queue::open_with_bounce_target(config.queue_options(), target, bounce)
-            .map_err(|e| e.to_string())?,
+        Queue::open_with_bounce_target(options, target, bounce).map_err(|e| e.to_string())?,
     );
     queue.set_target_builder(target_builder(&config));
     let (pickup_tx, pickup_rx) = crossbeam_channel::bounded(1);
@@ -245,6 +246,7 @@ static RELOADED: &[Key] = &[
     key!("[delivery] mta_sts", delivery.mta_sts),
     key!("[delivery] mta_sts_port", delivery.mta_sts_port),
     key!("[[route]]", routes),
+    key!("[[dkim]]", dkim),
     key!("[bounce] target", bounce.target),
     key!("[log] level", log.level),
 ];
@@ -275,8 +277,11 @@ fn reconfigure(running: &Config, loaded: Result<Config, String>, live: &Live) ->
     keep_restart_settings(running, &mut new);
     // Everything that reads a file (password, certificates) is built
     // before anything is replaced: all of the new configuration or none.
-    let built = targets(&new).and_then(|t| Ok((t, server_settings(&new)?)));
-    let ((target, bounce), settings) = match built {
+    let built = targets(&new).and_then(|t| {
+        let dkim = new.dkim_signer().map_err(|e| e.to_string())?;
+        Ok((t, server_settings(&new)?, dkim))
+    });
+    let ((target, bounce), settings, dkim) = match built {
         Ok(b) => b,
         Err(e) => {
             log::error!("reload: {e}; the running configuration stays in place");
@@ -289,12 +294,17 @@ fn reconfigure(running: &Config, loaded: Result<Config, String>, live: &Live) ->
     live.queue.set_targets(target, bounce);
     live.queue.set_target_builder(target_builder(&new));
     apply_queue_options(live.queue, &new);
+    // Keys sign the mail queued from now on; queued mail keeps the
+    // signature it has.
+    live.queue.set_dkim(dkim);
     live.server.set_settings(settings);
     apply_log_level(new.log.level);
     *live.pickup_limits.lock().unwrap_or_else(|p| p.into_inner()) = sendmail::limits(&new);
     let changed = changed(RELOADED, running, &new);
     if changed.is_empty() {
-        log::info!("reload: done; no setting changed (certificate and password files read again)");
+        log::info!(
+            "reload: done; no setting changed (certificate, password and DKIM key files read again)"
+        );
     } else {
         log::info!("reload: done; changed: {}", changed.join(", "));
     }

@@ -8,6 +8,7 @@ pub mod check;
 pub mod commands;
 pub mod control;
 pub mod daemon;
+pub mod dkim;
 pub mod dns_check;
 pub mod exit;
 pub mod health;

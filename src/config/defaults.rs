@@ -24,6 +24,7 @@ impl Default for Config {
             log: super::LogConfig::default(),
             local: super::LocalConfig::default(),
             routes: Vec::new(),
+            dkim: Vec::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod build;
 mod defaults;
+mod dkim;
 mod duration;
 mod local;
 mod logs;
@@ -28,6 +29,7 @@ pub use crate::smtp::tls_policy::TlsPolicy;
 pub use build::{
     build_delivery, build_mta_sts, build_target, destination_limit, PasswordFileError, TargetError,
 };
+pub use dkim::DkimConfig;
 pub use duration::{parse_duration, BadDuration};
 pub use local::LocalConfig;
 pub use logs::{LogConfig, LogFormat, LogLevel};
@@ -78,6 +80,14 @@ pub enum ConfigError {
         /// What the value must be.
         reason: &'static str,
     },
+    /// A `[[dkim]]` entry whose values or key cannot be used.
+    #[error("config: {entry}: {reason}")]
+    Dkim {
+        /// The entry: its place in the file, domain and selector.
+        entry: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The whole configuration. `Config::default()` is the built-in one.
@@ -115,6 +125,8 @@ pub struct Config {
     /// `[delivery]`.
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// `[[dkim]]`: the keys mail is signed with, by `From:` domain.
+    pub dkim: Vec<DkimConfig>,
 }
 
 /// `[metrics]`: the daemon's metrics endpoint, in the Prometheus text
@@ -365,6 +377,7 @@ impl Config {
             }
         }
         w.extend(self.route_warnings());
+        w.extend(self.dkim_warnings());
         w
     }
 

@@ -42,7 +42,8 @@ impl Config {
         self.metrics.validate()?;
         self.local.validate()?;
         self.validate_bounce()?;
-        self.validate_routes()
+        self.validate_routes()?;
+        self.validate_dkim()
     }
 
     fn validate_names(&self) -> Result<(), ConfigError> {

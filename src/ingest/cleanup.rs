@@ -1,7 +1,8 @@
 //! The clean-up step every message passes on its way into the queue, as
 //! in Postfix's cleanup(8): one place that decides what we add to a
-//! message (the `Received:` line; for local submissions the `From:`,
-//! `Date:` and `Message-ID:` it lacks) and that each recipient is queued
+//! message (the `Received:` line; for local submissions the `From:`
+//! it lacks; for every message the `Date:` and `Message-ID:` it lacks,
+//! added by the queue's staging step) and that each recipient is queued
 //! once, whichever way the message came in.
 
 use std::net::IpAddr;
@@ -72,8 +73,9 @@ pub fn received(hostname: &str, origin: &Origin<'_>, now: SystemTime) -> String 
 
 /// What a local submission lacks of `From:`, `Date:` and `Message-ID:`,
 /// as header lines to put before its own. `full_name` is sendmail's
-/// `-F`. SMTP clients get nothing added (as with Postfix for clients
-/// other than local ones): their messages are passed on as they came.
+/// `-F`. SMTP clients get no `From:` added (as with Postfix for clients
+/// other than local ones); the queue adds `Date:` and `Message-ID:` to
+/// every message ([`missing_date_and_id`]).
 pub fn missing_headers(
     header: &[u8],
     hostname: &str,
@@ -95,6 +97,15 @@ pub fn missing_headers(
         };
         m.extend_from_slice(line.as_bytes());
     }
+    m.extend_from_slice(&missing_date_and_id(header, hostname, now));
+    m
+}
+
+/// What any message lacks of `Date:` and `Message-ID:` (the unique id
+/// at `hostname`), as header lines: added to every message at queueing,
+/// whichever way it came in, as big providers refuse mail without them.
+pub fn missing_date_and_id(header: &[u8], hostname: &str, now: SystemTime) -> Vec<u8> {
+    let mut m = Vec::new();
     if !has_field(header, "Date") {
         m.extend_from_slice(format!("Date: {}\r\n", rfc5322(now)).as_bytes());
     }
@@ -107,7 +118,8 @@ pub fn missing_headers(
 
 /// Whether the header has a field of this name (any case).
 pub fn has_field(header: &[u8], name: &str) -> bool {
-    header.split(|b| *b == b'\n').any(|line| {
+    // Any line end the wire makes one: CR LF, a bare LF, a bare CR.
+    header.split(|b| *b == b'\n' || *b == b'\r').any(|line| {
         line.len() > name.len()
             && line[name.len()] == b':'
             && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())

@@ -4,6 +4,7 @@
 //! every message.
 
 pub mod cleanup;
+pub mod hygiene;
 pub mod incoming;
 pub mod listener;
 pub mod pickup;

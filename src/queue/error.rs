@@ -45,6 +45,13 @@ pub enum QueueError {
     /// The queue is over one of its limits ([`crate::QueueLimits`]).
     #[error("queue full: {0}")]
     Quota(String),
+    /// The message is refused for what it holds (a header field
+    /// repeated): sending it again unchanged fails again.
+    #[error("message refused: {0}")]
+    BadMessage(#[from] crate::ingest::hygiene::BadMessage),
+    /// The message could not be signed (reading it back, or OpenSSL).
+    #[error("DKIM: {0}")]
+    Signing(#[from] crate::dkim::SignError),
 }
 
 impl QueueError {
@@ -57,7 +64,10 @@ impl QueueError {
     pub fn is_temporary(&self) -> bool {
         matches!(
             self,
-            QueueError::Io { .. } | QueueError::Locked { .. } | QueueError::Closed
+            QueueError::Io { .. }
+                | QueueError::Locked { .. }
+                | QueueError::Closed
+                | QueueError::Signing(_)
         )
     }
 }

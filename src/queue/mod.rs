@@ -53,6 +53,7 @@ use timer::{Command, Timer};
 mod error;
 mod incoming;
 mod pinned;
+mod stage;
 pub use error::{is_no_space, QueueError};
 pub use incoming::IncomingMessage;
 pub use pinned::BuildTarget;
@@ -157,13 +158,14 @@ impl Shared {
     /// never refused for quota: refusing one would lose the bounce.
     pub(crate) fn store(
         &self,
-        writer: MessageWriter,
+        mut writer: MessageWriter,
         envelope: &Envelope,
         is_dsn: bool,
     ) -> Result<MessageId, QueueError> {
         if !is_dsn {
             self.check_quota(0)?;
         }
+        stage::stage(self, &mut writer, is_dsn)?;
         let meta = self.spool.store(writer, envelope, is_dsn)?;
         self.stored(&meta);
         Ok(meta.id)
@@ -363,6 +365,12 @@ impl Queue {
         *self.shared.limits.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Replaces the DKIM keys, for the messages queued from now on
+    /// (those queued already keep the signature they have).
+    pub fn set_dkim(&self, signer: crate::dkim::DkimSigner) {
+        self.shared.policy.change(|o| o.dkim = signer);
+    }
+
     /// Replaces the quotas, from the next check on.
     pub fn set_limits(&self, limits: QueueLimits) {
         *self
@@ -374,6 +382,12 @@ impl Queue {
 
     /// Queues a message held in memory. Returns its id once the message
     /// and its metadata are durable on disk.
+    ///
+    /// As every message queued, whichever way it comes in: `Date:` and
+    /// `Message-ID:` are added when missing, a header field RFC 5322
+    /// allows once but given twice is refused ([`QueueError::BadMessage`]),
+    /// and the message is signed with the key of [`QueueOptions::dkim`]
+    /// for its `From:` domain, if there is one.
     pub fn enqueue(&self, envelope: &Envelope, message: &[u8]) -> Result<MessageId, QueueError> {
         let mut reader = message;
         self.enqueue_from(envelope, &mut reader)

@@ -41,6 +41,9 @@ pub struct QueueOptions {
     pub limits: QueueLimits,
     /// The notices (RFC 3464) sent to senders.
     pub notices: NoticeOptions,
+    /// The DKIM keys messages are signed with when queued; none by
+    /// default.
+    pub dkim: crate::dkim::DkimSigner,
 }
 
 /// Past these, [`crate::Queue::enqueue`] refuses new mail with a
@@ -82,6 +85,7 @@ impl QueueOptions {
             delay_warning: Duration::from_secs(4 * 3600),
             limits: QueueLimits::default(),
             notices: NoticeOptions::default(),
+            dkim: crate::dkim::DkimSigner::default(),
         }
     }
 

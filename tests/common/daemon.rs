@@ -33,6 +33,8 @@ pub struct Setup {
     sections: Vec<(&'static str, Vec<(String, String)>)>,
     /// `[[route]]` tables, in order, as TOML lines.
     routes: Vec<String>,
+    /// Other arrays of tables (`[[dkim]]`), in order, header included.
+    tables: Vec<String>,
     /// RUST_LOG for the daemon.
     rust_log: String,
 }
@@ -55,6 +57,7 @@ impl Setup {
             .map(|name| (name, Vec::new()))
             .collect(),
             routes: Vec::new(),
+            tables: Vec::new(),
             rust_log: "info".into(),
         };
         s.set("", "hostname = \"mq.test\"")
@@ -103,6 +106,13 @@ impl Setup {
         self
     }
 
+    /// Adds a `[[name]]` table (`[[dkim]]`) with these `key = value`
+    /// lines, after the tables added before.
+    pub fn table(mut self, name: &str, lines: &str) -> Setup {
+        self.tables.push(format!("[[{name}]]\n{}\n", lines.trim()));
+        self
+    }
+
     /// Runs the daemon with this RUST_LOG instead of `info`.
     pub fn rust_log(mut self, level: &str) -> Setup {
         self.rust_log = level.into();
@@ -142,6 +152,9 @@ impl Setup {
         }
         for r in &s.routes {
             out.push_str(&format!("[[route]]\n{r}\n"));
+        }
+        for t in &s.tables {
+            out.push_str(t);
         }
         out
     }

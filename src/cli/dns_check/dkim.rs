@@ -1,12 +1,12 @@
 //! DKIM keys as receivers find them: a TXT record at
 //! `<selector>._domainkey.<domain>` for each key mail is signed with.
 //!
-//! [`dkim`] makes the findings from any per-key check; [`published`] is
-//! the one that needs no key file: that a usable record is there at all.
-//! A check that also compares the record with the key file slots in its
-//! place.
+//! [`dkim`] makes the findings from any per-key check: [`matching`]
+//! compares the record with the key file; [`published`], for a key whose
+//! file cannot be read here, checks that a usable record is there at all.
 
 use mailqueue::delivery::dns::{DnsError, Record, RecordType};
+use mailqueue::dkim::{check_published_with, zone_line, Published, SigningKey};
 use mailqueue::Config;
 
 use super::finding::{Check, Finding};
@@ -26,11 +26,38 @@ impl DkimKey {
     }
 }
 
-/// The keys mail is signed with: one per `[[dkim]]` entry. The
-/// configuration of this build has no `[[dkim]]` table, so there are
-/// none, and the report says so.
-pub fn configured_keys(_config: &Config) -> Vec<DkimKey> {
-    Vec::new()
+/// The keys mail is signed with: one per `[[dkim]]` entry.
+pub fn configured_keys(config: &Config) -> Vec<DkimKey> {
+    config
+        .dkim
+        .iter()
+        .map(|d| DkimKey {
+            domain: d.domain.to_ascii_lowercase(),
+            selector: d.selector.clone(),
+        })
+        .collect()
+}
+
+/// Whether the record at the key's name holds this key (as `mailqueue
+/// dkim check` says).
+pub fn matching(key: &SigningKey, dns: Lookup<'_>) -> Finding {
+    let name = key.record_name();
+    let subject = format!("{} selector {}", key.domain(), key.selector());
+    let publish = format!("publish at {name}: {}", zone_line(key));
+    match check_published_with(dns, key) {
+        Published::Matching => Finding::ok(
+            Check::Dkim,
+            subject,
+            format!("key record at {name} holds this key"),
+        ),
+        Published::LookupFailed { why } => Finding::unknown(Check::Dkim, subject, why),
+        other => Finding::problem(
+            Check::Dkim,
+            subject,
+            format!("record at {name}: {other}: receivers cannot verify the signatures"),
+            publish,
+        ),
+    }
 }
 
 /// One finding per key from `check_key`; a warning when there are no keys,

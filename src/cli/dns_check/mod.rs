@@ -78,7 +78,14 @@ fn report(
     for domain in &domains {
         findings.push(senders::mx(domain, dns));
     }
-    findings.extend(dkim::dkim(&keys, |key| dkim::published(key, dns)));
+    // With the key files readable, each record is compared with its key;
+    // else (another user's files) only its presence is checked.
+    match config.dkim_signer() {
+        Ok(signer) if !signer.is_empty() => {
+            findings.extend(signer.keys().map(|key| dkim::matching(key, dns)))
+        }
+        _ => findings.extend(dkim::dkim(&keys, |key| dkim::published(key, dns))),
+    }
     findings
 }
 

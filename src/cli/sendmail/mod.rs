@@ -18,8 +18,8 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use mailqueue::config::Config;
-use mailqueue::ingest::cleanup;
 use mailqueue::ingest::incoming::{self, valid_envid, IncomingEnvelope, IncomingLimits, MAX_ENVID};
+use mailqueue::ingest::{cleanup, hygiene};
 use mailqueue::{Address, Notify, Ret};
 
 use super::control::{self, ControlError, Request};
@@ -96,6 +96,9 @@ fn queue_message(
     header: &[u8],
     body: &[u8],
 ) -> Result<PathBuf, Failure> {
+    // Refused here as the queue would refuse it at pickup, while the
+    // caller can still hear of it.
+    hygiene::check_header(header).map_err(|e| fail(exit::DATAERR, e.to_string()))?;
     let message = complete_message(config, opts, envelope.sender.as_ref(), header, body);
     within_limits(config, envelope, &message)?;
     check_quota(config, message.len() as u64)?;

@@ -142,6 +142,9 @@ impl Session<'_> {
                 log::warn!("{}: refusing mail: {why}", self.peer);
                 quota_reply()
             }
+            // The message itself is at fault: sending it again as it is
+            // fails again (RFC 3463 5.6.0, other media error).
+            Err(QueueError::BadMessage(why)) => reply(554, (5, 6, 0), &format!("Error: {why}")),
             Err(e) => {
                 log::error!("cannot queue a message: {e}");
                 write_error_reply(e.is_no_space())

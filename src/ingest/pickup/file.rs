@@ -72,6 +72,11 @@ pub(super) fn pickup_one(
         (Err(_), Some(SourceFailure::Read(e))) => {
             Err(PickupError::Later(format!("reading it: {e}")))
         }
+        // Refused for what it holds: sendmail refuses the same, so only
+        // a file written into incoming/ by hand gets here; never queueable.
+        (Err(crate::queue::QueueError::BadMessage(why)), None) => {
+            Err(PickupError::Corrupt(format!("refused: {why}")))
+        }
         (Err(e), None) => Err(PickupError::Queue(e)),
     }
 }

@@ -3,7 +3,7 @@
 //! concurrent writers; later states in a `.meta` file replaced atomically.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
@@ -300,6 +300,61 @@ impl MessageWriter {
     /// Copies everything from `reader` into the message.
     pub fn copy_from(&mut self, reader: &mut dyn Read) -> Result<u64, QueueError> {
         io::copy(reader, self).map_err(io_error(&self.path.clone()))
+    }
+
+    /// The message's first bytes (up to 64 KiB), where its header is.
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// What was written so far, opened for reading from its start.
+    pub(crate) fn read_back(&mut self) -> io::Result<File> {
+        self.file.flush()?;
+        File::open(&self.path)
+    }
+
+    /// Names the message file in an I/O error.
+    pub(crate) fn io_error(&self) -> impl FnOnce(io::Error) -> QueueError {
+        let path = self.path.clone();
+        move |source| QueueError::Io { path, source }
+    }
+
+    /// Replaces the message's first `cut` bytes with `start`: the new
+    /// message is written to `tmp/` (`start`, then the old message from
+    /// `cut` on) and renamed over the old file, which it replaces whole
+    /// or not at all. Size, checksum and head then describe the new one.
+    pub(crate) fn replace_start(
+        &mut self,
+        spool: &Spool,
+        cut: u64,
+        start: &[u8],
+    ) -> Result<(), QueueError> {
+        let mut old = self.read_back().map_err(self.io_error())?;
+        old.seek(io::SeekFrom::Start(cut))
+            .map_err(self.io_error())?;
+        let tmp = spool.tmp.join(format!("{}.staged", self.id));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_error(&tmp))?;
+        let written = spool.adopt(&file, &tmp).and_then(|()| {
+            self.file = io::BufWriter::with_capacity(16 * 1024, file);
+            self.size = 0;
+            self.checksum = crc32fast::Hasher::new();
+            self.head.clear();
+            self.write_all(start)
+                .and_then(|()| io::copy(&mut old, self).map(|_| ()))
+                .and_then(|()| self.file.flush())
+                .map_err(io_error(&tmp))?;
+            fs::rename(&tmp, &self.path).map_err(io_error(&self.path))
+        });
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
     }
 }
 
