@@ -257,6 +257,17 @@ fn check(config: &Config, path: Option<&Path>, dns: Option<&cli::dns_check::Opti
     ExitCode::from(code)
 }
 
+/// The configuration sendmail reads: a set-group-id run ignores the
+/// caller's `--config` and `MAILQUEUE_CONFIG` (the system file only), so
+/// a local user cannot point it at another spool.
+fn sendmail_config(config: Option<PathBuf>, spool: Option<PathBuf>) -> Result<Config, String> {
+    if mailqueue::sys::is_privileged() {
+        load_system_config()
+    } else {
+        load_config(config, spool).map(|(c, _)| c)
+    }
+}
+
 fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]) -> ExitCode {
     let opts = match sendmail::parse_args(args) {
         Ok(o) => o,
@@ -279,12 +290,7 @@ fn run_sendmail(config: Option<PathBuf>, spool: Option<PathBuf>, args: &[String]
             }
         }
     }
-    let loaded = if mailqueue::sys::is_privileged() {
-        load_system_config()
-    } else {
-        load_config(config, spool).map(|(c, _)| c)
-    };
-    let config = match loaded {
+    let config = match sendmail_config(config, spool) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sendmail: {e}");

@@ -154,6 +154,25 @@ const LAG_MAX_BOUND_US: u64 = 1 << 36;
 fn encode(shape: &Shape, c: &stats::Stats, free: Option<u64>) -> String {
     let mut out = String::with_capacity(4096);
     let o = &mut out;
+    queue_families(o, shape);
+    traffic_families(o, c);
+    tls_families(o);
+    lag_family(o, c);
+    mta_sts_families(o);
+    if let Some(free) = free {
+        family(
+            o,
+            "mailqueue_spool_free_bytes",
+            "gauge",
+            "Bytes available to the daemon on the spool's file system.",
+        );
+        sample(o, "mailqueue_spool_free_bytes", &[], free);
+    }
+    out
+}
+
+/// The queue's gauges: messages and bytes by state, the oldest's age.
+fn queue_families(o: &mut String, shape: &Shape) {
     family(
         o,
         "mailqueue_queue_messages",
@@ -184,6 +203,11 @@ fn encode(shape: &Shape, c: &stats::Stats, free: Option<u64>) -> String {
         &[],
         shape.oldest_age_secs,
     );
+}
+
+/// Mail in and out: received, refused, delivery outcomes, notices,
+/// connections.
+fn traffic_families(o: &mut String, c: &stats::Stats) {
     family(
         o,
         "mailqueue_received_total",
@@ -225,6 +249,10 @@ fn encode(shape: &Shape, c: &stats::Stats, free: Option<u64>) -> String {
         "SMTP connections the listener took on.",
     );
     sample(o, "mailqueue_connections_total", &[], c.connections());
+}
+
+/// Outbound sessions by TLS version and verification.
+fn tls_families(o: &mut String) {
     family(
         o,
         "mailqueue_outbound_tls_sessions_total",
@@ -252,6 +280,10 @@ fn encode(shape: &Shape, c: &stats::Stats, free: Option<u64>) -> String {
             n,
         );
     }
+}
+
+/// The scheduling lag histogram.
+fn lag_family(o: &mut String, c: &stats::Stats) {
     family(
         o,
         "mailqueue_scheduling_lag_seconds",
@@ -280,17 +312,6 @@ fn encode(shape: &Shape, c: &stats::Stats, free: Option<u64>) -> String {
         c.lag.sum_us() as f64 / 1e6
     );
     sample(o, "mailqueue_scheduling_lag_seconds_count", &[], count);
-    mta_sts_families(o);
-    if let Some(free) = free {
-        family(
-            o,
-            "mailqueue_spool_free_bytes",
-            "gauge",
-            "Bytes available to the daemon on the spool's file system.",
-        );
-        sample(o, "mailqueue_spool_free_bytes", &[], free);
-    }
-    out
 }
 
 /// MTA-STS: policy fetches by result, and MX hosts refused under

@@ -139,23 +139,7 @@ impl Session {
         let mut count = 0usize;
         let mut kept = 0usize;
         loop {
-            let mut reader = DeadlineReader::new(&mut self.io, end);
-            let ended = deadline::read_line(&mut reader, &mut line, MAX_REPLY_LINE, Overlong::Fail)
-                .map_err(|e| {
-                    // A socket read timeout reports "Resource temporarily
-                    // unavailable"; the operator needs to read "timeout".
-                    let e = if deadline::is_timeout(&e) {
-                        let what = format!("no reply within {}", format_duration(timeout));
-                        io::Error::new(io::ErrorKind::TimedOut, what)
-                    } else {
-                        e
-                    };
-                    self.io_failed("reading reply from", &e)
-                })?;
-            if ended == LineEnd::Eof && line.is_empty() {
-                let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed");
-                return Err(self.io_failed("reading reply from", &eof));
-            }
+            self.read_reply_line(&mut line, end, timeout)?;
             let raw = String::from_utf8_lossy(&line);
             let raw = raw.trim_end_matches(['\r', '\n']);
             let parsed = self.parse_reply_line(raw, first.as_ref())?;
@@ -187,6 +171,34 @@ impl Session {
             reply: SmtpReply::new(first.code, first.enhanced, &text.finish()),
             lines,
         })
+    }
+
+    /// Reads one line of a reply into `line`; the connection closing
+    /// before it is an error.
+    fn read_reply_line(
+        &mut self,
+        line: &mut Vec<u8>,
+        end: Deadline,
+        timeout: Duration,
+    ) -> Result<(), DeliveryError> {
+        let mut reader = DeadlineReader::new(&mut self.io, end);
+        let ended = deadline::read_line(&mut reader, line, MAX_REPLY_LINE, Overlong::Fail)
+            .map_err(|e| {
+                // A socket read timeout reports "Resource temporarily
+                // unavailable"; the operator needs to read "timeout".
+                let e = if deadline::is_timeout(&e) {
+                    let what = format!("no reply within {}", format_duration(timeout));
+                    io::Error::new(io::ErrorKind::TimedOut, what)
+                } else {
+                    e
+                };
+                self.io_failed("reading reply from", &e)
+            })?;
+        if ended == LineEnd::Eof && line.is_empty() {
+            let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed");
+            return Err(self.io_failed("reading reply from", &eof));
+        }
+        Ok(())
     }
 
     /// Parses one line of a reply, which must carry the code of the reply's
