@@ -47,7 +47,7 @@ pub(crate) fn check(bytes: &[u8], header: &Header) -> Result<(), BadMessage> {
     Ok(())
 }
 
-/// [`check`] for a header block held alone (sendmail's, before it writes
+/// The repeated-field check for a header block held alone (sendmail's, before it writes
 /// the message).
 pub fn check_header(header: &[u8]) -> Result<(), BadMessage> {
     match header::parse(header, true) {
