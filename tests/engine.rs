@@ -790,3 +790,37 @@ fn recipients_a_target_leaves_without_an_outcome_stay_pending() {
     }
     queue.close();
 }
+
+#[test]
+fn date_and_message_id_are_added_to_small_and_large_messages_alike() {
+    // A small message is completed in its own file; one of 2 MiB through
+    // a new file in tmp/: each arrives whole with the two fields added once.
+    for body_len in [10usize, 2 * 1024 * 1024] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(dir.path());
+        let target = Scripted::new(vec![]);
+        let queue = Queue::open(config.queue_options(), target.arc()).unwrap();
+        let body: String = "0123456789abcdef\r\n"
+            .repeat(body_len / 18 + 1)
+            .chars()
+            .take(body_len)
+            .collect();
+        let message = format!("From: a@example.org\r\nSubject: plain\r\n\r\n{body}");
+        queue
+            .enqueue(&envelope(&["b@x.org"]), message.as_bytes())
+            .unwrap();
+        assert!(wait_for(LONG, || spool_empty(&config)));
+        let seen = target.seen();
+        let sent = String::from_utf8(seen[0].body.clone()).unwrap();
+        let (head, rest) = sent.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("From: a@example.org\r\nSubject: plain\r\n"),
+            "{head}"
+        );
+        assert_eq!(head.matches("\r\nDate: ").count(), 1, "{head}");
+        assert_eq!(head.matches("\r\nMessage-ID: <").count(), 1, "{head}");
+        assert_eq!(rest, body, "body of {body_len} bytes");
+        queue.close();
+        assert!(files_in(&config.spool.join("tmp")).is_empty());
+    }
+}

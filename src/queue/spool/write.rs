@@ -36,6 +36,10 @@ pub struct MessageWriter {
 /// How much of a message's start is kept for its Message-ID.
 const HEAD_MAX: usize = 64 * 1024;
 
+/// Up to this much of a message after its header, a new start (fields
+/// added at queueing, a DKIM signature) is written into the same file.
+const IN_PLACE_MAX: u64 = 1024 * 1024;
+
 impl Spool {
     /// Starts writing a new message under a fresh id.
     pub fn create_message(&self) -> Result<MessageWriter, QueueError> {
@@ -319,11 +323,52 @@ impl MessageWriter {
         move |source| QueueError::Io { path, source }
     }
 
-    /// Replaces the message's first `cut` bytes with `start`: the new
-    /// message is written to `tmp/` (`start`, then the old message from
-    /// `cut` on) and renamed over the old file, which it replaces whole
-    /// or not at all. Size, checksum and head then describe the new one.
+    /// Replaces the message's first `cut` bytes with `start`. Size,
+    /// checksum and head then describe the new message. Nothing of it is
+    /// acknowledged yet (no trailer): a crash half-way leaves an
+    /// unfinished write, removed at the next start.
     pub(crate) fn replace_start(
+        &mut self,
+        spool: &Spool,
+        cut: u64,
+        start: &[u8],
+    ) -> Result<(), QueueError> {
+        if self.size.saturating_sub(cut) <= IN_PLACE_MAX {
+            return self.rewrite_in_place(cut, start);
+        }
+        self.rewrite_into_new_file(spool, cut, start)
+    }
+
+    /// The rest of the message held in memory, and the file written again
+    /// from its start: no second file, so no inode allocated and freed per
+    /// message that gains a header field or a signature.
+    fn rewrite_in_place(&mut self, cut: u64, start: &[u8]) -> Result<(), QueueError> {
+        let mut old = self.read_back().map_err(self.io_error())?;
+        let mut rest = Vec::with_capacity(self.size.saturating_sub(cut) as usize);
+        old.seek(io::SeekFrom::Start(cut))
+            .and_then(|_| old.read_to_end(&mut rest))
+            .map_err(self.io_error())?;
+        let failed = self.io_error();
+        self.file
+            .seek(io::SeekFrom::Start(0))
+            .and_then(|_| {
+                self.size = 0;
+                self.checksum = crc32fast::Hasher::new();
+                self.head.clear();
+                self.write_all(start)?;
+                self.write_all(&rest)?;
+                self.file.flush()?;
+                // The new message is never shorter, but a stale tail
+                // must not survive if it were.
+                self.file.get_ref().set_len(self.size)
+            })
+            .map_err(failed)
+    }
+
+    /// For a large message: the new message written to `tmp/` (`start`,
+    /// then the old message from `cut` on) and renamed over the old file,
+    /// which it replaces whole or not at all.
+    fn rewrite_into_new_file(
         &mut self,
         spool: &Spool,
         cut: u64,
