@@ -184,6 +184,34 @@ mod tests {
         assert_eq!((h.end, h.body), (12, 12));
     }
 
+    proptest::proptest! {
+        /// Any bytes a client sends parse without a panic into fields
+        /// that lie in order within them, and the header found in a part
+        /// of the message is the one found in the whole.
+        #[test]
+        fn any_bytes_parse_into_fields_in_order_within_them(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'F', b':', b' ', b'\t', b'\r', b'\n', 0xff]),
+                0..120,
+            ),
+            cut in 0usize..120,
+        ) {
+            let h = parse(&bytes, true).unwrap();
+            proptest::prop_assert!(h.end <= h.body && h.body <= bytes.len());
+            let mut at = 0;
+            for f in &h.fields {
+                proptest::prop_assert!(at <= f.start && f.start < f.name_end);
+                proptest::prop_assert!(f.name_end <= f.colon && f.colon < f.end && f.end <= h.end);
+                proptest::prop_assert!(!f.name(&bytes).is_empty());
+                at = f.end;
+            }
+            let cut = cut.min(bytes.len());
+            if let Some(part) = parse(&bytes[..cut], false) {
+                proptest::prop_assert_eq!(part, h);
+            }
+        }
+    }
+
     #[test]
     fn an_unfinished_header_needs_more_bytes() {
         assert_eq!(parse(b"Subject: a\r\nFrom: b", false), None);

@@ -706,3 +706,62 @@ fn a_bounce_from_a_domain_with_a_key_is_signed() {
     let (ok, out) = verify(&notice.body, &s.records);
     assert!(ok, "{out}\n{}", notice.text());
 }
+
+#[test]
+fn the_notices_of_an_operators_expire_are_signed_with_or_without_the_daemon() {
+    let s = signing();
+    // The peer defers tempfail-rcpt for ever; retries an hour apart.
+    let setup = s
+        .setup
+        .clone()
+        .bounce("from = \"postmaster@example.org\"")
+        .queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\"");
+    let mut d = Daemon::start(&setup);
+    let config = d.config_path();
+    let config = config.to_str().unwrap();
+    let mut c = Client::connect(d.addr()).unwrap();
+    for n in 0..3 {
+        c.mail(
+            "alice@example.com",
+            &["tempfail-rcpt@example.net"],
+            format!("From: alice@example.com\r\nSubject: expire {n}\r\n\r\nx\r\n").as_bytes(),
+        )
+        .expect(250, "2.0.0");
+    }
+    c.quit();
+    assert!(
+        common::wait_for(LONG, || d.log().matches("status=deferred").count() == 3),
+        "{}",
+        d.log()
+    );
+    // Through the daemon, several at once (the bulk path).
+    let ids: Vec<String> = d
+        .queued()
+        .iter()
+        .map(|f| f.trim_end_matches(".msg").to_string())
+        .collect();
+    let (status, out, err) = run_mailqueue(&["--config", config, "expire", &ids[0], &ids[1]]);
+    assert!(status.success(), "{out}{err}");
+    let notices = s.peer.wait_messages(2, LONG);
+    for n in &notices {
+        assert_eq!(n.sender(), "");
+        let (ok, out) = verify(&n.body, &s.records);
+        assert!(ok, "{out}\n{}", n.text());
+    }
+    // With the daemon stopped: the notice waits in the spool, signed.
+    d.terminate();
+    assert!(d.wait_exit(LONG).is_some());
+    let (status, out, err) = run_mailqueue(&["--config", config, "expire", &ids[2]]);
+    assert!(status.success(), "{out}{err}");
+    let left = d.queued();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let stored = common::stored_message(&d.spool(), left[0].trim_end_matches(".msg"));
+    let text = String::from_utf8_lossy(&stored);
+    assert!(
+        text.starts_with("DKIM-Signature: v=1; a=rsa-sha256;"),
+        "{text}"
+    );
+    assert!(text.contains("d=example.org;"), "{text}");
+    let (ok, out) = verify(&stored, &s.records);
+    assert!(ok, "{out}\n{text}");
+}

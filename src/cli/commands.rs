@@ -78,7 +78,14 @@ fn direct(config: &Config, request: &Request) -> Result<Response, DirectError> {
     let deadline = Instant::now() + DAEMON_START_WAIT;
     loop {
         if let Some(_lock) = spool.lock_shared()? {
-            let options = config.queue_options();
+            let mut options = config.queue_options();
+            if matches!(request, Request::Expire(_)) {
+                // Its notices are signed as the daemon would sign them.
+                options.dkim = config.dkim_signer().unwrap_or_else(|e| {
+                    eprintln!("mailqueue: warning: {e}; the notices are not signed");
+                    Default::default()
+                });
+            }
             return Ok(control::apply(&Admin::direct(&spool, &options), request));
         }
         match control::request(&config.spool, request) {

@@ -226,6 +226,34 @@ mod tests {
         assert!(field.lines().all(|l| l.len() <= 78));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the header holds, signing ends with a field or with
+        /// none, never a panic, and the field's lines fit in 78 columns.
+        #[test]
+        fn any_header_is_signed_or_left_without_a_panic(
+            fields in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["From", "from", "To", "Subject", "X-A", "Cc"]),
+                    "[ a-z@.<>\t\r\n\\\",:;=()\x7f-\u{ff}]{0,40}",
+                ),
+                0..6,
+            ),
+        ) {
+            let s = DkimSigner::new(vec![key("example.org")]);
+            let mut m = Vec::new();
+            for (name, value) in &fields {
+                m.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            }
+            m.extend_from_slice(b"From: a@example.org\r\n");
+            let h = header::parse(&m, true).unwrap();
+            let field = s.sign(&m[..h.end], &h, &mut &b"body"[..], 1).unwrap();
+            if let Some(f) = field {
+                proptest::prop_assert!(f.split("\r\n").all(|l| l.len() <= 78), "{}", f);
+            }
+        }
+    }
+
     #[test]
     fn mail_from_a_domain_without_a_key_is_not_signed() {
         let s = DkimSigner::new(vec![key("example.org")]);

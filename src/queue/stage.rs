@@ -14,8 +14,9 @@
 use std::io::{self, Read, Seek, SeekFrom};
 use std::time::SystemTime;
 
-use super::spool::MessageWriter;
+use super::spool::{MessageWriter, Spool};
 use super::{QueueError, Shared};
+use crate::dkim::DkimSigner;
 use crate::header::{self, Header};
 use crate::ingest::{cleanup, hygiene};
 
@@ -24,6 +25,30 @@ use crate::ingest::{cleanup, hygiene};
 /// notice would be lost).
 pub(super) fn stage(
     shared: &Shared,
+    writer: &mut MessageWriter,
+    notice: bool,
+) -> Result<(), QueueError> {
+    let signer = shared.policy.options().dkim.clone();
+    let hostname = &shared.options.hostname;
+    stage_with(&shared.spool, hostname, &signer, writer, notice)
+}
+
+/// Signs a notice made outside the workers (an operator's `expire`,
+/// with or without a daemon) with `signer`, as [`stage`] signs the
+/// workers' notices.
+pub(super) fn sign_notice(
+    spool: &Spool,
+    signer: &DkimSigner,
+    writer: &mut MessageWriter,
+) -> Result<(), QueueError> {
+    stage_with(spool, "", signer, writer, true)
+}
+
+/// [`stage`] with its parts named: `hostname` for the Message-ID added.
+fn stage_with(
+    spool: &Spool,
+    hostname: &str,
+    signer: &DkimSigner,
     writer: &mut MessageWriter,
     notice: bool,
 ) -> Result<(), QueueError> {
@@ -37,7 +62,7 @@ pub(super) fn stage(
     let mut added = Vec::new();
     if !notice {
         hygiene::check(&head, &parsed)?;
-        added = cleanup::missing_date_and_id(fields, &shared.options.hostname, SystemTime::now());
+        added = cleanup::missing_date_and_id(fields, hostname, SystemTime::now());
     }
     // The header as it will be: its fields, then those added.
     let mut complete = Vec::with_capacity(fields.len() + added.len() + 2);
@@ -47,7 +72,6 @@ pub(super) fn stage(
         complete.extend_from_slice(b"\r\n");
     }
     complete.extend_from_slice(&added);
-    let signer = shared.policy.options().dkim.clone();
     let signature = if signer.is_empty() {
         None
     } else {
@@ -78,7 +102,7 @@ pub(super) fn stage(
     // ended the header without one, so that the fields added are not
     // taken as body (and the body the signature hashed is the body).
     start.extend_from_slice(b"\r\n");
-    writer.replace_start(&shared.spool, parsed.body as u64, &start)
+    writer.replace_start(spool, parsed.body as u64, &start)
 }
 
 /// The message's header (and its separating empty line), from the start

@@ -186,6 +186,7 @@ impl Admin<'_> {
             let notice = match dsn::failure_notice(&self.options, self.spool, &meta, &failed) {
                 Some((envelope, bytes)) => match self.spool.create_message().and_then(|mut w| {
                     w.copy_from(&mut &bytes[..])?;
+                    super::super::stage::sign_notice(self.spool, &self.options.dkim, &mut w)?;
                     Ok(w)
                 }) {
                     Ok(w) => {

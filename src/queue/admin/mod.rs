@@ -285,6 +285,7 @@ impl<'a> Admin<'a> {
                 Some(s) => s.store_notice(&envelope, &bytes),
                 None => self.spool.create_message().and_then(|mut w| {
                     w.copy_from(&mut &bytes[..])?;
+                    super::stage::sign_notice(self.spool, &self.options.dkim, &mut w)?;
                     self.spool.store(w, &envelope, true).map(|m| m.id)
                 }),
             };
