@@ -73,6 +73,21 @@ pub fn server_settings(config: &Config) -> Result<ServerSettings, String> {
     })
 }
 
+/// Opens the queue with the configuration's options and signing keys;
+/// its workers start on queued mail at once.
+fn open_queue(
+    config: &Config,
+    target: Arc<dyn DeliveryTarget>,
+    bounce: Arc<dyn DeliveryTarget>,
+) -> Result<Arc<Queue>, String> {
+    let mut options = config.queue_options();
+    options.dkim = config.dkim_signer().map_err(|e| e.to_string())?;
+    let queue =
+        Queue::open_with_bounce_target(options, target, bounce).map_err(|e| e.to_string())?;
+    queue.set_target_builder(target_builder(config));
+    Ok(Arc::new(queue))
+}
+
 /// Runs the daemon until SIGTERM or SIGINT; on SIGHUP, `reload` reads
 /// the configuration again.
 pub fn serve(config: Config, reload: impl Fn() -> Result<Config, String>) -> Result<(), String> {
@@ -88,12 +103,7 @@ pub fn serve(config: Config, reload: impl Fn() -> Result<Config, String>) -> Res
     // mid-attempt when it exits.
     let listeners = server::bind(&config.listen.smtp).map_err(|e| e.to_string())?;
     let metrics = super::metrics::bind(&config)?;
-    let mut options = config.queue_options();
-    options.dkim = config.dkim_signer().map_err(|e| e.to_string())?;
-    let queue = Arc::new(
-        Queue::open_with_bounce_target(options, target, bounce).map_err(|e| e.to_string())?,
-    );
-    queue.set_target_builder(target_builder(&config));
+    let queue = open_queue(&config, target, bounce)?;
     let (pickup_tx, pickup_rx) = crossbeam_channel::bounded(1);
     let mut control = ControlServer::start(Arc::clone(&queue), pickup_tx).map_err(|e| {
         format!(
