@@ -119,10 +119,15 @@ pub fn missing_date_and_id(header: &[u8], hostname: &str, now: SystemTime) -> Ve
 /// Whether the header has a field of this name (any case).
 pub fn has_field(header: &[u8], name: &str) -> bool {
     // Any line end the wire makes one: CR LF, a bare LF, a bare CR.
+    // Blanks before the colon are the obsolete syntax (RFC 5322 §4.5),
+    // still a field of that name: the hygiene check counts it, and a
+    // second one must not be added.
     header.split(|b| *b == b'\n' || *b == b'\r').any(|line| {
-        line.len() > name.len()
-            && line[name.len()] == b':'
-            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+        line.iter().position(|&b| b == b':').is_some_and(|colon| {
+            line[..colon]
+                .trim_ascii_end()
+                .eq_ignore_ascii_case(name.as_bytes())
+        })
     })
 }
 
@@ -201,6 +206,13 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("Message-ID: <") && all.ends_with("@h.example>\r\n"));
+    }
+
+    #[test]
+    fn a_field_with_blanks_before_its_colon_is_there() {
+        let header = b"Date : Tue, 1 Dec 2026 12:00:00 +0000\r\nMessage-ID\t: <a@b>\r\n";
+        assert!(missing_date_and_id(header, "h.example", SystemTime::UNIX_EPOCH).is_empty());
+        assert!(!has_field(b"X-Date: x\r\n Date: folded\r\n", "Date"));
     }
 
     #[test]
