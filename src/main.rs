@@ -161,7 +161,10 @@ fn run(cli: Cli) -> ExitCode {
         };
         return ExitCode::from(cli::dkim::keygen(&k));
     }
-    let (config_arg, spool_arg) = (cli.config.clone(), cli.spool.clone());
+    let sources = ConfigSources {
+        config: cli.config.clone(),
+        spool: cli.spool.clone(),
+    };
     let (config, path) = match load_config(cli.config, cli.spool) {
         Ok(c) => c,
         Err(e) => {
@@ -169,7 +172,25 @@ fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    match cli.command.into_request() {
+    run_configured(cli.command, config, path.as_deref(), sources)
+}
+
+/// Where the configuration came from on the command line, kept so that
+/// the daemon's SIGHUP reads it again from the same place.
+struct ConfigSources {
+    config: Option<PathBuf>,
+    spool: Option<PathBuf>,
+}
+
+/// A command that needs the configuration (all but sendmail and
+/// `dkim keygen`), once it is loaded.
+fn run_configured(
+    command: Cmd,
+    config: Config,
+    path: Option<&Path>,
+    sources: ConfigSources,
+) -> ExitCode {
+    match command.into_request() {
         Ok(Ok((request, format))) => ExitCode::from(commands::run(&config, request, format)),
         Ok(Err(Cmd::Check {
             dns,
@@ -180,7 +201,7 @@ fn run(cli: Cli) -> ExitCode {
                 addresses: address,
                 domains: domain,
             });
-            check(&config, path.as_deref(), dns.as_ref())
+            check(&config, path, dns.as_ref())
         }
         Ok(Err(Cmd::Routes { test, from })) => {
             ExitCode::from(cli::routes::run(&config, test.as_deref(), from.as_deref()))
@@ -190,23 +211,26 @@ fn run(cli: Cli) -> ExitCode {
         Ok(Err(Cmd::Health { corrupt_within })) => {
             ExitCode::from(cli::health::run(&config, corrupt_within))
         }
-        Ok(Err(Cmd::Serve)) => {
-            init_logs(&config.log);
-            // SIGHUP reads the configuration again, from the same place.
-            let reload =
-                || load_config(config_arg.clone(), spool_arg.clone()).map(|(config, _)| config);
-            match cli::daemon::serve(config, reload) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("mailqueue: {e}");
-                    ExitCode::from(exit::SOFTWARE)
-                }
-            }
-        }
+        Ok(Err(Cmd::Serve)) => serve(config, sources),
         Ok(Err(_)) => unreachable!("sendmail and dkim keygen are handled above"),
         Err(e) => {
             eprintln!("mailqueue: {e}");
             ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+/// `mailqueue serve`: the daemon, until it is told to stop.
+fn serve(config: Config, sources: ConfigSources) -> ExitCode {
+    init_logs(&config.log);
+    // SIGHUP reads the configuration again, from the same place.
+    let reload =
+        || load_config(sources.config.clone(), sources.spool.clone()).map(|(config, _)| config);
+    match cli::daemon::serve(config, reload) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailqueue: {e}");
+            ExitCode::from(exit::SOFTWARE)
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use crate::delivery::tls_report::TlsReport;
 use crate::delivery::{
     Body, DeliveryError, DeliveryTarget, ErrorKind, Handoff, MessageInfo, RecipientOutcome,
     Severity,
@@ -25,6 +26,7 @@ use crate::queue::admin::give_up_pending;
 use crate::queue::dsn::{self, Action};
 use crate::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Throttle, Timestamp};
 use crate::queue::{Job, MessageId, QueueError, Shared};
+use crate::smtp::reply::SmtpReply;
 
 /// Panics of one message's attempts before it is quarantined: a bug hit
 /// by that message alone must neither stop the queue nor loop forever.
@@ -294,14 +296,7 @@ fn apply(
         ..
     } = outcome;
     if let Err(e) = &result {
-        if e.severity() == Severity::Throttled {
-            // Not tried: no try counted, no error recorded; the wait is
-            // recorded, for the schedule and for the operator to see.
-            log::debug!("{id}: to=<{}>, waiting: {}", r.address, e.reply());
-            r.throttled = Some(Throttle {
-                until: now.plus(throttle_wait(e.wait_hint())),
-                reason: e.reply().text.clone(),
-            });
+        if throttled(id, r, e, now) {
             return;
         }
     }
@@ -334,10 +329,39 @@ fn apply(
         }
     };
     shared.stats.outcome(status, r.expired);
+    log_outcome(id, r, age, status, relay.as_deref(), tls, reply);
+}
+
+/// Records a recipient whose try waits for its destination's rate
+/// limit; false for any other failure.
+fn throttled(id: MessageId, r: &mut RecipientMeta, e: &DeliveryError, now: Timestamp) -> bool {
+    if e.severity() != Severity::Throttled {
+        return false;
+    }
+    // Not tried: no try counted, no error recorded; the wait is
+    // recorded, for the schedule and for the operator to see.
+    log::debug!("{id}: to=<{}>, waiting: {}", r.address, e.reply());
+    r.throttled = Some(Throttle {
+        until: now.plus(throttle_wait(e.wait_hint())),
+        reason: e.reply().text.clone(),
+    });
+    true
+}
+
+/// The log line of one recipient's try, in Postfix's shape.
+fn log_outcome(
+    id: MessageId,
+    r: &RecipientMeta,
+    age: Duration,
+    status: &str,
+    relay: Option<&str>,
+    tls: Option<TlsReport>,
+    reply: Option<SmtpReply>,
+) {
     log::info!(
         "{id}: to=<{}>, relay={}, tries={}, delay={:.1}s, {}status={status}{}",
         r.address,
-        relay.as_deref().unwrap_or("none"),
+        relay.unwrap_or("none"),
         r.tries,
         age.as_secs_f64(),
         tls.map(|t| format!("tls={t}, ")).unwrap_or_default(),

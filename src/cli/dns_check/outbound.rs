@@ -109,19 +109,7 @@ pub fn outbound(
         });
     }
     if paths.is_empty() {
-        let targets = std::iter::once(config.delivery.target.to_string())
-            .chain(config.routes.iter().map(|r| r.target.to_string()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        findings.push(Finding::ok(
-            Check::Outbound,
-            "",
-            format!(
-                "no mail goes straight to MX hosts (targets: {targets}): receivers see the \
-                 relays' addresses, whose reverse DNS is the relays' business; \
-                 the sender domains' SPF must permit the relays"
-            ),
-        ));
+        findings.push(relays_only(config));
     }
     for path in paths {
         let (ips, origin) = if !given.is_empty() {
@@ -129,12 +117,7 @@ pub fn outbound(
         } else if let Some(ip) = path.source {
             (vec![ip], Origin::SourceAddress)
         } else {
-            let families: &[IpVersion] = match path.ip_version {
-                IpVersion::V6 => &[IpVersion::V6],
-                IpVersion::V4 => &[IpVersion::V4],
-                _ => &[IpVersion::V6, IpVersion::V4],
-            };
-            let ips: Vec<IpAddr> = families.iter().filter_map(|f| kernel(*f)).collect();
+            let ips = kernel_addresses(&path, kernel);
             if ips.is_empty() {
                 findings.push(Finding::warning(
                     Check::Outbound,
@@ -157,6 +140,38 @@ pub fn outbound(
         findings.push(describe(o));
     }
     (found, findings)
+}
+
+/// The finding when no mail goes to MX hosts directly: the relays'
+/// addresses are what receivers see.
+fn relays_only(config: &Config) -> Finding {
+    let targets = std::iter::once(config.delivery.target.to_string())
+        .chain(config.routes.iter().map(|r| r.target.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Finding::ok(
+        Check::Outbound,
+        "",
+        format!(
+            "no mail goes straight to MX hosts (targets: {targets}): receivers see the \
+             relays' addresses, whose reverse DNS is the relays' business; \
+             the sender domains' SPF must permit the relays"
+        ),
+    )
+}
+
+/// The addresses the kernel would send from for a path without a
+/// `source_address`, in each family the path may use.
+fn kernel_addresses(
+    path: &DirectPath,
+    kernel: &dyn Fn(IpVersion) -> Option<IpAddr>,
+) -> Vec<IpAddr> {
+    let families: &[IpVersion] = match path.ip_version {
+        IpVersion::V6 => &[IpVersion::V6],
+        IpVersion::V4 => &[IpVersion::V4],
+        _ => &[IpVersion::V6, IpVersion::V4],
+    };
+    families.iter().filter_map(|f| kernel(*f)).collect()
 }
 
 /// Adds an address, or the path to the same address and EHLO name met

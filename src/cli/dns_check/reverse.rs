@@ -14,34 +14,12 @@ use super::Lookup;
 pub fn reverse_dns(o: &Outbound, dns: Lookup<'_>) -> Finding {
     let subject = o.ip.to_string();
     let helo = o.helo.trim_end_matches('.');
-    let set_ptr = format!(
-        "ask whoever runs {} (the hosting provider, often in its control panel) to set its \
-         PTR record to {helo}, and publish {helo} {} {}",
-        o.ip,
-        family_record(o.ip),
-        o.ip
-    );
-    let names: Vec<String> = match dns(&reverse_name(o.ip), RecordType::Ptr) {
-        Ok(records) => records
-            .into_iter()
-            .filter_map(|r| match r {
-                Record::Name(n) => Some(n),
-                _ => None,
-            })
-            .collect(),
-        Err(DnsError::NxDomain(_)) => Vec::new(),
+    let names = match ptr_names(o.ip, dns) {
+        Ok(names) => names,
         Err(e) => return Finding::unknown(Check::ReverseDns, subject, e),
     };
     if names.is_empty() {
-        return Finding::problem(
-            Check::ReverseDns,
-            subject,
-            format!(
-                "no PTR record at {}: Gmail and Yahoo refuse mail from addresses without one",
-                reverse_name(o.ip)
-            ),
-            set_ptr,
-        );
+        return no_ptr(o, subject, helo);
     }
     let mut confirmed = Vec::new();
     let mut unconfirmed = Vec::new();
@@ -54,26 +32,72 @@ pub fn reverse_dns(o: &Outbound, dns: Lookup<'_>) -> Finding {
     }
     if confirmed.is_empty() {
         let (name, addrs) = &unconfirmed[0];
-        let has = if addrs.is_empty() {
-            format!("has no {} record", family_record(o.ip))
-        } else {
-            let list: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
-            format!("resolves to {} only", list.join(", "))
-        };
-        return Finding::problem(
-            Check::ReverseDns,
-            subject,
-            format!(
-                "PTR {name} is not confirmed: {name} {has}, so receivers treat the address as \
-                 having no reverse DNS"
-            ),
-            format!(
-                "publish {name} {} {} (or have the PTR set to a name that has it)",
-                family_record(o.ip),
-                o.ip
-            ),
-        );
+        return not_confirmed(o.ip, subject, name, addrs);
     }
+    confirmed_ptr(o.ip, subject, helo, &confirmed)
+}
+
+/// The names the PTR record of `ip` gives; an address without one has none.
+fn ptr_names(ip: IpAddr, dns: Lookup<'_>) -> Result<Vec<String>, DnsError> {
+    match dns(&reverse_name(ip), RecordType::Ptr) {
+        Ok(records) => Ok(records
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Name(n) => Some(n),
+                _ => None,
+            })
+            .collect()),
+        Err(DnsError::NxDomain(_)) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The finding for an address with no PTR record at all.
+fn no_ptr(o: &Outbound, subject: String, helo: &str) -> Finding {
+    let set_ptr = format!(
+        "ask whoever runs {} (the hosting provider, often in its control panel) to set its \
+         PTR record to {helo}, and publish {helo} {} {}",
+        o.ip,
+        family_record(o.ip),
+        o.ip
+    );
+    Finding::problem(
+        Check::ReverseDns,
+        subject,
+        format!(
+            "no PTR record at {}: Gmail and Yahoo refuse mail from addresses without one",
+            reverse_name(o.ip)
+        ),
+        set_ptr,
+    )
+}
+
+/// The finding for a PTR whose name does not resolve back to the address.
+fn not_confirmed(ip: IpAddr, subject: String, name: &str, addrs: &[IpAddr]) -> Finding {
+    let has = if addrs.is_empty() {
+        format!("has no {} record", family_record(ip))
+    } else {
+        let list: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+        format!("resolves to {} only", list.join(", "))
+    };
+    Finding::problem(
+        Check::ReverseDns,
+        subject,
+        format!(
+            "PTR {name} is not confirmed: {name} {has}, so receivers treat the address as \
+             having no reverse DNS"
+        ),
+        format!(
+            "publish {name} {} {} (or have the PTR set to a name that has it)",
+            family_record(ip),
+            ip
+        ),
+    )
+}
+
+/// The finding once some PTR name resolves back: whether one of them is
+/// also the EHLO name, which receivers compare.
+fn confirmed_ptr(ip: IpAddr, subject: String, helo: &str, confirmed: &[&str]) -> Finding {
     if let Some(name) = confirmed.iter().find(|n| n.eq_ignore_ascii_case(helo)) {
         return Finding::ok(
             Check::ReverseDns,
@@ -92,8 +116,8 @@ pub fn reverse_dns(o: &Outbound, dns: Lookup<'_>) -> Finding {
         format!(
             "give EHLO {name} (top-level hostname, or the route's helo_name), or have the PTR \
              set to {helo} (with {helo} {} {})",
-            family_record(o.ip),
-            o.ip
+            family_record(ip),
+            ip
         ),
     )
 }

@@ -175,23 +175,7 @@ fn spf_finding(d: &str, o: &Outbound, identity: Identity, dns: Lookup<'_>) -> Fi
             ),
             add,
         ),
-        SpfResult::None if identity == Identity::Helo => Finding::warning(
-            Check::Spf,
-            subject,
-            format!("{}: receivers judge notices (sent from <>) by it", v.why),
-            // `a`: the EHLO name's own address, which the reverse DNS
-            // check wants to be this one.
-            format!("publish {d}. TXT \"v=spf1 a -all\""),
-        ),
-        SpfResult::None => Finding::problem(
-            Check::Spf,
-            subject,
-            format!(
-                "{}: Gmail and Yahoo want SPF (or DKIM) for every sender",
-                v.why
-            ),
-            format!("publish {d}. TXT \"v=spf1 {} -all\"", mechanism_for(o.ip)),
-        ),
+        SpfResult::None => no_spf(d, o.ip, identity, subject, &v.why),
         SpfResult::PermError => Finding::problem(
             Check::Spf,
             subject,
@@ -206,6 +190,27 @@ fn spf_finding(d: &str, o: &Outbound, identity: Identity, dns: Lookup<'_>) -> Fi
         ),
         SpfResult::TempError => Finding::unknown(Check::Spf, subject, v.why),
     }
+}
+
+/// The finding for a domain that publishes no SPF record: a warning for
+/// an EHLO name (only notices are judged by it), a problem for a sender.
+fn no_spf(d: &str, ip: IpAddr, identity: Identity, subject: String, why: &str) -> Finding {
+    if identity == Identity::Helo {
+        return Finding::warning(
+            Check::Spf,
+            subject,
+            format!("{why}: receivers judge notices (sent from <>) by it"),
+            // `a`: the EHLO name's own address, which the reverse DNS
+            // check wants to be this one.
+            format!("publish {d}. TXT \"v=spf1 a -all\""),
+        );
+    }
+    Finding::problem(
+        Check::Spf,
+        subject,
+        format!("{why}: Gmail and Yahoo want SPF (or DKIM) for every sender"),
+        format!("publish {d}. TXT \"v=spf1 {} -all\"", mechanism_for(ip)),
+    )
 }
 
 /// With no address to evaluate against: whether a record is there.
@@ -288,6 +293,12 @@ pub fn mx(domain: &SenderDomain, dns: Lookup<'_>) -> Finding {
             publish,
         );
     }
+    implicit_mx(d, publish, dns)
+}
+
+/// The finding for a domain with no MX record: its address records, if
+/// any, take bounces in its place.
+fn implicit_mx(d: &str, publish: String, dns: Lookup<'_>) -> Finding {
     let mut has_address = false;
     for qtype in [RecordType::A, RecordType::Aaaa] {
         match dns(d, qtype) {

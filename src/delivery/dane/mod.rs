@@ -19,7 +19,7 @@ use std::sync::Arc;
 use openssl::ssl::SslRef;
 use openssl::x509::X509;
 
-use crate::delivery::dns::{DnsError, Record, RecordType, Resolver};
+use crate::delivery::dns::{Answer, DnsError, Record, RecordType, Resolver};
 use crate::delivery::smtp_client::PeerCheck;
 use crate::delivery::tls_report::Verification;
 use crate::delivery::{DeliveryError, ErrorKind};
@@ -81,40 +81,46 @@ impl Dane {
                 ))
             }
         };
-        let published = answer
-            .records
-            .iter()
-            .filter(|r| matches!(r, Record::Tlsa(_)))
-            .count();
-        if !answer.authenticated {
-            if published > 0 {
-                log::debug!("{domain}: {name}: TLSA records not authenticated (no AD): ignored");
-            }
-            return Ok(None);
-        }
-        let usable: Vec<UsableTlsa> = answer
-            .records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Tlsa(t) => UsableTlsa::from_record(t),
-                _ => None,
-            })
-            .collect();
-        if usable.is_empty() {
-            if published > 0 {
-                log::info!("{domain}: {name}: none of {published} TLSA records is usable; no DANE");
-            }
-            return Ok(None);
-        }
-        log::debug!(
-            "{domain}: {name}: DANE with {} usable TLSA records",
-            usable.len()
-        );
-        Ok(Some(Arc::new(DaneCheck {
-            name,
-            records: usable,
-        })))
+        Ok(dane_check(domain, name, &answer))
     }
+}
+
+/// The check an authenticated TLSA answer calls for at `name`; `None`
+/// when the answer is not authenticated or has no usable record.
+fn dane_check(domain: &str, name: String, answer: &Answer) -> Option<Arc<DaneCheck>> {
+    let published = answer
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Tlsa(_)))
+        .count();
+    if !answer.authenticated {
+        if published > 0 {
+            log::debug!("{domain}: {name}: TLSA records not authenticated (no AD): ignored");
+        }
+        return None;
+    }
+    let usable: Vec<UsableTlsa> = answer
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Tlsa(t) => UsableTlsa::from_record(t),
+            _ => None,
+        })
+        .collect();
+    if usable.is_empty() {
+        if published > 0 {
+            log::info!("{domain}: {name}: none of {published} TLSA records is usable; no DANE");
+        }
+        return None;
+    }
+    log::debug!(
+        "{domain}: {name}: DANE with {} usable TLSA records",
+        usable.len()
+    );
+    Some(Arc::new(DaneCheck {
+        name,
+        records: usable,
+    }))
 }
 
 /// Why DANE is off with a non-local resolver: the log at start and

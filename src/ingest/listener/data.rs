@@ -21,19 +21,9 @@ impl Session<'_> {
     /// DATA: reads the message to its final dot, then answers. False
     /// when the connection is gone.
     pub(super) fn data(&mut self) -> bool {
-        let Some(mut txn) = self.txn.take() else {
-            let r = reply(503, (5, 5, 1), "Error: need RCPT command");
-            self.log_refusal(Stage::Data, &r, None, None);
-            self.send(&r);
+        let Some(mut txn) = self.data_transaction() else {
             return true;
         };
-        if txn.rcpts.is_empty() {
-            self.txn = Some(txn);
-            let r = reply(554, (5, 5, 1), "Error: no valid recipients");
-            self.log_refusal(Stage::Data, &r, None, None);
-            self.send(&r);
-            return true;
-        }
         txn.rcpts = cleanup::unique_by_address(std::mem::take(&mut txn.rcpts));
         // For the refusal lines: the sender and the first recipient.
         let from = txn
@@ -78,16 +68,7 @@ impl Session<'_> {
             }
             Ok(DataEnd::TooBig) => reply(552, (5, 3, 4), "Error: message file too big"),
             Ok(DataEnd::BareNewline) => {
-                // The rest of the message is not read: ending the session is
-                // the only way to be sure none of it is taken as commands.
-                log::info!(
-                    "{}: bare <LF> in DATA: message refused, session ended",
-                    self.peer
-                );
-                let r = bare_newline_reply();
-                self.log_refusal(Stage::EndOfMessage, &r, Some(&from), Some(&to));
-                self.send(&r);
-                let _ = self.flush(true);
+                self.refuse_bare_newline(&from, &to);
                 return false;
             }
             Ok(DataEnd::Complete) => match incoming {
@@ -98,6 +79,39 @@ impl Session<'_> {
         self.log_refusal(Stage::EndOfMessage, &r, Some(&from), Some(&to));
         self.send(&r);
         true
+    }
+
+    /// The transaction DATA ends; `None` once a DATA out of order (no
+    /// MAIL, or no recipient accepted) is refused.
+    fn data_transaction(&mut self) -> Option<Transaction> {
+        let Some(txn) = self.txn.take() else {
+            let r = reply(503, (5, 5, 1), "Error: need RCPT command");
+            self.log_refusal(Stage::Data, &r, None, None);
+            self.send(&r);
+            return None;
+        };
+        if txn.rcpts.is_empty() {
+            self.txn = Some(txn);
+            let r = reply(554, (5, 5, 1), "Error: no valid recipients");
+            self.log_refusal(Stage::Data, &r, None, None);
+            self.send(&r);
+            return None;
+        }
+        Some(txn)
+    }
+
+    /// Refuses a message with a bare LF (`bare_newline = "reject"`). The
+    /// rest of the message is not read: ending the session is the only way
+    /// to be sure none of it is taken as commands.
+    fn refuse_bare_newline(&mut self, from: &str, to: &str) {
+        log::info!(
+            "{}: bare <LF> in DATA: message refused, session ended",
+            self.peer
+        );
+        let r = bare_newline_reply();
+        self.log_refusal(Stage::EndOfMessage, &r, Some(from), Some(to));
+        self.send(&r);
+        let _ = self.flush(true);
     }
 
     /// Writes the Received header and the message into `incoming`, read

@@ -152,15 +152,8 @@ impl<'a> Session<'a> {
             if self.flush(false).is_err() {
                 return;
             }
-            let line = match self.read_line() {
-                Ok(l) => l,
-                Err(e) => {
-                    if is_timeout(&e) {
-                        self.send(&self.timeout_reply());
-                        let _ = self.flush(true);
-                    }
-                    return;
-                }
+            let Some(line) = self.read_command_line() else {
+                return;
             };
             let line = match line {
                 Line::Eof => return,
@@ -181,15 +174,7 @@ impl<'a> Session<'a> {
             };
             match command::parse(&line) {
                 Err(r) => {
-                    if let Some(stage) = Stage::of_line(&line) {
-                        let path = raw_path(&line);
-                        match stage {
-                            Stage::Mail => self.log_refusal(stage, &r, path, None),
-                            _ => self.log_refusal(stage, &r, None, path),
-                        }
-                    }
-                    self.send(&r);
-                    if self.count_error() {
+                    if !self.refuse_unparsed(&line, &r) {
                         return;
                     }
                 }
@@ -205,6 +190,35 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// The next line from the client; `None` when the connection is gone
+    /// or silent too long (the client is told so).
+    fn read_command_line(&mut self) -> Option<Line> {
+        match self.read_line() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                if is_timeout(&e) {
+                    self.send(&self.timeout_reply());
+                    let _ = self.flush(true);
+                }
+                None
+            }
+        }
+    }
+
+    /// Answers and logs a line that is no valid command; false when the
+    /// client has made too many errors to go on.
+    fn refuse_unparsed(&mut self, line: &str, r: &SmtpReply) -> bool {
+        if let Some(stage) = Stage::of_line(line) {
+            let path = raw_path(line);
+            match stage {
+                Stage::Mail => self.log_refusal(stage, r, path, None),
+                _ => self.log_refusal(stage, r, None, path),
+            }
+        }
+        self.send(r);
+        !self.count_error()
     }
 
     pub(super) fn timeout_reply(&self) -> SmtpReply {

@@ -175,23 +175,7 @@ impl Eval<'_, '_> {
             Mechanism::All => Ok(true),
             Mechanism::Ip4(net, len) => Ok(in_prefix(ip, IpAddr::V4(*net), *len, 0)),
             Mechanism::Ip6(net, len) => Ok(in_prefix(ip, IpAddr::V6(*net), 0, *len)),
-            Mechanism::Include(spec) => {
-                self.count_term()?;
-                let target = self.expand(spec, domain)?;
-                match self.check(&target) {
-                    (SpfResult::Pass, why) => {
-                        self.included = Some(why);
-                        Ok(true)
-                    }
-                    (SpfResult::Fail | SpfResult::SoftFail | SpfResult::Neutral, _) => Ok(false),
-                    (SpfResult::TempError, why) => Err((SpfResult::TempError, why)),
-                    (SpfResult::PermError, why) => Err((SpfResult::PermError, why)),
-                    (SpfResult::None, why) => Err((
-                        SpfResult::PermError,
-                        format!("include:{target} in {domain}: {why}"),
-                    )),
-                }
-            }
+            Mechanism::Include(spec) => self.matches_include(spec, domain),
             Mechanism::A {
                 domain: spec,
                 v4,
@@ -206,34 +190,7 @@ impl Eval<'_, '_> {
                 domain: spec,
                 v4,
                 v6,
-            } => {
-                self.count_term()?;
-                let target = self.target(spec.as_deref(), domain)?;
-                let hosts: Vec<String> = self
-                    .records(&target, RecordType::Mx, true)?
-                    .into_iter()
-                    .filter_map(|r| match r {
-                        Record::Mx(_, host) if !host.is_empty() => Some(host),
-                        _ => None,
-                    })
-                    .collect();
-                if hosts.len() > MAX_NAMES {
-                    return Err((
-                        SpfResult::PermError,
-                        format!(
-                            "mx of {target} has {} hosts: at most {MAX_NAMES} may be looked at",
-                            hosts.len()
-                        ),
-                    ));
-                }
-                for host in hosts {
-                    let addrs = self.addresses(&host, false)?;
-                    if addrs.iter().any(|a| in_prefix(ip, *a, *v4, *v6)) {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            }
+            } => self.matches_mx(spec.as_deref(), *v4, *v6, domain),
             Mechanism::Ptr(spec) => {
                 self.count_term()?;
                 let target = self.target(spec.as_deref(), domain)?;
@@ -250,6 +207,62 @@ impl Eval<'_, '_> {
                 Ok(!self.records(&target, RecordType::A, true)?.is_empty())
             }
         }
+    }
+
+    /// `include:`, which matches only when the included record passes;
+    /// the included domain's errors end the whole check.
+    fn matches_include(&mut self, spec: &str, domain: &str) -> Result<bool, Stop> {
+        self.count_term()?;
+        let target = self.expand(spec, domain)?;
+        match self.check(&target) {
+            (SpfResult::Pass, why) => {
+                self.included = Some(why);
+                Ok(true)
+            }
+            (SpfResult::Fail | SpfResult::SoftFail | SpfResult::Neutral, _) => Ok(false),
+            (SpfResult::TempError, why) => Err((SpfResult::TempError, why)),
+            (SpfResult::PermError, why) => Err((SpfResult::PermError, why)),
+            (SpfResult::None, why) => Err((
+                SpfResult::PermError,
+                format!("include:{target} in {domain}: {why}"),
+            )),
+        }
+    }
+
+    /// `mx`, which looks up at most `MAX_NAMES` hosts of the target's MX.
+    fn matches_mx(
+        &mut self,
+        spec: Option<&str>,
+        v4: u8,
+        v6: u8,
+        domain: &str,
+    ) -> Result<bool, Stop> {
+        self.count_term()?;
+        let target = self.target(spec, domain)?;
+        let hosts: Vec<String> = self
+            .records(&target, RecordType::Mx, true)?
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Mx(_, host) if !host.is_empty() => Some(host),
+                _ => None,
+            })
+            .collect();
+        if hosts.len() > MAX_NAMES {
+            return Err((
+                SpfResult::PermError,
+                format!(
+                    "mx of {target} has {} hosts: at most {MAX_NAMES} may be looked at",
+                    hosts.len()
+                ),
+            ));
+        }
+        for host in hosts {
+            let addrs = self.addresses(&host, false)?;
+            if addrs.iter().any(|a| in_prefix(self.query.ip, *a, v4, v6)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn count_term(&mut self) -> Result<(), Stop> {
