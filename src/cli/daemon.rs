@@ -129,22 +129,12 @@ pub fn serve(config: Config, reload: impl Fn() -> Result<Config, String>) -> Res
         config.queue.workers
     );
 
-    let mut running = config;
-    let signal = loop {
-        match signals.forever().next().unwrap_or(SIGTERM) {
-            SIGHUP => {
-                let live = Live {
-                    queue: &queue,
-                    server: &server,
-                    pickup_limits: &limits,
-                };
-                if let Some(config) = reconfigure(&running, reload(), &live) {
-                    running = config;
-                }
-            }
-            other => break other,
-        }
+    let live = Live {
+        queue: &queue,
+        server: &server,
+        pickup_limits: &limits,
     };
+    let signal = run_until_stopped(&mut signals, config, reload, &live);
     log::info!("signal {signal}: no longer accepting mail; finishing running attempts");
     server.stop();
     control.stop();
@@ -152,6 +142,27 @@ pub fn serve(config: Config, reload: impl Fn() -> Result<Config, String>) -> Res
     let _ = picker.join();
     finish(queue);
     Ok(())
+}
+
+/// Waits for signals: each SIGHUP reloads the configuration into the
+/// running daemon; returns the signal that stops it.
+fn run_until_stopped(
+    signals: &mut Signals,
+    config: Config,
+    reload: impl Fn() -> Result<Config, String>,
+    live: &Live,
+) -> i32 {
+    let mut running = config;
+    loop {
+        match signals.forever().next().unwrap_or(SIGTERM) {
+            SIGHUP => {
+                if let Some(config) = reconfigure(&running, reload(), live) {
+                    running = config;
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Sets the most detailed level logged, unless `RUST_LOG` chose it.
