@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// What a cached lookup gave.
 #[derive(Clone)]
 struct Cached {

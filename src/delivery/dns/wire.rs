@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// What the wire gave for one query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {

@@ -28,6 +28,12 @@ use crate::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Throttle, Times
 use crate::queue::{Job, MessageId, QueueError, Shared};
 use crate::smtp::reply::SmtpReply;
 
+mod panics;
+mod schedule;
+
+use panics::{contain_panic, forget_panics};
+use schedule::{reschedule, throttle_wait};
+
 /// Panics of one message's attempts before it is quarantined: a bug hit
 /// by that message alone must neither stop the queue nor loop forever.
 pub(crate) const MAX_PANICS: u32 = 3;
@@ -69,58 +75,6 @@ pub(crate) fn run(shared: &Shared, jobs: &Receiver<Job>) {
             Err(payload) => contain_panic(shared, id, &*payload),
         }
     }
-}
-
-/// Clears the panic count of a message whose attempt ended normally.
-fn forget_panics(shared: &Shared, id: MessageId) {
-    let mut panics = shared.panics.lock().unwrap_or_else(|p| p.into_inner());
-    if !panics.is_empty() {
-        panics.remove(&id);
-    }
-}
-
-/// Defers a message whose attempt panicked, or quarantines it once it
-/// has panicked [`MAX_PANICS`] times in this process.
-fn contain_panic(shared: &Shared, id: MessageId, payload: &(dyn std::any::Any + Send)) {
-    let what = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without message".to_string());
-    let count = {
-        let mut panics = shared.panics.lock().unwrap_or_else(|p| p.into_inner());
-        let n = panics.entry(id).or_insert(0);
-        *n += 1;
-        *n
-    };
-    if count >= MAX_PANICS {
-        log::error!("{id}: attempt panicked ({what}), {count} times: quarantining the message");
-        // Under its lock, so no operator command is halfway through it.
-        let lock = shared.spool.lock_message(&id).ok().flatten();
-        let size = lock
-            .as_ref()
-            .and_then(|l| shared.spool.read_locked(&id, l).ok())
-            .map(|m| m.size);
-        if lock.is_some() {
-            shared.spool.quarantine(
-                id.as_str(),
-                &format!("its delivery attempts panicked {count} times: {what}"),
-            );
-            shared.forget(size.unwrap_or(0));
-        }
-        shared
-            .panics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        return;
-    }
-    let wait = shared.policy.delay(count);
-    log::error!(
-        "{id}: attempt panicked ({what}), {count} of {MAX_PANICS} times; retrying in {:.1}s",
-        wait.as_secs_f64()
-    );
-    shared.schedule(id, Timestamp::now().plus(wait));
 }
 
 /// Marks a message as having an attempt running, for as long as it lives.
@@ -436,64 +390,6 @@ fn send_notices(
     }
 }
 
-/// Longest spread added to a throttled recipient's wait.
-const MAX_THROTTLE_SPREAD: Duration = Duration::from_secs(60);
-
-/// How long a throttled recipient waits: soon (0.5–1.5 s) for a busy
-/// destination, or until the limit says it has room again, when that is
-/// later. Spread out, so the messages waiting for one destination do not
-/// all come back at the same instant (only one of them would get the
-/// token), yet never long after the room is there.
-fn throttle_wait(hint: Option<Duration>) -> Duration {
-    let soon = Duration::from_millis(500 + fastrand::u64(..1000));
-    match hint {
-        Some(wait) if wait > soon => {
-            let spread = (wait / 4).min(MAX_THROTTLE_SPREAD);
-            wait + spread.mul_f64(fastrand::f64())
-        }
-        _ => soon,
-    }
-}
-
-/// When to attempt a message next: the earliest of the retry time of the
-/// recipients that were tried (after the fewest tries among them) and the
-/// end of the wait of those that were throttled.
-fn next_attempt(shared: &Shared, meta: &MessageMeta, now: Timestamp) -> Timestamp {
-    let retry = meta
-        .pending()
-        .filter(|r| r.throttled.is_none())
-        .map(|r| r.tries)
-        .min()
-        .map(|tries| now.plus(shared.policy.delay(tries)));
-    let wake = meta
-        .pending()
-        .filter_map(|r| r.throttled.as_ref().map(|t| t.until))
-        .min();
-    retry
-        .into_iter()
-        .chain(wake)
-        .min()
-        .unwrap_or_else(|| now.plus(shared.policy.delay(1)))
-}
-
-/// Removes a finished message, or writes its metadata with the next
-/// attempt's time and returns that time (`None` while it is held).
-fn reschedule(
-    shared: &Shared,
-    meta: &mut MessageMeta,
-    now: Timestamp,
-) -> Result<Option<Timestamp>, QueueError> {
-    if !meta.has_pending() {
-        shared.spool.remove(&meta.id)?;
-        shared.forget(meta.size);
-        return Ok(None);
-    }
-    meta.next_attempt = next_attempt(shared, meta, now);
-    shared.spool.write_meta(meta)?;
-    // Held while the attempt ran: stays out of the schedule until released.
-    Ok((!meta.hold).then_some(meta.next_attempt))
-}
-
 /// Where this attempt delivers: the notice target for a notice, the
 /// target the operator pinned the message to, or the queue's target.
 fn choose_target(
@@ -554,6 +450,7 @@ fn internal() -> DeliveryError {
 
 #[cfg(test)]
 mod tests {
+    use super::schedule::MAX_THROTTLE_SPREAD;
     use super::*;
 
     fn ok() -> RecipientOutcome {
