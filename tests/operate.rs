@@ -395,6 +395,17 @@ fn stats_count_attempts_and_their_lag_while_the_daemon_runs() {
     assert!(p50 <= p99 && p99 <= max && max > 0, "{s}");
     // Due at once, with workers idle: started well within a second.
     assert!(p50 < 1_000_000, "{s}");
+    // The attempts of the last minute are the same ones, so are those
+    // of the last 15 minutes.
+    for window in ["lag_1m", "lag_15m"] {
+        let w = &s[window];
+        assert_eq!(w["attempts"], s["attempts"], "{window}: {s}");
+        assert_eq!(w["max_us"], s["lag_max_us"], "{window}: {s}");
+        assert!(
+            w["p50_us"].as_u64().unwrap() <= w["p99_us"].as_u64().unwrap(),
+            "{s}"
+        );
+    }
 
     let (code, out, _) = mq(&config, &["stats"]);
     assert_eq!(code, 0);
@@ -402,6 +413,8 @@ fn stats_count_attempts_and_their_lag_while_the_daemon_runs() {
         out.contains("attempts: ") && out.contains("lag p99: "),
         "{out}"
     );
+    assert!(out.contains("lag last 1m: p50 "), "{out}");
+    assert!(out.contains("lag last 15m: p50 "), "{out}");
 
     // Stopped: the queue read from the spool, the live counters missing.
     stop(&mut d);

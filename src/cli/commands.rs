@@ -14,6 +14,7 @@ use mailqueue::config::Config;
 use mailqueue::date::rfc5322;
 use mailqueue::queue::admin::{Admin, IncomingFile};
 use mailqueue::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Throttle, Timestamp};
+use mailqueue::queue::recent_lag::LagWindow;
 use mailqueue::queue::spool::{layout, Spool};
 use mailqueue::queue::stats::StatsSnapshot;
 use mailqueue::queue::QueueError;
@@ -259,14 +260,26 @@ fn stats_text(s: &StatsSnapshot, json: bool) -> String {
         return format!("{}\n", serde_json::to_string(s).unwrap_or_default());
     }
     let ms = |us: u64| format!("{:.3} ms", us as f64 / 1000.0);
+    let window = |w: &LagWindow| {
+        format!(
+            "p50 {}, p99 {}, max {} ({} attempts)",
+            ms(w.p50_us),
+            ms(w.p99_us),
+            ms(w.max_us),
+            w.attempts
+        )
+    };
     format!(
-        "messages: {}\nbytes: {}\nattempts: {}\nlag p50: {}\nlag p99: {}\nlag max: {}\n",
+        "messages: {}\nbytes: {}\nattempts: {}\nlag p50: {}\nlag p99: {}\nlag max: {}\n\
+         lag last 1m: {}\nlag last 15m: {}\n",
         s.messages,
         s.bytes,
         s.attempts,
         ms(s.lag_p50_us),
         ms(s.lag_p99_us),
-        ms(s.lag_max_us)
+        ms(s.lag_max_us),
+        window(&s.lag_1m),
+        window(&s.lag_15m)
     )
 }
 

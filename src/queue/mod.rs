@@ -22,6 +22,7 @@ pub mod clock;
 pub mod dsn;
 pub mod meta;
 pub mod options;
+pub mod recent_lag;
 pub mod retry;
 pub mod spool;
 pub mod stats;

@@ -16,15 +16,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::recent_lag::{LagWindow, RecentLag};
 use crate::delivery::tls_report::TlsReport;
 use crate::smtp::reply::SmtpReply;
 
 /// Four buckets per power of two of microseconds: a quantile read off the
 /// histogram is at most 25 % above the true value. 160 buckets reach past
 /// 10^12 µs (11 days); longer lags land in the last one.
-const BUCKETS: usize = 160;
+pub(crate) const BUCKETS: usize = 160;
 
-fn bucket(us: u64) -> usize {
+pub(crate) fn bucket(us: u64) -> usize {
     if us < 8 {
         return us as usize;
     }
@@ -34,7 +35,7 @@ fn bucket(us: u64) -> usize {
 }
 
 /// The smallest lag, in microseconds, that falls in the bucket after `b`.
-fn upper_bound(b: usize) -> u64 {
+pub(crate) fn upper_bound(b: usize) -> u64 {
     if b < 8 {
         return b as u64 + 1;
     }
@@ -205,6 +206,8 @@ pub fn outbound_tls() -> u64 {
 pub struct Stats {
     /// From the time an attempt was due to the time a worker began it.
     pub lag: LagHistogram,
+    /// The same, for the last minute and the last 15 minutes.
+    pub recent_lag: RecentLag,
     /// Messages queued, by [`Way`] (notices not included).
     received: [AtomicU64; 2],
     /// Listener replies refusing a command, by [`REFUSAL_REASONS`].
@@ -218,6 +221,12 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Counts an attempt that a worker began `lag` after it was due.
+    pub fn attempt_started(&self, lag: Duration) {
+        self.lag.record(lag);
+        self.recent_lag.record(lag);
+    }
+
     /// Counts a message queued.
     pub fn received(&self, way: Way) {
         self.received[way as usize].fetch_add(1, Relaxed);
@@ -299,10 +308,17 @@ pub struct StatsSnapshot {
     pub bytes: u64,
     /// Attempts started since the queue opened.
     pub attempts: u64,
-    /// Scheduling lag quantiles and maximum, in microseconds.
+    /// Scheduling lag quantiles and maximum since the queue opened, in
+    /// microseconds.
     pub lag_p50_us: u64,
     pub lag_p99_us: u64,
     pub lag_max_us: u64,
+    /// The scheduling lag of the attempts of the last minute.
+    #[serde(default)]
+    pub lag_1m: LagWindow,
+    /// The same over the last 15 minutes.
+    #[serde(default)]
+    pub lag_15m: LagWindow,
 }
 
 impl Stats {
@@ -314,6 +330,8 @@ impl Stats {
             lag_p50_us: self.lag.quantile_us(0.50),
             lag_p99_us: self.lag.quantile_us(0.99),
             lag_max_us: self.lag.max_us.load(Relaxed),
+            lag_1m: self.recent_lag.window(Duration::from_secs(60)),
+            lag_15m: self.recent_lag.window(Duration::from_secs(15 * 60)),
         }
     }
 }

@@ -43,8 +43,7 @@ pub(crate) fn run(shared: &Shared, jobs: &Receiver<Job>) {
     while let Ok(Job { id, due }) = jobs.recv() {
         shared
             .stats
-            .lag
-            .record(Instant::now().saturating_duration_since(due));
+            .attempt_started(Instant::now().saturating_duration_since(due));
         if shared.stopping.load(Ordering::SeqCst) {
             // Still on disk: the next start schedules it again.
             continue;
