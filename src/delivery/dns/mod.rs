@@ -8,16 +8,9 @@
 //!
 //! The wire format is simple-dns's; the sockets are std's.
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
 
-use simple_dns::rdata::RData;
-use simple_dns::{Name, Packet, PacketFlag, Question, CLASS, QCLASS, QTYPE, RCODE, TYPE};
-
-use crate::delivery::outbound::IpVersion;
+use simple_dns::TYPE;
 
 mod resolver;
 mod wire;
@@ -180,8 +173,9 @@ pub fn to_ascii(domain: &str) -> Result<String, DnsError> {
 mod tests {
     use super::wire::tlsa_question_as_null;
     use super::*;
-    use simple_dns::rdata::{A, MX};
-    use simple_dns::ResourceRecord;
+    use simple_dns::rdata::{RData, A, MX};
+    use simple_dns::{Name, Packet, PacketFlag, Question, ResourceRecord, CLASS, QCLASS, QTYPE};
+    use std::time::Duration;
 
     fn reply(id: u16, qname: &str, qtype: TYPE, answers: Vec<ResourceRecord<'static>>) -> Vec<u8> {
         let mut p = Packet::new_reply(id);

@@ -1,6 +1,16 @@
 //! The resolver: servers, UDP with TCP fallback, and the TTL cache.
 
-use super::*;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use simple_dns::RCODE;
+
+use super::wire::{build_query, parse_response, Response};
+use super::{to_ascii, DnsError, Record, RecordType, ResolverError};
+use crate::delivery::outbound::IpVersion;
 
 /// What a cached lookup gave.
 #[derive(Clone)]

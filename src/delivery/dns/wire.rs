@@ -1,7 +1,12 @@
 //! DNS messages on the wire: queries built and answers parsed (with
 //! simple-dns), checked against the question they answer.
 
-use super::*;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use simple_dns::rdata::RData;
+use simple_dns::{Name, Packet, PacketFlag, Question, CLASS, QCLASS, QTYPE, TYPE};
+
+use super::{Record, RecordType, Tlsa, TLSA};
 
 /// What the wire gave for one query.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,9 @@
 //! A panicking attempt: counted per message, the message quarantined
 //! after a few, the worker kept.
 
-use super::*;
+use super::MAX_PANICS;
+use crate::queue::meta::Timestamp;
+use crate::queue::{MessageId, Shared};
 
 /// Clears the panic count of a message whose attempt ended normally.
 pub(super) fn forget_panics(shared: &Shared, id: MessageId) {

@@ -1,7 +1,10 @@
 //! When a message is tried again: its next attempt by the retry policy,
 //! a throttled recipient's wait, and the timer told.
 
-use super::*;
+use std::time::Duration;
+
+use crate::queue::meta::{MessageMeta, Timestamp};
+use crate::queue::{QueueError, Shared};
 
 /// Longest spread added to a throttled recipient's wait.
 pub(super) const MAX_THROTTLE_SPREAD: Duration = Duration::from_secs(60);
