@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::daemon::{queued_id, Client, Daemon, Setup};
 use common::peers::{start_python_peer, PyServer, Reaper};
-use common::tls::{self_signed, TestCert};
+use common::tls::{ca_signed, self_signed, TestCert};
 use common::wait_for;
 
 const LONG: Duration = Duration::from_secs(20);
@@ -214,4 +214,105 @@ fn dane_with_a_resolver_off_this_host_is_a_warning_and_not_used() {
         mailqueue::Config::from_toml("[delivery]\ndane = true\ndns_servers = [\"127.0.0.1:53\"]\n")
             .unwrap();
     assert!(local.warnings().is_empty(), "{:?}", local.warnings());
+}
+
+/// The domain d.test with an MTA-STS policy in enforce mode that names
+/// another MX host (served over HTTPS with a certificate of the test CA),
+/// its MX host presenting `mx_cert`, and `tlsa` records for it; the
+/// daemon with both DANE and MTA-STS on.
+struct PolicyWorld {
+    peer: PyServer,
+    daemon: Daemon,
+    // Kept for the daemon's lifetime: the DNS and HTTPS servers and the
+    // policy server's directories.
+    _servers: (Dns, Reaper, tempfile::TempDir, tempfile::TempDir),
+}
+
+fn world_with_policy(mx_cert: &TestCert, tlsa: &[String]) -> PolicyWorld {
+    let policy_cert = ca_signed(&["mta-sts.d.test"]);
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("mta-sts.d.test"),
+        "version: STSv1\r\nmode: enforce\r\nmx: mx.other.test\r\nmax_age: 86400\r\n",
+    )
+    .unwrap();
+    let (https, https_port, https_dir) = start_python_peer(
+        "mta_sts_server.py",
+        "the Python HTTPS policy server",
+        &[
+            "--policies",
+            policies.path().to_str().unwrap(),
+            "--tls-cert",
+            policy_cert.cert_arg(),
+            "--tls-key",
+            policy_cert.key_arg(),
+        ],
+    );
+    let peer = PyServer::start(&[
+        "--tls-cert",
+        mx_cert.cert_arg(),
+        "--tls-key",
+        mx_cert.key_arg(),
+    ]);
+    let mut args: Vec<String> = [
+        "--mx",
+        "d.test=mx.d.test",
+        "--a",
+        "mx.d.test=127.0.0.1",
+        "--a",
+        "mta-sts.d.test=127.0.0.1",
+        "--txt",
+        "_mta-sts.d.test=v=STSv1; id=1",
+    ]
+    .map(String::from)
+    .to_vec();
+    for t in tlsa {
+        args.push("--tlsa".into());
+        args.push(format!("_{}._tcp.mx.d.test={t}", peer.port));
+    }
+    let dns = Dns::start(&args);
+    let daemon = Daemon::start(
+        &Setup::to("remote")
+            .delivery(&format!(
+                "dane = true\nmta_sts = true\nmta_sts_port = {https_port}\nca_file = {:?}\n\
+                 mx_port = {}\ndns_servers = [\"127.0.0.1:{}\"]",
+                policy_cert.ca.to_str().unwrap(),
+                peer.port,
+                dns.port
+            ))
+            .queue("initial_retry = \"1h\"\nmax_retry_interval = \"1h\""),
+    );
+    let mut c = Client::connect(daemon.addr()).unwrap();
+    queued_id(&c.mail("a@example.org", &["b@d.test"], MSG));
+    c.quit();
+    PolicyWorld {
+        peer,
+        daemon,
+        _servers: (dns, https, https_dir, policies),
+    }
+}
+
+#[test]
+fn dane_settles_an_mx_hosts_tls_before_mta_sts_would() {
+    // The policy names another MX host: MTA-STS alone refuses mx.d.test...
+    let cert = self_signed(&["mx.d.test"]);
+    let w = world_with_policy(&cert, &[]);
+    let (peer, d) = (&w.peer, &w.daemon);
+    assert!(
+        d.wait_log("does not allow MX host mx.d.test", LONG),
+        "{}",
+        d.log()
+    );
+    assert!(peer.events().iter().all(|e| e["step"] != "mail"));
+    drop(w);
+    // ...but with usable TLSA records matching its certificate, DANE
+    // decides (RFC 8461 §2) and the mail goes.
+    let w = world_with_policy(&cert, &[format!("3,1,1,{}", spki_sha256(&cert))]);
+    let (peer, d) = (&w.peer, &w.daemon);
+    peer.wait_messages(1, LONG);
+    assert!(
+        d.wait_log("tls=TLSv1.3 dane-verified, status=sent", LONG),
+        "{}",
+        d.log()
+    );
 }

@@ -7,6 +7,7 @@ AD bit set as a validating resolver sets it for signed answers (unless
   --mx DOMAIN=HOST         an MX record (preference 10)
   --a HOST=IP              an A record
   --tlsa NAME=U,S,M,HEX    a TLSA record (usage, selector, matching type, data)
+  --txt NAME=TEXT          a TXT record (one string)
   --no-ad                  answer without the AD bit (unsigned zone)
   --dir DIR                queries.log there: one line per query (name type)
 
@@ -19,7 +20,7 @@ import os
 import socket
 import struct
 
-TYPES = {"A": 1, "MX": 15, "AAAA": 28, "TLSA": 52}
+TYPES = {"A": 1, "MX": 15, "TXT": 16, "AAAA": 28, "TLSA": 52}
 
 
 def encode_name(name):
@@ -52,6 +53,7 @@ def main():
     p.add_argument("--mx", action="append", default=[])
     p.add_argument("--a", action="append", default=[])
     p.add_argument("--tlsa", action="append", default=[])
+    p.add_argument("--txt", action="append", default=[])
     p.add_argument("--no-ad", action="store_true")
     args = p.parse_args()
 
@@ -68,6 +70,11 @@ def main():
         usage, selector, matching, data = fields.split(",")
         rdata = bytes([int(usage), int(selector), int(matching)]) + bytes.fromhex(data)
         zone.setdefault(name.lower(), []).append((TYPES["TLSA"], rdata))
+
+    for spec in args.txt:
+        name, text = spec.split("=", 1)
+        data = text.encode("ascii")
+        zone.setdefault(name.lower(), []).append((TYPES["TXT"], bytes([len(data)]) + data))
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
