@@ -12,6 +12,7 @@ pub mod dkim;
 pub mod dns_check;
 pub mod exit;
 pub mod health;
+pub mod listing;
 pub mod metrics;
 pub mod routes;
 pub mod sendmail;

@@ -40,8 +40,8 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use crate::delivery::{Body, DeliveryTarget, MessageInfo, RecipientOutcome};
-use crate::envelope::{Envelope, Recipient};
+use crate::delivery::DeliveryTarget;
+use crate::envelope::Envelope;
 
 pub use crate::id::{BadMessageId, MessageId};
 use meta::{MessageMeta, Timestamp};
@@ -51,10 +51,12 @@ use retry::RetryPolicy;
 use spool::{MessageWriter, Spool, SpoolLock};
 use timer::{Command, Timer};
 
+mod current_target;
 mod error;
 mod incoming;
 mod pinned;
 mod stage;
+use current_target::CurrentTarget;
 pub use error::{is_no_space, QueueError};
 pub use incoming::IncomingMessage;
 pub use pinned::BuildTarget;
@@ -93,38 +95,6 @@ pub(crate) struct Shared {
     /// Panicked attempts by message, in this process; see `worker::MAX_PANICS`.
     pub panics: Mutex<HashMap<MessageId, u32>>,
     pub stats: stats::Stats,
-}
-
-/// A delivery target that can be replaced while the queue runs. Each
-/// attempt takes the one current when it starts and keeps it to its end;
-/// the next attempt takes the new one.
-pub(crate) struct CurrentTarget(RwLock<Arc<dyn DeliveryTarget>>);
-
-impl CurrentTarget {
-    fn new(target: Arc<dyn DeliveryTarget>) -> Arc<CurrentTarget> {
-        Arc::new(CurrentTarget(RwLock::new(target)))
-    }
-
-    fn get(&self) -> Arc<dyn DeliveryTarget> {
-        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn set(&self, target: Arc<dyn DeliveryTarget>) {
-        // The old one is dropped once the last attempt using it ends.
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = target;
-    }
-}
-
-impl DeliveryTarget for CurrentTarget {
-    fn deliver(
-        &self,
-        msg: &MessageInfo,
-        rcpts: &[Recipient],
-        body: &Body,
-    ) -> Vec<RecipientOutcome> {
-        // The lock is held only to clone the Arc, not for the attempt.
-        self.get().deliver(msg, rcpts, body)
-    }
 }
 
 /// A message handed to a worker, and when it was due: the worker counts

@@ -1,0 +1,240 @@
+//! How queued messages are shown: `list` (table and `postqueue -j`
+//! JSON, with what waits in `incoming/`) and `show`.
+
+use serde_json::json;
+
+use mailqueue::config::Config;
+use mailqueue::date::rfc5322;
+use mailqueue::queue::admin::IncomingFile;
+use mailqueue::queue::meta::{MessageMeta, RcptStatus, RecipientMeta, Throttle, Timestamp};
+
+/// The files in `incoming/` after `list`'s table: not queued yet, so
+/// without id or envelope; their name, size and age.
+pub(super) fn incoming_table(files: &[IncomingFile], now: Timestamp) -> String {
+    let mut s = String::new();
+    if files.is_empty() {
+        return s;
+    }
+    s.push_str(&format!(
+        "\n-- {} file{} in incoming/, waiting for pickup:\n",
+        files.len(),
+        if files.len() == 1 { "" } else { "s" }
+    ));
+    for f in files {
+        s.push_str(&format!(
+            "{:<40} {:>8} (incoming) {}s old\n",
+            f.name,
+            f.size,
+            now.since(f.modified).as_secs()
+        ));
+    }
+    s
+}
+
+/// A file in `incoming/` in `list --json`: `queue_name` is `incoming`.
+pub(super) fn incoming_json(f: &IncomingFile) -> String {
+    json!({
+        "queue_name": "incoming",
+        "file": f.name,
+        "message_size": f.size,
+        "arrival_time": f.modified.unix_seconds(),
+    })
+    .to_string()
+}
+
+/// `active`, `deferred` or `hold`, as Postfix names its queues.
+fn queue_name(m: &MessageMeta) -> &'static str {
+    match mailqueue::queue::spool::State::of(m) {
+        mailqueue::queue::spool::State::Held => "hold",
+        mailqueue::queue::spool::State::Deferred => "deferred",
+        mailqueue::queue::spool::State::Active => "active",
+    }
+}
+
+fn status_word(s: RcptStatus) -> &'static str {
+    match s {
+        RcptStatus::Pending => "pending",
+        RcptStatus::Delivered => "delivered",
+        RcptStatus::Failed => "failed",
+    }
+}
+
+/// The wait of a pending recipient its destination's limits hold back.
+fn throttle(r: &RecipientMeta) -> Option<&Throttle> {
+    r.throttled
+        .as_ref()
+        .filter(|_| r.status == RcptStatus::Pending)
+}
+
+/// A recipient's state as `list` and `show` print it: its status, or
+/// `throttled` while it waits for its destination's limits.
+fn state_word(r: &RecipientMeta) -> &'static str {
+    match throttle(r) {
+        Some(_) => "throttled",
+        None => status_word(r.status),
+    }
+}
+
+/// One line of `list --json`, with `postqueue -j` field names.
+pub(super) fn list_json(m: &MessageMeta) -> String {
+    let recipients: Vec<serde_json::Value> = m
+        .recipients
+        .iter()
+        .map(|r| {
+            json!({
+                "address": r.address.as_str(),
+                "delay_reason": r.last_error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                "status": status_word(r.status),
+                "tries": r.tries,
+                "throttled": throttle(r).map(|t| json!({
+                    "until": t.until.unix_seconds(),
+                    "reason": t.reason,
+                })),
+            })
+        })
+        .collect();
+    json!({
+        "queue_id": m.id.as_str(),
+        "queue_name": queue_name(m),
+        "arrival_time": m.arrival.unix_seconds(),
+        "message_size": m.size,
+        "sender": m.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
+        "recipients": recipients,
+        "next_attempt": m.next_attempt.unix_seconds(),
+    })
+    .to_string()
+}
+
+/// The `mailq`-like table.
+pub(super) fn list_table(messages: &[MessageMeta]) -> String {
+    if messages.is_empty() {
+        return "Mail queue is empty\n".into();
+    }
+    let mut s = String::from("-Queue ID-            --Size-- ----Arrival Time---------------- -Sender/Recipient-------\n");
+    let mut bytes = 0;
+    for m in messages {
+        bytes += m.size;
+        let mark = if m.hold { "!" } else { " " };
+        s.push_str(&format!(
+            "{}{mark} {:>8} {:<32} {}\n",
+            m.id,
+            m.size,
+            rfc5322(m.arrival.to_system()),
+            m.sender
+                .as_ref()
+                .map(|a| a.as_str())
+                .unwrap_or("MAILER-DAEMON")
+        ));
+        for r in &m.recipients {
+            s.push_str(&format!(
+                "{:>44} {:<9} tries={:<3} {}\n",
+                "",
+                state_word(r),
+                r.tries,
+                r.address
+            ));
+            if let Some(e) = &r.last_error {
+                s.push_str(&format!("{:>44} ({e})\n", ""));
+            }
+            if let Some(t) = throttle(r) {
+                s.push_str(&format!(
+                    "{:>44} ({}, until {})\n",
+                    "",
+                    t.reason,
+                    rfc5322(t.until.to_system())
+                ));
+            }
+        }
+        s.push('\n');
+    }
+    let n = messages.len();
+    s.push_str(&format!(
+        "-- {} Kbytes in {n} Request{}.\n",
+        bytes.div_ceil(1024),
+        if n == 1 { "" } else { "s" }
+    ));
+    s
+}
+
+pub(super) fn show_text(config: &Config, m: &MessageMeta, header: &str) -> String {
+    let when = |t: Timestamp| format!("{} ({})", rfc5322(t.to_system()), t.unix_seconds());
+    let expires = m
+        .arrival
+        .plus(config.queue.max_lifetime)
+        .plus(std::time::Duration::from_millis(m.held_ms));
+    let mut s = format!(
+        "id: {}\nqueue: {}\nsender: <{}>\nsize: {}\narrival: {}\n",
+        m.id,
+        queue_name(m),
+        m.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
+        m.size,
+        when(m.arrival)
+    );
+    if let Some(t) = m.last_attempt {
+        s.push_str(&format!("last attempt: {}\n", when(t)));
+    }
+    if m.hold {
+        s.push_str("next attempt: none (held)\n");
+    } else {
+        s.push_str(&format!("next attempt: {}\n", when(m.next_attempt)));
+    }
+    s.push_str(&format!("expires: {}\n", when(expires)));
+    let p = &m.params;
+    if p.ret.is_some() || p.envid.is_some() || p.smtputf8 {
+        s.push_str(&format!(
+            "parameters: RET={:?} ENVID={} SMTPUTF8={}\n",
+            p.ret,
+            p.envid.as_deref().unwrap_or("-"),
+            p.smtputf8
+        ));
+    }
+    if m.is_dsn {
+        s.push_str("notice: yes (delivery status notification)\n");
+    }
+    if let Some(t) = &m.target {
+        s.push_str(&format!(
+            "target: {t} (pinned by requeue; `mailqueue requeue {}` undoes it)\n",
+            m.id
+        ));
+    }
+    s.push_str("recipients:\n");
+    for r in &m.recipients {
+        s.push_str(&recipient_text(r));
+    }
+    s.push_str("header:\n");
+    s.push_str(header);
+    s
+}
+
+/// One recipient's lines in `show`.
+fn recipient_text(r: &RecipientMeta) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "  <{}> {} tries={}",
+        r.address,
+        state_word(r),
+        r.tries
+    ));
+    if let Some(o) = &r.original {
+        s.push_str(&format!(" original=<{o}>"));
+    }
+    if let Some(o) = &r.orcpt {
+        s.push_str(&format!(" orcpt={o}"));
+    }
+    if let Some(n) = r.notify {
+        s.push_str(&format!(" notify={n}"));
+    }
+    s.push('\n');
+    if let Some(e) = &r.last_error {
+        s.push_str(&format!("    last error: {e}\n"));
+    }
+    if let Some(t) = throttle(r) {
+        s.push_str(&format!(
+            "    throttled: {}, until {} ({})\n",
+            t.reason,
+            rfc5322(t.until.to_system()),
+            t.until.unix_seconds()
+        ));
+    }
+    s
+}
