@@ -234,30 +234,7 @@ fn stuff(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        for &b in &input[..n] {
-            if held_cr {
-                held_cr = false;
-                output.extend_from_slice(b"\r\n");
-                line_start = true;
-                if b == b'\n' {
-                    continue;
-                }
-            }
-            match b {
-                b'\r' => held_cr = true,
-                b'\n' => {
-                    output.extend_from_slice(b"\r\n");
-                    line_start = true;
-                }
-                _ => {
-                    if line_start && b == b'.' {
-                        output.push(b'.');
-                    }
-                    output.push(b);
-                    line_start = false;
-                }
-            }
-        }
+        stuff_chunk(&input[..n], output, &mut line_start, &mut held_cr);
         if output.len() >= CHUNK {
             out.write_all(output)?;
             output.clear();
@@ -272,9 +249,102 @@ fn stuff(
     out.flush()
 }
 
+/// Stuffs one read: plain text between line-end bytes is copied a run
+/// at a time (found with `memchr2`), so the per-byte work is only at line
+/// ends and at dots that start a line.
+fn stuff_chunk(mut rest: &[u8], output: &mut Vec<u8>, line_start: &mut bool, held_cr: &mut bool) {
+    while !rest.is_empty() {
+        if *held_cr {
+            *held_cr = false;
+            output.extend_from_slice(b"\r\n");
+            *line_start = true;
+            if rest[0] == b'\n' {
+                rest = &rest[1..];
+                continue;
+            }
+        }
+        let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+        if run > 0 {
+            if *line_start && rest[0] == b'.' {
+                output.push(b'.');
+            }
+            output.extend_from_slice(&rest[..run]);
+            *line_start = false;
+        }
+        match rest.get(run) {
+            Some(b'\r') => *held_cr = true,
+            Some(_) => {
+                output.extend_from_slice(b"\r\n");
+                *line_start = true;
+            }
+            None => {}
+        }
+        rest = &rest[(run + 1).min(rest.len())..];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-at-a-time stuffing the run-at-a-time one replaced.
+    fn stuffed_bytewise(input: &[u8]) -> Vec<u8> {
+        let (mut out, mut line_start, mut held_cr) = (Vec::new(), true, false);
+        for &b in input {
+            if held_cr {
+                held_cr = false;
+                out.extend_from_slice(b"\r\n");
+                line_start = true;
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => held_cr = true,
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    line_start = true;
+                }
+                _ => {
+                    if line_start && b == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(b);
+                    line_start = false;
+                }
+            }
+        }
+        if held_cr || !line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes and however they are cut into reads.
+        #[test]
+        fn runs_stuff_as_bytes_do(
+            data in proptest::collection::vec(
+                proptest::sample::select(vec![b'\r', b'\n', b'.', b'a', b'b']), 0..200),
+            cuts in proptest::collection::vec(1usize..17, 1..8),
+        ) {
+            let mut out = Vec::new();
+            let (mut line_start, mut held_cr) = (true, false);
+            let (mut at, mut k) = (0, 0);
+            while at < data.len() {
+                let end = (at + cuts[k % cuts.len()]).min(data.len());
+                stuff_chunk(&data[at..end], &mut out, &mut line_start, &mut held_cr);
+                at = end;
+                k += 1;
+            }
+            if held_cr || !line_start {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            proptest::prop_assert_eq!(out, stuffed_bytewise(&data));
+        }
+    }
 
     fn stuffed(input: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -230,7 +230,7 @@ fn read_data(
                 "connection closed",
             ));
         }
-        let line_ended = buf.contains(&b'\n');
+        let line_ended = memchr::memchr(b'\n', buf).is_some();
         out.clear();
         let reject = bare_newline == BareNewline::Reject;
         let (used, end) = unstuff(buf, &mut st, &mut out, reject);
@@ -346,10 +346,7 @@ fn unstuff(
 /// the bytes copied.
 #[inline]
 fn copy_text(rest: &[u8], out: &mut Vec<u8>) -> usize {
-    let n = rest
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(rest.len());
+    let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
     out.extend_from_slice(&rest[..n]);
     n
 }
