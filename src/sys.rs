@@ -106,6 +106,40 @@ pub fn syncfs(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Renames `from` to `to` unless `to` exists (`EEXIST` then): a rename
+/// that can never replace a queued message. Where the file system lacks
+/// `RENAME_NOREPLACE`, a hard link (which never replaces either) and an
+/// unlink of the old name do the same in two steps.
+pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+    };
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both strings are NUL-terminated and live across the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        _ => Err(e),
+    }
+}
+
 /// The soft limit on open files of this process (`RLIMIT_NOFILE`);
 /// 1024, the usual default, when it cannot be read.
 pub fn open_files_limit() -> u64 {

@@ -216,17 +216,10 @@ fn a_damaged_footer_is_quarantined_and_only_an_unfinished_write_removed() {
     file.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
         .unwrap();
     drop(file);
-    // Written since the last start and never finished: no footer.
-    let unfinished = {
-        let mut w = spool.create_message().unwrap();
-        w.copy_from(&mut &b"Subject: half\r\n\r\nbo"[..]).unwrap();
-        std::io::Write::flush(&mut w).unwrap();
-        let id = w.id();
-        fs::copy(path(id), dir.path().join("half")).unwrap();
-        drop(w);
-        fs::copy(dir.path().join("half"), path(id)).unwrap();
-        id
-    };
+    // Written since the last start and never finished: no footer. Writes
+    // happen in `free/` now; a version that wrote in `queue/` left this.
+    let unfinished = MessageId::generate();
+    fs::write(path(unfinished), b"Subject: half\r\n\r\nbo").unwrap();
 
     let target = Scripted::new(vec![]);
     let queue = Queue::open(config.queue_options(), target.arc()).unwrap();

@@ -11,7 +11,7 @@
 //! end, so a message that gains anything is copied once into a new file
 //! behind the new header, and the new file takes the old one's name.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::time::SystemTime;
 
 use super::spool::{MessageWriter, Spool};
@@ -80,8 +80,8 @@ fn stage_with(
             end: complete.len(),
             body: complete.len(),
         });
-        let mut body = writer.read_back().map_err(writer.io_error())?;
-        body.seek(SeekFrom::Start(parsed.body as u64))
+        let body = writer
+            .read_back(parsed.body as u64)
             .map_err(writer.io_error())?;
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -114,7 +114,7 @@ fn read_header(writer: &mut MessageWriter) -> Result<Vec<u8>, QueueError> {
         return Ok(head[..h.body].to_vec());
     }
     let head_len = head.len();
-    let mut file = io::BufReader::new(writer.read_back().map_err(writer.io_error())?);
+    let mut file = io::BufReader::new(writer.read_back(0).map_err(writer.io_error())?);
     let mut bytes = Vec::with_capacity(2 * head_len);
     let mut chunk = vec![0u8; 64 * 1024];
     // Parsed again only each time the bytes read doubled: a header of

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 pub const QUEUE: &str = "queue";
 /// Metadata being written, before its rename into `queue/`.
 pub const TMP: &str = "tmp";
+/// Message files of finished messages, kept to be written over by new
+/// ones (no file created or freed per message): never read as messages.
+pub const FREE: &str = "free";
 /// Files quarantined as damaged.
 pub const CORRUPT: &str = "corrupt";
 /// Mail dropped by local users (sendmail), waiting for pickup.
@@ -34,6 +37,11 @@ pub fn queue(root: &Path) -> PathBuf {
 /// `<root>/tmp`.
 pub fn tmp(root: &Path) -> PathBuf {
     root.join(TMP)
+}
+
+/// `<root>/free`.
+pub fn free(root: &Path) -> PathBuf {
+    root.join(FREE)
 }
 
 /// `<root>/corrupt`.

@@ -169,7 +169,7 @@ impl Scan<'_> {
             match result {
                 Ok(meta) if !meta.pending => {
                     // Finished, but the crash came before the files were removed.
-                    spool.unlink(&id)?;
+                    spool.unlink(&id, false)?;
                     self.removed();
                 }
                 Ok(meta) => self.report.messages.push(meta),

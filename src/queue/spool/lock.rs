@@ -98,6 +98,10 @@ impl Spool {
         // The pid is only a hint for the operator; the lock is what counts.
         let _ = file.set_len(0);
         let _ = writeln!(file, "{}", std::process::id());
+        // The files in `free/` are written over by the lock's holder
+        // only: a command on the spool could otherwise take one the
+        // queue is writing.
+        self.pool.adopt_existing();
         Ok(SpoolLock { _file: file })
     }
 
@@ -123,8 +127,9 @@ impl Spool {
             Err(e) => return Err(io_error(&path)(e)),
         };
         fs2::FileExt::lock_exclusive(&file).map_err(io_error(&path))?;
-        // Removed between open and lock: the lock is on a dead inode.
-        if file.metadata().map_err(io_error(&path))?.nlink() == 0 {
+        // Removed between open and lock: the lock is on a file that is
+        // gone, or recycled for another message.
+        if !super::pool::still_named(&file, &path).map_err(io_error(&path))? {
             return Ok(None);
         }
         Ok(Some(MessageLock {

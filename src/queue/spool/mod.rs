@@ -4,33 +4,38 @@
 //! supersedes the trailer and is replaced atomically.
 //!
 //! One file, not two, because most messages leave at their first attempt:
-//! such a message then costs one file creation, one fdatasync and one
-//! unlink (besides the grouped directory fsyncs), where a separate metadata file doubled each of them (and added a
-//! rename), and those file-system operations are most of the cost of
-//! relaying a message.
+//! such a message then costs one fdatasync and two renames (besides the
+//! grouped directory fsyncs), where a separate metadata file doubled the
+//! file-system work. And no file is created or freed per message while
+//! `free/` has one to write over (see `pool`): creating and freeing files
+//! was most of the cost of relaying a message.
 //!
 //! Write order, so that a crash at any point leaves either nothing
 //! acknowledged or a complete message:
-//! 1. `queue/<id>.msg` is created with `create_new`; the message, its
-//!    metadata as JSON and a footer naming the JSON's length are written
-//!    and fdatasynced;
-//! 2. the `queue/` directory is fsynced. Only then is the message acknowledged.
+//! 1. a file in `free/` (recycled, or new) is written over with the
+//!    message, its metadata as JSON and a footer naming the JSON's length,
+//!    cut to that length and fdatasynced;
+//! 2. it is renamed to `queue/<id>.msg`, never over an existing file;
+//! 3. the `queue/` directory is fsynced. Only then is the message acknowledged.
 //!
 //! Later states go to `tmp/<id>.meta`, fsynced, renamed to `queue/<id>.meta`,
 //! directory fsynced. A `.msg` without footer written since the last start
-//! is an unfinished write and is removed at start; a garbled footer, or a
-//! missing one on an older file, is damage and is quarantined. The metadata carries a CRC-32 of the message, checked
-//! while it is sent: what a power loss tore in an unacknowledged write, or
-//! the disk damaged later, is never passed on. Removal unlinks the `.msg`
-//! first, so a crash in between leaves a lone `.meta`, removed at start,
-//! and fsyncs the directory (grouped like creations) before the removal
-//! counts as done: a deleted or finished message does not come back after
-//! a power loss. Quarantines fsync `corrupt/`, then `queue/`.
+//! (left by a version that wrote in `queue/`) is an unfinished write and is
+//! removed at start; a garbled footer, or a missing one on an older file,
+//! is damage and is quarantined. The metadata carries a CRC-32 of the
+//! message, checked while it is sent: what a power loss tore in an
+//! unacknowledged write, or the disk damaged later, is never passed on.
+//! Removal renames the `.msg` into `free/` (or unlinks it) first, so a
+//! crash in between leaves a lone `.meta`, removed at start, and fsyncs
+//! the directory (grouped like creations) before the removal counts as
+//! done: a deleted or finished message does not come back after a power
+//! loss. Quarantines fsync `corrupt/`, then `queue/`.
 
 mod census;
 pub mod layout;
 mod load;
 mod lock;
+mod pool;
 mod read;
 mod remove;
 mod sync;
@@ -44,7 +49,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::queue::{MessageId, QueueError};
 
@@ -52,6 +57,7 @@ use census::Census;
 pub use census::{CensusCounts, State, STATES};
 pub use load::LoadReport;
 pub use lock::{MessageLock, SpoolLock, LOCK_WAIT};
+use pool::FilePool;
 pub(crate) use sync::sync_dir;
 use sync::GroupSync;
 pub use trailer::message_file_bytes;
@@ -73,6 +79,8 @@ pub struct Spool {
     last_start: Mutex<Option<std::time::SystemTime>>,
     /// What the spool holds, by state, kept as this process changes it.
     census: Census,
+    /// Files of finished messages, to write new ones over.
+    pool: Arc<FilePool>,
     root: PathBuf,
     queue: PathBuf,
     tmp: PathBuf,
@@ -100,6 +108,7 @@ impl Spool {
             owner: None,
             last_start: Mutex::new(None),
             census: Census::default(),
+            pool: Arc::new(FilePool::new(layout::free(root))),
         };
         let root_existed = root.exists();
         // Private to the spool's owner, except that the owner's group may
@@ -113,6 +122,7 @@ impl Spool {
             (&spool.queue, 0o700),
             (&spool.tmp, 0o700),
             (&spool.corrupt, 0o700),
+            (&layout::free(root), 0o700),
             (&spool.incoming, 0o1730),
         ] {
             if !dir.exists() {

@@ -62,6 +62,11 @@ impl Spool {
             TrailerError::Io(e) => io_error(&path)(e),
         })?;
         let meta = MessageMeta::from_json(&json).map_err(|e| corrupt(e.to_string()))?;
+        if meta.id != *id && open.is_none() {
+            // Opened as this message, read after it was finished and its
+            // file recycled for another: this one is gone.
+            return Err(gone(&path));
+        }
         if meta.size != body_len {
             return Err(corrupt(format!(
                 "the message is {body_len} bytes, its metadata says {}",
@@ -82,9 +87,12 @@ impl Spool {
         }
         let path = self.message_path(&meta.id);
         let mut bytes = Vec::with_capacity(meta.size as usize);
-        File::open(&path)
-            .and_then(|f| f.take(meta.size).read_to_end(&mut bytes))
+        let file = File::open(&path).map_err(io_error(&path))?;
+        (&file)
+            .take(meta.size)
+            .read_to_end(&mut bytes)
             .map_err(io_error(&path))?;
+        check_named(&file, &path)?;
         Ok(Some(bytes))
     }
 
@@ -92,7 +100,7 @@ impl Spool {
     pub fn read_header(&self, meta: &MessageMeta, limit: usize) -> Result<Vec<u8>, QueueError> {
         let path = self.message_path(&meta.id);
         let file = File::open(&path).map_err(io_error(&path))?;
-        let mut reader = BufReader::new(file.take(meta.size));
+        let mut reader = BufReader::new((&file).take(meta.size));
         let mut header = Vec::new();
         let mut line = Vec::new();
         loop {
@@ -105,6 +113,27 @@ impl Spool {
             }
             header.extend_from_slice(&line);
         }
+        check_named(&file, &path)?;
         Ok(header)
+    }
+}
+
+/// What a reader that opened a message file by name finds when the
+/// message was finished meanwhile.
+fn gone(path: &std::path::Path) -> QueueError {
+    io_error(path)(io::Error::new(
+        io::ErrorKind::NotFound,
+        "the message was removed while it was read",
+    ))
+}
+
+/// Fails with [`gone`] unless `path` still names `file`: what was read
+/// through an open file is the message's only if its file was not
+/// recycled meanwhile (it never comes back under the old name).
+fn check_named(file: &File, path: &std::path::Path) -> Result<(), QueueError> {
+    match super::pool::still_named(file, path) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(gone(path)),
+        Err(e) => Err(io_error(path)(e)),
     }
 }

@@ -17,8 +17,22 @@ impl Spool {
     /// fsync is shared with concurrent creations and removals.
     ///
     /// Logs `<id>: removed` once that is durable, as Postfix's qmgr does.
+    ///
+    /// The message file is unlinked, its space freed: what an operator
+    /// who deletes mail to make room expects. A message the queue has
+    /// finished goes through [`Spool::finish`] instead.
     pub fn remove(&self, id: &MessageId) -> Result<(), QueueError> {
-        self.unlink(id)?;
+        self.unlink(id, false)?;
+        self.queue_sync.sync(&self.queue)?;
+        log::info!("{id}: removed");
+        Ok(())
+    }
+
+    /// Removes a message the queue has finished (delivered, or bounced),
+    /// as [`Spool::remove`] does, except that its file is kept in `free/`
+    /// to be written over by a new message.
+    pub fn finish(&self, id: &MessageId) -> Result<(), QueueError> {
+        self.unlink(id, true)?;
         self.queue_sync.sync(&self.queue)?;
         log::info!("{id}: removed");
         Ok(())
@@ -28,7 +42,7 @@ impl Spool {
     /// their locks. One result per message, in order; each removal that
     /// is durable is logged as [`Spool::remove`] logs it.
     pub fn remove_many(&self, ids: &[MessageId]) -> Vec<Result<(), QueueError>> {
-        let mut results: Vec<_> = ids.iter().map(|id| self.unlink(id)).collect();
+        let mut results: Vec<_> = ids.iter().map(|id| self.unlink(id, false)).collect();
         if let Err(e) = self.queue_sync.sync(&self.queue) {
             let why = e.to_string();
             for r in results.iter_mut().filter(|r| r.is_ok()) {
@@ -44,10 +58,17 @@ impl Spool {
         results
     }
 
-    /// Unlinks a message's files without making that durable.
-    pub(super) fn unlink(&self, id: &MessageId) -> Result<(), QueueError> {
-        for path in [self.message_path(id), self.meta_path(id)] {
-            match fs::remove_file(&path) {
+    /// Takes a message's files out of `queue/` without making that
+    /// durable: the message file into the pool of files to write over
+    /// when `recycle` (or unlinked), the `.meta` unlinked.
+    pub(super) fn unlink(&self, id: &MessageId, recycle: bool) -> Result<(), QueueError> {
+        for (path, is_msg) in [(self.message_path(id), true), (self.meta_path(id), false)] {
+            let gone = if is_msg && recycle {
+                self.pool.recycle(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match gone {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error(&path)(e)),

@@ -6,7 +6,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use super::pool::FilePool;
 use super::trailer::trailer;
 use super::{io_error, Spool};
 use crate::queue::meta::MessageMeta;
@@ -20,7 +22,13 @@ const FEW_METAS: usize = 8;
 #[derive(Debug)]
 pub struct MessageWriter {
     id: MessageId,
+    /// Where the file is: in `free/` until committed, then `queue/<id>.msg`.
     path: PathBuf,
+    /// Renamed into `queue/`.
+    placed: bool,
+    /// Written over a recycled file, which may be longer.
+    recycled: bool,
+    pool: Arc<FilePool>,
     file: io::BufWriter<File>,
     size: u64,
     checksum: crc32fast::Hasher,
@@ -41,38 +49,35 @@ const HEAD_MAX: usize = 64 * 1024;
 const IN_PLACE_MAX: u64 = 1024 * 1024;
 
 impl Spool {
-    /// Starts writing a new message under a fresh id.
+    /// Starts writing a new message under a fresh id, over a recycled
+    /// file when the pool has one.
     pub fn create_message(&self) -> Result<MessageWriter, QueueError> {
-        loop {
+        let id = loop {
             let id = MessageId::generate();
-            let path = self.message_path(&id);
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(file) => {
-                    if let Err(e) = self.adopt(&file, &path) {
-                        let _ = fs::remove_file(&path);
-                        return Err(e);
-                    }
-                    return Ok(MessageWriter {
-                        id,
-                        path,
-                        file: io::BufWriter::with_capacity(16 * 1024, file),
-                        size: 0,
-                        checksum: crc32fast::Hasher::new(),
-                        done: false,
-                        head: Vec::new(),
-                        origin: None,
-                    });
-                }
-                // An id collision: never overwrite, take another id.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_error(&path)(e)),
+            // Two ids alike are all but impossible; the rename at commit
+            // refuses to replace a message in any case.
+            if !self.message_path(&id).exists() {
+                break id;
             }
-        }
+        };
+        let free = super::layout::free(&self.root);
+        let blank = self
+            .pool
+            .take(|file, path| self.adopt(file, path).map_err(io::Error::other))
+            .map_err(io_error(&free))?;
+        Ok(MessageWriter {
+            id,
+            path: blank.path,
+            placed: false,
+            recycled: blank.recycled,
+            pool: Arc::clone(&self.pool),
+            file: io::BufWriter::with_capacity(16 * 1024, blank.file),
+            size: 0,
+            checksum: crc32fast::Hasher::new(),
+            done: false,
+            head: Vec::new(),
+            origin: None,
+        })
     }
 
     /// Makes a written message and its metadata durable, completing
@@ -86,12 +91,10 @@ impl Spool {
         debug_assert_eq!(writer.id, meta.id);
         meta.size = writer.size;
         meta.checksum = Some(writer.checksum.clone().finalize());
+        writer.write_trailer(meta)?;
         let path = writer.path.clone();
-        let file = &mut writer.file;
-        file.write_all(&trailer(meta))
-            .and_then(|_| file.flush())
-            .and_then(|_| file.get_ref().sync_data())
-            .map_err(io_error(&path))?;
+        writer.file.get_ref().sync_data().map_err(io_error(&path))?;
+        writer.place(&self.message_path(&meta.id))?;
         self.queue_sync.sync(&self.queue)?;
         writer.done = true;
         self.census.set(meta);
@@ -116,25 +119,31 @@ impl Spool {
             let mut meta = MessageMeta::new(writer.id(), &envelope, writer.size());
             meta.is_dsn = is_dsn;
             meta.checksum = Some(writer.checksum.clone().finalize());
-            let path = writer.path.clone();
-            let file = &mut writer.file;
-            match file
-                .write_all(&trailer(&meta))
-                .and_then(|_| file.flush())
-                .map_err(io_error(&path))
-            {
+            match writer.write_trailer(&meta) {
                 Ok(()) => written.push(Ok((writer, meta))),
                 Err(e) => written.push(Err(e)),
             }
         }
         let synced = File::open(&self.queue)
             .and_then(|dir| crate::sys::syncfs(&dir))
-            .map_err(io_error(&self.queue))
-            .and_then(|()| self.queue_sync.sync(&self.queue))
-            .map_err(|e| e.to_string());
-        written
+            .map_err(io_error(&self.queue));
+        // Renamed into `queue/` only once their contents are durable.
+        let placed: Vec<_> = written
             .into_iter()
             .map(|w| {
+                let (mut writer, meta) = w?;
+                if synced.is_ok() {
+                    writer.place(&self.message_path(&meta.id))?;
+                }
+                Ok((writer, meta))
+            })
+            .collect();
+        let synced = synced
+            .and_then(|()| self.queue_sync.sync(&self.queue))
+            .map_err(|e| e.to_string());
+        placed
+            .into_iter()
+            .map(|w: Result<_, QueueError>| {
                 let (mut writer, meta) = w?;
                 if let Err(why) = &synced {
                     // Dropping the writer removes the file: never acknowledged.
@@ -287,6 +296,33 @@ impl Spool {
 }
 
 impl MessageWriter {
+    /// Appends the metadata trailer and cuts what a recycled file held
+    /// beyond it, so that the footer is the file's end.
+    fn write_trailer(&mut self, meta: &MessageMeta) -> Result<(), QueueError> {
+        let trailer = trailer(meta);
+        let end = self.size + trailer.len() as u64;
+        let file = &mut self.file;
+        file.write_all(&trailer)
+            .and_then(|_| file.flush())
+            .map_err(io_error(&self.path))?;
+        if self.recycled {
+            let file = self.file.get_ref();
+            if file.metadata().map_err(io_error(&self.path))?.len() != end {
+                file.set_len(end).map_err(io_error(&self.path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames the written (and fdatasynced) file into `queue/` under its
+    /// id, never over another message.
+    fn place(&mut self, to: &std::path::Path) -> Result<(), QueueError> {
+        crate::sys::rename_noreplace(&self.path, to).map_err(io_error(to))?;
+        self.path = to.to_path_buf();
+        self.placed = true;
+        Ok(())
+    }
+
     pub fn id(&self) -> MessageId {
         self.id
     }
@@ -311,10 +347,13 @@ impl MessageWriter {
         &self.head
     }
 
-    /// What was written so far, opened for reading from its start.
-    pub(crate) fn read_back(&mut self) -> io::Result<File> {
+    /// What was written so far, read from byte `from` on (a recycled file
+    /// may hold more after it).
+    pub(crate) fn read_back(&mut self, from: u64) -> io::Result<io::Take<File>> {
         self.file.flush()?;
-        File::open(&self.path)
+        let mut file = File::open(&self.path)?;
+        file.seek(io::SeekFrom::Start(from))?;
+        Ok(file.take(self.size.saturating_sub(from)))
     }
 
     /// Names the message file in an I/O error.
@@ -343,11 +382,9 @@ impl MessageWriter {
     /// from its start: no second file, so no inode allocated and freed per
     /// message that gains a header field or a signature.
     fn rewrite_in_place(&mut self, cut: u64, start: &[u8]) -> Result<(), QueueError> {
-        let mut old = self.read_back().map_err(self.io_error())?;
+        let mut old = self.read_back(cut).map_err(self.io_error())?;
         let mut rest = Vec::with_capacity(self.size.saturating_sub(cut) as usize);
-        old.seek(io::SeekFrom::Start(cut))
-            .and_then(|_| old.read_to_end(&mut rest))
-            .map_err(self.io_error())?;
+        old.read_to_end(&mut rest).map_err(self.io_error())?;
         let failed = self.io_error();
         self.file
             .seek(io::SeekFrom::Start(0))
@@ -374,9 +411,7 @@ impl MessageWriter {
         cut: u64,
         start: &[u8],
     ) -> Result<(), QueueError> {
-        let mut old = self.read_back().map_err(self.io_error())?;
-        old.seek(io::SeekFrom::Start(cut))
-            .map_err(self.io_error())?;
+        let mut old = self.read_back(cut).map_err(self.io_error())?;
         let tmp = spool.tmp.join(format!("{}.staged", self.id));
         let file = OpenOptions::new()
             .write(true)
@@ -421,10 +456,19 @@ impl Write for MessageWriter {
 }
 
 impl Drop for MessageWriter {
-    /// A message dropped before commit was never acknowledged: remove it.
+    /// A message dropped before commit was never acknowledged: its file
+    /// goes back to the pool.
     fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.path);
+        if self.done {
+            return;
+        }
+        if self.placed {
+            // In `queue/` but not acknowledged (its directory fsync failed).
+            if self.pool.recycle(&self.path).is_err() {
+                let _ = fs::remove_file(&self.path);
+            }
+        } else {
+            self.pool.give_back(std::mem::take(&mut self.path));
         }
     }
 }

@@ -148,7 +148,7 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         .filter(|&i| meta.recipients[i].status == RcptStatus::Pending)
         .collect();
     if pending.is_empty() {
-        shared.spool.remove(&id)?;
+        shared.spool.finish(&id)?;
         shared.forget(meta.size);
         drop(inflight);
         return Ok(None);

@@ -54,7 +54,7 @@ pub(super) fn reschedule(
     now: Timestamp,
 ) -> Result<Option<Timestamp>, QueueError> {
     if !meta.has_pending() {
-        shared.spool.remove(&meta.id)?;
+        shared.spool.finish(&meta.id)?;
         shared.forget(meta.size);
         return Ok(None);
     }
