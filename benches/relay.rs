@@ -26,87 +26,19 @@
 
 mod common;
 
-use common::{clock_ticks, env_num, free_port, Children};
+use common::{
+    clock_ticks, count_entries, env_num, free_port, is_root, sink_count, tail_of, tool,
+    wait_for_banner, Children,
+};
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpStream};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(5);
-
-/// Finds one of Postfix's test tools.
-fn tool(name: &str) -> Result<PathBuf, String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!("{name} not found: install Debian's postfix package (it brings smtp-sink and smtp-source)")
-        })
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Waits until a server on `port` greets with 220, while `child` lives.
-fn wait_for_banner(
-    port: u16,
-    child: &mut Child,
-    what: &str,
-    limit: Duration,
-) -> Result<(), String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("{what} exited at start: {status}"));
-        }
-        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut line = String::new();
-            let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-            if reader.read_line(&mut line).is_ok() && line.starts_with("220") {
-                let _ = stream.write_all(b"QUIT\r\n");
-                let _ = reader.read_line(&mut line);
-                return Ok(());
-            }
-        }
-        sleep(Duration::from_millis(20));
-    }
-    Err(format!(
-        "{what} did not greet on port {port} within {limit:?}"
-    ))
-}
-
-/// The sink's message counter: the last `mesg=N` its `-c` option printed.
-fn sink_count(out: &Path) -> u64 {
-    let Ok(mut file) = File::open(out) else {
-        return 0;
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(128)));
-    let mut tail = String::new();
-    let _ = file.read_to_string(&mut tail);
-    tail.rsplit_once("mesg=")
-        .map(|(_, rest)| {
-            rest.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        })
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or(0)
-}
 
 /// What `/proc` tells about a process: CPU and peak memory (shared with
 /// the other benches), and what it wrote to storage.
@@ -140,16 +72,6 @@ fn proc_stats(pid: u32) -> Result<ProcStats, String> {
         }
     }
     Ok(stats)
-}
-
-fn count_entries(dir: &Path) -> usize {
-    fs::read_dir(dir).map(|d| d.count()).unwrap_or(usize::MAX)
-}
-
-fn tail_of(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn main() {

@@ -1,6 +1,10 @@
 //! Fixtures shared by the benches.
 #![allow(dead_code)] // each bench uses part of it
 
+mod peers;
+#[allow(unused_imports)] // each bench uses part of it
+pub use peers::*;
+
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::TcpListener;
