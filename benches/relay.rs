@@ -186,6 +186,7 @@ fn run() -> Result<(), String> {
     .map_err(|e| format!("{e}\n{}", tail_of(&log, 20)))?;
 
     let before = proc_stats(pid)?;
+    let switches_before = common::context_switches(pid);
     let t0 = Instant::now();
     let deadline = t0 + limit;
     let source = Command::new(&source_bin)
@@ -242,6 +243,7 @@ fn run() -> Result<(), String> {
     let emptied = t0.elapsed();
     let left = count_entries(&queue_dir);
     let after = proc_stats(pid)?;
+    let switches = common::context_switches(pid).saturating_sub(switches_before);
     // The daemon's own count of how late attempts started.
     let lag = Command::new(&binary)
         .arg("--config")
@@ -315,6 +317,10 @@ fn run() -> Result<(), String> {
     row(
         "daemon CPU per message",
         format!("{:.3} ms", cpu * 1000.0 / nf),
+    );
+    row(
+        "daemon context switches per message",
+        format!("{:.1}", switches as f64 / nf),
     );
     row(
         "daemon peak RSS (VmHWM)",
