@@ -133,3 +133,42 @@ fn list_without_a_daemon_prints_its_table_while_it_reads_the_spool() {
         "{last}"
     );
 }
+
+#[test]
+fn a_list_left_unread_in_a_pager_does_not_keep_a_daemon_from_starting() {
+    let mut d = Daemon::start(&Setup::default());
+    fill(&d.spool(), N);
+    d.terminate();
+    assert!(d.wait_exit(std::time::Duration::from_secs(15)).is_some());
+    // No daemon: the command reads the spool itself, and stops at a full
+    // pipe, as under a pager nobody pages.
+    let config = d.config_path();
+    let mut list = Command::new(binary())
+        .args(["--config", config.to_str().unwrap(), "list"])
+        .env_remove("MAILQUEUE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(list.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("-Queue ID-"), "{first}");
+    // A starting daemon waits 10 s for commands holding the spool lock,
+    // then gives up: a list must not hold it while its reader dawdles.
+    let mut daemon = common::daemon::spawn_serve(&config, d.dir.path(), "info");
+    let socket = d.spool().join("control.sock");
+    let up = common::wait_for(std::time::Duration::from_secs(30), || {
+        socket.exists() || wait_child(&mut daemon, std::time::Duration::ZERO).is_some()
+    }) && socket.exists();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = list.kill();
+    let _ = list.wait();
+    assert!(
+        up,
+        "the daemon did not start while a list was open:\n{}",
+        d.log()
+    );
+}

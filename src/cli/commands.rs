@@ -55,9 +55,12 @@ pub fn run(config: &Config, request: Request, format: Format) -> u8 {
             return spool_stats(config, format);
         }
         Err(ControlError::NoDaemon) => {
-            let expire = matches!(request, Request::Expire(_));
+            let access = match request {
+                Request::Expire(_) => Access::Expire,
+                _ => Access::Write,
+            };
             let ask = |_: &mut ()| control::request(&config.spool, &request);
-            match direct(config, &mut (), expire, ask, |admin, _| {
+            match direct(config, &mut (), access, ask, |admin, _| {
                 control::apply(admin, &request)
             }) {
                 Ok(r) => r,
@@ -104,7 +107,7 @@ fn list(config: &Config, filter: &Filter, format: Format) -> u8 {
 fn stream_list(config: &Config, filter: &Filter, sink: &mut impl ListSink) -> Result<Listed, u8> {
     let fetch = |sink: &mut _| list::fetch(&config.spool, filter, sink);
     let got = match list::fetch(&config.spool, filter, sink) {
-        Err(ControlError::NoDaemon) => direct(config, sink, false, fetch, |admin, sink| {
+        Err(ControlError::NoDaemon) => direct(config, sink, Access::Read, fetch, |admin, sink| {
             list::scan(admin, filter, sink)
         }),
         other => other.map_err(DirectError::from),
@@ -125,14 +128,15 @@ fn output_failed(e: &std::io::Error) -> u8 {
 }
 
 /// Carries out a command on the spool itself (no daemon running): `local`
-/// under the spool's shared lock. A queue holding the spool lock may be
-/// starting (reading the spool back) with its control socket not up yet:
-/// writing to the spool then would race it, so this waits for the socket
-/// (and then `ask`s the daemon) or for the lock to be free.
+/// under the spool's shared lock when it changes the spool (see
+/// [`Access`]). A queue holding the spool lock may be starting (reading
+/// the spool back) with its control socket not up yet: writing to the
+/// spool then would race it, so this waits for the socket (and then
+/// `ask`s the daemon) or for the lock to be free.
 fn direct<C, T>(
     config: &Config,
     ctx: &mut C,
-    expire: bool,
+    access: Access,
     mut ask: impl FnMut(&mut C) -> Result<T, ControlError>,
     local: impl FnOnce(&Admin<'_>, &mut C) -> T,
 ) -> Result<T, DirectError> {
@@ -144,9 +148,17 @@ fn direct<C, T>(
     let spool = Spool::open(&config.spool)?;
     let deadline = Instant::now() + DAEMON_START_WAIT;
     loop {
-        if let Some(_lock) = spool.lock_shared()? {
+        if let Some(lock) = spool.lock_shared()? {
+            if access == Access::Read {
+                // No daemon runs. A list printed into a pager may take
+                // minutes: holding the lock that long would keep a daemon
+                // from starting, and a read needs no lock (a metadata
+                // file is replaced whole by a rename; one that goes away
+                // is skipped).
+                drop(lock);
+            }
             let mut options = config.queue_options();
-            if expire {
+            if access == Access::Expire {
                 // Its notices are signed as the daemon would sign them.
                 options.dkim = config.dkim_signer().unwrap_or_else(|e| {
                     eprintln!("mailqueue: warning: {e}; the notices are not signed");
@@ -169,6 +181,17 @@ fn direct<C, T>(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// What a command does to the spool when it works on it directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads it (`list`): the spool lock only shows that no daemon runs.
+    Read,
+    /// Changes it, under the spool lock shared with other commands.
+    Write,
+    /// Changes it and sends notices, signed as the daemon would.
+    Expire,
 }
 
 /// How long a command waits for a starting daemon's control socket.
