@@ -3,11 +3,14 @@
 //! on it, the command's output read through a pipe. Reported, per binary:
 //!
 //! - time from spawning the command to its first line, and to its end;
-//! - the command's peak RSS (`ru_maxrss` of that child, from `wait4`);
+//! - the command's peak RSS (its VmHWM, polled every 10 ms until its
+//!   output ends; not `ru_maxrss` from `wait4`, which a child spawned
+//!   with vfork starts at its parent's peak: this bench's, after filling
+//!   the spool);
 //! - the daemon's VmRSS before the list (settled after start-up), its
 //!   peak during the list (VmHWM, reset through `/proc/PID/clear_refs`
-//!   just before; the largest VmRSS polled every 10 ms where that reset
-//!   is not allowed), and its VmRSS 1 s and 5 s after;
+//!   just before, polled every 10 ms; the largest VmRSS polled where that
+//!   reset is not allowed), and its VmRSS 1 s and 5 s after;
 //! - the same command with the daemon stopped (it reads the spool itself).
 //!
 //! The targets of the performance issue: at 10^6 messages, daemon and
@@ -179,7 +182,7 @@ fn measure(
         sleep(Duration::from_millis(20));
     }
     let before_kb = settled_rss(pid)?;
-    let peak = Peak::watch(pid);
+    let peak = Peak::daemon(pid);
     let listed = list(binary, config, n)?;
     let peak_kb = peak.stop();
     sleep(Duration::from_secs(1));
@@ -238,36 +241,47 @@ fn settled_rss(pid: u32) -> Result<u64, String> {
     Ok(last)
 }
 
-/// The daemon's peak RSS over a span: VmHWM after a reset, or the largest
-/// VmRSS polled.
+/// A process's peak RSS over a span, polled every 10 ms from
+/// `/proc/PID/status`: VmHWM when it counts from the span's start (a
+/// command just started; a daemon whose peak `clear_refs` reset), else
+/// the largest VmRSS seen.
 struct Peak {
-    pid: u32,
-    reset: bool,
     stop: Arc<AtomicBool>,
     max_kb: Arc<AtomicU64>,
     thread: thread::JoinHandle<()>,
 }
 
 impl Peak {
-    fn watch(pid: u32) -> Peak {
+    /// Watches a command from its start.
+    fn command(pid: u32) -> Peak {
+        Peak::watch(pid, true)
+    }
+
+    /// Watches a daemon from now on.
+    fn daemon(pid: u32) -> Peak {
         // "5" resets the peak RSS to the current RSS (Linux 4.0).
         let reset = fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+        Peak::watch(pid, reset)
+    }
+
+    fn watch(pid: u32, hwm: bool) -> Peak {
         let stop = Arc::new(AtomicBool::new(false));
         let max_kb = Arc::new(AtomicU64::new(0));
         let thread = {
             let (stop, max_kb) = (Arc::clone(&stop), Arc::clone(&max_kb));
-            thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if let Ok(p) = proc_mem_cpu(pid) {
-                        max_kb.fetch_max(p.rss_kb, Ordering::SeqCst);
-                    }
-                    sleep(Duration::from_millis(10));
+            thread::spawn(move || loop {
+                // Once more after the stop: the last figure counts.
+                let last = stop.load(Ordering::SeqCst);
+                if let Ok(p) = proc_mem_cpu(pid) {
+                    max_kb.fetch_max(if hwm { p.hwm_kb } else { p.rss_kb }, Ordering::SeqCst);
                 }
+                if last {
+                    return;
+                }
+                sleep(Duration::from_millis(10));
             })
         };
         Peak {
-            pid,
-            reset,
             stop,
             max_kb,
             thread,
@@ -277,11 +291,7 @@ impl Peak {
     fn stop(self) -> u64 {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.thread.join();
-        let polled = self.max_kb.load(Ordering::SeqCst);
-        match (self.reset, proc_mem_cpu(self.pid)) {
-            (true, Ok(p)) => p.hwm_kb.max(polled),
-            _ => polled,
-        }
+        self.max_kb.load(Ordering::SeqCst)
     }
 }
 
@@ -299,6 +309,7 @@ fn list(binary: &Path, config: &Path, n: usize) -> Result<Listing, String> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    let peak = Peak::command(child.id());
     let mut out = BufReader::with_capacity(1 << 16, child.stdout.take().unwrap());
     let mut line = Vec::new();
     let mut first = None;
@@ -306,6 +317,7 @@ fn list(binary: &Path, config: &Path, n: usize) -> Result<Listing, String> {
     loop {
         line.clear();
         match out.read_until(b'\n', &mut line) {
+            // Its end: the command is about to exit, its peak is in.
             Ok(0) => break,
             Ok(_) => {
                 first.get_or_insert_with(|| t0.elapsed());
@@ -314,11 +326,12 @@ fn list(binary: &Path, config: &Path, n: usize) -> Result<Listing, String> {
             Err(e) => return Err(format!("reading the list: {e}")),
         }
     }
-    let (status, peak_kb) = wait4(child.id())?;
+    let peak_kb = peak.stop();
+    let status = child.wait().map_err(|e| e.to_string())?;
     let total = t0.elapsed();
-    if status != 0 || lines != n {
+    if !status.success() || lines != n {
         return Err(format!(
-            "{} list --json: wait status {status}, {lines} lines for {n} messages",
+            "{} list --json: {status}, {lines} lines for {n} messages",
             binary.display()
         ));
     }
@@ -327,19 +340,6 @@ fn list(binary: &Path, config: &Path, n: usize) -> Result<Listing, String> {
         total,
         peak_kb,
     })
-}
-
-/// Reaps `pid`; its wait status and peak RSS in kB (`ru_maxrss`, its own
-/// and not that of other children, as `RUSAGE_CHILDREN` would give).
-fn wait4(pid: u32) -> Result<(i32, u64), String> {
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for the reaped child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
-    if r < 0 {
-        return Err(format!("wait4: {}", std::io::Error::last_os_error()));
-    }
-    Ok((status, usage.ru_maxrss as u64))
 }
 
 /// Whether the issue's targets hold for this build.
