@@ -321,3 +321,73 @@ fn recipient_text(r: &RecipientMeta) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use mailqueue::{Envelope, MessageId};
+
+    fn meta(size: u64) -> MessageMeta {
+        let env = Envelope::new(
+            Some("a@example.org".parse().unwrap()),
+            vec!["b@example.net".parse().unwrap()],
+        );
+        MessageMeta::new(MessageId::generate(), &env, size)
+    }
+
+    fn file() -> IncomingFile {
+        IncomingFile {
+            name: "drop.1".into(),
+            size: 3,
+            modified: Timestamp::now(),
+        }
+    }
+
+    fn printed(json: bool, messages: Vec<MessageMeta>, files: Vec<IncomingFile>) -> String {
+        let mut p = ListPrinter::new(Vec::new(), json);
+        for m in messages {
+            p.message(m).unwrap();
+        }
+        for f in files {
+            p.incoming(f).unwrap();
+        }
+        p.finish().unwrap();
+        String::from_utf8(p.out).unwrap()
+    }
+
+    #[test]
+    fn the_table_has_its_heading_each_message_and_the_totals() {
+        let (m1, m2) = (meta(1000), meta(1000));
+        let out = printed(false, vec![m1.clone(), m2.clone()], vec![file()]);
+        assert!(out.starts_with("-Queue ID-"), "{out}");
+        assert_eq!(out.matches("-Queue ID-").count(), 1, "{out}");
+        assert!(out.contains(&m1.id.to_string()) && out.contains(&m2.id.to_string()));
+        assert!(out.contains("-- 2 Kbytes in 2 Requests.\n"), "{out}");
+        assert!(out.ends_with("(incoming) 0s old\n"), "{out}");
+        assert!(out.contains("-- 1 file in incoming/"), "{out}");
+    }
+
+    #[test]
+    fn an_empty_queue_says_so_and_still_shows_incoming() {
+        let out = printed(false, vec![], vec![file()]);
+        assert!(out.starts_with("Mail queue is empty\n"), "{out}");
+        assert!(out.contains("drop.1"), "{out}");
+        assert!(!out.contains("-Queue ID-"), "{out}");
+    }
+
+    #[test]
+    fn json_is_one_object_per_line_messages_then_incoming() {
+        let m = meta(10);
+        let out = printed(true, vec![m.clone()], vec![file()]);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines[0]["queue_id"], m.id.to_string());
+        assert_eq!(lines[1]["queue_name"], "incoming");
+        // The keys in order, arrival first: `sort` puts lines oldest first.
+        assert!(out.starts_with("{\"arrival_time\":"), "{out}");
+    }
+}

@@ -236,3 +236,115 @@ fn whole(mut r: Response, sink: &mut impl ListSink) -> Listed {
     }
     Listed::Done(r.error)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    use mailqueue::{Envelope, MessageId};
+
+    /// What a sink was handed.
+    #[derive(Default)]
+    struct Seen {
+        messages: Vec<MessageId>,
+        incoming: Vec<String>,
+    }
+
+    impl ListSink for Seen {
+        fn message(&mut self, m: MessageMeta) -> io::Result<()> {
+            self.messages.push(m.id);
+            Ok(())
+        }
+
+        fn incoming(&mut self, f: IncomingFile) -> io::Result<()> {
+            self.incoming.push(f.name);
+            Ok(())
+        }
+    }
+
+    fn meta() -> MessageMeta {
+        let env = Envelope::new(
+            Some("a@example.org".parse().unwrap()),
+            vec!["b@example.net".parse().unwrap()],
+        );
+        MessageMeta::new(MessageId::generate(), &env, 10)
+    }
+
+    /// A daemon that answers one connection with `lines`, then closes it.
+    fn daemon_saying(lines: Vec<String>) -> (tempfile::TempDir, std::thread::JoinHandle<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(super::super::socket_path(dir.path())).unwrap();
+        let thread = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            assert!(request.contains("\"cmd\":\"list\""), "{request}");
+            for l in lines {
+                (&stream).write_all(format!("{l}\n").as_bytes()).unwrap();
+            }
+        });
+        (dir, thread)
+    }
+
+    #[test]
+    fn lines_are_handed_on_until_the_end_line() {
+        let m = meta();
+        let f = IncomingFile {
+            name: "drop.1".into(),
+            size: 3,
+            modified: Timestamp(0),
+        };
+        let lines = [
+            ListLine::Message(m.clone()),
+            ListLine::Incoming(f),
+            ListLine::End(Response::ok()),
+        ];
+        let lines = lines.iter().map(|l| serde_json::to_string(l).unwrap());
+        let (dir, daemon) = daemon_saying(lines.collect());
+        let mut seen = Seen::default();
+        let listed = fetch(dir.path(), &Filter::default(), &mut seen).unwrap();
+        daemon.join().unwrap();
+        assert!(matches!(listed, Listed::Done(None)), "{listed:?}");
+        assert_eq!(seen.messages, vec![m.id]);
+        assert_eq!(seen.incoming, vec!["drop.1".to_string()]);
+    }
+
+    #[test]
+    fn a_list_without_its_end_line_is_an_error_not_a_short_list() {
+        let line = serde_json::to_string(&ListLine::Message(meta())).unwrap();
+        let (dir, daemon) = daemon_saying(vec![line]);
+        let got = fetch(dir.path(), &Filter::default(), &mut Seen::default());
+        daemon.join().unwrap();
+        assert!(
+            matches!(&got, Err(ControlError::BadReply { why, .. }) if why.contains("end line")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_daemon_answering_in_one_line_as_before_streaming_is_understood() {
+        let (m1, m2) = (meta(), meta());
+        let old = Response {
+            messages: vec![m1.clone(), m2.clone()],
+            ..Response::ok()
+        };
+        let (dir, daemon) = daemon_saying(vec![serde_json::to_string(&old).unwrap()]);
+        let mut seen = Seen::default();
+        let listed = fetch(dir.path(), &Filter::default(), &mut seen).unwrap();
+        daemon.join().unwrap();
+        assert!(matches!(listed, Listed::Done(None)), "{listed:?}");
+        assert_eq!(seen.messages, vec![m1.id, m2.id]);
+        // And a refusal is an error, with nothing listed.
+        let (dir, daemon) =
+            daemon_saying(vec![r#"{"ok":false,"error":"permission denied"}"#.into()]);
+        let mut seen = Seen::default();
+        let listed = fetch(dir.path(), &Filter::default(), &mut seen).unwrap();
+        daemon.join().unwrap();
+        assert!(
+            matches!(&listed, Listed::Done(Some(e)) if e == "permission denied"),
+            "{listed:?}"
+        );
+        assert!(seen.messages.is_empty());
+    }
+}
