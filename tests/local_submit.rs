@@ -537,6 +537,17 @@ fn a_group_member_meets_the_quota_but_may_not_manage_the_queue() {
     assert_ne!(code, 0, "a group member deleted a message");
     assert!(err.contains("permission denied"), "{err}");
     assert!(queue.join(format!("{id}.msg")).exists());
+    // Nor see it: `list`, answered line by line, is the owner's alone too.
+    let (code, err) = run_as(
+        MEMBER,
+        "022",
+        Path::new(binary()),
+        &["--config", config.to_str().unwrap(), "list", "--json"],
+        &[],
+        b"",
+    );
+    assert_ne!(code, 0, "a group member listed the queue");
+    assert!(err.contains("permission denied"), "{err}");
     assert!(
         d.log().contains("refused delete from userid 65534"),
         "{}",

@@ -4,23 +4,24 @@
 //! `stats`, whose live counters only a running daemon has (without one it
 //! reads the queue's size and oldest age from the spool).
 
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use mailqueue::config::Config;
-use mailqueue::queue::admin::Admin;
-use mailqueue::queue::meta::Timestamp;
+use mailqueue::queue::admin::{Admin, Filter, IncomingFile};
+use mailqueue::queue::meta::{MessageMeta, Timestamp};
 use mailqueue::queue::recent_lag::LagWindow;
 use mailqueue::queue::spool::{layout, Spool};
 use mailqueue::queue::stats::StatsSnapshot;
 use mailqueue::queue::QueueError;
 use mailqueue::MessageId;
 
+use super::control::list::{self, ListSink, Listed};
 use super::control::{self, ControlError, Request, Response};
-use super::listing::{incoming_json, incoming_table, list_json, list_table, show_text};
+use super::listing::{show_text, ListPrinter};
 use super::metrics::{Shape, STATES};
 
 use super::exit::{FAILED, OK, UNAVAILABLE};
@@ -44,19 +45,31 @@ pub fn parse_ids(ids: &[String]) -> Result<Vec<MessageId>, String> {
 /// Runs a command through the daemon, or on the spool when none runs;
 /// returns the process exit code.
 pub fn run(config: &Config, request: Request, format: Format) -> u8 {
+    if let Request::List { filter } = &request {
+        return list(config, filter, format);
+    }
     let response = match control::request(&config.spool, &request) {
         Ok(r) => r,
         // The live counters are the daemon's; the spool tells the rest.
         Err(ControlError::NoDaemon) if request == Request::Stats => {
             return spool_stats(config, format);
         }
-        Err(ControlError::NoDaemon) => match direct(config, &request) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("mailqueue: {e}");
-                return UNAVAILABLE;
+        Err(ControlError::NoDaemon) => {
+            let access = match request {
+                Request::Expire(_) => Access::Expire,
+                _ => Access::Write,
+            };
+            let ask = |_: &mut ()| control::request(&config.spool, &request);
+            match direct(config, &mut (), access, ask, |admin, _| {
+                control::apply(admin, &request)
+            }) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("mailqueue: {e}");
+                    return UNAVAILABLE;
+                }
             }
-        },
+        }
         Err(e) => {
             eprintln!("mailqueue: {e}");
             return UNAVAILABLE;
@@ -65,31 +78,96 @@ pub fn run(config: &Config, request: Request, format: Format) -> u8 {
     report(config, &request, format, &response)
 }
 
-/// Carries out a request on the spool itself (no daemon running).
-fn direct(config: &Config, request: &Request) -> Result<Response, DirectError> {
+/// `list`: printed as the daemon (or the spool) gives each message.
+fn list(config: &Config, filter: &Filter, format: Format) -> u8 {
+    let stdout = std::io::stdout();
+    let out = BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut printer = ListPrinter::new(out, format == Format::Json);
+    let listed = match stream_list(config, filter, &mut printer) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let error = match listed {
+        Listed::Done(error) => error,
+        Listed::SinkFailed(e) => return output_failed(&e),
+    };
+    if let Some(e) = error {
+        let _ = printer.idle();
+        eprintln!("mailqueue: {e}");
+        return FAILED;
+    }
+    match printer.finish() {
+        Ok(()) => OK,
+        Err(e) => output_failed(&e),
+    }
+}
+
+/// The list from the daemon, or from the spool when none runs, into
+/// `sink`; an exit code when neither could give it.
+fn stream_list(config: &Config, filter: &Filter, sink: &mut impl ListSink) -> Result<Listed, u8> {
+    let fetch = |sink: &mut _| list::fetch(&config.spool, filter, sink);
+    let got = match list::fetch(&config.spool, filter, sink) {
+        Err(ControlError::NoDaemon) => direct(config, sink, Access::Read, fetch, |admin, sink| {
+            list::scan(admin, filter, sink)
+        }),
+        other => other.map_err(DirectError::from),
+    };
+    got.map_err(|e| {
+        eprintln!("mailqueue: {e}");
+        UNAVAILABLE
+    })
+}
+
+/// Standard output refused a line: said, unless the reader just went
+/// away (`mailqueue list | head`).
+fn output_failed(e: &std::io::Error) -> u8 {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        eprintln!("mailqueue: standard output: {e}");
+    }
+    FAILED
+}
+
+/// Carries out a command on the spool itself (no daemon running): `local`
+/// under the spool's shared lock when it changes the spool (see
+/// [`Access`]). A queue holding the spool lock may be starting (reading
+/// the spool back) with its control socket not up yet: writing to the
+/// spool then would race it, so this waits for the socket (and then
+/// `ask`s the daemon) or for the lock to be free.
+fn direct<C, T>(
+    config: &Config,
+    ctx: &mut C,
+    access: Access,
+    mut ask: impl FnMut(&mut C) -> Result<T, ControlError>,
+    local: impl FnOnce(&Admin<'_>, &mut C) -> T,
+) -> Result<T, DirectError> {
     if !layout::queue(&config.spool).exists() {
         // Not an empty queue: a wrong --spool or configuration, or a
         // daemon never started. Creating the spool here would hide that.
         return Err(DirectError::NoSpool(config.spool.clone()));
     }
     let spool = Spool::open(&config.spool)?;
-    // A queue holding the spool lock may be starting (reading the spool
-    // back) with its control socket not up yet: writing to the spool now
-    // would race it, so wait for the socket, or for the lock to be free.
     let deadline = Instant::now() + DAEMON_START_WAIT;
     loop {
-        if let Some(_lock) = spool.lock_shared()? {
+        if let Some(lock) = spool.lock_shared()? {
+            if access == Access::Read {
+                // No daemon runs. A list printed into a pager may take
+                // minutes: holding the lock that long would keep a daemon
+                // from starting, and a read needs no lock (a metadata
+                // file is replaced whole by a rename; one that goes away
+                // is skipped).
+                drop(lock);
+            }
             let mut options = config.queue_options();
-            if matches!(request, Request::Expire(_)) {
+            if access == Access::Expire {
                 // Its notices are signed as the daemon would sign them.
                 options.dkim = config.dkim_signer().unwrap_or_else(|e| {
                     eprintln!("mailqueue: warning: {e}; the notices are not signed");
                     Default::default()
                 });
             }
-            return Ok(control::apply(&Admin::direct(&spool, &options), request));
+            return Ok(local(&Admin::direct(&spool, &options), ctx));
         }
-        match control::request(&config.spool, request) {
+        match ask(ctx) {
             Ok(r) => return Ok(r),
             Err(ControlError::NoDaemon) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
@@ -103,6 +181,17 @@ fn direct(config: &Config, request: &Request) -> Result<Response, DirectError> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// What a command does to the spool when it works on it directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads it (`list`): the spool lock only shows that no daemon runs.
+    Read,
+    /// Changes it, under the spool lock shared with other commands.
+    Write,
+    /// Changes it and sends notices, signed as the daemon would.
+    Expire,
 }
 
 /// How long a command waits for a starting daemon's control socket.
@@ -132,7 +221,6 @@ fn report(config: &Config, request: &Request, format: Format, r: &Response) -> u
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match (request, format) {
-        (Request::List { .. }, _) => print_list(&mut out, r, format),
         (Request::Show { body: true, .. }, _) => {
             if let Err(e) = print_body(&mut out, r) {
                 eprintln!("mailqueue: bad reply: {e}");
@@ -179,21 +267,6 @@ fn report(config: &Config, request: &Request, format: Format, r: &Response) -> u
         OK
     } else {
         FAILED
-    }
-}
-
-/// `list`: the queue, then what is still waiting in `incoming/`.
-fn print_list(out: &mut impl Write, r: &Response, format: Format) {
-    if format == Format::Json {
-        for m in &r.messages {
-            let _ = writeln!(out, "{}", list_json(m));
-        }
-        for f in &r.incoming {
-            let _ = writeln!(out, "{}", incoming_json(f));
-        }
-    } else {
-        let _ = out.write_all(list_table(&r.messages).as_bytes());
-        let _ = out.write_all(incoming_table(&r.incoming, Timestamp::now()).as_bytes());
     }
 }
 
@@ -253,18 +326,24 @@ fn stats_text(s: &StatsSnapshot, json: bool) -> String {
 /// (under the shared lock, as the other commands without a daemon); the
 /// live counters are reported as missing.
 fn spool_stats(config: &Config, format: Format) -> u8 {
-    let messages = match direct(config, &Request::list_all()) {
-        Ok(r) if r.error.is_none() => r.messages,
-        Ok(r) => {
-            eprintln!("mailqueue: {}", r.error.unwrap_or_default());
+    let mut counted = Counted {
+        shape: Shape::default(),
+        now: Timestamp::now(),
+    };
+    match stream_list(config, &Filter::default(), &mut counted) {
+        Ok(Listed::Done(None)) => {}
+        Ok(Listed::Done(Some(e))) => {
+            eprintln!("mailqueue: {e}");
             return FAILED;
         }
-        Err(e) => {
+        // Counting refuses nothing.
+        Ok(Listed::SinkFailed(e)) => {
             eprintln!("mailqueue: {e}");
-            return UNAVAILABLE;
+            return FAILED;
         }
-    };
-    let shape = Shape::of(&messages, Timestamp::now());
+        Err(code) => return code,
+    }
+    let shape = counted.shape;
     let count: u64 = shape.by_state.iter().map(|s| s.0).sum();
     let bytes: u64 = shape.by_state.iter().map(|s| s.1).sum();
     let text = if format == Format::Json {
@@ -290,4 +369,21 @@ fn spool_stats(config: &Config, format: Format) -> u8 {
     };
     let _ = std::io::stdout().write_all(text.as_bytes());
     OK
+}
+
+/// `stats` without a daemon: the queue counted as it is listed.
+struct Counted {
+    shape: Shape,
+    now: Timestamp,
+}
+
+impl ListSink for Counted {
+    fn message(&mut self, m: MessageMeta) -> std::io::Result<()> {
+        self.shape.add(&m, self.now);
+        Ok(())
+    }
+
+    fn incoming(&mut self, _: IncomingFile) -> std::io::Result<()> {
+        Ok(())
+    }
 }

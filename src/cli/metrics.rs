@@ -30,16 +30,12 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The shape of the queue these messages make up.
-    pub fn of(messages: &[MessageMeta], now: Timestamp) -> Shape {
-        let mut s = Shape::default();
-        for m in messages {
-            let state = State::of(m) as usize;
-            s.by_state[state].0 += 1;
-            s.by_state[state].1 += m.size;
-            s.oldest_age_secs = s.oldest_age_secs.max(m.age(now).as_secs());
-        }
-        s
+    /// Counts one more message, as of `now`.
+    pub fn add(&mut self, m: &MessageMeta, now: Timestamp) {
+        let state = State::of(m) as usize;
+        self.by_state[state].0 += 1;
+        self.by_state[state].1 += m.size;
+        self.oldest_age_secs = self.oldest_age_secs.max(m.age(now).as_secs());
     }
 
     /// The shape the running queue's census counts.

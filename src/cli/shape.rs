@@ -1,6 +1,7 @@
 //! `mailqueue shape` (Postfix's qshape): how many pending recipients
 //! (or messages, by sender) wait per domain, in age buckets.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -39,11 +40,17 @@ fn bucket(age_minutes: u64) -> usize {
 impl Shape {
     /// Counts pending recipients by recipient domain, or messages by
     /// sender domain (`MAILER-DAEMON` for notices), as of `now`.
-    pub fn of(messages: &[MessageMeta], by_sender: bool, now: Timestamp) -> Shape {
+    /// Takes the messages one at a time: the queue is never held whole.
+    pub fn of<M: Borrow<MessageMeta>>(
+        messages: impl IntoIterator<Item = M>,
+        by_sender: bool,
+        now: Timestamp,
+    ) -> Shape {
         let width = BUCKETS.len() + 2;
         let mut per: HashMap<String, Vec<u64>> = HashMap::new();
         let mut total = vec![0u64; width];
         for m in messages {
+            let m = m.borrow();
             let b = 1 + bucket(now.since(m.arrival).as_secs() / 60);
             let domains: Vec<String> = if by_sender {
                 vec![m

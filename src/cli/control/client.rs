@@ -2,29 +2,18 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{socket_path, ControlError, Request, Response};
 
-/// Sends one request to the daemon of `spool`.
+/// Sends one request to the daemon of `spool`. (`list`, whose answer is
+/// many lines, goes through [`super::list::fetch`].)
 pub fn request(spool: &Path, req: &Request) -> Result<Response, ControlError> {
-    let path = socket_path(spool);
+    let (stream, path) = connect(spool)?;
     let io_err = |source| ControlError::Io {
         path: path.clone(),
         source,
-    };
-    let mut stream = match UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(ControlError::NoDaemon)
-        }
-        Err(e) => return Err(io_err(e)),
     };
     // A bulk command on a large queue writes for as long as the disk
     // takes (about a minute for 10^5 messages on a busy disk).
@@ -38,9 +27,7 @@ pub fn request(spool: &Path, req: &Request) -> Result<Response, ControlError> {
         _ => Duration::from_secs(120),
     };
     stream.set_read_timeout(Some(wait)).map_err(io_err)?;
-    let mut line = serde_json::to_vec(req).unwrap_or_default();
-    line.push(b'\n');
-    stream.write_all(&line).map_err(io_err)?;
+    send(&stream, req).map_err(io_err)?;
     let mut reply = String::new();
     BufReader::new(stream)
         .read_line(&mut reply)
@@ -49,4 +36,28 @@ pub fn request(spool: &Path, req: &Request) -> Result<Response, ControlError> {
         path: path.clone(),
         why: e.to_string(),
     })
+}
+
+/// A connection to the daemon of `spool`, and the socket's path.
+pub(super) fn connect(spool: &Path) -> Result<(UnixStream, PathBuf), ControlError> {
+    let path = socket_path(spool);
+    match UnixStream::connect(&path) {
+        Ok(s) => Ok((s, path)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Err(ControlError::NoDaemon)
+        }
+        Err(e) => Err(ControlError::Io { path, source: e }),
+    }
+}
+
+/// Writes the request line.
+pub(super) fn send(mut stream: &UnixStream, req: &Request) -> io::Result<()> {
+    let mut line = serde_json::to_vec(req).unwrap_or_default();
+    line.push(b'\n');
+    stream.write_all(&line)
 }

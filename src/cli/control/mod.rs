@@ -1,12 +1,14 @@
 //! The control socket `<spool>/control.sock`: line-delimited JSON between
 //! the management commands (and `sendmail`) and the running daemon.
 //!
-//! One request line, one reply line, per connection. The socket is mode
+//! One request line, one reply line, per connection; only `list` answers
+//! with many lines, one per message (see [`list`]). The socket is mode
 //! 0660 so that `sendmail` run by the spool's group can ask for a quota
 //! check and wake up pickup; every other request is taken only from root
 //! and the daemon's own user, as the kernel reports the peer (SO_PEERCRED).
 
 mod client;
+pub mod list;
 mod server;
 
 use std::io;
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use mailqueue::queue::admin::{Admin, BulkOutcome, Filter, IncomingFile, Selection};
-use mailqueue::queue::meta::MessageMeta;
+use mailqueue::queue::meta::{MessageMeta, Timestamp};
 use mailqueue::queue::stats::StatsSnapshot;
 use mailqueue::queue::QueueError;
 use mailqueue::MessageId;
@@ -27,7 +29,8 @@ pub use server::ControlServer;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
-    /// The messages the filter matches, and the files in `incoming/`.
+    /// The messages the filter matches, and the files in `incoming/`:
+    /// answered line by line (see [`list`]).
     List {
         #[serde(default, skip_serializing_if = "Filter::is_empty")]
         filter: Filter,
@@ -77,7 +80,8 @@ pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// For `list`, and `show` (one message).
+    /// For `show`: the message. (Daemons from before `list` was streamed
+    /// answered `list` with every message here.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<MessageMeta>,
     /// For `show`: the message header.
@@ -86,7 +90,8 @@ pub struct Response {
     /// For `show --body`: the whole message, base64 (it may be 8-bit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_base64: Option<String>,
-    /// For `list`: files in `incoming/`, not picked up yet.
+    /// Files in `incoming/`, not picked up yet, from daemons that answered
+    /// `list` in one line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub incoming: Vec<IncomingFile>,
     /// For the commands on many messages: how many they acted on.
@@ -179,22 +184,13 @@ impl Request {
 
 /// Carries out a management request, in the daemon or directly on a
 /// spool. `Pickup` and `Quota` concern a running daemon only: here they
-/// do nothing; `Stats` has nothing to report.
+/// do nothing; `Stats` has nothing to report. `List` is not answered
+/// here but line by line, by [`list::scan`].
 pub fn apply(admin: &Admin<'_>, req: &Request) -> Response {
     match req {
-        Request::List { filter } => list(admin, filter),
+        Request::List { .. } => Response::error("list is answered line by line"),
         Request::Show { id, body } => show(admin, *id, *body),
-        Request::Shape { sender, filter } => match admin.list_matching(filter) {
-            Ok(messages) => Response {
-                shape: Some(crate::cli::shape::Shape::of(
-                    &messages,
-                    *sender,
-                    mailqueue::queue::meta::Timestamp::now(),
-                )),
-                ..Response::ok()
-            },
-            Err(e) => Response::error(e),
-        },
+        Request::Shape { sender, filter } => shape(admin, *sender, filter),
         Request::Flush(sel) => bulk(admin.flush_selected(sel)),
         Request::Hold(sel) => bulk(admin.hold_selected(sel)),
         Request::Release(sel) => bulk(admin.release_selected(sel)),
@@ -225,20 +221,24 @@ fn bulk(outcome: Result<BulkOutcome, QueueError>) -> Response {
     }
 }
 
-fn list(admin: &Admin<'_>, filter: &Filter) -> Response {
-    match admin.list_matching(filter) {
-        Ok(messages) => Response {
-            messages,
-            // What waits in incoming/ is not a message yet: a filter
-            // cannot say whether it matches, so only a plain list shows it.
-            incoming: if filter.is_empty() {
-                admin.incoming().unwrap_or_default()
-            } else {
-                Vec::new()
-            },
+/// `shape`: the matching messages counted as they are read, not held.
+fn shape(admin: &Admin<'_>, sender: bool, filter: &Filter) -> Response {
+    let now = Timestamp::now();
+    let messages = match admin.messages() {
+        Ok(m) => m,
+        Err(e) => return Response::error(e),
+    };
+    let mut failed = None;
+    let matching = messages
+        .map_while(|m| m.map_err(|e| failed = Some(e)).ok())
+        .filter(|m| filter.matches(m, now));
+    let shape = crate::cli::shape::Shape::of(matching, sender, now);
+    match failed {
+        Some(e) => Response::error(e),
+        None => Response {
+            shape: Some(shape),
             ..Response::ok()
         },
-        Err(e) => Response::error(e),
     }
 }
 

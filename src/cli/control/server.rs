@@ -219,6 +219,12 @@ fn serve_one(stream: UnixStream, queue: &Queue, pickup: &Sender<()>) {
                 req.name()
             ))
         }
+        Ok(Request::List { filter }) => {
+            // Line by line, as the spool is read: never the whole queue
+            // in one answer.
+            super::list::serve(&stream, &queue.admin(), &filter);
+            return;
+        }
         Ok(req) => handle(req, queue, pickup, owner),
         Err(e) => Response::error(format!("bad request: {e}")),
     };

@@ -17,8 +17,10 @@ use crate::queue::{dsn, MessageId, QueueError, Shared};
 use crate::smtp::reply::SmtpReply;
 
 mod bulk;
+mod scan;
 mod select;
 
+pub use scan::Messages;
 pub use select::{BulkOutcome, Filter, IncomingFile, Selection};
 
 /// Largest header `show` prints.
@@ -77,25 +79,17 @@ impl<'a> Admin<'a> {
         Ok(out)
     }
 
-    /// Every queued message, oldest first.
+    /// Every queued message, oldest first. Holds them all: for the whole
+    /// queue, [`Admin::messages`] reads one at a time.
     pub fn list(&self) -> Result<Vec<MessageMeta>, QueueError> {
-        let dir = self.spool.queue_dir();
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
-            let name = entry.map_err(io_error(dir))?.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".msg")) else {
-                continue;
-            };
-            let Ok(id) = stem.parse::<MessageId>() else {
-                continue;
-            };
-            // Gone meanwhile (delivered): not an error.
-            if let Ok(meta) = self.spool.read_meta(&id) {
-                out.push(meta);
-            }
-        }
+        let mut out = self.messages()?.collect::<Result<Vec<_>, _>>()?;
         out.sort_by_key(|m| m.id);
         Ok(out)
+    }
+
+    /// Every queued message, one at a time, in directory order.
+    pub fn messages(&self) -> Result<Messages<'_>, QueueError> {
+        Messages::open(self.spool)
     }
 
     /// The messages a selection names: every message matching its filter
@@ -117,12 +111,15 @@ impl<'a> Admin<'a> {
             return Ok((self.list_ids()?, out));
         }
         if sel.all {
-            let ids = self
-                .list()?
-                .into_iter()
-                .filter(|m| sel.filter.matches(m, now))
-                .map(|m| m.id)
-                .collect();
+            // Only the ids are kept, not every message's metadata.
+            let mut ids = Vec::new();
+            for meta in self.messages()? {
+                let meta = meta?;
+                if sel.filter.matches(&meta, now) {
+                    ids.push(meta.id);
+                }
+            }
+            ids.sort();
             return Ok((ids, out));
         }
         if sel.filter.is_empty() {
@@ -178,14 +175,6 @@ impl<'a> Admin<'a> {
         Ok((meta, bytes))
     }
 
-    /// Every queued message the filter matches, oldest first.
-    pub fn list_matching(&self, filter: &Filter) -> Result<Vec<MessageMeta>, QueueError> {
-        let now = Timestamp::now();
-        let mut all = self.list()?;
-        all.retain(|m| filter.matches(m, now));
-        Ok(all)
-    }
-
     /// A message's metadata and header.
     pub fn show(&self, id: MessageId) -> Result<(MessageMeta, Vec<u8>), QueueError> {
         let meta = self.read(id)?;
@@ -201,9 +190,9 @@ impl<'a> Admin<'a> {
                     let _ = s.timer.send(Command::Flush(None));
                 }
                 None => {
-                    for meta in self.list()? {
+                    for id in self.list_ids()? {
                         // Gone meanwhile: nothing to flush.
-                        let _ = self.update(meta.id, |m| m.next_attempt = Timestamp::now());
+                        let _ = self.update(id, |m| m.next_attempt = Timestamp::now());
                     }
                 }
             }
