@@ -12,8 +12,14 @@
 //! counted in a `BTreeMap`, whose first key is the oldest; a change costs
 //! O(log n), a read O(1)-ish, and nothing goes stale as a recomputation
 //! every N seconds would.
+//!
+//! While the start-up load runs in the background, the census is also
+//! where the loader and everyone else meet: a message the census counts
+//! already, or one anybody else counted, changed, removed or began to
+//! write since the load began, is *claimed*, and the loader leaves it
+//! alone (see [`Census::adopt`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -100,6 +106,11 @@ struct Tally {
     counts: CensusCounts,
     /// Messages by lifetime start.
     starts: BTreeMap<Timestamp, u32>,
+    /// While a start-up load runs: the ids it must not touch, because
+    /// something else set, removed or created them since it began and
+    /// the census did not count them then. Only those: an id it counts
+    /// is never adopted anyway, so the set stays small.
+    claimed: Option<HashSet<MessageId>>,
 }
 
 impl Tally {
@@ -122,7 +133,21 @@ impl Tally {
         }
     }
 
+    /// Keeps a running load off `id`, unless it is counted already.
+    fn claim(&mut self, id: MessageId) {
+        if let Some(claimed) = &mut self.claimed {
+            if !self.entries.contains_key(&id) {
+                claimed.insert(id);
+            }
+        }
+    }
+
+    fn known(&self, id: &MessageId) -> bool {
+        self.entries.contains_key(id) || self.claimed.as_ref().is_some_and(|c| c.contains(id))
+    }
+
     fn set(&mut self, id: MessageId, e: Entry) {
+        self.claim(id);
         match self.entries.insert(id, e) {
             Some(old) if old == e => return,
             Some(old) => self.subtract(old),
@@ -132,6 +157,7 @@ impl Tally {
     }
 
     fn remove(&mut self, id: &MessageId) {
+        self.claim(*id);
         if let Some(old) = self.entries.remove(id) {
             self.subtract(old);
         }
@@ -157,13 +183,68 @@ impl Census {
         self.tally().remove(id);
     }
 
-    /// Starts over from the messages a start-up scan found.
-    pub(super) fn reset(&self, messages: &[Queued]) {
-        let mut t = Tally::default();
-        for q in messages {
-            t.set(q.id, Entry::of_queued(q));
-        }
-        *self.tally() = t;
+    /// Starts over, empty, for a start-up load: from now until
+    /// [`Census::end_load`], every id set, removed or claimed is left to
+    /// whoever did it.
+    pub(super) fn begin_load(&self) {
+        *self.tally() = Tally {
+            claimed: Some(HashSet::new()),
+            ..Tally::default()
+        };
+    }
+
+    /// The start-up load is over: nothing is claimed any more.
+    pub(super) fn end_load(&self) {
+        self.tally().claimed = None;
+    }
+
+    /// True between [`Census::begin_load`] and [`Census::end_load`].
+    pub(super) fn loading(&self) -> bool {
+        self.tally().claimed.is_some()
+    }
+
+    /// Keeps the running load off a message about to be created.
+    pub(super) fn claim(&self, id: MessageId) {
+        self.tally().claim(id);
+    }
+
+    /// True when the load must leave `id` alone: counted already, or
+    /// claimed by someone else since the load began.
+    pub(super) fn known(&self, id: &MessageId) -> bool {
+        self.tally().known(id)
+    }
+
+    /// Keeps the items whose id the load may still take up.
+    pub(super) fn retain_unknown<T>(&self, items: &mut Vec<T>, id: impl Fn(&T) -> MessageId) {
+        let t = self.tally();
+        items.retain(|item| !t.known(&id(item)));
+    }
+
+    /// Counts the messages the load read, except those [`Census::known`]
+    /// (their state on disk may be newer than what the load read, and
+    /// whoever changed them scheduled them); returns the ones counted,
+    /// which the load alone schedules.
+    pub(super) fn adopt(&self, mut batch: Vec<Queued>) -> Vec<Queued> {
+        let mut t = self.tally();
+        batch.retain(|q| {
+            if t.known(&q.id) {
+                return false;
+            }
+            let e = Entry::of_queued(q);
+            t.entries.insert(q.id, e);
+            t.add(e);
+            true
+        });
+        batch
+    }
+
+    /// Messages and bytes counted now, in every state.
+    pub(super) fn totals(&self) -> (u64, u64) {
+        let t = self.tally();
+        t.counts
+            .by_state
+            .iter()
+            .fold((0, 0), |(n, b), s| (n + s.0, b + s.1))
     }
 
     /// The counts now.

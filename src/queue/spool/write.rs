@@ -45,6 +45,9 @@ impl Spool {
     pub fn create_message(&self) -> Result<MessageWriter, QueueError> {
         loop {
             let id = MessageId::generate();
+            if self.census.loading() && !self.claim_new_id(&id) {
+                continue;
+            }
             let path = self.message_path(&id);
             match OpenOptions::new()
                 .write(true)
@@ -73,6 +76,25 @@ impl Spool {
                 Err(e) => return Err(io_error(&path)(e)),
             }
         }
+    }
+
+    /// While the start-up load runs: keeps it off a new message's id
+    /// before the message's file exists, so it never takes the write in
+    /// progress for an unfinished one and removes it. False when the id
+    /// names files on disk (a leftover `.meta` too: it would supersede
+    /// the new message's state), which the load has yet to deal with:
+    /// take another.
+    fn claim_new_id(&self, id: &MessageId) -> bool {
+        // Nobody else creates files in `queue/` while the queue holds
+        // the spool lock: what is not there now does not appear before
+        // the message file is created.
+        let taken = [self.message_path(id), self.meta_path(id)]
+            .iter()
+            .any(|p| p.symlink_metadata().is_ok());
+        if !taken {
+            self.census.claim(*id);
+        }
+        !taken
     }
 
     /// Makes a written message and its metadata durable, completing
