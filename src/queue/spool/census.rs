@@ -300,4 +300,45 @@ mod tests {
         c.remove(&a.id);
         assert_eq!(c.counts(), CensusCounts::default());
     }
+
+    fn queued(m: &MessageMeta) -> Queued {
+        Queued::from_json(&m.to_json()).unwrap()
+    }
+
+    #[test]
+    fn during_a_load_what_anyone_else_touches_is_theirs() {
+        let c = Census::default();
+        let (changed, deleted, written, untouched) = (
+            meta(1_000, 1),
+            meta(2_000, 2),
+            meta(3_000, 4),
+            meta(4_000, 8),
+        );
+        c.begin_load();
+        // Before the load reads them: the operator holds one message and
+        // deletes another, a new message is being written.
+        let mut held = changed.clone();
+        held.hold = true;
+        c.set(&held);
+        c.remove(&deleted.id);
+        c.claim(written.id);
+        let all = [&changed, &deleted, &written, &untouched]
+            .map(queued)
+            .to_vec();
+        let adopted = c.adopt(all.clone());
+        assert_eq!(
+            adopted.iter().map(|q| q.id).collect::<Vec<_>>(),
+            [untouched.id]
+        );
+        // Counted once each, as their owners left them.
+        assert_eq!(c.counts().by_state, [(1, 8), (0, 0), (1, 1)]);
+        // A second pass (after a failed one) adopts nothing twice.
+        assert!(c.adopt(all).is_empty());
+        c.set(&written);
+        assert_eq!(c.totals(), (3, 13));
+        c.end_load();
+        assert!(!c.loading());
+        c.remove(&untouched.id);
+        assert!(!c.known(&untouched.id), "claims end with the load");
+    }
 }

@@ -84,7 +84,7 @@ impl Spool {
     /// names files on disk (a leftover `.meta` too: it would supersede
     /// the new message's state), which the load has yet to deal with:
     /// take another.
-    fn claim_new_id(&self, id: &MessageId) -> bool {
+    pub(super) fn claim_new_id(&self, id: &MessageId) -> bool {
         // Nobody else creates files in `queue/` while the queue holds
         // the spool lock: what is not there now does not appear before
         // the message file is created.
