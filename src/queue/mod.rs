@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod clock;
 pub mod dsn;
+mod fxhash;
 mod loader;
 pub mod meta;
 pub mod options;

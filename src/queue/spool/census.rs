@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::queue::fxhash::FxBuild;
 use crate::queue::meta::{MessageMeta, Queued, Timestamp};
 use crate::queue::MessageId;
 
@@ -102,7 +103,7 @@ impl Entry {
 struct Tally {
     /// Each message's entry, so a change replaces what it counted before
     /// (a state counted twice, or a removal never counted, cannot happen).
-    entries: HashMap<MessageId, Entry>,
+    entries: HashMap<MessageId, Entry, FxBuild>,
     counts: CensusCounts,
     /// Messages by lifetime start.
     starts: BTreeMap<Timestamp, u32>,
@@ -110,7 +111,7 @@ struct Tally {
     /// something else set, removed or created them since it began and
     /// the census did not count them then. Only those: an id it counts
     /// is never adopted anyway, so the set stays small.
-    claimed: Option<HashSet<MessageId>>,
+    claimed: Option<HashSet<MessageId, FxBuild>>,
 }
 
 impl Tally {
@@ -188,7 +189,7 @@ impl Census {
     /// whoever did it.
     pub(super) fn begin_load(&self) {
         *self.tally() = Tally {
-            claimed: Some(HashSet::new()),
+            claimed: Some(HashSet::default()),
             ..Tally::default()
         };
     }
@@ -212,6 +213,13 @@ impl Census {
     /// claimed by someone else since the load began.
     pub(super) fn known(&self, id: &MessageId) -> bool {
         self.tally().known(id)
+    }
+
+    /// Makes room for `n` more messages at once: growing step by step,
+    /// the table would hold its old and its new buckets together at each
+    /// step, a peak half as large again as the table itself.
+    pub(super) fn reserve(&self, n: usize) {
+        self.tally().entries.reserve(n);
     }
 
     /// Keeps the items whose id the load may still take up.

@@ -133,6 +133,7 @@ impl Spool {
         };
         let mut listing = Listing::read(&self.queue)?;
         scan.quarantine_strays(&listing);
+        self.census.reserve(listing.len());
         sink.listed(listing.len());
         while listing.len() > 0 {
             let chunk = listing.take(CHUNK);
