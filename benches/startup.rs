@@ -72,6 +72,9 @@ const TARGET_LOAD_1M: Duration = Duration::from_secs(5);
 const TARGET_RSS_MB: f64 = 64.0;
 const TARGET_PEAK_RATIO: f64 = 1.3;
 
+/// The subject line of the new message sent after the greeting.
+const PROBE_SUBJECT: &str = "Subject: start-up probe\r\n";
+
 /// How the daemon logs the end of its spool load.
 const LOAD_LINE: &str = " messages queued, ";
 
@@ -246,7 +249,7 @@ fn startup_run(s: &Settings, sink: &Sink) -> Result<(), String> {
         if loading_then { "yes" } else { "no" },
         "",
     );
-    row("first message at sink", secs(first), "s");
+    row("first queued message at sink", secs(first), "s");
     let loaded = report_log_phases(&daemon.log);
     row(
         "daemon CPU until greeting",
@@ -442,7 +445,9 @@ fn send_probe(port: u16, deadline: Instant) -> Result<String, String> {
     reply("250")?;
     say("DATA\r\n")?;
     reply("354")?;
-    say("Subject: probe\r\n\r\nsent during the start-up\r\n.\r\n")?;
+    say(&format!(
+        "{PROBE_SUBJECT}\r\nsent during the start-up\r\n.\r\n"
+    ))?;
     let queued = reply("250")?;
     let _ = say("QUIT\r\n");
     Ok(queued
@@ -898,6 +903,7 @@ fn session(conn: TcpStream, stats: &SinkStats) -> std::io::Result<()> {
             b"DATA" => {
                 out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
                 out.flush()?;
+                let mut probe = false;
                 loop {
                     line.clear();
                     if input.read_until(b'\n', &mut line)? == 0 {
@@ -906,9 +912,13 @@ fn session(conn: TcpStream, stats: &SinkStats) -> std::io::Result<()> {
                     if line == b".\r\n" || line == b".\n" {
                         break;
                     }
+                    probe |= line == PROBE_SUBJECT.as_bytes();
                 }
                 let now = Instant::now();
-                stats.first.lock().unwrap().get_or_insert(now);
+                // The first of the queued messages, not the new one.
+                if !probe {
+                    stats.first.lock().unwrap().get_or_insert(now);
+                }
                 *stats.last.lock().unwrap() = Some(now);
                 stats.messages.fetch_add(1, Ordering::SeqCst);
                 out.write_all(b"250 2.0.0 Ok: queued\r\n")?;
