@@ -96,7 +96,8 @@ pub fn put_message(spool: &Spool, meta: &MessageMeta, body: &[u8]) {
 
 /// The daemon's configuration for a benchmark: listening on 127.0.0.1:`port`,
 /// relaying to a sink on 127.0.0.1:`sink_port` in clear text; `listen` and
-/// `delivery` are extra lines for those sections.
+/// `delivery` are extra lines for those sections. No quota on messages:
+/// benches fill spools past the default 10^5 and still send mail.
 pub fn daemon_toml(
     spool: &std::path::Path,
     workers: u64,
@@ -110,6 +111,7 @@ pub fn daemon_toml(
          spool = \"{spool}\"\n\
          [queue]\n\
          workers = {workers}\n\
+         max_messages = 100000000\n\
          [listen]\n\
          smtp = [\"127.0.0.1:{port}\"]\n\
          {listen}\

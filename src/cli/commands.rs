@@ -308,8 +308,17 @@ fn stats_text(s: &StatsSnapshot, json: bool) -> String {
             w.attempts
         )
     };
+    // Counts of a daemon still reading its spool cover part of it only.
+    let loading = if s.loading {
+        format!(
+            "loading: {} messages loaded, {} to read\n",
+            s.loaded, s.to_load
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "messages: {}\nbytes: {}\nattempts: {}\nlag p50: {}\nlag p99: {}\nlag max: {}\n\
+        "{loading}messages: {}\nbytes: {}\nattempts: {}\nlag p50: {}\nlag p99: {}\nlag max: {}\n\
          lag last 1m: {}\nlag last 15m: {}\n",
         s.messages,
         s.bytes,

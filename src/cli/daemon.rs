@@ -74,7 +74,9 @@ pub fn server_settings(config: &Config) -> Result<ServerSettings, String> {
 }
 
 /// Opens the queue with the configuration's options and signing keys;
-/// its workers start on queued mail at once.
+/// its workers start on queued mail at once. The spool is read in the
+/// background: the daemon greets and queues new mail within moments of
+/// its start, whatever the size of the queue.
 fn open_queue(
     config: &Config,
     target: Arc<dyn DeliveryTarget>,
@@ -82,6 +84,7 @@ fn open_queue(
 ) -> Result<Arc<Queue>, String> {
     let mut options = config.queue_options();
     options.dkim = config.dkim_signer().map_err(|e| e.to_string())?;
+    options.background_load = true;
     let queue =
         Queue::open_with_bounce_target(options, target, bounce).map_err(|e| e.to_string())?;
     queue.set_target_builder(target_builder(config));

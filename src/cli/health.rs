@@ -56,7 +56,17 @@ type Verdict = (Status, String);
 /// The daemon is up when its control socket answers.
 fn daemon(spool: &Path) -> Verdict {
     match control::request(spool, &Request::Stats) {
-        Ok(_) => (Status::Ok, "running (the control socket answers)".into()),
+        Ok(r) => match r.stats.filter(|s| s.loading) {
+            Some(s) => (
+                Status::Ok,
+                format!(
+                    "running (the control socket answers); loading the spool: \
+                     {} messages loaded, {} to read",
+                    s.loaded, s.to_load
+                ),
+            ),
+            None => (Status::Ok, "running (the control socket answers)".into()),
+        },
         Err(ControlError::NoDaemon) => (Status::Critical, "not running".into()),
         Err(e) => (Status::Critical, format!("not answering: {e}")),
     }

@@ -27,6 +27,9 @@ pub struct Shape {
     pub by_state: [(u64, u64); 3],
     /// Seconds since the oldest queued message arrived; 0 when empty.
     pub oldest_age_secs: u64,
+    /// The start-up load still reads the spool: the counts cover what it
+    /// loaded so far and the new mail.
+    pub loading: bool,
 }
 
 impl Shape {
@@ -43,6 +46,7 @@ impl Shape {
         Shape {
             by_state: c.by_state,
             oldest_age_secs: c.oldest_age(now).as_secs(),
+            loading: false,
         }
     }
 }
@@ -138,7 +142,10 @@ fn answer(request: tiny_http::Request, queue: &Queue) {
 
 /// The running queue's metrics in the text format.
 pub fn render(queue: &Queue) -> String {
-    let shape = Shape::of_census(&queue.census(), Timestamp::now());
+    let shape = Shape {
+        loading: queue.loading(),
+        ..Shape::of_census(&queue.census(), Timestamp::now())
+    };
     let free = fs2::available_space(&queue.options().spool).ok();
     encode(&shape, queue.counters(), free)
 }
@@ -199,6 +206,13 @@ fn queue_families(o: &mut String, shape: &Shape) {
         &[],
         shape.oldest_age_secs,
     );
+    family(
+        o,
+        "mailqueue_spool_loading",
+        "gauge",
+        "1 while the start-up load reads the spool; the queue gauges then count the messages loaded so far and new mail.",
+    );
+    sample(o, "mailqueue_spool_loading", &[], u64::from(shape.loading));
 }
 
 /// Mail in and out: received, refused, delivery outcomes, notices,
@@ -383,5 +397,6 @@ mod tests {
         assert!(text.contains("mailqueue_queue_oldest_message_age_seconds 0\n"));
         assert!(text.contains("mailqueue_scheduling_lag_seconds_bucket{le=\"+Inf\"} 0\n"));
         assert!(text.contains("mailqueue_spool_free_bytes 7\n"));
+        assert!(text.contains("mailqueue_spool_loading 0\n"));
     }
 }

@@ -289,15 +289,12 @@ impl Queued {
     /// Parses the fields start-up needs, with the checks of
     /// [`MessageMeta::from_json`] on them.
     pub fn from_json(bytes: &[u8]) -> Result<Queued, MetaError> {
+        // The id borrowed and the recipients folded as they are read: no
+        // allocation per message (start-up parses up to millions).
         #[derive(Deserialize)]
-        struct Status {
-            status: RcptStatus,
-            tries: u32,
-        }
-        #[derive(Deserialize)]
-        struct View {
+        struct View<'a> {
             version: u32,
-            id: MessageId,
+            id: &'a str,
             next_attempt: Timestamp,
             size: u64,
             #[serde(default)]
@@ -305,28 +302,69 @@ impl Queued {
             arrival: Timestamp,
             #[serde(default)]
             held_ms: u64,
-            recipients: Vec<Status>,
+            recipients: Recipients,
         }
         let v: View = serde_json::from_slice(bytes).map_err(MetaError::json)?;
         if v.version != META_VERSION {
             return Err(MetaError::Version(v.version));
         }
-        if v.recipients.is_empty() {
+        if v.recipients.count == 0 {
             return Err(MetaError::NoRecipients);
         }
+        let id =
+            v.id.parse()
+                .map_err(|e: crate::id::BadMessageId| MetaError::Json(e.to_string()))?;
         Ok(Queued {
-            id: v.id,
+            id,
             next_attempt: v.next_attempt,
             size: v.size,
             hold: v.hold,
-            pending: v.recipients.iter().any(|r| r.status == RcptStatus::Pending),
-            deferred: v
-                .recipients
-                .iter()
-                .any(|r| r.status == RcptStatus::Pending && r.tries > 0),
+            pending: v.recipients.pending,
+            deferred: v.recipients.deferred,
             arrival: v.arrival,
             held_ms: v.held_ms,
         })
+    }
+}
+
+/// The recipients as start-up needs them: how many, whether one is
+/// pending, whether a pending one was tried.
+#[derive(Default)]
+struct Recipients {
+    count: usize,
+    pending: bool,
+    deferred: bool,
+}
+
+impl<'de> Deserialize<'de> for Recipients {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Status {
+            status: RcptStatus,
+            tries: u32,
+        }
+        struct Fold;
+        impl<'de> serde::de::Visitor<'de> for Fold {
+            type Value = Recipients;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of recipients")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Recipients, A::Error> {
+                let mut r = Recipients::default();
+                while let Some(s) = seq.next_element::<Status>()? {
+                    r.count += 1;
+                    if s.status == RcptStatus::Pending {
+                        r.pending = true;
+                        r.deferred |= s.tries > 0;
+                    }
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_seq(Fold)
     }
 }
 

@@ -20,6 +20,8 @@
 pub mod admin;
 pub mod clock;
 pub mod dsn;
+mod fxhash;
+mod loader;
 pub mod meta;
 pub mod options;
 pub mod recent_lag;
@@ -33,7 +35,7 @@ mod worker;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
@@ -55,6 +57,7 @@ mod current_target;
 mod error;
 mod incoming;
 mod pinned;
+mod quota;
 mod stage;
 use current_target::CurrentTarget;
 pub use error::{is_no_space, QueueError};
@@ -82,9 +85,8 @@ pub(crate) struct Shared {
     pub limits: RwLock<QueueLimits>,
     pub timer: Sender<Command>,
     pub stopping: AtomicBool,
-    /// Messages and bytes in the queue, kept up to date without rescanning.
-    pub messages: AtomicU64,
-    pub bytes: AtomicU64,
+    /// How far the start-up load has come.
+    pub load: loader::LoadState,
     /// Messages with an attempt running; a second attempt of the same
     /// message never starts (a release or flush during an attempt could
     /// otherwise hand it to a second worker).
@@ -142,10 +144,8 @@ impl Shared {
         Ok(meta.id)
     }
 
-    /// Accounts for a message made durable and schedules it.
+    /// Schedules a message made durable (the spool counted it).
     pub(crate) fn stored(&self, meta: &MessageMeta) {
-        self.messages.fetch_add(1, Ordering::SeqCst);
-        self.bytes.fetch_add(meta.size, Ordering::SeqCst);
         self.schedule(meta.id, meta.next_attempt);
     }
 
@@ -162,49 +162,11 @@ impl Shared {
         Ok(id)
     }
 
-    /// Accounts for a message that left the queue.
-    pub(crate) fn forget(&self, size: u64) {
-        let _ = self
-            .messages
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                Some(n.saturating_sub(1))
-            });
-        let _ = self
-            .bytes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                Some(n.saturating_sub(size))
-            });
-    }
-
-    /// Refuses new mail past `max_messages`, `max_bytes` (counting
-    /// `incoming` more bytes) or below `min_free_bytes` of free disk.
-    pub(crate) fn check_quota(&self, incoming: u64) -> Result<(), QueueError> {
-        let q = *self.limits.read().unwrap_or_else(|p| p.into_inner());
-        let messages = self.messages.load(Ordering::SeqCst);
-        if messages >= q.max_messages {
-            return Err(QueueError::Quota(format!(
-                "{messages} messages queued, the limit is {}",
-                q.max_messages
-            )));
-        }
-        let bytes = self.bytes.load(Ordering::SeqCst);
-        if bytes.saturating_add(incoming) > q.max_bytes {
-            return Err(QueueError::Quota(format!(
-                "{bytes} bytes queued, the limit is {}",
-                q.max_bytes
-            )));
-        }
-        if q.min_free_bytes > 0 {
-            if let Ok(free) = fs2::available_space(self.spool.root()) {
-                if free < q.min_free_bytes.saturating_add(incoming) {
-                    return Err(QueueError::Quota(format!(
-                        "{free} bytes free on the spool's disk, {} must stay free",
-                        q.min_free_bytes
-                    )));
-                }
-            }
-        }
-        Ok(())
+    /// Makes every scheduled message due now, and, during the start-up
+    /// load, those it schedules from now on.
+    pub(crate) fn flush_all(&self) {
+        self.load.flush_all();
+        let _ = self.timer.send(Command::Flush(None));
     }
 }
 
@@ -213,6 +175,7 @@ pub struct Queue {
     shared: Arc<Shared>,
     timer: Mutex<Timer>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    loader: Mutex<Option<JoinHandle<()>>>,
     _lock: SpoolLock,
 }
 
@@ -220,6 +183,10 @@ impl Queue {
     /// Opens the spool named in `options`, takes its lock, reads back every
     /// queued message and starts delivering to `target`. Notices go to
     /// `target` too.
+    ///
+    /// Returns once every queued message is scheduled, or, with
+    /// [`QueueOptions::background_load`], at once, the spool being read
+    /// by a thread of the queue's meanwhile (see [`Queue::wait_loaded`]).
     pub fn open(
         options: QueueOptions,
         target: Arc<dyn DeliveryTarget>,
@@ -236,18 +203,10 @@ impl Queue {
     ) -> Result<Queue, QueueError> {
         let spool = Spool::open(&options.spool)?;
         let lock = spool.lock_exclusive()?;
-        let started = Instant::now();
-        let report = spool.load()?;
-        log::info!(
-            "spool {}: {} messages queued, {} quarantined, {} unfinished writes removed ({} ms)",
-            options.spool.display(),
-            report.messages.len(),
-            report.quarantined,
-            report.removed,
-            started.elapsed().as_millis()
-        );
-
-        let workers = options.workers;
+        // Before anything writes there; the rest of the load may run on.
+        let cleared = spool.clear_tmp()?;
+        spool.begin_load();
+        let (workers, background) = (options.workers, options.background_load);
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(workers);
         let direct_jobs = Mutex::new(Some(jobs_tx.clone()));
         let timer = Timer::start(jobs_tx);
@@ -261,25 +220,37 @@ impl Queue {
             pinned: Default::default(),
             timer: timer.sender(),
             stopping: AtomicBool::new(false),
-            messages: AtomicU64::new(report.messages.len() as u64),
-            bytes: AtomicU64::new(report.messages.iter().map(|m| m.size).sum()),
+            load: Default::default(),
             inflight: Mutex::new(HashSet::new()),
             direct_jobs,
             panics: Mutex::new(HashMap::new()),
             stats: stats::Stats::default(),
         });
-        for meta in &report.messages {
-            if !meta.hold {
-                shared.schedule(meta.id, meta.next_attempt);
-            }
-        }
-        let workers = start_workers(&shared, &jobs_rx, workers)?;
-        Ok(Queue {
+        let queue = Queue {
+            workers: Mutex::new(start_workers(&shared, &jobs_rx, workers)?),
+            loader: Mutex::new(Some(loader::start(&shared, background, cleared)?)),
             shared,
             timer: Mutex::new(timer),
-            workers: Mutex::new(workers),
             _lock: lock,
-        })
+        };
+        if !background {
+            // Dropped on failure: the queue stops and lets go of the spool.
+            queue.shared.load.wait()?;
+        }
+        Ok(queue)
+    }
+
+    /// Blocks until the start-up load is over: every message that was
+    /// queued when the queue opened is scheduled (or was found damaged
+    /// and quarantined). Returns at once without
+    /// [`QueueOptions::background_load`], and after [`Queue::shutdown`].
+    pub fn wait_loaded(&self) {
+        let _ = self.shared.load.wait();
+    }
+
+    /// True while the start-up load is still reading the spool.
+    pub fn loading(&self) -> bool {
+        self.shared.spool.loading()
     }
 
     /// The options the queue was opened with; the quotas now are
@@ -399,7 +370,10 @@ impl Queue {
     #[doc(hidden)]
     pub fn stats(&self) -> stats::StatsSnapshot {
         let (messages, bytes) = self.usage();
-        self.shared.stats.snapshot(messages, bytes)
+        let mut s = self.shared.stats.snapshot(messages, bytes);
+        s.loading = self.loading();
+        (s.loaded, s.to_load) = self.shared.load.progress();
+        s
     }
 
     /// The live event counters (the listener counts into them).
@@ -415,17 +389,22 @@ impl Queue {
         self.shared.spool.census()
     }
 
-    /// Messages and bytes queued now.
+    /// Messages and bytes queued now (during a background load: those
+    /// loaded so far and the new ones).
     pub fn usage(&self) -> (u64, u64) {
-        (
-            self.shared.messages.load(Ordering::SeqCst),
-            self.shared.bytes.load(Ordering::SeqCst),
-        )
+        self.shared.spool.usage()
     }
 
-    /// Makes one message (or every message) due now. Held messages stay held.
+    /// Makes one message (or every message) due now. Held messages stay
+    /// held. During a background load, a message not loaded yet is
+    /// flushed only by the flush of every message.
     pub fn flush(&self, id: Option<MessageId>) {
-        let _ = self.shared.timer.send(Command::Flush(id));
+        match id {
+            Some(id) => {
+                let _ = self.shared.timer.send(Command::Flush(Some(id)));
+            }
+            None => self.shared.flush_all(),
+        }
     }
 
     /// Every queued message, read from the spool.
@@ -450,6 +429,12 @@ impl Queue {
     /// enqueueing fails with [`QueueError::Closed`].
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        // The load stops after the chunk it reads: nothing of it may run
+        // once the spool lock is let go.
+        let loader = self.loader.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(loader) = loader {
+            let _ = loader.join();
+        }
         // The workers end when every sender of the job channel is gone.
         self.shared
             .direct_jobs

@@ -44,6 +44,12 @@ pub struct QueueOptions {
     /// The DKIM keys messages are signed with when queued; none by
     /// default.
     pub dkim: crate::dkim::DkimSigner,
+    /// Off (the default): [`crate::Queue::open`] returns once every
+    /// message queued on disk is read back and scheduled, which takes
+    /// seconds with 10^6 of them. On: it returns at once, taking and
+    /// delivering new mail while a thread reads the spool (the daemon
+    /// runs so); [`crate::Queue::wait_loaded`] waits for the end.
+    pub background_load: bool,
 }
 
 /// Past these, [`crate::Queue::enqueue`] refuses new mail with a
@@ -86,6 +92,7 @@ impl QueueOptions {
             limits: QueueLimits::default(),
             notices: NoticeOptions::default(),
             dkim: crate::dkim::DkimSigner::default(),
+            background_load: false,
         }
     }
 

@@ -319,6 +319,16 @@ pub struct StatsSnapshot {
     /// The same over the last 15 minutes.
     #[serde(default)]
     pub lag_15m: LagWindow,
+    /// The start-up load is still reading the spool: `messages` and
+    /// `bytes` count what it has loaded so far and the new mail.
+    #[serde(default)]
+    pub loading: bool,
+    /// Messages the start-up load has scheduled.
+    #[serde(default)]
+    pub loaded: u64,
+    /// Messages the start-up load has listed and not read yet.
+    #[serde(default)]
+    pub to_load: u64,
 }
 
 impl Stats {
@@ -332,6 +342,9 @@ impl Stats {
             lag_max_us: self.lag.max_us.load(Relaxed),
             lag_1m: self.recent_lag.window(Duration::from_secs(60)),
             lag_15m: self.recent_lag.window(Duration::from_secs(15 * 60)),
+            loading: false,
+            loaded: 0,
+            to_load: 0,
         }
     }
 }

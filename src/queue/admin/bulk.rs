@@ -64,7 +64,7 @@ impl Admin<'_> {
             },
             |id| {
                 if let Some(s) = self.shared {
-                    let _ = s.timer.send(Command::Flush(Some(id)));
+                    s.schedule(id, now);
                 }
             },
         )
@@ -94,7 +94,7 @@ impl Admin<'_> {
             },
             |id| {
                 if let Some(s) = self.shared {
-                    let _ = s.timer.send(Command::Flush(Some(id)));
+                    s.schedule(id, now);
                 }
                 log::info!("{id}: requeued by the operator{to}");
             },

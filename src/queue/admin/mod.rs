@@ -2,8 +2,12 @@
 //! release, delete and expire.
 //!
 //! Each works either inside the running daemon (it then also updates the
-//! schedule and the quota counters) or directly on a spool no daemon is
-//! running on. Either way it takes the message's lock, so it never races
+//! schedule; the spool counts every change) or directly on a spool no
+//! daemon is running on. In the daemon, each reads the spool itself, so
+//! during the start-up load it sees and acts on every message, loaded or
+//! not: a message it changes is then the command's (the load leaves it
+//! alone), and whatever it makes due is scheduled here, not found in the
+//! schedule. Either way it takes the message's lock, so it never races
 //! an attempt's bookkeeping: the worker re-reads the metadata after its
 //! transaction, so a delete or hold made meanwhile stands.
 
@@ -186,9 +190,7 @@ impl<'a> Admin<'a> {
     pub fn flush(&self, ids: &[MessageId]) -> Result<(), QueueError> {
         if ids.is_empty() {
             match self.shared {
-                Some(s) => {
-                    let _ = s.timer.send(Command::Flush(None));
-                }
+                Some(s) => s.flush_all(),
                 None => {
                     for id in self.list_ids()? {
                         // Gone meanwhile: nothing to flush.
@@ -199,9 +201,13 @@ impl<'a> Admin<'a> {
             return Ok(());
         }
         for &id in ids {
-            self.update(id, |m| m.next_attempt = Timestamp::now())?;
-            if let Some(s) = self.shared {
-                let _ = s.timer.send(Command::Flush(Some(id)));
+            let mut held = false;
+            self.update(id, |m| {
+                m.next_attempt = Timestamp::now();
+                held = m.hold;
+            })?;
+            if let (Some(s), false) = (self.shared, held) {
+                s.schedule(id, Timestamp::now());
             }
         }
         Ok(())
@@ -290,10 +296,11 @@ impl<'a> Admin<'a> {
         Ok(())
     }
 
+    /// Takes a removed message off the schedule (the spool stopped
+    /// counting it).
     fn forget(&self, meta: &MessageMeta) {
         if let Some(s) = self.shared {
             let _ = s.timer.send(Command::Remove(meta.id));
-            s.forget(meta.size);
         }
     }
 

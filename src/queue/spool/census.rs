@@ -12,11 +12,18 @@
 //! counted in a `BTreeMap`, whose first key is the oldest; a change costs
 //! O(log n), a read O(1)-ish, and nothing goes stale as a recomputation
 //! every N seconds would.
+//!
+//! While the start-up load runs in the background, the census is also
+//! where the loader and everyone else meet: a message the census counts
+//! already, or one anybody else counted, changed, removed or began to
+//! write since the load began, is *claimed*, and the loader leaves it
+//! alone (see [`Census::adopt`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::queue::fxhash::FxBuild;
 use crate::queue::meta::{MessageMeta, Queued, Timestamp};
 use crate::queue::MessageId;
 
@@ -96,10 +103,15 @@ impl Entry {
 struct Tally {
     /// Each message's entry, so a change replaces what it counted before
     /// (a state counted twice, or a removal never counted, cannot happen).
-    entries: HashMap<MessageId, Entry>,
+    entries: HashMap<MessageId, Entry, FxBuild>,
     counts: CensusCounts,
     /// Messages by lifetime start.
     starts: BTreeMap<Timestamp, u32>,
+    /// While a start-up load runs: the ids it must not touch, because
+    /// something else set, removed or created them since it began and
+    /// the census did not count them then. Only those: an id it counts
+    /// is never adopted anyway, so the set stays small.
+    claimed: Option<HashSet<MessageId, FxBuild>>,
 }
 
 impl Tally {
@@ -122,7 +134,21 @@ impl Tally {
         }
     }
 
+    /// Keeps a running load off `id`, unless it is counted already.
+    fn claim(&mut self, id: MessageId) {
+        if let Some(claimed) = &mut self.claimed {
+            if !self.entries.contains_key(&id) {
+                claimed.insert(id);
+            }
+        }
+    }
+
+    fn known(&self, id: &MessageId) -> bool {
+        self.entries.contains_key(id) || self.claimed.as_ref().is_some_and(|c| c.contains(id))
+    }
+
     fn set(&mut self, id: MessageId, e: Entry) {
+        self.claim(id);
         match self.entries.insert(id, e) {
             Some(old) if old == e => return,
             Some(old) => self.subtract(old),
@@ -132,6 +158,7 @@ impl Tally {
     }
 
     fn remove(&mut self, id: &MessageId) {
+        self.claim(*id);
         if let Some(old) = self.entries.remove(id) {
             self.subtract(old);
         }
@@ -157,13 +184,75 @@ impl Census {
         self.tally().remove(id);
     }
 
-    /// Starts over from the messages a start-up scan found.
-    pub(super) fn reset(&self, messages: &[Queued]) {
-        let mut t = Tally::default();
-        for q in messages {
-            t.set(q.id, Entry::of_queued(q));
-        }
-        *self.tally() = t;
+    /// Starts over, empty, for a start-up load: from now until
+    /// [`Census::end_load`], every id set, removed or claimed is left to
+    /// whoever did it.
+    pub(super) fn begin_load(&self) {
+        *self.tally() = Tally {
+            claimed: Some(HashSet::default()),
+            ..Tally::default()
+        };
+    }
+
+    /// The start-up load is over: nothing is claimed any more.
+    pub(super) fn end_load(&self) {
+        self.tally().claimed = None;
+    }
+
+    /// True between [`Census::begin_load`] and [`Census::end_load`].
+    pub(super) fn loading(&self) -> bool {
+        self.tally().claimed.is_some()
+    }
+
+    /// Keeps the running load off a message about to be created.
+    pub(super) fn claim(&self, id: MessageId) {
+        self.tally().claim(id);
+    }
+
+    /// True when the load must leave `id` alone: counted already, or
+    /// claimed by someone else since the load began.
+    pub(super) fn known(&self, id: &MessageId) -> bool {
+        self.tally().known(id)
+    }
+
+    /// Makes room for `n` more messages at once: growing step by step,
+    /// the table would hold its old and its new buckets together at each
+    /// step, a peak half as large again as the table itself.
+    pub(super) fn reserve(&self, n: usize) {
+        self.tally().entries.reserve(n);
+    }
+
+    /// Keeps the items whose id the load may still take up.
+    pub(super) fn retain_unknown<T>(&self, items: &mut Vec<T>, id: impl Fn(&T) -> MessageId) {
+        let t = self.tally();
+        items.retain(|item| !t.known(&id(item)));
+    }
+
+    /// Counts the messages the load read, except those [`Census::known`]
+    /// (their state on disk may be newer than what the load read, and
+    /// whoever changed them scheduled them); returns the ones counted,
+    /// which the load alone schedules.
+    pub(super) fn adopt(&self, mut batch: Vec<Queued>) -> Vec<Queued> {
+        let mut t = self.tally();
+        batch.retain(|q| {
+            if t.known(&q.id) {
+                return false;
+            }
+            let e = Entry::of_queued(q);
+            t.entries.insert(q.id, e);
+            t.add(e);
+            true
+        });
+        batch
+    }
+
+    /// Messages and bytes counted now, in every state.
+    pub(super) fn totals(&self) -> (u64, u64) {
+        let t = self.tally();
+        t.counts
+            .by_state
+            .iter()
+            .fold((0, 0), |(n, b), s| (n + s.0, b + s.1))
     }
 
     /// The counts now.
@@ -218,5 +307,46 @@ mod tests {
         assert_eq!(c.counts().oldest_start, Some(Timestamp(2_500)));
         c.remove(&a.id);
         assert_eq!(c.counts(), CensusCounts::default());
+    }
+
+    fn queued(m: &MessageMeta) -> Queued {
+        Queued::from_json(&m.to_json()).unwrap()
+    }
+
+    #[test]
+    fn during_a_load_what_anyone_else_touches_is_theirs() {
+        let c = Census::default();
+        let (changed, deleted, written, untouched) = (
+            meta(1_000, 1),
+            meta(2_000, 2),
+            meta(3_000, 4),
+            meta(4_000, 8),
+        );
+        c.begin_load();
+        // Before the load reads them: the operator holds one message and
+        // deletes another, a new message is being written.
+        let mut held = changed.clone();
+        held.hold = true;
+        c.set(&held);
+        c.remove(&deleted.id);
+        c.claim(written.id);
+        let all = [&changed, &deleted, &written, &untouched]
+            .map(queued)
+            .to_vec();
+        let adopted = c.adopt(all.clone());
+        assert_eq!(
+            adopted.iter().map(|q| q.id).collect::<Vec<_>>(),
+            [untouched.id]
+        );
+        // Counted once each, as their owners left them.
+        assert_eq!(c.counts().by_state, [(1, 8), (0, 0), (1, 1)]);
+        // A second pass (after a failed one) adopts nothing twice.
+        assert!(c.adopt(all).is_empty());
+        c.set(&written);
+        assert_eq!(c.totals(), (3, 13));
+        c.end_load();
+        assert!(!c.loading());
+        c.remove(&untouched.id);
+        assert!(!c.known(&untouched.id), "claims end with the load");
     }
 }

@@ -31,8 +31,11 @@
 //! done: a deleted or finished message does not come back after a power
 //! loss. Quarantines fsync `corrupt/`, then `queue/`.
 
+mod at;
 mod census;
+mod inspect;
 pub mod layout;
+mod listing;
 mod load;
 mod lock;
 mod pool;
@@ -56,6 +59,7 @@ use crate::queue::{MessageId, QueueError};
 use census::Census;
 pub use census::{CensusCounts, State, STATES};
 pub use load::LoadReport;
+pub(crate) use load::LoadSink;
 pub use lock::{MessageLock, SpoolLock, LOCK_WAIT};
 use pool::FilePool;
 pub(crate) use sync::sync_dir;
@@ -157,6 +161,11 @@ impl Spool {
     /// opened without a scan.
     pub fn census(&self) -> CensusCounts {
         self.census.counts()
+    }
+
+    /// Messages and bytes the census counts, in every state.
+    pub fn usage(&self) -> (u64, u64) {
+        self.census.totals()
     }
 
     pub fn root(&self) -> &Path {

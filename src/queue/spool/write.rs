@@ -54,6 +54,11 @@ impl Spool {
     pub fn create_message(&self) -> Result<MessageWriter, QueueError> {
         let id = loop {
             let id = MessageId::generate();
+            // While the start-up load runs, an id it has yet to read is
+            // not taken (see `claim_new_id`).
+            if self.census.loading() && !self.claim_new_id(&id) {
+                continue;
+            }
             // Two ids alike are all but impossible; the rename at commit
             // refuses to replace a message in any case.
             if !self.message_path(&id).exists() {
@@ -78,6 +83,25 @@ impl Spool {
             head: Vec::new(),
             origin: None,
         })
+    }
+
+    /// While the start-up load runs: keeps it off a new message's id
+    /// before the message's file exists, so it never takes the write in
+    /// progress for an unfinished one and removes it. False when the id
+    /// names files on disk (a leftover `.meta` too: it would supersede
+    /// the new message's state), which the load has yet to deal with:
+    /// take another.
+    pub(super) fn claim_new_id(&self, id: &MessageId) -> bool {
+        // Nobody else creates files in `queue/` while the queue holds
+        // the spool lock: what is not there now does not appear before
+        // the message file is created.
+        let taken = [self.message_path(id), self.meta_path(id)]
+            .iter()
+            .any(|p| p.symlink_metadata().is_ok());
+        if !taken {
+            self.census.claim(*id);
+        }
+        !taken
     }
 
     /// Makes a written message and its metadata durable, completing

@@ -5,7 +5,6 @@
 //! a pop from a heap of one bucket's worth of entries, not `log n` cache
 //! misses in a heap of every pending id.
 
-mod fxhash;
 #[cfg(test)]
 mod tests;
 
@@ -17,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use hashbrown::hash_table::{Entry, HashTable};
 
-use fxhash::hash;
+use crate::queue::fxhash::hash;
 
 /// A bucket spans 2^32 ns (about 4.3 s): wide enough that retry times
 /// spread over an hour fill each with a handful of entries or more, so the

@@ -149,7 +149,6 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         .collect();
     if pending.is_empty() {
         shared.spool.finish(&id)?;
-        shared.forget(meta.size);
         drop(inflight);
         return Ok(None);
     }

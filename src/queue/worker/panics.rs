@@ -31,16 +31,11 @@ pub(super) fn contain_panic(shared: &Shared, id: MessageId, payload: &(dyn std::
         log::error!("{id}: attempt panicked ({what}), {count} times: quarantining the message");
         // Under its lock, so no operator command is halfway through it.
         let lock = shared.spool.lock_message(&id).ok().flatten();
-        let size = lock
-            .as_ref()
-            .and_then(|l| shared.spool.read_locked(&id, l).ok())
-            .map(|m| m.size);
         if lock.is_some() {
             shared.spool.quarantine(
                 id.as_str(),
                 &format!("its delivery attempts panicked {count} times: {what}"),
             );
-            shared.forget(size.unwrap_or(0));
         }
         shared
             .panics

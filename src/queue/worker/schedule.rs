@@ -55,7 +55,6 @@ pub(super) fn reschedule(
 ) -> Result<Option<Timestamp>, QueueError> {
     if !meta.has_pending() {
         shared.spool.finish(&meta.id)?;
-        shared.forget(meta.size);
         return Ok(None);
     }
     meta.next_attempt = next_attempt(shared, meta, now);

@@ -1,4 +1,5 @@
-//! FxHash, the hash the time wheel's key index uses.
+//! FxHash, the hash of the maps keyed by queue id: the time wheel's key
+//! index and the spool's census.
 
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
@@ -6,7 +7,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 /// this process made, not chosen by an attacker, so SipHash's resistance to
 /// hash flooding would buy nothing for its cost.
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct FxHasher {
+pub(crate) struct FxHasher {
     hash: u64,
 }
 
@@ -70,7 +71,10 @@ impl Hasher for FxHasher {
     }
 }
 
+/// Builds [`FxHasher`]s, for `HashMap`s and `HashSet`s.
+pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
+
 /// A key's FxHash.
-pub(super) fn hash<K: Hash>(key: &K) -> u64 {
+pub(crate) fn hash<K: Hash>(key: &K) -> u64 {
     BuildHasherDefault::<FxHasher>::default().hash_one(key)
 }
