@@ -222,10 +222,15 @@ impl Census {
         self.tally().entries.reserve(n);
     }
 
-    /// Keeps the items whose id the load may still take up.
-    pub(super) fn retain_unknown<T>(&self, items: &mut Vec<T>, id: impl Fn(&T) -> MessageId) {
+    /// Keeps the items whose id nobody else has claimed, before the load
+    /// reads them. Claims only: a message the census counts and nobody
+    /// claimed is one a failed pass of the load counted already, which
+    /// [`Census::adopt`] skips (a table lookup per message saved).
+    pub(super) fn retain_unclaimed<T>(&self, items: &mut Vec<T>, id: impl Fn(&T) -> MessageId) {
         let t = self.tally();
-        items.retain(|item| !t.known(&id(item)));
+        if let Some(claimed) = t.claimed.as_ref().filter(|c| !c.is_empty()) {
+            items.retain(|item| !claimed.contains(&id(item)));
+        }
     }
 
     /// Counts the messages the load read, except those [`Census::known`]
@@ -234,12 +239,16 @@ impl Census {
     /// which the load alone schedules.
     pub(super) fn adopt(&self, mut batch: Vec<Queued>) -> Vec<Queued> {
         let mut t = self.tally();
+        let t = &mut *t;
         batch.retain(|q| {
-            if t.known(&q.id) {
+            if t.claimed.as_ref().is_some_and(|c| c.contains(&q.id)) {
                 return false;
             }
+            let std::collections::hash_map::Entry::Vacant(slot) = t.entries.entry(q.id) else {
+                return false;
+            };
             let e = Entry::of_queued(q);
-            t.entries.insert(q.id, e);
+            slot.insert(e);
             t.add(e);
             true
         });

@@ -42,8 +42,9 @@ pub struct LoadReport {
     pub removed: usize,
 }
 
-/// Where a load's messages go as it finds them.
-pub(crate) trait LoadSink {
+/// Where a load's messages go as it finds them (from one of rayon's
+/// threads).
+pub(crate) trait LoadSink: Send {
     /// The listing is done: `n` message ids to read.
     fn listed(&mut self, n: usize);
     /// One chunk is done: `done` ids dealt with, of which `found` are
@@ -57,7 +58,6 @@ pub(crate) trait LoadSink {
 /// simply done again at the next start.
 struct Scan<'a> {
     spool: &'a Spool,
-    dir: DirAt,
     report: LoadReport,
     changed: bool,
 }
@@ -125,9 +125,9 @@ impl Spool {
     /// already is not counted twice). Call between [`Spool::begin_load`]
     /// and [`Spool::end_load`].
     pub(crate) fn scan(&self, sink: &mut dyn LoadSink) -> Result<LoadReport, QueueError> {
+        let dir = DirAt::open(&self.queue).map_err(io_error(&self.queue))?;
         let mut scan = Scan {
             spool: self,
-            dir: DirAt::open(&self.queue).map_err(io_error(&self.queue))?,
             report: LoadReport::default(),
             changed: false,
         };
@@ -135,20 +135,44 @@ impl Spool {
         scan.quarantine_strays(&listing);
         self.census.reserve(listing.len());
         sink.listed(listing.len());
-        while listing.len() > 0 {
+        // Each chunk is read while the one before is acted on and handed
+        // over: the census and the schedule take their turn one chunk at
+        // a time, and the other core reads on meanwhile.
+        let mut read = (0, Vec::new());
+        loop {
             let chunk = listing.take(CHUNK);
-            let done = chunk.len();
-            let found = scan.chunk(chunk)?;
-            scan.report.loaded += found.len();
-            if !sink.found(found, done) {
+            let more = !chunk.is_empty();
+            let (next, handed) = rayon::join(
+                || (chunk.len(), self.read_chunk(&dir, chunk)),
+                || scan.hand_over(std::mem::take(&mut read), sink),
+            );
+            if !handed? || !more {
                 break;
             }
+            read = next;
         }
         if scan.changed {
             sync_dir(&self.corrupt)?;
             sync_dir(&self.queue)?;
         }
         Ok(scan.report)
+    }
+}
+
+impl Spool {
+    /// Reads a chunk's messages (in parallel) but those claimed by others.
+    fn read_chunk(
+        &self,
+        dir: &DirAt,
+        mut chunk: Vec<(MessageId, u8)>,
+    ) -> Vec<(MessageId, Verdict)> {
+        self.census.retain_unclaimed(&mut chunk, |(id, _)| *id);
+        chunk
+            .into_par_iter()
+            .map_init(Vec::new, |buf, (id, kinds)| {
+                (id, self.inspect(dir, &id, kinds, buf))
+            })
+            .collect()
     }
 }
 
@@ -178,17 +202,26 @@ impl Scan<'_> {
         self.changed = true;
     }
 
-    /// Reads one chunk (in parallel), acts on what it holds, and returns
-    /// the messages to schedule, counted in the census.
-    fn chunk(&mut self, mut chunk: Vec<(MessageId, u8)>) -> Result<Vec<Queued>, QueueError> {
-        let (spool, dir) = (self.spool, &self.dir);
-        spool.census.retain_unknown(&mut chunk, |(id, _)| *id);
-        let verdicts: Vec<(MessageId, Verdict)> = chunk
-            .into_par_iter()
-            .map_init(Vec::new, |buf, (id, kinds)| {
-                (id, spool.inspect(dir, &id, kinds, buf))
-            })
-            .collect();
+    /// Acts on what a chunk of `done` ids holds, and hands the messages
+    /// to schedule, counted in the census, to `sink`; false when it says
+    /// to stop.
+    fn hand_over(
+        &mut self,
+        (done, verdicts): (usize, Vec<(MessageId, Verdict)>),
+        sink: &mut dyn LoadSink,
+    ) -> Result<bool, QueueError> {
+        if done == 0 {
+            return Ok(true);
+        }
+        let found = self.act(verdicts)?;
+        self.report.loaded += found.len();
+        Ok(sink.found(found, done))
+    }
+
+    /// Removes, quarantines or keeps each message of a chunk as its
+    /// verdict says; returns those to schedule, counted in the census.
+    fn act(&mut self, verdicts: Vec<(MessageId, Verdict)>) -> Result<Vec<Queued>, QueueError> {
+        let spool = self.spool;
         let mut found = Vec::with_capacity(verdicts.len());
         for (id, verdict) in verdicts {
             match verdict {
