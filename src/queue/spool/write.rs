@@ -170,7 +170,8 @@ impl Spool {
             .map(|w: Result<_, QueueError>| {
                 let (mut writer, meta) = w?;
                 if let Err(why) = &synced {
-                    // Dropping the writer removes the file: never acknowledged.
+                    // Never acknowledged: dropping the writer takes its
+                    // file out of `queue/` again.
                     return Err(QueueError::Io {
                         path: writer.path.clone(),
                         source: io::Error::other(why.clone()),
@@ -178,14 +179,7 @@ impl Spool {
                 }
                 writer.done = true;
                 self.census.set(&meta);
-                log::info!(
-                    "{}: from=<{}>, size={}, nrcpt={}{}",
-                    meta.id,
-                    meta.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
-                    meta.size,
-                    meta.recipients.len(),
-                    if is_dsn { ", notice" } else { "" }
-                );
+                log_stored(&meta, is_dsn);
                 Ok(meta)
             })
             .collect()
@@ -317,6 +311,18 @@ impl Spool {
             .and_then(|_| if sync { file.sync_data() } else { Ok(()) })
             .map_err(io_error(tmp))
     }
+}
+
+/// The line that logs a message stored by [`Spool::store_many`].
+fn log_stored(meta: &MessageMeta, is_dsn: bool) {
+    log::info!(
+        "{}: from=<{}>, size={}, nrcpt={}{}",
+        meta.id,
+        meta.sender.as_ref().map(|a| a.as_str()).unwrap_or(""),
+        meta.size,
+        meta.recipients.len(),
+        if is_dsn { ", notice" } else { "" }
+    );
 }
 
 impl MessageWriter {
