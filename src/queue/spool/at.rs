@@ -1,4 +1,4 @@
-//! Files of `queue/` opened and measured relative to the open directory,
+//! Files of `queue/` opened relative to the open directory,
 //! for the start-up load: a name resolves in one step rather than by
 //! walking the spool's whole path again for each of a million files
 //! (path walks were a tenth of the load's time at 10^6 messages).
@@ -67,21 +67,6 @@ impl DirAt {
             Ok(File::from_raw_fd(fd))
         }
     }
-
-    /// The length of `<id>.<ext>`.
-    pub(super) fn len(&self, id: &MessageId, ext: &str) -> io::Result<u64> {
-        let name = Name::new(id, ext);
-        // SAFETY: a zeroed stat is a valid value for the call to fill.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid directory descriptor, a NUL-terminated name and
-        // a stat buffer that outlives the call.
-        let rc =
-            unsafe { libc::fstatat(self.dir.as_raw_fd(), name.as_cstr().as_ptr(), &mut st, 0) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(st.st_size as u64)
-    }
 }
 
 #[cfg(test)]
@@ -90,13 +75,12 @@ mod tests {
     use std::io::Read;
 
     #[test]
-    fn files_open_and_measure_by_id() {
+    fn files_open_by_id() {
         let dir = tempfile::tempdir().unwrap();
         let id = MessageId::generate();
         std::fs::write(dir.path().join(format!("{id}.meta")), b"{}").unwrap();
         std::fs::write(dir.path().join(format!("{id}.msg")), b"hello").unwrap();
         let at = DirAt::open(dir.path()).unwrap();
-        assert_eq!(at.len(&id, "msg").unwrap(), 5);
         let mut text = String::new();
         at.open_file(&id, "meta")
             .unwrap()
@@ -106,9 +90,5 @@ mod tests {
         let other = MessageId::generate();
         let e = at.open_file(&other, "msg").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
-        assert_eq!(
-            at.len(&other, "meta").unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
     }
 }

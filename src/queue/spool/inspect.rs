@@ -7,7 +7,7 @@ use std::io::{self, Read};
 
 use super::at::DirAt;
 use super::listing::{META, MSG};
-use super::trailer::{read_trailer, TrailerError, FOOTER_LEN};
+use super::trailer::{read_trailer, TrailerError};
 use super::Spool;
 use crate::queue::meta::Queued;
 use crate::queue::MessageId;
@@ -105,35 +105,26 @@ impl Spool {
 
     /// The state of a message with a `.meta` file, and the length of the
     /// message it names.
+    ///
+    /// The message file is not looked at: at 10^6 messages its `fstatat`
+    /// (a lookup in a directory of 2·10^6 names) was a third of the
+    /// load's CPU. Whether it still holds the message is checked when an
+    /// attempt opens it (`Spool::read_locked`), on the open file.
     fn inspect_meta(
         &self,
         dir: &DirAt,
         id: &MessageId,
         buf: &mut Vec<u8>,
     ) -> Result<(Queued, u64), Verdict> {
-        // The `.meta` supersedes the trailer, which is not read: the
-        // message file must only hold at least the message and a footer.
-        let queued = match dir.open_file(id, "meta") {
-            Ok(file) => self.parse_meta(id, file, buf)?,
+        match dir.open_file(id, "meta") {
+            Ok(file) => self.parse_meta(id, file, buf).map(|q| {
+                let size = q.size;
+                (q, size)
+            }),
             // Gone with its message (removals unlink the message first):
             // the message file says which.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return self.inspect_trailer(dir, id);
-            }
-            Err(e) => return Err(self.open_failed(id, "meta", e)),
-        };
-        let len = dir
-            .len(id, "msg")
-            .map_err(|e| self.open_failed(id, "msg", e))?;
-        match len {
-            // Exactly the message: a file written before messages
-            // carried a trailer, still good with its `.meta`.
-            len if len == queued.size => Ok((queued, queued.size)),
-            len if len < queued.size + FOOTER_LEN => Err(Verdict::Corrupt(format!(
-                "the message file is {len} bytes, too short for a message of {}",
-                queued.size
-            ))),
-            _ => Ok((queued, queued.size)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.inspect_trailer(dir, id),
+            Err(e) => Err(self.open_failed(id, "meta", e)),
         }
     }
 

@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 
 use super::lock::MessageLock;
-use super::trailer::{read_trailer, TrailerError};
+use super::trailer::{read_trailer, too_short, TrailerError};
 use super::{io_error, Spool};
 use crate::queue::meta::MessageMeta;
 use crate::queue::{MessageId, QueueError};
@@ -35,10 +35,19 @@ impl Spool {
         let path = self.meta_path(id);
         match fs::read(&path) {
             Ok(bytes) => {
-                return MessageMeta::from_json(&bytes).map_err(|e| QueueError::Corrupt {
+                let meta = MessageMeta::from_json(&bytes).map_err(|e| QueueError::Corrupt {
                     path,
                     reason: e.to_string(),
-                })
+                })?;
+                if let Some(file) = open {
+                    // The start-up load leaves this check to the attempt.
+                    let path = self.message_path(id);
+                    let len = file.metadata().map_err(io_error(&path))?.len();
+                    if let Some(reason) = too_short(len, meta.size) {
+                        return Err(QueueError::Corrupt { path, reason });
+                    }
+                }
+                return Ok(meta);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error(&path)(e)),

@@ -52,10 +52,19 @@ fn a_message_file_without_trailer_but_with_metadata_still_loads() {
     assert_eq!((report.messages.len(), report.quarantined), (1, 0));
     let meta = spool.read_meta(&id).unwrap();
     assert_eq!(spool.read_message(&meta, 1000).unwrap().unwrap(), body);
-    // One byte short of the message is damage.
+    let lock = spool.lock_message(&id).unwrap().unwrap();
+    assert_eq!(spool.read_locked(&id, &lock).unwrap().size, meta.size);
+    drop(lock);
+    // One byte short of the message is damage, found by the attempt that
+    // opens the file (the load does not look at it).
     fs::write(spool.message_path(&id), &body[1..]).unwrap();
-    let report = spool.load().unwrap();
-    assert_eq!((report.messages.len(), report.quarantined), (0, 1));
+    let lock = spool.lock_message(&id).unwrap().unwrap();
+    match spool.read_locked(&id, &lock) {
+        Err(QueueError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("too short"), "{reason}")
+        }
+        other => panic!("a short message file read as {other:?}"),
+    }
 }
 
 #[test]

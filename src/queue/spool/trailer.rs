@@ -13,6 +13,15 @@ use crate::queue::meta::MessageMeta;
 const FOOTER_MAGIC: &[u8] = b"\nMQMETA1 ";
 pub(super) const FOOTER_LEN: u64 = 20;
 
+/// Why a message file of `len` bytes cannot hold a message of `size`
+/// bytes superseded by a `.meta` (the trailer after it is not read): it
+/// holds exactly the message (written before messages carried a
+/// trailer), or at least the message and a footer.
+pub(super) fn too_short(len: u64, size: u64) -> Option<String> {
+    (len != size && len < size + FOOTER_LEN)
+        .then(|| format!("the message file is {len} bytes, too short for a message of {size}"))
+}
+
 pub(super) fn footer(json_len: usize) -> Vec<u8> {
     format!("\nMQMETA1 {json_len:010}\n").into_bytes()
 }
