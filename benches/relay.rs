@@ -19,7 +19,8 @@
 //! received all N; the sink's `-c` counter is polled), messages/s over the
 //! drain time, from `/proc/<daemon pid>`: CPU time (utime + stime of
 //! all its threads) per message, peak RSS (VmHWM) and bytes written to
-//! storage (`write_bytes`) per message, and from `mailqueue stats` the
+//! storage (`write_bytes`) per message, context switches per message by
+//! kind of thread (voluntary + preempted), and from `mailqueue stats` the
 //! scheduling lag (due time to attempt start: p50, p99, maximum). Every
 //! wait is bounded; the daemon and the sink are stopped at the end, also
 //! on failure.
@@ -243,7 +244,7 @@ fn run() -> Result<(), String> {
     let emptied = t0.elapsed();
     let left = count_entries(&queue_dir);
     let after = proc_stats(pid)?;
-    let switches = common::context_switches(pid).saturating_sub(switches_before);
+    let switches = common::context_switches(pid);
     // The daemon's own count of how late attempts started.
     let lag = Command::new(&binary)
         .arg("--config")
@@ -318,9 +319,24 @@ fn run() -> Result<(), String> {
         "daemon CPU per message",
         format!("{:.3} ms", cpu * 1000.0 / nf),
     );
+    // By kind of thread, since the load began (a thread that started
+    // after it counts whole; threads that ended are missing).
+    let per_msg = |n: u64| n as f64 / nf;
+    let mut total = 0;
+    for (kind, &(voluntary, preempted)) in &switches {
+        let (v0, p0) = switches_before.get(kind).copied().unwrap_or_default();
+        let (v, p) = (voluntary.saturating_sub(v0), preempted.saturating_sub(p0));
+        total += v + p;
+        if v + p > 0 {
+            row(
+                &format!("  switches/msg, {kind}"),
+                format!("{:.2} + {:.2}", per_msg(v), per_msg(p)),
+            );
+        }
+    }
     row(
         "daemon context switches per message",
-        format!("{:.1}", switches as f64 / nf),
+        format!("{:.1}", per_msg(total)),
     );
     row(
         "daemon peak RSS (VmHWM)",

@@ -1,6 +1,7 @@
 //! The load and the sink of the daemon benches: Postfix's `smtp-source`
 //! and `smtp-sink`, and what is read off them.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -89,21 +90,37 @@ pub fn tail_of(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Context switches (voluntary and not) of a process's live threads, from
-/// `/proc/<pid>/task/*/status`; threads that have exited are not counted.
-pub fn context_switches(pid: u32) -> u64 {
+/// Context switches of a process's live threads by kind of thread (the
+/// thread's name without a trailing `-<n>`; the kernel keeps 15 bytes of
+/// it), voluntary (the thread waited: a read, a sync, a lock, a channel)
+/// and not (it was preempted), from `/proc/<pid>/task/*`. Threads that
+/// have exited are not counted.
+pub fn context_switches(pid: u32) -> BTreeMap<String, (u64, u64)> {
+    let mut by_kind = BTreeMap::new();
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return by_kind;
     };
-    tasks
-        .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
-        .flat_map(|status| {
+    for task in tasks.flatten() {
+        let (Ok(comm), Ok(status)) = (
+            fs::read_to_string(task.path().join("comm")),
+            fs::read_to_string(task.path().join("status")),
+        ) else {
+            continue;
+        };
+        let field = |name: &str| {
             status
                 .lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let comm = comm.trim();
+        let kind = match comm.rsplit_once('-') {
+            Some((kind, n)) if n.bytes().all(|b| b.is_ascii_digit()) => kind,
+            _ => comm,
+        };
+        let e = by_kind.entry(kind.to_string()).or_insert((0, 0));
+        e.0 += field("voluntary_ctxt_switches:");
+        e.1 += field("nonvoluntary_ctxt_switches:");
+    }
+    by_kind
 }

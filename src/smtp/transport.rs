@@ -1,14 +1,15 @@
 //! The byte stream under an SMTP or LMTP session: TCP, TLS over TCP, or a
 //! Unix socket, with one place to set timeouts.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-/// A connected stream.
+/// The stream under a [`Transport`].
 #[derive(Debug)]
-pub enum Transport {
+pub enum Stream {
     Tcp(TcpStream),
     /// The listener's side of STARTTLS.
     Tls(Box<native_tls::TlsStream<TcpStream>>),
@@ -18,120 +19,169 @@ pub enum Transport {
     Unix(UnixStream),
 }
 
+impl Stream {
+    fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(Some(t)),
+            Stream::Tls(s) => s.get_ref().set_read_timeout(Some(t)),
+            Stream::ClientTls(s) => s.get_ref().set_read_timeout(Some(t)),
+            Stream::Unix(s) => s.set_read_timeout(Some(t)),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(Some(t)),
+            Stream::Tls(s) => s.get_ref().set_write_timeout(Some(t)),
+            Stream::ClientTls(s) => s.get_ref().set_write_timeout(Some(t)),
+            Stream::Unix(s) => s.set_write_timeout(Some(t)),
+        }
+    }
+}
+
+/// A connected stream and the timeouts set on its socket.
+///
+/// Every read and write of a session runs against a deadline, so its
+/// socket timeout is set again and again, mostly to what it already is
+/// (a fresh command timeout each command): about 20 system calls per
+/// relayed message. The timeouts last set are kept here, and a new one
+/// within [`slack`] of the old is not set: a step may wait up to that
+/// much longer than its deadline, never less.
+#[derive(Debug)]
+pub struct Transport {
+    stream: Stream,
+    read_timeout: Cell<Option<Duration>>,
+    write_timeout: Cell<Option<Duration>>,
+}
+
+/// How much longer than asked a socket timeout may be left: 1/64 of it,
+/// at most a quarter of a second.
+fn slack(t: Duration) -> Duration {
+    (t / 64).min(Duration::from_millis(250))
+}
+
+/// Sets `t` through `set` unless `current` is at least `t` and at most
+/// its slack more; sets a little more than `t`, so that the same
+/// timeout asked again a moment later is still covered.
+fn set_cached(
+    current: &Cell<Option<Duration>>,
+    t: Duration,
+    set: impl FnOnce(Duration) -> io::Result<()>,
+) -> io::Result<()> {
+    let slack = slack(t);
+    if current.get().is_some_and(|c| c >= t && c - t <= slack) {
+        return Ok(());
+    }
+    let armed = t + slack / 2;
+    current.set(None);
+    set(armed)?;
+    current.set(Some(armed));
+    Ok(())
+}
+
+impl From<Stream> for Transport {
+    fn from(stream: Stream) -> Self {
+        Transport {
+            stream,
+            read_timeout: Cell::new(None),
+            write_timeout: Cell::new(None),
+        }
+    }
+}
+
 impl Transport {
+    /// The stream.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// The stream, for a TLS handshake on it.
+    pub fn into_stream(self) -> Stream {
+        self.stream
+    }
+
     /// Sets the read and write timeout of the underlying socket.
     pub fn set_timeout(&self, t: Duration) -> io::Result<()> {
-        match self {
-            Transport::Tcp(s) => {
-                s.set_read_timeout(Some(t))?;
-                s.set_write_timeout(Some(t))
-            }
-            Transport::Tls(s) => {
-                s.get_ref().set_read_timeout(Some(t))?;
-                s.get_ref().set_write_timeout(Some(t))
-            }
-            Transport::ClientTls(s) => {
-                s.get_ref().set_read_timeout(Some(t))?;
-                s.get_ref().set_write_timeout(Some(t))
-            }
-            Transport::Unix(s) => {
-                s.set_read_timeout(Some(t))?;
-                s.set_write_timeout(Some(t))
-            }
-        }
+        self.set_read_timeout(t)?;
+        self.set_write_timeout(t)
     }
 
     /// Sets only the read timeout: a read with a deadline need not touch
     /// the write side (each is a system call).
     pub fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
-        match self {
-            Transport::Tcp(s) => s.set_read_timeout(Some(t)),
-            Transport::Tls(s) => s.get_ref().set_read_timeout(Some(t)),
-            Transport::ClientTls(s) => s.get_ref().set_read_timeout(Some(t)),
-            Transport::Unix(s) => s.set_read_timeout(Some(t)),
-        }
+        set_cached(&self.read_timeout, t, |t| self.stream.set_read_timeout(t))
     }
 
     /// Sets only the write timeout.
     pub fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
-        match self {
-            Transport::Tcp(s) => s.set_write_timeout(Some(t)),
-            Transport::Tls(s) => s.get_ref().set_write_timeout(Some(t)),
-            Transport::ClientTls(s) => s.get_ref().set_write_timeout(Some(t)),
-            Transport::Unix(s) => s.set_write_timeout(Some(t)),
-        }
+        set_cached(&self.write_timeout, t, |t| self.stream.set_write_timeout(t))
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_) | Transport::ClientTls(_))
+        matches!(self.stream, Stream::Tls(_) | Stream::ClientTls(_))
     }
 
     /// Whether an idle connection is still worth a transaction: false when
     /// the peer closed it (EOF, reset) or sent something nobody asked for
     /// (a 421 before an idle timeout hang-up). Looks without waiting.
     pub fn idle_and_open(&self) -> bool {
-        let mut probe = [0u8; 1];
-        match self {
-            Transport::Tcp(s) => peek_now(s, |s| s.peek(&mut probe)),
+        use std::os::fd::AsRawFd;
+        match &self.stream {
+            Stream::Tcp(s) => nothing_waiting(s.as_raw_fd()),
             // Bytes on the socket under TLS are an alert or a close_notify
             // as far as an idle SMTP session goes.
-            Transport::Tls(s) => peek_now(s.get_ref(), |s| s.peek(&mut probe)),
-            Transport::ClientTls(s) => peek_now(s.get_ref(), |s| s.peek(&mut probe)),
-            // UnixStream::peek is not stable; a byte read here would end
-            // the session anyway.
-            Transport::Unix(s) => {
-                if s.set_nonblocking(true).is_err() {
-                    return false;
-                }
-                let mut reader: &UnixStream = s;
-                let r = reader.read(&mut probe);
-                s.set_nonblocking(false).is_ok() && is_would_block(&r)
-            }
+            Stream::Tls(s) => nothing_waiting(s.get_ref().as_raw_fd()),
+            Stream::ClientTls(s) => nothing_waiting(s.get_ref().as_raw_fd()),
+            Stream::Unix(s) => nothing_waiting(s.as_raw_fd()),
         }
     }
 }
 
-/// Runs `peek` on `s` made non-blocking for the call: true when nothing
-/// is waiting and the connection is open.
-fn peek_now(s: &TcpStream, peek: impl FnOnce(&TcpStream) -> io::Result<usize>) -> bool {
-    if s.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let r = peek(s);
-    s.set_nonblocking(false).is_ok() && is_would_block(&r)
-}
-
-fn is_would_block(r: &io::Result<usize>) -> bool {
-    matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+/// True when nothing is waiting on the socket `fd` and it is open: a peek
+/// that does not block (one system call; switching the socket to
+/// non-blocking and back took two more).
+fn nothing_waiting(fd: std::os::fd::RawFd) -> bool {
+    let mut probe = [0u8; 1];
+    // SAFETY: a socket descriptor the caller's stream owns, and a buffer
+    // of the length given that outlives the call.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            probe.as_mut_ptr().cast(),
+            probe.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Transport::Tcp(s) => s.read(buf),
-            Transport::Tls(s) => s.read(buf),
-            Transport::ClientTls(s) => s.read(buf),
-            Transport::Unix(s) => s.read(buf),
+        match &mut self.stream {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+            Stream::ClientTls(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
         }
     }
 }
 
 impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Transport::Tcp(s) => s.write(buf),
-            Transport::Tls(s) => s.write(buf),
-            Transport::ClientTls(s) => s.write(buf),
-            Transport::Unix(s) => s.write(buf),
+        match &mut self.stream {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+            Stream::ClientTls(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Transport::Tcp(s) => s.flush(),
-            Transport::Tls(s) => s.flush(),
-            Transport::ClientTls(s) => s.flush(),
-            Transport::Unix(s) => s.flush(),
+        match &mut self.stream {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+            Stream::ClientTls(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
         }
     }
 }
@@ -286,6 +336,41 @@ fn stuff_chunk(mut rest: &[u8], output: &mut Vec<u8>, line_start: &mut bool, hel
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_already_set_is_not_set_again_and_never_shorter_than_asked() {
+        let current = Cell::new(None);
+        let set = std::cell::RefCell::new(Vec::new());
+        let ask = |t: Duration| {
+            set_cached(&current, t, |armed| {
+                assert!(armed >= t && armed - t <= slack(t), "{armed:?} for {t:?}");
+                set.borrow_mut().push(armed);
+                Ok(())
+            })
+            .unwrap();
+            let armed = current.get().unwrap();
+            assert!(
+                armed >= t && armed - t <= slack(t),
+                "{armed:?} left for {t:?}"
+            );
+        };
+        let minutes = Duration::from_secs(300);
+        ask(minutes);
+        // The same command timeout a moment later, a little less or more.
+        ask(minutes - Duration::from_millis(3));
+        ask(minutes + Duration::from_millis(3));
+        assert_eq!(set.borrow().len(), 1);
+        // Another timeout, longer or shorter, is set.
+        ask(Duration::from_secs(600));
+        ask(Duration::from_secs(10));
+        ask(Duration::from_secs(9));
+        assert_eq!(set.borrow().len(), 4);
+        // A failed call leaves nothing cached: the next one is made.
+        let failed = set_cached(&current, Duration::from_secs(1), |_| {
+            Err(io::Error::other("x"))
+        });
+        assert!(failed.is_err() && current.get().is_none());
+    }
 
     /// The byte-at-a-time stuffing the run-at-a-time one replaced.
     fn stuffed_bytewise(input: &[u8]) -> Vec<u8> {

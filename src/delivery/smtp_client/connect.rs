@@ -9,7 +9,7 @@ use super::tls::PeerCheck;
 use super::{ClientSettings, Endpoint, Session};
 use crate::delivery::tls_report::TlsReport;
 use crate::delivery::{DeliveryError, ErrorKind};
-use crate::smtp::transport::{Transport, Watchdog};
+use crate::smtp::transport::{Stream, Transport, Watchdog};
 
 impl Session {
     /// Connects, reads the greeting, says EHLO/LHLO, upgrades to TLS as
@@ -24,7 +24,7 @@ impl Session {
                 let (stream, addr) = connect_tcp(settings, host, *port)?;
                 let _ = stream.set_nodelay(true);
                 (
-                    Transport::Tcp(stream),
+                    Stream::Tcp(stream).into(),
                     host.clone(),
                     format!("{host}[{}]:{port}", addr.ip()),
                 )
@@ -34,7 +34,7 @@ impl Session {
                     DeliveryError::network(&format!("connect to {}", path.display()), &e)
                 })?;
                 (
-                    Transport::Unix(stream),
+                    Stream::Unix(stream).into(),
                     "localhost".to_string(),
                     path.display().to_string(),
                 )
@@ -56,7 +56,7 @@ impl Session {
         let _ = stream.set_nodelay(true);
         Self::open_on(
             settings,
-            Transport::Tcp(stream),
+            Stream::Tcp(stream).into(),
             host.to_string(),
             relay,
             false,
@@ -120,8 +120,11 @@ pub(super) fn tls_handshake(
     host: &str,
     check: Option<&dyn PeerCheck>,
 ) -> Result<(Transport, TlsReport), DeliveryError> {
-    let Transport::Tcp(tcp) = transport else {
+    if !matches!(transport.stream(), Stream::Tcp(_)) {
         return Ok((transport, TlsReport::None));
+    }
+    let Stream::Tcp(tcp) = transport.into_stream() else {
+        unreachable!("a TCP stream")
     };
     let client = settings
         .tls_connector
@@ -131,7 +134,7 @@ pub(super) fn tls_handshake(
     // smtp_starttls_timeout: each read and write alone is not enough.
     let _deadline = Watchdog::arm(&tcp, settings.command_timeout);
     let (stream, report) = client.handshake(tcp, host, check)?;
-    Ok((Transport::ClientTls(Box::new(stream)), report))
+    Ok((Stream::ClientTls(Box::new(stream)).into(), report))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::delivery::tls_report::TlsReport;
 use crate::delivery::{DeliveryError, ErrorKind};
 use crate::smtp::reply::SmtpReply;
 use crate::smtp::tls_policy::TlsPolicy;
-use crate::smtp::transport::Transport;
+use crate::smtp::transport::{Stream, Transport};
 
 /// Most time the reply to QUIT is waited for.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,7 +115,7 @@ impl Session {
         let must_encrypt = matches!(self.settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify)
             || self.check.is_some();
         // A Unix socket never leaves the machine: nothing to encrypt.
-        let local = matches!(self.io.get_ref(), Transport::Unix(_));
+        let local = matches!(self.io.get_ref().stream(), Stream::Unix(_));
         if self.is_tls() || local {
             return Ok(self);
         }
@@ -261,10 +261,10 @@ impl Session {
     }
 
     fn is_loopback(&self) -> bool {
-        match self.io.get_ref() {
-            Transport::Tcp(s) => s.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false),
-            Transport::Unix(_) => true,
-            Transport::Tls(_) | Transport::ClientTls(_) => false,
+        match self.io.get_ref().stream() {
+            Stream::Tcp(s) => s.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false),
+            Stream::Unix(_) => true,
+            Stream::Tls(_) | Stream::ClientTls(_) => false,
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{ClientSettings, Endpoint, Session};
 use crate::address::ReversePath;
 use crate::smtp::tls_policy::TlsPolicy;
-use crate::smtp::transport::Transport;
+use crate::smtp::transport::Stream;
 
 pub(super) fn settings(timeout: Duration) -> Arc<ClientSettings> {
     Arc::new(ClientSettings {
@@ -102,7 +102,7 @@ pub(super) fn small_buffer(s: &impl std::os::fd::AsRawFd, which: libc::c_int) {
 
 pub(super) fn open_with_small_send_buffer(endpoint: &Endpoint) -> Session {
     let session = Session::open(&settings(Duration::from_secs(1)), endpoint, false).unwrap();
-    let Transport::Tcp(s) = session.io.get_ref() else {
+    let Stream::Tcp(s) = session.io.get_ref().stream() else {
         unreachable!("a TCP endpoint")
     };
     small_buffer(s, libc::SO_SNDBUF);

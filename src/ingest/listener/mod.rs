@@ -17,7 +17,7 @@ use ipnet::IpNet;
 
 use crate::queue::Queue;
 use crate::smtp::bare_newline::BareNewline;
-use crate::smtp::transport::Transport;
+use crate::smtp::transport::Stream;
 use threads::Reused;
 
 mod data;
@@ -150,7 +150,7 @@ impl Server {
                     };
                     let _ = stream.set_nodelay(true);
                     let settings = current(&settings);
-                    Session::new(Transport::Tcp(stream), peer, &queue, &settings).run();
+                    Session::new(Stream::Tcp(stream).into(), peer, &queue, &settings).run();
                 },
             ))
         };

@@ -15,7 +15,7 @@ use crate::smtp::command::{self, Command};
 use crate::smtp::deadline::{self, is_timeout, Deadline, DeadlineReader, LineEnd, Overlong};
 use crate::smtp::params::{MailParam, RcptParam};
 use crate::smtp::reply::SmtpReply;
-use crate::smtp::transport::{Transport, Watchdog};
+use crate::smtp::transport::{Stream, Transport, Watchdog};
 
 /// Longest command line accepted; RFC 5321 asks for at least 512.
 const MAX_COMMAND_LINE: usize = 4096;
@@ -360,7 +360,7 @@ impl<'a> Session<'a> {
             refusals,
             ..
         } = self;
-        let Transport::Tcp(tcp) = io.into_inner() else {
+        let Stream::Tcp(tcp) = io.into_inner().into_stream() else {
             return None;
         };
         // The whole handshake within the command timeout: a client
@@ -370,7 +370,7 @@ impl<'a> Session<'a> {
         drop(deadline);
         match accepted {
             Ok(tls) => {
-                let transport = Transport::Tls(Box::new(tls));
+                let transport = Transport::from(Stream::Tls(Box::new(tls)));
                 let _ = transport.set_timeout(s.command_timeout);
                 Some(Session {
                     io: BufReader::with_capacity(64 * 1024, transport),

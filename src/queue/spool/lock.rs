@@ -136,4 +136,22 @@ impl Spool {
             file: Arc::new(file),
         }))
     }
+
+    /// Locks a message again through the file an earlier lock opened (an
+    /// attempt, once its delivery is over): no second open. `None` when
+    /// the message is gone.
+    pub fn relock_message(
+        &self,
+        id: &MessageId,
+        file: Arc<File>,
+    ) -> Result<Option<MessageLock>, QueueError> {
+        let path = self.message_path(id);
+        fs2::FileExt::lock_exclusive(&*file).map_err(io_error(&path))?;
+        // Unlocked again on the way out if the message is gone.
+        let lock = MessageLock { file };
+        if !super::pool::still_named(&lock.file, &path).map_err(io_error(&path))? {
+            return Ok(None);
+        }
+        Ok(Some(lock))
+    }
 }

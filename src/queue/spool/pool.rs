@@ -36,6 +36,8 @@ pub(super) struct FilePool {
     files: Mutex<Vec<PathBuf>>,
     /// Names new entries of this process: `<pid>-<n>`.
     next: AtomicU64,
+    /// This process's id, asked once (each ask is a system call).
+    pid: u32,
 }
 
 /// A file to write a new message into.
@@ -52,12 +54,13 @@ impl FilePool {
             dir,
             files: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
+            pid: std::process::id(),
         }
     }
 
     fn name(&self) -> PathBuf {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!("{}-{n}", std::process::id()))
+        self.dir.join(format!("{}-{n}", self.pid))
     }
 
     fn files(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {

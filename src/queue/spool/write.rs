@@ -59,11 +59,9 @@ impl Spool {
             if self.census.loading() && !self.claim_new_id(&id) {
                 continue;
             }
-            // Two ids alike are all but impossible; the rename at commit
-            // refuses to replace a message in any case.
-            if !self.message_path(&id).exists() {
-                break id;
-            }
+            // Two ids alike are all but impossible, so no file is looked
+            // for: the rename at commit refuses to replace a message.
+            break id;
         };
         let free = super::layout::free(&self.root);
         let blank = self

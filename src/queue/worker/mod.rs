@@ -9,6 +9,7 @@
 //! set, and an expire issued meanwhile is applied after the attempt's
 //! results, to the recipients it left pending.
 
+use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,12 +100,18 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Reads the metadata under the lock; `None` when the message is gone.
+/// Reads the metadata under the lock, taken through `file` when an
+/// earlier lock opened it; `None` when the message is gone.
 fn read(
     shared: &Shared,
     id: &MessageId,
+    file: Option<Arc<File>>,
 ) -> Result<Option<(MessageMeta, crate::queue::spool::MessageLock)>, QueueError> {
-    let Some(lock) = shared.spool.lock_message(id)? else {
+    let lock = match file {
+        Some(file) => shared.spool.relock_message(id, file)?,
+        None => shared.spool.lock_message(id)?,
+    };
+    let Some(lock) = lock else {
         return Ok(None);
     };
     match shared.spool.read_locked(id, &lock) {
@@ -131,7 +138,7 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         // The running attempt reschedules the message when it ends.
         return Ok(None);
     };
-    let Some((mut meta, lock)) = read(shared, &id)? else {
+    let Some((mut meta, lock)) = read(shared, &id, None)? else {
         return Ok(None);
     };
     if meta.expire_requested {
@@ -166,13 +173,13 @@ fn attempt(shared: &Shared, id: MessageId) -> Result<Option<Timestamp>, QueueErr
         .iter()
         .map(|&i| meta.recipients[i].to_recipient())
         .collect();
-    let body = Body::from_open_file(file, meta.size, meta.checksum);
+    let body = Body::from_open_file(Arc::clone(&file), meta.size, meta.checksum);
     let outcomes = match &target {
         Ok(target) => deliver(&**target, &info, &recipients, &body),
         Err(e) => RecipientOutcome::all(recipients.len(), Err(e.clone())),
     };
 
-    let Some((mut meta, lock)) = read(shared, &id)? else {
+    let Some((mut meta, lock)) = read(shared, &id, Some(file))? else {
         log::info!("{id}: removed during the attempt; its results are dropped");
         return Ok(None);
     };
