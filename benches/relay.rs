@@ -21,7 +21,8 @@
 //! all its threads) per message, peak RSS (VmHWM) and bytes written to
 //! storage (`write_bytes`) per message, context switches per message by
 //! kind of thread (voluntary + preempted), and from `mailqueue stats` the
-//! scheduling lag (due time to attempt start: p50, p99, maximum). Every
+//! scheduling lag (due time to attempt start: p50, p99, maximum) since
+//! the daemon started and over the last minute. Every
 //! wait is bounded; the daemon and the sink are stopped at the end, also
 //! on failure.
 
@@ -256,8 +257,9 @@ fn run() -> Result<(), String> {
         .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
         .ok_or("mailqueue stats --json gave no answer")?;
     let lag_ms = |key: &str| {
-        lag[key]
-            .as_u64()
+        key.split('.')
+            .try_fold(&lag, |v, k| v.get(k))
+            .and_then(|v| v.as_u64())
             .map(|us| format!("{:.2} ms", us as f64 / 1000.0))
             .unwrap_or_else(|| "?".into())
     };
@@ -357,6 +359,15 @@ fn run() -> Result<(), String> {
             lag_ms("lag_p50_us"),
             lag_ms("lag_p99_us"),
             lag_ms("lag_max_us")
+        ),
+    );
+    row(
+        "  over the last minute",
+        format!(
+            "{} / {} / {}",
+            lag_ms("lag_1m.p50_us"),
+            lag_ms("lag_1m.p99_us"),
+            lag_ms("lag_1m.max_us")
         ),
     );
     row("sink received", format!("{received}"));
