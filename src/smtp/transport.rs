@@ -43,7 +43,7 @@ impl Stream {
 ///
 /// Every read and write of a session runs against a deadline, so its
 /// socket timeout is set again and again, mostly to what it already is
-/// (a fresh command timeout each command): about 20 system calls per
+/// (a fresh command timeout each command): about 27 system calls per
 /// relayed message. The timeouts last set are kept here, and a new one
 /// within [`slack`] of the old is not set: a step may wait up to that
 /// much longer than its deadline, never less.

@@ -140,7 +140,7 @@ impl Spool {
     /// Locks a message again through the file an earlier lock opened (an
     /// attempt, once its delivery is over): no second open. `None` when
     /// the message is gone.
-    pub fn relock_message(
+    pub(crate) fn relock_message(
         &self,
         id: &MessageId,
         file: Arc<File>,
