@@ -1,6 +1,8 @@
 //! A damaged spool: truncated and garbled metadata and message files are
-//! quarantined at start, never delivered half or bounced, and never stop
-//! the queue; the healthy rest is delivered.
+//! quarantined (at start, or, for a message file cut short under its
+//! `.meta`, by the first attempt or command that opens it), never
+//! delivered half or bounced, and never stop the queue; the healthy rest
+//! is delivered.
 
 mod common;
 
@@ -10,8 +12,10 @@ use std::time::Duration;
 
 use common::scripted::{addr, sender, temp, Plan, Scripted};
 use common::{files_in, test_config, wait_for};
+use mailqueue::queue::admin::Admin;
 use mailqueue::queue::meta::MessageMeta;
-use mailqueue::{Envelope, MessageId, Queue};
+use mailqueue::queue::spool::Spool;
+use mailqueue::{Envelope, MessageId, Queue, QueueError};
 
 /// The ways a file is damaged, each one detectable at start.
 #[derive(Debug, Clone, Copy)]
@@ -238,4 +242,57 @@ fn a_damaged_footer_is_quarantined_and_only_an_unfinished_write_removed() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(target.attempts(), 0);
     queue.close();
+}
+
+#[test]
+fn a_held_message_cut_short_is_quarantined_by_the_command_that_opens_it() {
+    // The start-up load reads a deferred message's `.meta` alone; a held
+    // message is never attempted, so the operator's command is what
+    // finds the damage, and must not leave the message stuck.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.queue.initial_retry = Duration::from_secs(3600);
+    let down = Scripted::new(vec![]).with_fallback(Plan::start(temp("down")));
+    let queue = Queue::open(config.queue_options(), down.arc()).unwrap();
+    let body = format!("Subject: cut\r\n\r\n{}\r\n", "x".repeat(2000));
+    let ids: Vec<MessageId> = (0..2)
+        .map(|i| {
+            let env = Envelope::new(sender("s@example.org"), vec![addr(&format!("r{i}@x.org"))]);
+            queue.enqueue(&env, body.as_bytes()).unwrap()
+        })
+        .collect();
+    assert!(wait_for(Duration::from_secs(20), || down.attempts() == 2));
+    queue.close();
+
+    let spool = Spool::open(&config.spool).unwrap();
+    let options = config.queue_options();
+    let admin = Admin::direct(&spool, &options);
+    admin.hold(ids[0]).unwrap();
+    let q = config.spool.join("queue");
+    for id in &ids {
+        let msg = q.join(format!("{id}.msg"));
+        let bytes = fs::read(&msg).unwrap();
+        fs::write(&msg, &bytes[..bytes.len() / 3]).unwrap();
+    }
+
+    match admin.release(ids[0]) {
+        Err(QueueError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("too short"), "{reason}")
+        }
+        other => panic!("release of a damaged message: {other:?}"),
+    }
+    let corrupt = files_in(&config.spool.join("corrupt"));
+    for ext in ["msg", "meta"] {
+        let name = format!("{}.{ext}", ids[0]);
+        assert!(
+            corrupt.contains(&name),
+            "{name} not in corrupt/: {corrupt:?}"
+        );
+        assert!(!q.join(&name).exists(), "{name} still queued");
+    }
+    // Reading a damaged message says so rather than showing part of it.
+    assert!(
+        matches!(admin.message(ids[1]), Err(QueueError::Corrupt { .. })),
+        "a message cut short read as whole"
+    );
 }

@@ -318,8 +318,19 @@ impl<'a> Admin<'a> {
             .spool
             .lock_message(&id)?
             .ok_or(QueueError::UnknownId(id))?;
-        let meta = self.spool.read_locked(&id, &lock)?;
-        Ok((meta, lock))
+        match self.spool.read_locked(&id, &lock) {
+            Ok(meta) => Ok((meta, lock)),
+            Err(QueueError::Corrupt { path, reason }) => {
+                // As an attempt would: out of the queue, kept for a look.
+                // Held, it would otherwise stay there, damaged, for good.
+                self.spool.quarantine(id.as_str(), &reason);
+                if let Some(s) = self.shared {
+                    let _ = s.timer.send(Command::Remove(id));
+                }
+                Err(QueueError::Corrupt { path, reason })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Changes a message's metadata under its lock.

@@ -102,6 +102,9 @@ impl Spool {
             .read_to_end(&mut bytes)
             .map_err(io_error(&path))?;
         check_named(&file, &path)?;
+        if let Some(reason) = too_short(bytes.len() as u64, meta.size) {
+            return Err(QueueError::Corrupt { path, reason });
+        }
         Ok(Some(bytes))
     }
 
