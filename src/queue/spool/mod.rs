@@ -38,6 +38,7 @@ pub mod layout;
 mod listing;
 mod load;
 mod lock;
+mod meta_write;
 mod pool;
 mod read;
 mod remove;
