@@ -33,6 +33,7 @@ use common::{
     wait_for_banner, Children,
 };
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 
 use std::path::{Path, PathBuf};
@@ -99,6 +100,34 @@ fn catch_all_route(sink_port: u16) -> String {
     } else {
         String::new()
     }
+}
+
+/// Context switches per message by kind of thread since the load began
+/// (a thread that started after it counts whole; threads that ended are
+/// missing), voluntary + preempted, and the total.
+fn switch_rows(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    nf: f64,
+    row: &dyn Fn(&str, String),
+) {
+    let per_msg = |n: u64| n as f64 / nf;
+    let mut total = 0;
+    for (kind, &(voluntary, preempted)) in after {
+        let (v0, p0) = before.get(kind).copied().unwrap_or_default();
+        let (v, p) = (voluntary.saturating_sub(v0), preempted.saturating_sub(p0));
+        total += v + p;
+        if v + p > 0 {
+            row(
+                &format!("  switches/msg, {kind}"),
+                format!("{:.2} + {:.2}", per_msg(v), per_msg(p)),
+            );
+        }
+    }
+    row(
+        "daemon context switches per message",
+        format!("{:.1}", per_msg(total)),
+    );
 }
 
 fn run() -> Result<(), String> {
@@ -321,25 +350,7 @@ fn run() -> Result<(), String> {
         "daemon CPU per message",
         format!("{:.3} ms", cpu * 1000.0 / nf),
     );
-    // By kind of thread, since the load began (a thread that started
-    // after it counts whole; threads that ended are missing).
-    let per_msg = |n: u64| n as f64 / nf;
-    let mut total = 0;
-    for (kind, &(voluntary, preempted)) in &switches {
-        let (v0, p0) = switches_before.get(kind).copied().unwrap_or_default();
-        let (v, p) = (voluntary.saturating_sub(v0), preempted.saturating_sub(p0));
-        total += v + p;
-        if v + p > 0 {
-            row(
-                &format!("  switches/msg, {kind}"),
-                format!("{:.2} + {:.2}", per_msg(v), per_msg(p)),
-            );
-        }
-    }
-    row(
-        "daemon context switches per message",
-        format!("{:.1}", per_msg(total)),
-    );
+    switch_rows(&switches_before, &switches, nf, &row);
     row(
         "daemon peak RSS (VmHWM)",
         format!("{:.1} MB", after.peak_rss_kb as f64 / 1024.0),
